@@ -1,0 +1,215 @@
+//! Where a token is read from, in the policy's order: `Authorization: Bearer`, a cookie, a
+//! query parameter (RFC 6750 §2.1-§2.3). Hosts expose request headers through [`Headers`].
+
+use alloc::string::{String, ToString};
+
+use crate::{config::Policy, verdict::DenyReason};
+
+/// Read access to request headers. Names are asked in lowercase; implementations compare
+/// case-insensitively and pass every value of a repeated header, as raw bytes.
+pub trait Headers {
+    /// Calls `each` once per value of header `name`.
+    fn values(&self, name: &str, each: &mut dyn FnMut(&[u8]));
+}
+
+impl<K: AsRef<str>, V: AsRef<[u8]>> Headers for [(K, V)] {
+    fn values(&self, name: &str, each: &mut dyn FnMut(&[u8])) {
+        for (k, v) in self {
+            if k.as_ref().eq_ignore_ascii_case(name) {
+                each(v.as_ref());
+            }
+        }
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<[u8]>> Headers for alloc::vec::Vec<(K, V)> {
+    fn values(&self, name: &str, each: &mut dyn FnMut(&[u8])) {
+        self.as_slice().values(name, each);
+    }
+}
+
+/// The one value of a header, or `Ok(None)`. Two values, or bytes that are not visible ASCII,
+/// make the request ambiguous or hostile: refused rather than guessed at.
+fn single_text_value<H: Headers + ?Sized>(headers: &H, name: &str) -> Result<Option<String>, DenyReason> {
+    let mut found: Option<Result<String, DenyReason>> = None;
+    let mut count = 0usize;
+    headers.values(name, &mut |v| {
+        count += 1;
+        if found.is_none() {
+            found = Some(text(v));
+        }
+    });
+    if count > 1 {
+        return Err(DenyReason::InvalidRequest);
+    }
+    found.transpose()
+}
+
+fn text(value: &[u8]) -> Result<String, DenyReason> {
+    if value.iter().all(|&b| (0x20..0x7f).contains(&b) || b == b'\t') {
+        // Checked ASCII above, so this conversion cannot fail.
+        core::str::from_utf8(value)
+            .map(ToString::to_string)
+            .map_err(|_| DenyReason::InvalidRequest)
+    } else {
+        Err(DenyReason::InvalidRequest)
+    }
+}
+
+/// Reads `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235 §2.1).
+/// Another scheme (Basic, say) is not a bearer token: the next source is tried.
+fn from_authorization<H: Headers + ?Sized>(headers: &H) -> Result<Option<String>, DenyReason> {
+    let Some(value) = single_text_value(headers, "authorization")? else {
+        return Ok(None);
+    };
+    let value = value.trim_matches(|c| c == ' ' || c == '\t');
+    let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    let token = rest.trim_start_matches([' ', '\t']);
+    if token.is_empty() || token.contains([' ', '\t']) {
+        return Err(DenyReason::InvalidRequest);
+    }
+    Ok(Some(token.to_string()))
+}
+
+fn from_cookie<H: Headers + ?Sized>(headers: &H, name: &str) -> Result<Option<String>, DenyReason> {
+    let mut result: Result<Option<String>, DenyReason> = Ok(None);
+    headers.values("cookie", &mut |v| {
+        if !matches!(result, Ok(None)) {
+            return;
+        }
+        match text(v) {
+            Err(e) => result = Err(e),
+            Ok(line) => {
+                for pair in line.split(';') {
+                    if let Some((k, val)) = pair.split_once('=') {
+                        if k.trim() == name {
+                            let val = val.trim();
+                            let val = val
+                                .strip_prefix('"')
+                                .and_then(|v| v.strip_suffix('"'))
+                                .unwrap_or(val);
+                            result = Ok(Some(val.to_string()));
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    result
+}
+
+fn from_query(path: &str, name: &str) -> Option<String> {
+    let (_, query) = path.split_once('?')?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| v.to_string())
+    })
+}
+
+/// Finds the token in the request, in the configured order.
+pub(crate) fn extract_token<H: Headers + ?Sized>(
+    policy: &Policy,
+    path: &str,
+    headers: &H,
+) -> Result<Option<String>, DenyReason> {
+    if policy.authorization_header {
+        if let Some(token) = from_authorization(headers)? {
+            return Ok(Some(token));
+        }
+    }
+    if let Some(name) = &policy.cookie {
+        if let Some(token) = from_cookie(headers, name)? {
+            return Ok(Some(token));
+        }
+    }
+    if let Some(name) = &policy.query_parameter {
+        if let Some(token) = from_query(path, name) {
+            return Ok(Some(token));
+        }
+    }
+    Ok(None)
+}
+
+/// A CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`. Browsers send
+/// these without credentials, so requiring a token would break every cross-origin call.
+pub(crate) fn is_cors_preflight<H: Headers + ?Sized>(method: &str, headers: &H) -> bool {
+    let mut origin = false;
+    let mut request_method = false;
+    headers.values("origin", &mut |_| origin = true);
+    headers.values("access-control-request-method", &mut |_| request_method = true);
+    method == "OPTIONS" && origin && request_method
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::{vec, vec::Vec};
+
+    fn policy(extra: &str) -> Policy {
+        Policy::from_json(&alloc::format!(
+            r#"{{"issuers":["i"],"audiences":["a"]{extra}}}"#
+        ))
+        .expect("valid")
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let p = policy("");
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let value = alloc::format!("{scheme} abc.def.ghi");
+            let h = vec![("Authorization", value.as_str())];
+            assert_eq!(extract_token(&p, "/", &h), Ok(Some("abc.def.ghi".into())));
+        }
+    }
+
+    #[test]
+    fn other_schemes_are_not_tokens() {
+        let p = policy("");
+        let h = vec![("authorization", "Basic dXNlcjpwYXNz")];
+        assert_eq!(extract_token(&p, "/", &h), Ok(None));
+    }
+
+    #[test]
+    fn ambiguous_or_binary_authorization_is_invalid_request() {
+        let p = policy("");
+        let two = vec![("authorization", "Bearer a.b.c"), ("Authorization", "Bearer d.e.f")];
+        assert_eq!(extract_token(&p, "/", &two), Err(DenyReason::InvalidRequest));
+        let binary: Vec<(&str, &[u8])> = vec![("authorization", b"Bearer a.b\xff.c")];
+        assert_eq!(extract_token(&p, "/", &binary), Err(DenyReason::InvalidRequest));
+        let empty = vec![("authorization", "Bearer ")];
+        assert_eq!(extract_token(&p, "/", &empty), Err(DenyReason::InvalidRequest));
+        let spaced = vec![("authorization", "Bearer a.b.c d")];
+        assert_eq!(extract_token(&p, "/", &spaced), Err(DenyReason::InvalidRequest));
+    }
+
+    #[test]
+    fn sources_are_tried_in_order() {
+        let p = policy(r#","sources":{"cookie":"at","query_parameter":"access_token"}"#);
+        let both = vec![("authorization", "Bearer from.header.x"), ("cookie", "a=1; at=from.cookie.x")];
+        assert_eq!(extract_token(&p, "/?access_token=q.q.q", &both), Ok(Some("from.header.x".into())));
+        let cookie_only = vec![("cookie", "a=1; at=\"from.cookie.x\"")];
+        assert_eq!(extract_token(&p, "/?access_token=q.q.q", &cookie_only), Ok(Some("from.cookie.x".into())));
+        let none: Vec<(&str, &str)> = vec![];
+        assert_eq!(extract_token(&p, "/x?y=1&access_token=q.q.q", &none), Ok(Some("q.q.q".into())));
+        assert_eq!(extract_token(&p, "/x?y=1", &none), Ok(None));
+    }
+
+    #[test]
+    fn query_parameter_is_off_by_default() {
+        let p = policy("");
+        let none: Vec<(&str, &str)> = vec![];
+        assert_eq!(extract_token(&p, "/?access_token=q.q.q", &none), Ok(None));
+    }
+
+    #[test]
+    fn preflight_needs_all_three_signals() {
+        let h = vec![("origin", "https://app"), ("access-control-request-method", "POST")];
+        assert!(is_cors_preflight("OPTIONS", &h));
+        assert!(!is_cors_preflight("GET", &h));
+        assert!(!is_cors_preflight("OPTIONS", &h[..1]));
+    }
+}

@@ -1,0 +1,232 @@
+//! The whole request decision: path sanity, route rule, token extraction, verification (through
+//! the cache), scopes and MFA, then a question to the host's deny-list.
+//!
+//! Deny-lists live behind I/O (Workers KV, Envoy shared data, Redis), so [`authorize`] does not
+//! call one: it returns [`Step::CheckRevocation`] and the host answers with
+//! [`RevocationCheck::finish`], the way rustls hands its caller what it wants next.
+
+use alloc::{
+    string::{String, ToString},
+    vec::Vec,
+};
+
+use crate::{
+    cache::{token_digest, TokenCache},
+    config::{OnUnavailable, Policy},
+    extract::{extract_token, is_cors_preflight, Headers},
+    key_ring::KeyRing,
+    rules::{has_dot_segments, match_route, MFA_AMR_VALUES},
+    token::VerifiedToken,
+    verdict::{Allowed, Denial, DenyReason, HeaderChanges, Verdict},
+    verifier::{check_time, verify_token},
+};
+
+/// What the host knows of an incoming request.
+#[derive(Debug)]
+pub struct Request<'a, H: ?Sized> {
+    /// HTTP method, upper case.
+    pub method: &'a str,
+    /// Path as received, with any query string.
+    pub path: &'a str,
+    /// Request headers.
+    pub headers: &'a H,
+}
+
+/// What the core needs next.
+#[derive(Debug)]
+pub enum Step {
+    /// The answer is known.
+    Done(Verdict),
+    /// The token is valid for the route; ask the deny-list, then call [`RevocationCheck::finish`].
+    CheckRevocation(RevocationCheck),
+}
+
+/// The deny-list's answer about a `jti`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyListStatus {
+    /// The `jti` is revoked.
+    Listed,
+    /// Not on the list (or the token has no `jti`).
+    NotListed,
+    /// The deny-list could not be read.
+    Unavailable,
+}
+
+/// The deny-list's answer about the user's revoke-all watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatermarkStatus {
+    /// No watermark for this user.
+    None,
+    /// Every token issued at or before this time (seconds) is revoked.
+    RevokedThrough(i64),
+    /// The deny-list could not be read.
+    Unavailable,
+}
+
+/// Both answers a host gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevocationAnswer {
+    /// About the token's `jti`.
+    pub jti: DenyListStatus,
+    /// About its `sub`.
+    pub user: WatermarkStatus,
+}
+
+impl RevocationAnswer {
+    /// Nothing revoked: what an empty deny-list says.
+    pub const CLEAR: Self = Self {
+        jti: DenyListStatus::NotListed,
+        user: WatermarkStatus::None,
+    };
+}
+
+/// A valid token waiting for the deny-list.
+#[derive(Debug)]
+pub struct RevocationCheck {
+    token: VerifiedToken,
+    header_changes: HeaderChanges,
+}
+
+impl RevocationCheck {
+    /// The token's `jti`, to look up.
+    pub fn jti(&self) -> Option<&str> {
+        self.token.claims().jti.as_deref()
+    }
+
+    /// The token's `sub`, whose watermark to look up.
+    pub fn subject(&self) -> Option<&str> {
+        self.token.claims().sub.as_deref()
+    }
+
+    /// The verified token.
+    pub fn token(&self) -> &VerifiedToken {
+        &self.token
+    }
+
+    /// Turns the deny-list's answer into the verdict. A definite revocation wins over an
+    /// unavailable half; an unavailable answer follows `revocation.on_unavailable`.
+    pub fn finish(self, answer: RevocationAnswer, policy: &Policy) -> Verdict {
+        let claims = self.token.claims();
+        if answer.jti == DenyListStatus::Listed {
+            return Verdict::Deny(DenyReason::TokenRevoked.into());
+        }
+        if let WatermarkStatus::RevokedThrough(watermark) = answer.user {
+            // No `iat` means the token cannot prove it came after the watermark.
+            if claims.iat.is_none_or(|iat| iat <= watermark) {
+                return Verdict::Deny(DenyReason::UserTokensRevoked.into());
+            }
+        }
+        let unavailable = answer.jti == DenyListStatus::Unavailable
+            || answer.user == WatermarkStatus::Unavailable;
+        if unavailable && policy.on_revocation_unavailable == OnUnavailable::Deny {
+            return Verdict::Deny(DenyReason::RevocationUnavailable.into());
+        }
+        let mut header_changes = self.header_changes;
+        if let Some(sub) = &claims.sub {
+            header_changes
+                .set
+                .push((policy.user_id_header.clone(), sub.clone()));
+        }
+        header_changes
+            .set
+            .push((policy.scope_header.clone(), claims.scope.join(" ")));
+        Verdict::Allow(Allowed {
+            token: Some(self.token),
+            header_changes,
+        })
+    }
+}
+
+/// Headers removed from every forwarded request: client-supplied identity is never trusted.
+fn removals(policy: &Policy) -> HeaderChanges {
+    let mut remove: Vec<String> = policy.strip_headers.clone();
+    if policy.strip_authorization {
+        remove.push("authorization".to_string());
+    }
+    HeaderChanges {
+        remove,
+        set: Vec::new(),
+    }
+}
+
+fn deny(reason: DenyReason) -> Step {
+    Step::Done(Verdict::Deny(reason.into()))
+}
+
+/// Decides a request at `now` (seconds since the epoch). `keys` is `None` until the host has
+/// loaded a key set, which answers 503 rather than blaming the token.
+pub fn authorize<H: Headers + ?Sized>(
+    request: &Request<'_, H>,
+    now: i64,
+    keys: Option<&KeyRing>,
+    policy: &Policy,
+    cache: &mut TokenCache,
+) -> Step {
+    let path_only = request.path.split('?').next().unwrap_or_default();
+    if has_dot_segments(path_only) {
+        return deny(DenyReason::InvalidRequest);
+    }
+    if policy.cors_preflight_bypass && is_cors_preflight(request.method, request.headers) {
+        return Step::Done(Verdict::Allow(Allowed {
+            token: None,
+            header_changes: removals(policy),
+        }));
+    }
+    let route = match_route(&policy.routes, request.method, path_only);
+    if route.is_some_and(|r| r.public) {
+        return Step::Done(Verdict::Allow(Allowed {
+            token: None,
+            header_changes: removals(policy),
+        }));
+    }
+    let token_text = match extract_token(policy, request.path, request.headers) {
+        Ok(Some(t)) => t,
+        Ok(None) => return deny(DenyReason::TokenMissing),
+        Err(reason) => return deny(reason),
+    };
+    let Some(keys) = keys else {
+        return deny(DenyReason::KeysUnavailable);
+    };
+    let token = match verify_cached(&token_text, now, keys, policy, cache) {
+        Ok(t) => t,
+        Err(denial) => return Step::Done(Verdict::Deny(denial)),
+    };
+    if let Some(route) = route {
+        let scopes = &token.claims().scope;
+        if !route.scopes.iter().all(|s| scopes.contains(s)) {
+            return Step::Done(Verdict::Deny(Denial {
+                reason: DenyReason::InsufficientScope,
+                required_scope: Some(route.scopes.join(" ")),
+                claim: None,
+            }));
+        }
+        if route.mfa && !token.claims().amr.iter().any(|a| MFA_AMR_VALUES.contains(&a.as_str())) {
+            return deny(DenyReason::MfaRequired);
+        }
+    }
+    Step::CheckRevocation(RevocationCheck {
+        token,
+        header_changes: removals(policy),
+    })
+}
+
+fn verify_cached(
+    token: &str,
+    now: i64,
+    keys: &KeyRing,
+    policy: &Policy,
+    cache: &mut TokenCache,
+) -> Result<VerifiedToken, Denial> {
+    // Oversized tokens are refused before they are even hashed.
+    if token.len() > policy.max_token_bytes || policy.cache_entries == 0 {
+        return verify_token(token, now, keys, policy);
+    }
+    let digest = token_digest(token);
+    if let Some(hit) = cache.get(&digest, keys, now, policy.leeway) {
+        check_time(hit.claims(), now, policy)?;
+        return Ok(hit);
+    }
+    let verified = verify_token(token, now, keys, policy)?;
+    cache.insert(digest, verified.clone());
+    Ok(verified)
+}

@@ -1,0 +1,151 @@
+//! Per-route requirements, first match wins (like Envoy jwt_authn's `rules`).
+
+use alloc::{string::String, vec::Vec};
+
+use serde::Deserialize;
+
+/// One rule of the policy's `routes` list.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// Exact path to match (query string excluded).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Path prefix to match, as a plain string prefix (write `/admin/` to stop at a segment).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Methods this rule applies to; empty means every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// No token needed; identity headers are still removed.
+    #[serde(default)]
+    pub public: bool,
+    /// Scopes the token must all carry.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The token's `amr` must show a second factor (`mfa` or `otp`, RFC 8176).
+    #[serde(default)]
+    pub mfa: bool,
+}
+
+/// `amr` values (RFC 8176 §2) that show a second factor was used.
+pub const MFA_AMR_VALUES: [&str; 2] = ["mfa", "otp"];
+
+impl RouteRule {
+    pub(crate) fn validate(&self) -> Result<(), &'static str> {
+        let pattern = match (&self.path, &self.prefix) {
+            (Some(p), None) | (None, Some(p)) => p,
+            _ => return Err("exactly one of `path` and `prefix` is required"),
+        };
+        if !pattern.starts_with('/') {
+            return Err("`path`/`prefix` must start with `/`");
+        }
+        if pattern.contains('?') {
+            return Err("`path`/`prefix` must not contain a query string");
+        }
+        if self.public && (self.mfa || !self.scopes.is_empty()) {
+            return Err("a public route cannot require scopes or MFA");
+        }
+        if self
+            .methods
+            .iter()
+            .any(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            return Err("methods must be upper-case HTTP method names");
+        }
+        if self.scopes.iter().any(|s| {
+            s.is_empty() || s.bytes().any(|b| !(0x21..0x7f).contains(&b) || b == b'"' || b == b'\\')
+        }) {
+            return Err("scopes must be RFC 6749 scope tokens");
+        }
+        Ok(())
+    }
+
+    fn matches(&self, method: &str, path: &str) -> bool {
+        let path_ok = match (&self.path, &self.prefix) {
+            (Some(exact), _) => path == exact,
+            (_, Some(prefix)) => path.starts_with(prefix.as_str()),
+            _ => false,
+        };
+        path_ok && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+    }
+}
+
+/// The first rule matching `method` and `path` (without query), if any. No match means
+/// "a valid token, no particular scope".
+pub(crate) fn match_route<'r>(rules: &'r [RouteRule], method: &str, path: &str) -> Option<&'r RouteRule> {
+    rules.iter().find(|r| r.matches(method, path))
+}
+
+/// Whether the path could resolve to another route upstream: `.`/`..` segments, also when
+/// spelled `%2e` or separated by `%2f`, `%5c` or `\`. Such a path could match a public prefix
+/// here and a protected route after normalisation, so it is refused outright.
+pub(crate) fn has_dot_segments(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    let unified = lower
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/")
+        .replace("%2e", ".");
+    unified.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::{string::ToString, vec};
+
+    fn rule(prefix: &str, methods: &[&str]) -> RouteRule {
+        RouteRule {
+            path: None,
+            prefix: Some(prefix.to_string()),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            public: false,
+            scopes: vec![],
+            mfa: false,
+        }
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let rules = vec![rule("/admin/", &["POST"]), rule("/admin/", &[]), rule("/", &[])];
+        assert_eq!(match_route(&rules, "POST", "/admin/x"), Some(&rules[0]));
+        assert_eq!(match_route(&rules, "GET", "/admin/x"), Some(&rules[1]));
+        assert_eq!(match_route(&rules, "GET", "/other"), Some(&rules[2]));
+        assert_eq!(match_route(&rules[..2], "GET", "/other"), None);
+    }
+
+    #[test]
+    fn exact_path_does_not_match_longer_paths() {
+        let mut r = rule("/", &[]);
+        r.prefix = None;
+        r.path = Some("/health".into());
+        assert!(r.matches("GET", "/health"));
+        assert!(!r.matches("GET", "/healthz"));
+    }
+
+    #[test]
+    fn dot_segments_in_any_spelling_are_detected() {
+        for p in ["/public/../admin", "/public/%2e%2E/admin", "/public%2f..%2fadmin", "/a/./b", "/public\\..\\admin", "/.."] {
+            assert!(has_dot_segments(p), "{p}");
+        }
+        for p in ["/", "/a/b", "/file.txt", "/a/...", "/v1.2/x"] {
+            assert!(!has_dot_segments(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn invalid_rules_are_refused() {
+        let mut r = rule("/x", &[]);
+        r.path = Some("/x".into());
+        assert!(r.validate().is_err(), "path and prefix together");
+        let mut r = rule("x", &[]);
+        assert!(r.validate().is_err(), "no leading slash");
+        r = rule("/x", &["get"]);
+        assert!(r.validate().is_err(), "lower-case method");
+        r = rule("/x", &[]);
+        r.public = true;
+        r.scopes = vec!["a".into()];
+        assert!(r.validate().is_err(), "public with scopes");
+    }
+}

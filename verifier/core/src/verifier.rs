@@ -1,0 +1,201 @@
+//! Signature, then claims. The only module that can mint a [`VerifiedToken`].
+
+use alloc::borrow::ToOwned;
+
+use base64ct::{Base64UrlUnpadded, Encoding};
+use jwt_compact::{
+    alg::{Es256, Hs256, Rsa},
+    AlgorithmExt, Claims as JwtClaims, UntrustedToken, ValidationError,
+};
+
+use crate::{
+    alg::{Algorithm, StrictEd25519},
+    config::{normalise_media_type, Policy, RequiredClaim},
+    key_ring::{KeyMaterial, KeyRing, SelectError},
+    token::{check_compact_form, Claims, RawClaims, SignatureChecked, TokenHeader, UntrustedHeader, VerifiedToken},
+    verdict::{Denial, DenyReason},
+};
+
+/// Proof that claims were validated after a signature check; its field is private to this
+/// module, so no other code can build a [`VerifiedToken`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClaimsValid(());
+
+/// Longest `sub` or `jti` accepted. Both travel in headers and deny-list keys.
+pub const MAX_IDENTIFIER_BYTES: usize = 255;
+
+/// Checks everything but the claims: size, form, header rules, key selection, signature.
+/// Used alone by `edge-verify --signature-only`.
+pub fn check_signature(token: &str, keys: &KeyRing, policy: &Policy) -> Result<SignatureChecked, Denial> {
+    // Size first: nothing is decoded for an oversized token (RFC 8725 §3.5 spirit, DoS bound).
+    if token.len() > policy.max_token_bytes {
+        return Err(DenyReason::TokenTooLarge.into());
+    }
+    let [header_b64, _, _] = check_compact_form(token)?;
+    let header_json =
+        Base64UrlUnpadded::decode_vec(header_b64).map_err(|_| DenyReason::MalformedToken)?;
+    let header: UntrustedHeader =
+        serde_json::from_slice(&header_json).map_err(|_| DenyReason::MalformedToken)?;
+
+    // RFC 8725 §3.1: the algorithm comes from the policy and the key, never from the token alone.
+    // Exact spelling only, so `none`, `NONE` and `nOnE` are unknown names.
+    let alg = Algorithm::from_name(&header.alg).ok_or(DenyReason::AlgorithmNotAllowed)?;
+    if !policy.algorithms.contains(&alg) {
+        return Err(DenyReason::AlgorithmNotAllowed.into());
+    }
+    if header.crit.is_some() || header.b64 == Some(false) {
+        return Err(DenyReason::UnsupportedHeader.into());
+    }
+    // RFC 8725 §3.11 explicit typing: tokens of other kinds signed with the same keys (such as
+    // the origin's signed revocation messages) must not pass as access tokens.
+    match &header.typ {
+        None if policy.allow_missing_type => {}
+        None => return Err(DenyReason::TokenTypeNotAllowed.into()),
+        Some(typ) => {
+            if !policy.token_types.contains(&normalise_media_type(typ)) {
+                return Err(DenyReason::TokenTypeNotAllowed.into());
+            }
+        }
+    }
+
+    let key = keys
+        .select(header.kid.as_deref(), alg)
+        .map_err(|e| match e {
+            SelectError::UnknownKid => DenyReason::UnknownKey,
+            SelectError::AlgorithmMismatch => DenyReason::KeyAlgorithmMismatch,
+        })?;
+
+    let untrusted = UntrustedToken::new(token).map_err(|_| DenyReason::MalformedToken)?;
+    // The typed key fixes the algorithm: a P-256 key can only ever run ES256, whatever `alg` says.
+    let verified = match (&key.material, alg) {
+        (KeyMaterial::Ed25519(k), Algorithm::EdDsa) => StrictEd25519.validator::<RawClaims>(k).validate(&untrusted),
+        (KeyMaterial::P256(k), Algorithm::Es256) => Es256.validator::<RawClaims>(k).validate(&untrusted),
+        (KeyMaterial::Rsa(k), Algorithm::Rs256) => Rsa::rs256().validator::<RawClaims>(k).validate(&untrusted),
+        (KeyMaterial::Rsa(k), Algorithm::Ps256) => Rsa::ps256().validator::<RawClaims>(k).validate(&untrusted),
+        (KeyMaterial::Hmac(k), Algorithm::Hs256) => Hs256.validator::<RawClaims>(k).validate(&untrusted),
+        _ => return Err(DenyReason::KeyAlgorithmMismatch.into()),
+    };
+    let token = verified.map_err(|e| match e {
+        // The signer produced these bytes, so a bad payload is a bad claim, not a forgery.
+        ValidationError::MalformedClaims(_) => Denial::claim(DenyReason::InvalidClaim, "payload"),
+        ValidationError::AlgorithmMismatch { .. } => DenyReason::KeyAlgorithmMismatch.into(),
+        _ => DenyReason::BadSignature.into(),
+    })?;
+    let (_, claims): (_, JwtClaims<RawClaims>) = token.into_parts();
+    let claims = Claims::from_parts(
+        claims.custom,
+        claims.expiration.map(|t| t.timestamp()),
+        claims.not_before.map(|t| t.timestamp()),
+        claims.issued_at.map(|t| t.timestamp()),
+    );
+    Ok(SignatureChecked {
+        header: TokenHeader {
+            alg,
+            kid: header.kid,
+            typ: header.typ,
+        },
+        claims,
+        key_thumbprint: key.thumbprint().to_owned(),
+    })
+}
+
+/// Header values must be visible ASCII: a `sub` with CR/LF would inject headers upstream, and
+/// one host rejecting a byte another accepts would break "same verdict everywhere".
+fn is_header_safe(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_IDENTIFIER_BYTES
+        && value.bytes().all(|b| (0x21..0x7f).contains(&b))
+}
+
+/// RFC 6749 §3.3 scope-token: %x21 / %x23-5B / %x5D-7E.
+fn is_scope_token(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+/// Time rules, shared by the full check and the cache-hit path.
+/// RFC 7519 §4.1.4: reject on or after `exp`; §4.1.5: before `nbf`; leeway on each side.
+pub(crate) fn check_time(claims: &Claims, now: i64, policy: &Policy) -> Result<(), Denial> {
+    let exp = claims
+        .exp
+        .ok_or(Denial::claim(DenyReason::MissingClaim, "exp"))?;
+    if now >= exp.saturating_add(policy.leeway) {
+        return Err(DenyReason::Expired.into());
+    }
+    if let Some(nbf) = claims.nbf {
+        if now.saturating_add(policy.leeway) < nbf {
+            return Err(DenyReason::NotYetValid.into());
+        }
+    }
+    if let Some(iat) = claims.iat {
+        if iat > now.saturating_add(policy.leeway) {
+            return Err(DenyReason::IssuedInFuture.into());
+        }
+        if exp.saturating_sub(iat) > policy.max_lifetime {
+            return Err(DenyReason::LifetimeTooLong.into());
+        }
+    }
+    // Without `iat` the lifetime is unknown, but no token may outlive the bound from now on.
+    if exp.saturating_sub(now) > policy.max_lifetime.saturating_add(policy.leeway) {
+        return Err(DenyReason::LifetimeTooLong.into());
+    }
+    Ok(())
+}
+
+/// Validates the claims of a signature-checked token at `now`.
+pub fn validate_claims(checked: SignatureChecked, now: i64, policy: &Policy) -> Result<VerifiedToken, Denial> {
+    let claims = &checked.claims;
+    for required in &policy.required_claims {
+        let present = match required {
+            RequiredClaim::Sub => claims.sub.is_some(),
+            RequiredClaim::Jti => claims.jti.is_some(),
+            RequiredClaim::Iat => claims.iat.is_some(),
+            RequiredClaim::Nbf => claims.nbf.is_some(),
+            RequiredClaim::Iss => claims.iss.is_some(),
+            RequiredClaim::Aud => !claims.aud.is_empty(),
+            RequiredClaim::Scope => claims.has_scope,
+        };
+        if !present {
+            return Err(Denial::claim(DenyReason::MissingClaim, required.name()));
+        }
+    }
+    if let Some(sub) = &claims.sub {
+        if !is_header_safe(sub) {
+            return Err(Denial::claim(DenyReason::InvalidClaim, "sub"));
+        }
+    }
+    if let Some(jti) = &claims.jti {
+        if !is_header_safe(jti) {
+            return Err(Denial::claim(DenyReason::InvalidClaim, "jti"));
+        }
+    }
+    if !claims.scope.iter().all(|s| is_scope_token(s)) {
+        return Err(Denial::claim(DenyReason::InvalidClaim, "scope"));
+    }
+    check_time(claims, now, policy)?;
+    // RFC 7519 §4.1.1 / RFC 8725 §3.8: exact issuer match.
+    match &claims.iss {
+        Some(iss) if policy.issuers.iter().any(|i| i == iss) => {}
+        Some(_) => return Err(DenyReason::IssuerNotAllowed.into()),
+        None => return Err(Denial::claim(DenyReason::MissingClaim, "iss")),
+    }
+    // RFC 7519 §4.1.3 / RFC 8725 §3.9: a token for another service must not be replayed here.
+    if claims.aud.is_empty() {
+        return Err(Denial::claim(DenyReason::MissingClaim, "aud"));
+    }
+    if !claims.aud.iter().any(|a| policy.audiences.contains(a)) {
+        return Err(DenyReason::AudienceNotAllowed.into());
+    }
+    Ok(VerifiedToken {
+        checked: alloc::sync::Arc::new(checked),
+        _proof: ClaimsValid(()),
+    })
+}
+
+/// Signature and claims in one call.
+pub fn verify_token(token: &str, now: i64, keys: &KeyRing, policy: &Policy) -> Result<VerifiedToken, Denial> {
+    let checked = check_signature(token, keys, policy)?;
+    validate_claims(checked, now, policy)
+}
