@@ -5,14 +5,17 @@ use alloc::borrow::ToOwned;
 use base64ct::{Base64UrlUnpadded, Encoding};
 use jwt_compact::{
     alg::{Es256, Hs256, Rsa},
-    AlgorithmExt, Claims as JwtClaims, UntrustedToken, ValidationError,
+    Algorithm as JwtAlgorithm, AlgorithmSignature, Claims as JwtClaims, UntrustedToken,
 };
 
 use crate::{
     alg::{Algorithm, StrictEd25519},
     config::{normalise_media_type, Policy, RequiredClaim},
     key_ring::{KeyMaterial, KeyRing, SelectError},
-    token::{check_compact_form, Claims, RawClaims, SignatureChecked, TokenHeader, UntrustedHeader, VerifiedToken},
+    token::{
+        check_compact_form, Claims, RawClaims, SignatureChecked, TokenHeader, UntrustedHeader,
+        VerifiedToken,
+    },
     verdict::{Denial, DenyReason},
 };
 
@@ -21,12 +24,36 @@ use crate::{
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClaimsValid(());
 
+/// Verifies one signature with jwt-compact's algorithm implementation.
+///
+/// jwt-compact's own `Validator` deserialises the claims *before* it checks the signature
+/// (it assumes parsing is the cheaper step). Here the signature comes first, so a forged token's
+/// payload is never parsed and a forgery always reads `bad_signature`, whatever its payload.
+fn signature_verifies<A: JwtAlgorithm>(
+    alg: &A,
+    key: &A::VerifyingKey,
+    signature: &[u8],
+    signing_input: &[u8],
+) -> bool {
+    if A::Signature::LENGTH.is_some_and(|len| len.get() != signature.len()) {
+        return false;
+    }
+    match A::Signature::try_from_slice(signature) {
+        Ok(signature) => alg.verify_signature(&signature, key, signing_input),
+        Err(_) => false,
+    }
+}
+
 /// Longest `sub` or `jti` accepted. Both travel in headers and deny-list keys.
 pub const MAX_IDENTIFIER_BYTES: usize = 255;
 
 /// Checks everything but the claims: size, form, header rules, key selection, signature.
 /// Used alone by `edge-verify --signature-only`.
-pub fn check_signature(token: &str, keys: &KeyRing, policy: &Policy) -> Result<SignatureChecked, Denial> {
+pub fn check_signature(
+    token: &str,
+    keys: &KeyRing,
+    policy: &Policy,
+) -> Result<SignatureChecked, Denial> {
     // Size first: nothing is decoded for an oversized token (RFC 8725 §3.5 spirit, DoS bound).
     if token.len() > policy.max_token_bytes {
         return Err(DenyReason::TokenTooLarge.into());
@@ -66,22 +93,38 @@ pub fn check_signature(token: &str, keys: &KeyRing, policy: &Policy) -> Result<S
         })?;
 
     let untrusted = UntrustedToken::new(token).map_err(|_| DenyReason::MalformedToken)?;
+    // The signing input is the text before the last dot, exactly as received.
+    let signing_input = token
+        .rsplit_once('.')
+        .map_or("", |(input, _)| input)
+        .as_bytes();
+    let signature = untrusted.signature_bytes();
     // The typed key fixes the algorithm: a P-256 key can only ever run ES256, whatever `alg` says.
-    let verified = match (&key.material, alg) {
-        (KeyMaterial::Ed25519(k), Algorithm::EdDsa) => StrictEd25519.validator::<RawClaims>(k).validate(&untrusted),
-        (KeyMaterial::P256(k), Algorithm::Es256) => Es256.validator::<RawClaims>(k).validate(&untrusted),
-        (KeyMaterial::Rsa(k), Algorithm::Rs256) => Rsa::rs256().validator::<RawClaims>(k).validate(&untrusted),
-        (KeyMaterial::Rsa(k), Algorithm::Ps256) => Rsa::ps256().validator::<RawClaims>(k).validate(&untrusted),
-        (KeyMaterial::Hmac(k), Algorithm::Hs256) => Hs256.validator::<RawClaims>(k).validate(&untrusted),
+    let valid = match (&key.material, alg) {
+        (KeyMaterial::Ed25519(k), Algorithm::EdDsa) => {
+            signature_verifies(&StrictEd25519, k, signature, signing_input)
+        }
+        (KeyMaterial::P256(k), Algorithm::Es256) => {
+            signature_verifies(&Es256, k, signature, signing_input)
+        }
+        (KeyMaterial::Rsa(k), Algorithm::Rs256) => {
+            signature_verifies(&Rsa::rs256(), k, signature, signing_input)
+        }
+        (KeyMaterial::Rsa(k), Algorithm::Ps256) => {
+            signature_verifies(&Rsa::ps256(), k, signature, signing_input)
+        }
+        (KeyMaterial::Hmac(k), Algorithm::Hs256) => {
+            signature_verifies(&Hs256, k, signature, signing_input)
+        }
         _ => return Err(DenyReason::KeyAlgorithmMismatch.into()),
     };
-    let token = verified.map_err(|e| match e {
-        // The signer produced these bytes, so a bad payload is a bad claim, not a forgery.
-        ValidationError::MalformedClaims(_) => Denial::claim(DenyReason::InvalidClaim, "payload"),
-        ValidationError::AlgorithmMismatch { .. } => DenyReason::KeyAlgorithmMismatch.into(),
-        _ => DenyReason::BadSignature.into(),
-    })?;
-    let (_, claims): (_, JwtClaims<RawClaims>) = token.into_parts();
+    if !valid {
+        return Err(DenyReason::BadSignature.into());
+    }
+    // Only now is the payload parsed: the signer produced these bytes, so a bad one is a bad claim.
+    let claims: JwtClaims<RawClaims> = untrusted
+        .deserialize_claims_unchecked()
+        .map_err(|_| Denial::claim(DenyReason::InvalidClaim, "payload"))?;
     let claims = Claims::from_parts(
         claims.custom,
         claims.expiration.map(|t| t.timestamp()),
@@ -145,7 +188,11 @@ pub(crate) fn check_time(claims: &Claims, now: i64, policy: &Policy) -> Result<(
 }
 
 /// Validates the claims of a signature-checked token at `now`.
-pub fn validate_claims(checked: SignatureChecked, now: i64, policy: &Policy) -> Result<VerifiedToken, Denial> {
+pub fn validate_claims(
+    checked: SignatureChecked,
+    now: i64,
+    policy: &Policy,
+) -> Result<VerifiedToken, Denial> {
     let claims = &checked.claims;
     for required in &policy.required_claims {
         let present = match required {
@@ -195,7 +242,12 @@ pub fn validate_claims(checked: SignatureChecked, now: i64, policy: &Policy) -> 
 }
 
 /// Signature and claims in one call.
-pub fn verify_token(token: &str, now: i64, keys: &KeyRing, policy: &Policy) -> Result<VerifiedToken, Denial> {
+pub fn verify_token(
+    token: &str,
+    now: i64,
+    keys: &KeyRing,
+    policy: &Policy,
+) -> Result<VerifiedToken, Denial> {
     let checked = check_signature(token, keys, policy)?;
     validate_claims(checked, now, policy)
 }
