@@ -1,0 +1,449 @@
+//! Request-level behaviour: sources, routes, identity headers, the deny-list step, the cache.
+
+use edgeauth_core::{
+    authorize, DenyListStatus, DenyReason, KeyRing, Policy, Request, RevocationAnswer, Step,
+    TokenCache, Verdict, WatermarkStatus,
+};
+use serde_json::json;
+
+use crate::shared::*;
+
+const ROUTES: &str = r#","routes":[
+    {"prefix":"/public/","public":true},
+    {"prefix":"/admin/","scopes":["admin"],"mfa":true},
+    {"path":"/orders","methods":["POST"],"scopes":["orders:write"]}
+]"#;
+
+struct Edge {
+    policy: Policy,
+    ring: Option<KeyRing>,
+    cache: TokenCache,
+}
+
+impl Edge {
+    fn new(extra: &str) -> Self {
+        let policy = policy(extra);
+        let ring = Some(standard_ring(&policy));
+        let cache = TokenCache::new(policy.cache_entries());
+        Self {
+            policy,
+            ring,
+            cache,
+        }
+    }
+
+    fn step(&mut self, method: &str, path: &str, headers: &[(&str, &str)], now: i64) -> Step {
+        let request = Request {
+            method,
+            path,
+            headers,
+        };
+        authorize(
+            &request,
+            now,
+            self.ring.as_ref(),
+            &self.policy,
+            &mut self.cache,
+        )
+    }
+
+    /// Runs a request through, answering the deny-list with `answer`.
+    fn run(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        now: i64,
+        answer: RevocationAnswer,
+    ) -> Verdict {
+        match self.step(method, path, headers, now) {
+            Step::Done(v) => v,
+            Step::CheckRevocation(check) => check.finish(answer, &self.policy),
+        }
+    }
+
+    fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Verdict {
+        self.run("GET", path, headers, NOW, RevocationAnswer::CLEAR)
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn denied(v: &Verdict) -> DenyReason {
+    v.denial()
+        .unwrap_or_else(|| panic!("expected a denial, got {v:?}"))
+        .reason
+}
+
+#[test]
+fn valid_token_sets_identity_and_strips_spoofed_headers() {
+    let mut edge = Edge::new("");
+    let auth = bearer(&good_token(&Signer::ed25519(1), "current"));
+    let v = edge.get(
+        "/orders",
+        &[
+            ("authorization", &auth),
+            ("X-User-Id", "admin"),
+            ("x-user-scope", "admin"),
+        ],
+    );
+    let Verdict::Allow(allowed) = v else {
+        panic!("expected allow: {v:?}")
+    };
+    assert!(allowed
+        .header_changes
+        .remove
+        .contains(&"x-user-id".to_string()));
+    assert!(allowed
+        .header_changes
+        .remove
+        .contains(&"x-user-scope".to_string()));
+    assert!(!allowed
+        .header_changes
+        .remove
+        .contains(&"authorization".to_string()));
+    assert_eq!(
+        allowed.header_changes.set,
+        vec![
+            (
+                "x-user-id".to_string(),
+                "3f1c2a9e-7b4d-4c1a-9e2f-0a1b2c3d4e5f".to_string()
+            ),
+            (
+                "x-user-scope".to_string(),
+                "profile orders:read".to_string()
+            ),
+        ]
+    );
+    assert!(allowed.token.is_some());
+}
+
+#[test]
+fn authorization_can_be_stripped_and_extra_headers_removed() {
+    let mut edge = Edge::new(r#","headers":{"strip":["x-user-email"],"strip_authorization":true}"#);
+    let auth = bearer(&good_token(&Signer::ed25519(1), "current"));
+    let Verdict::Allow(allowed) = edge.get("/", &[("authorization", &auth)]) else {
+        panic!("allow")
+    };
+    assert_eq!(
+        allowed.header_changes.remove,
+        ["x-user-id", "x-user-scope", "x-user-email", "authorization"]
+    );
+}
+
+#[test]
+fn missing_token_is_401_without_error_attribute() {
+    let mut edge = Edge::new("");
+    let v = edge.get("/orders", &[]);
+    let d = v.denial().expect("deny");
+    assert_eq!((d.reason, d.status()), (DenyReason::TokenMissing, 401));
+    assert_eq!(d.www_authenticate(&edge.policy).as_deref(), Some("Bearer"));
+}
+
+#[test]
+fn no_key_set_yet_is_503_not_401() {
+    let mut edge = Edge::new("");
+    edge.ring = None;
+    let auth = bearer(&good_token(&Signer::ed25519(1), "current"));
+    let v = edge.get("/orders", &[("authorization", &auth)]);
+    let d = v.denial().expect("deny");
+    assert_eq!((d.reason, d.status()), (DenyReason::KeysUnavailable, 503));
+    assert_eq!(d.retry_after(&edge.policy), Some(5));
+    // Without a token the answer is still the client's problem.
+    assert_eq!(denied(&edge.get("/orders", &[])), DenyReason::TokenMissing);
+}
+
+#[test]
+fn route_rules_scopes_and_mfa() {
+    let mut edge = Edge::new(ROUTES);
+    let plain = bearer(&good_token(&Signer::ed25519(1), "current"));
+    let v = edge.run(
+        "POST",
+        "/orders",
+        &[("authorization", &plain)],
+        NOW,
+        RevocationAnswer::CLEAR,
+    );
+    let d = v.denial().expect("deny");
+    assert_eq!((d.reason, d.status()), (DenyReason::InsufficientScope, 403));
+    let challenge = d.www_authenticate(&edge.policy).expect("challenge");
+    assert!(
+        challenge.contains(r#"error="insufficient_scope""#)
+            && challenge.contains(r#"scope="orders:write""#),
+        "{challenge}"
+    );
+    // GET /orders matches no rule: any valid token.
+    assert!(matches!(
+        edge.get("/orders", &[("authorization", &plain)]),
+        Verdict::Allow(_)
+    ));
+
+    let mut c = good_claims();
+    c["scope"] = json!("admin");
+    let admin_pwd = bearer(&token(&Signer::ed25519(1), "current", &c));
+    assert_eq!(
+        denied(&edge.get("/admin/users", &[("authorization", &admin_pwd)])),
+        DenyReason::MfaRequired
+    );
+    c["amr"] = json!(["pwd", "otp"]);
+    let admin_otp = bearer(&token(&Signer::ed25519(1), "current", &c));
+    assert!(matches!(
+        edge.get("/admin/users", &[("authorization", &admin_otp)]),
+        Verdict::Allow(_)
+    ));
+}
+
+#[test]
+fn public_routes_pass_without_token_but_lose_identity_headers() {
+    let mut edge = Edge::new(ROUTES);
+    let Verdict::Allow(allowed) = edge.get("/public/docs", &[("x-user-id", "admin")]) else {
+        panic!("allow")
+    };
+    assert!(allowed.token.is_none());
+    assert!(allowed
+        .header_changes
+        .remove
+        .contains(&"x-user-id".to_string()));
+    assert!(allowed.header_changes.set.is_empty());
+}
+
+#[test]
+fn dot_segment_paths_cannot_ride_a_public_prefix() {
+    let mut edge = Edge::new(ROUTES);
+    for path in [
+        "/public/../admin/users",
+        "/public/%2e%2e/admin/users",
+        "/public%2F..%2Fadmin",
+    ] {
+        let v = edge.get(path, &[]);
+        let d = v.denial().expect("deny");
+        assert_eq!(
+            (d.reason, d.status()),
+            (DenyReason::InvalidRequest, 400),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn cors_preflight_bypass_is_opt_in() {
+    let preflight = [
+        ("origin", "https://app.example"),
+        ("access-control-request-method", "POST"),
+    ];
+    let mut off = Edge::new("");
+    assert_eq!(
+        denied(&off.run(
+            "OPTIONS",
+            "/orders",
+            &preflight,
+            NOW,
+            RevocationAnswer::CLEAR
+        )),
+        DenyReason::TokenMissing
+    );
+    let mut on = Edge::new(r#","cors_preflight_bypass":true"#);
+    assert!(matches!(
+        on.run(
+            "OPTIONS",
+            "/orders",
+            &preflight,
+            NOW,
+            RevocationAnswer::CLEAR
+        ),
+        Verdict::Allow(_)
+    ));
+    // A plain OPTIONS is not a preflight.
+    assert_eq!(
+        denied(&on.run("OPTIONS", "/orders", &[], NOW, RevocationAnswer::CLEAR)),
+        DenyReason::TokenMissing
+    );
+}
+
+#[test]
+fn cookie_and_query_sources() {
+    let t = good_token(&Signer::ed25519(1), "current");
+    let mut edge = Edge::new(
+        r#","sources":{"authorization_header":false,"cookie":"at","query_parameter":"access_token"}"#,
+    );
+    let cookie = format!("theme=dark; at={t}");
+    assert!(matches!(
+        edge.get("/x", &[("cookie", &cookie)]),
+        Verdict::Allow(_)
+    ));
+    assert!(matches!(
+        edge.get(&format!("/x?access_token={t}"), &[]),
+        Verdict::Allow(_)
+    ));
+    // The disabled header source is not read at all.
+    assert_eq!(
+        denied(&edge.get("/x", &[("authorization", &bearer(&t))])),
+        DenyReason::TokenMissing
+    );
+}
+
+#[test]
+fn revocation_answers() {
+    let mut edge = Edge::new("");
+    let auth = bearer(&good_token(&Signer::ed25519(1), "current"));
+    let h = [("authorization", auth.as_str())];
+    let Step::CheckRevocation(check) = edge.step("GET", "/", &h, NOW) else {
+        panic!("asks the deny-list")
+    };
+    assert_eq!(check.jti(), Some("jti-0001"));
+    assert_eq!(
+        check.subject(),
+        Some("3f1c2a9e-7b4d-4c1a-9e2f-0a1b2c3d4e5f")
+    );
+
+    let ask =
+        |edge: &mut Edge, jti, user| edge.run("GET", "/", &h, NOW, RevocationAnswer { jti, user });
+    use DenyListStatus as J;
+    use WatermarkStatus as W;
+    assert_eq!(
+        denied(&ask(&mut edge, J::Listed, W::None)),
+        DenyReason::TokenRevoked
+    );
+    // iat is NOW-60: a watermark at or after it revokes, one before it does not.
+    assert_eq!(
+        denied(&ask(&mut edge, J::NotListed, W::RevokedThrough(NOW - 60))),
+        DenyReason::UserTokensRevoked
+    );
+    assert!(matches!(
+        ask(&mut edge, J::NotListed, W::RevokedThrough(NOW - 61)),
+        Verdict::Allow(_)
+    ));
+    // Fail closed by default, and a definite revocation beats an unavailable half.
+    let v = ask(&mut edge, J::Unavailable, W::None);
+    assert_eq!(
+        (denied(&v), v.denial().map(|d| d.status())),
+        (DenyReason::RevocationUnavailable, Some(503))
+    );
+    assert_eq!(
+        denied(&ask(&mut edge, J::Listed, W::Unavailable)),
+        DenyReason::TokenRevoked
+    );
+    assert_eq!(
+        denied(&ask(&mut edge, J::NotListed, W::Unavailable)),
+        DenyReason::RevocationUnavailable
+    );
+
+    let mut open = Edge::new(r#","revocation":{"on_unavailable":"allow"}"#);
+    assert!(matches!(
+        ask(&mut open, J::Unavailable, W::Unavailable),
+        Verdict::Allow(_)
+    ));
+    assert_eq!(
+        denied(&ask(&mut open, J::Listed, W::Unavailable)),
+        DenyReason::TokenRevoked
+    );
+}
+
+#[test]
+fn cache_hit_still_checks_time_and_revocation() {
+    let mut edge = Edge::new("");
+    let mut c = good_claims();
+    c["exp"] = json!(NOW + 100);
+    let auth = bearer(&token(&Signer::ed25519(1), "current", &c));
+    let h = [("authorization", auth.as_str())];
+    assert!(matches!(
+        edge.run("GET", "/", &h, NOW, RevocationAnswer::CLEAR),
+        Verdict::Allow(_)
+    ));
+    assert!(matches!(
+        edge.run("GET", "/", &h, NOW + 1, RevocationAnswer::CLEAR),
+        Verdict::Allow(_)
+    ));
+    assert_eq!(edge.cache.stats().hits, 1);
+    let revoked = RevocationAnswer {
+        jti: DenyListStatus::Listed,
+        user: WatermarkStatus::None,
+    };
+    assert_eq!(
+        denied(&edge.run("GET", "/", &h, NOW + 2, revoked)),
+        DenyReason::TokenRevoked
+    );
+    assert_eq!(edge.cache.stats().hits, 2, "revocation was asked on a hit");
+    // After exp + leeway the cached entry is no use.
+    assert_eq!(
+        denied(&edge.run("GET", "/", &h, NOW + 130, RevocationAnswer::CLEAR)),
+        DenyReason::Expired
+    );
+}
+
+#[test]
+fn cache_hit_rechecks_route_rules() {
+    let mut edge = Edge::new(ROUTES);
+    let auth = bearer(&good_token(&Signer::ed25519(1), "current"));
+    let h = [("authorization", auth.as_str())];
+    assert!(matches!(edge.get("/orders", &h), Verdict::Allow(_)));
+    assert_eq!(
+        denied(&edge.run("POST", "/orders", &h, NOW, RevocationAnswer::CLEAR)),
+        DenyReason::InsufficientScope
+    );
+    assert_eq!(edge.cache.stats().hits, 1);
+}
+
+#[test]
+fn removing_a_key_drops_what_it_verified() {
+    let mut edge = Edge::new("");
+    let auth = bearer(&good_token(&Signer::ed25519(2), "previous"));
+    let h = [("authorization", auth.as_str())];
+    assert!(matches!(edge.get("/", &h), Verdict::Allow(_)));
+    // Rotation retires "previous": the next ring no longer has it.
+    edge.ring = Some(ring(
+        &[
+            Signer::ed25519(1).jwk("current"),
+            Signer::ed25519(4).jwk("next"),
+        ],
+        &edge.policy,
+    ));
+    assert_eq!(denied(&edge.get("/", &h)), DenyReason::UnknownKey);
+    assert_eq!(edge.cache.stats().hits, 0);
+}
+
+#[test]
+fn cache_is_bounded() {
+    let mut edge = Edge::new(r#","cache":{"max_entries":2}"#);
+    for i in 0..5 {
+        let mut c = good_claims();
+        c["jti"] = json!(format!("jti-{i}"));
+        let auth = bearer(&token(&Signer::ed25519(1), "current", &c));
+        assert!(matches!(
+            edge.get("/", &[("authorization", &auth)]),
+            Verdict::Allow(_)
+        ));
+        assert!(edge.cache.len() <= 2);
+    }
+    assert_eq!(edge.cache.stats().evictions, 3);
+}
+
+#[test]
+fn same_verdict_with_and_without_cache() {
+    let mut cached = Edge::new("");
+    let mut uncached = Edge::new(r#","cache":{"max_entries":0}"#);
+    let mut c = good_claims();
+    c["exp"] = json!(NOW + 10);
+    let tokens = [
+        good_token(&Signer::ed25519(1), "current"),
+        token(&Signer::ed25519(1), "current", &c),
+        good_token(&Signer::ed25519(3), "current"),
+        "garbage".to_string(),
+    ];
+    for now in [NOW, NOW + 20, NOW + 45] {
+        for t in &tokens {
+            let auth = bearer(t);
+            let h = [("authorization", auth.as_str())];
+            let a = cached.run("GET", "/", &h, now, RevocationAnswer::CLEAR);
+            let b = uncached.run("GET", "/", &h, now, RevocationAnswer::CLEAR);
+            assert_eq!(
+                a.denial().map(|d| d.reason),
+                b.denial().map(|d| d.reason),
+                "now={now}"
+            );
+        }
+    }
+    assert!(cached.cache.stats().hits > 0);
+}

@@ -1,0 +1,7 @@
+//! One integration-test binary (each file under tests/ would be its own binary and link again).
+
+mod shared;
+
+mod gate;
+mod properties;
+mod verify;
