@@ -69,7 +69,13 @@ impl TokenCache {
 
     /// The cached token for `digest`, if its key is still in `keys` and `now` is before its
     /// `exp` (plus `leeway`). Stale entries are removed.
-    pub fn get(&mut self, digest: &TokenDigest, keys: &KeyRing, now: i64, leeway: i64) -> Option<VerifiedToken> {
+    pub fn get(
+        &mut self,
+        digest: &TokenDigest,
+        keys: &KeyRing,
+        now: i64,
+        leeway: i64,
+    ) -> Option<VerifiedToken> {
         if self.max_entries == 0 {
             return None;
         }
@@ -96,7 +102,9 @@ impl TokenCache {
             return;
         }
         while self.entries.len() >= self.max_entries {
-            let Some(oldest) = self.order.pop_front() else { break };
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
             if self.entries.remove(&oldest).is_some() {
                 self.stats.evictions += 1;
             }

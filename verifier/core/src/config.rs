@@ -355,11 +355,17 @@ fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if !valid {
-        return Err(invalid(field, format!("`{name}` is not a valid header name")));
+        return Err(invalid(
+            field,
+            format!("`{name}` is not a valid header name"),
+        ));
     }
     let lower = name.to_ascii_lowercase();
     if lower.starts_with(':') || lower == "host" {
-        return Err(invalid(field, format!("`{name}` cannot be an identity header")));
+        return Err(invalid(
+            field,
+            format!("`{name}` cannot be an identity header"),
+        ));
     }
     Ok(lower)
 }
@@ -501,7 +507,10 @@ impl TryFrom<RawPolicy> for Policy {
         }
 
         if let Some(realm) = &raw.realm {
-            if realm.bytes().any(|b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\') {
+            if realm
+                .bytes()
+                .any(|b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\')
+            {
                 return Err(invalid(
                     "realm",
                     "must be printable ASCII without quotes or backslashes",
@@ -613,15 +622,15 @@ mod tests {
     #[test]
     fn none_and_unknown_algorithms_are_refused() {
         for alg in ["none", "None", "HS512", "es256"] {
-            let json =
-                format!(r#"{{"issuers":["a"],"audiences":["b"],"algorithms":["{alg}"]}}"#);
+            let json = format!(r#"{{"issuers":["a"],"audiences":["b"],"algorithms":["{alg}"]}}"#);
             assert_eq!(field_of(error_for(&json)), "algorithms", "{alg}");
         }
     }
 
     #[test]
     fn symmetric_never_mixes_with_asymmetric() {
-        let err = error_for(r#"{"issuers":["a"],"audiences":["b"],"algorithms":["HS256","EdDSA"]}"#);
+        let err =
+            error_for(r#"{"issuers":["a"],"audiences":["b"],"algorithms":["HS256","EdDSA"]}"#);
         assert_eq!(field_of(err), "algorithms");
         let p = Policy::from_json(r#"{"issuers":["a"],"audiences":["b"],"algorithms":["HS256"]}"#)
             .expect("HS256 alone is allowed when asked for");

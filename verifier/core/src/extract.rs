@@ -30,7 +30,10 @@ impl<K: AsRef<str>, V: AsRef<[u8]>> Headers for alloc::vec::Vec<(K, V)> {
 
 /// The one value of a header, or `Ok(None)`. Two values, or bytes that are not visible ASCII,
 /// make the request ambiguous or hostile: refused rather than guessed at.
-fn single_text_value<H: Headers + ?Sized>(headers: &H, name: &str) -> Result<Option<String>, DenyReason> {
+fn single_text_value<H: Headers + ?Sized>(
+    headers: &H,
+    name: &str,
+) -> Result<Option<String>, DenyReason> {
     let mut found: Option<Result<String, DenyReason>> = None;
     let mut count = 0usize;
     headers.values(name, &mut |v| {
@@ -46,7 +49,10 @@ fn single_text_value<H: Headers + ?Sized>(headers: &H, name: &str) -> Result<Opt
 }
 
 fn text(value: &[u8]) -> Result<String, DenyReason> {
-    if value.iter().all(|&b| (0x20..0x7f).contains(&b) || b == b'\t') {
+    if value
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) || b == b'\t')
+    {
         // Checked ASCII above, so this conversion cannot fail.
         core::str::from_utf8(value)
             .map(ToString::to_string)
@@ -140,7 +146,9 @@ pub(crate) fn is_cors_preflight<H: Headers + ?Sized>(method: &str, headers: &H) 
     let mut origin = false;
     let mut request_method = false;
     headers.values("origin", &mut |_| origin = true);
-    headers.values("access-control-request-method", &mut |_| request_method = true);
+    headers.values("access-control-request-method", &mut |_| {
+        request_method = true
+    });
     method == "OPTIONS" && origin && request_method
 }
 
@@ -176,25 +184,52 @@ mod tests {
     #[test]
     fn ambiguous_or_binary_authorization_is_invalid_request() {
         let p = policy("");
-        let two = vec![("authorization", "Bearer a.b.c"), ("Authorization", "Bearer d.e.f")];
-        assert_eq!(extract_token(&p, "/", &two), Err(DenyReason::InvalidRequest));
+        let two = vec![
+            ("authorization", "Bearer a.b.c"),
+            ("Authorization", "Bearer d.e.f"),
+        ];
+        assert_eq!(
+            extract_token(&p, "/", &two),
+            Err(DenyReason::InvalidRequest)
+        );
         let binary: Vec<(&str, &[u8])> = vec![("authorization", b"Bearer a.b\xff.c")];
-        assert_eq!(extract_token(&p, "/", &binary), Err(DenyReason::InvalidRequest));
+        assert_eq!(
+            extract_token(&p, "/", &binary),
+            Err(DenyReason::InvalidRequest)
+        );
         let empty = vec![("authorization", "Bearer ")];
-        assert_eq!(extract_token(&p, "/", &empty), Err(DenyReason::InvalidRequest));
+        assert_eq!(
+            extract_token(&p, "/", &empty),
+            Err(DenyReason::InvalidRequest)
+        );
         let spaced = vec![("authorization", "Bearer a.b.c d")];
-        assert_eq!(extract_token(&p, "/", &spaced), Err(DenyReason::InvalidRequest));
+        assert_eq!(
+            extract_token(&p, "/", &spaced),
+            Err(DenyReason::InvalidRequest)
+        );
     }
 
     #[test]
     fn sources_are_tried_in_order() {
         let p = policy(r#","sources":{"cookie":"at","query_parameter":"access_token"}"#);
-        let both = vec![("authorization", "Bearer from.header.x"), ("cookie", "a=1; at=from.cookie.x")];
-        assert_eq!(extract_token(&p, "/?access_token=q.q.q", &both), Ok(Some("from.header.x".into())));
+        let both = vec![
+            ("authorization", "Bearer from.header.x"),
+            ("cookie", "a=1; at=from.cookie.x"),
+        ];
+        assert_eq!(
+            extract_token(&p, "/?access_token=q.q.q", &both),
+            Ok(Some("from.header.x".into()))
+        );
         let cookie_only = vec![("cookie", "a=1; at=\"from.cookie.x\"")];
-        assert_eq!(extract_token(&p, "/?access_token=q.q.q", &cookie_only), Ok(Some("from.cookie.x".into())));
+        assert_eq!(
+            extract_token(&p, "/?access_token=q.q.q", &cookie_only),
+            Ok(Some("from.cookie.x".into()))
+        );
         let none: Vec<(&str, &str)> = vec![];
-        assert_eq!(extract_token(&p, "/x?y=1&access_token=q.q.q", &none), Ok(Some("q.q.q".into())));
+        assert_eq!(
+            extract_token(&p, "/x?y=1&access_token=q.q.q", &none),
+            Ok(Some("q.q.q".into()))
+        );
         assert_eq!(extract_token(&p, "/x?y=1", &none), Ok(None));
     }
 
@@ -207,7 +242,10 @@ mod tests {
 
     #[test]
     fn preflight_needs_all_three_signals() {
-        let h = vec![("origin", "https://app"), ("access-control-request-method", "POST")];
+        let h = vec![
+            ("origin", "https://app"),
+            ("access-control-request-method", "POST"),
+        ];
         assert!(is_cors_preflight("OPTIONS", &h));
         assert!(!is_cors_preflight("GET", &h));
         assert!(!is_cors_preflight("OPTIONS", &h[..1]));

@@ -200,7 +200,13 @@ pub fn authorize<H: Headers + ?Sized>(
                 claim: None,
             }));
         }
-        if route.mfa && !token.claims().amr.iter().any(|a| MFA_AMR_VALUES.contains(&a.as_str())) {
+        if route.mfa
+            && !token
+                .claims()
+                .amr
+                .iter()
+                .any(|a| MFA_AMR_VALUES.contains(&a.as_str()))
+        {
             return deny(DenyReason::MfaRequired);
         }
     }

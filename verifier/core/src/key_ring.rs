@@ -246,7 +246,11 @@ impl KeyRing {
 
     /// Finds the key for a token's `kid` and `alg`. Without a `kid`, the ring must hold exactly one
     /// key for that algorithm: trying every key would let one token cost many verifications.
-    pub(crate) fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<&RingKey, SelectError> {
+    pub(crate) fn select(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<&RingKey, SelectError> {
         match kid {
             Some(kid) => {
                 let key = self
@@ -316,7 +320,8 @@ fn parse_key(value: &serde_json::Value, policy: &Policy) -> Result<RingKey, Skip
                     return Err(SkipReason::RsaSize(bits));
                 }
             }
-            let key = RsaPublicKey::try_from(&key).map_err(|e| SkipReason::Invalid(e.to_string()))?;
+            let key =
+                RsaPublicKey::try_from(&key).map_err(|e| SkipReason::Invalid(e.to_string()))?;
             (KeyMaterial::Rsa(key), &[Algorithm::Rs256, Algorithm::Ps256])
         }
         "oct" => {

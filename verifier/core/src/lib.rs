@@ -55,8 +55,12 @@ pub use alg::Algorithm;
 pub use cache::{token_digest, CacheStats, TokenCache, TokenDigest};
 pub use config::{ConfigError, OnUnavailable, Policy, RawPolicy, RequiredClaim};
 pub use extract::Headers;
-pub use gate::{authorize, DenyListStatus, Request, RevocationAnswer, RevocationCheck, Step, WatermarkStatus};
-pub use key_ring::{thumbprint_hex, JwksError, KeyRing, RingKey, SkipReason, SkippedKey, Thumbprint};
+pub use gate::{
+    authorize, DenyListStatus, Request, RevocationAnswer, RevocationCheck, Step, WatermarkStatus,
+};
+pub use key_ring::{
+    thumbprint_hex, JwksError, KeyRing, RingKey, SkipReason, SkippedKey, Thumbprint,
+};
 pub use rules::RouteRule;
 pub use token::{Claims, SignatureChecked, TokenHeader, VerifiedToken};
 pub use verdict::{Allowed, Denial, DenyReason, HeaderChanges, Verdict};

@@ -54,7 +54,9 @@ impl RouteRule {
             return Err("methods must be upper-case HTTP method names");
         }
         if self.scopes.iter().any(|s| {
-            s.is_empty() || s.bytes().any(|b| !(0x21..0x7f).contains(&b) || b == b'"' || b == b'\\')
+            s.is_empty()
+                || s.bytes()
+                    .any(|b| !(0x21..0x7f).contains(&b) || b == b'"' || b == b'\\')
         }) {
             return Err("scopes must be RFC 6749 scope tokens");
         }
@@ -73,7 +75,11 @@ impl RouteRule {
 
 /// The first rule matching `method` and `path` (without query), if any. No match means
 /// "a valid token, no particular scope".
-pub(crate) fn match_route<'r>(rules: &'r [RouteRule], method: &str, path: &str) -> Option<&'r RouteRule> {
+pub(crate) fn match_route<'r>(
+    rules: &'r [RouteRule],
+    method: &str,
+    path: &str,
+) -> Option<&'r RouteRule> {
     rules.iter().find(|r| r.matches(method, path))
 }
 
@@ -108,7 +114,11 @@ mod tests {
 
     #[test]
     fn first_matching_rule_wins() {
-        let rules = vec![rule("/admin/", &["POST"]), rule("/admin/", &[]), rule("/", &[])];
+        let rules = vec![
+            rule("/admin/", &["POST"]),
+            rule("/admin/", &[]),
+            rule("/", &[]),
+        ];
         assert_eq!(match_route(&rules, "POST", "/admin/x"), Some(&rules[0]));
         assert_eq!(match_route(&rules, "GET", "/admin/x"), Some(&rules[1]));
         assert_eq!(match_route(&rules, "GET", "/other"), Some(&rules[2]));
@@ -126,7 +136,14 @@ mod tests {
 
     #[test]
     fn dot_segments_in_any_spelling_are_detected() {
-        for p in ["/public/../admin", "/public/%2e%2E/admin", "/public%2f..%2fadmin", "/a/./b", "/public\\..\\admin", "/.."] {
+        for p in [
+            "/public/../admin",
+            "/public/%2e%2E/admin",
+            "/public%2f..%2fadmin",
+            "/a/./b",
+            "/public\\..\\admin",
+            "/..",
+        ] {
             assert!(has_dot_segments(p), "{p}");
         }
         for p in ["/", "/a/b", "/file.txt", "/a/...", "/v1.2/x"] {

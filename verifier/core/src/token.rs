@@ -145,7 +145,11 @@ impl Claims {
     ) -> Self {
         let has_scope = raw.scope.is_some();
         let scope = match raw.scope {
-            Some(ScopeClaim::Text(text)) => text.split(' ').filter(|s| !s.is_empty()).map(String::from).collect(),
+            Some(ScopeClaim::Text(text)) => text
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
             Some(ScopeClaim::List(list)) => list,
             None => Vec::new(),
         };
@@ -224,8 +228,19 @@ mod tests {
     #[test]
     fn compact_form_needs_exactly_three_segments() {
         assert!(check_compact_form("eyJh.eyJh.c2ln").is_ok());
-        for bad in ["eyJh.eyJh", "eyJh.eyJh.c2ln.eA", "", "..", "eyJh..c2ln", "eyJh.eyJh."] {
-            assert_eq!(check_compact_form(bad), Err(DenyReason::MalformedToken), "{bad:?}");
+        for bad in [
+            "eyJh.eyJh",
+            "eyJh.eyJh.c2ln.eA",
+            "",
+            "..",
+            "eyJh..c2ln",
+            "eyJh.eyJh.",
+        ] {
+            assert_eq!(
+                check_compact_form(bad),
+                Err(DenyReason::MalformedToken),
+                "{bad:?}"
+            );
         }
     }
 
@@ -246,7 +261,10 @@ mod tests {
     #[test]
     fn scope_reads_as_string_or_array() {
         let text: RawClaims = serde_json::from_str(r#"{"scope":"a  b c"}"#).expect("json");
-        assert_eq!(Claims::from_parts(text, None, None, None).scope, ["a", "b", "c"]);
+        assert_eq!(
+            Claims::from_parts(text, None, None, None).scope,
+            ["a", "b", "c"]
+        );
         let list: RawClaims = serde_json::from_str(r#"{"scope":["a","b"]}"#).expect("json");
         assert_eq!(Claims::from_parts(list, None, None, None).scope, ["a", "b"]);
     }

@@ -317,10 +317,8 @@ mod tests {
     use super::*;
 
     fn policy(extra: &str) -> Policy {
-        Policy::from_json(&format!(
-            r#"{{"issuers":["i"],"audiences":["a"]{extra}}}"#
-        ))
-        .expect("valid")
+        Policy::from_json(&format!(r#"{{"issuers":["i"],"audiences":["a"]{extra}}}"#))
+            .expect("valid")
     }
 
     #[test]
@@ -363,7 +361,10 @@ mod tests {
 
     #[test]
     fn unavailable_states_are_503_with_retry_after_and_no_challenge() {
-        for reason in [DenyReason::KeysUnavailable, DenyReason::RevocationUnavailable] {
+        for reason in [
+            DenyReason::KeysUnavailable,
+            DenyReason::RevocationUnavailable,
+        ] {
             let d = Denial::from(reason);
             let p = policy(r#","retry_after_seconds":7"#);
             assert_eq!(d.status(), 503);
