@@ -1,4 +1,4 @@
-//! The whole request decision: path sanity, route rule, token extraction, verification (through
+//! The whole request decision: path normalisation, route rule, token extraction, verification (through
 //! the cache), scopes and MFA, then a question to the host's deny-list.
 //!
 //! Deny-lists live behind I/O (Workers KV, Envoy shared data, Redis), so [`authorize`] does not
@@ -15,7 +15,7 @@ use crate::{
     config::{OnUnavailable, Policy},
     extract::{extract_token, is_cors_preflight, Headers},
     key_ring::KeyRing,
-    rules::{has_dot_segments, match_route, MFA_AMR_VALUES},
+    rules::{match_route, normalise_path, MFA_AMR_VALUES},
     token::VerifiedToken,
     verdict::{Allowed, Denial, DenyReason, HeaderChanges, Verdict},
     verifier::{check_time, verify_token},
@@ -162,17 +162,17 @@ pub fn authorize<H: Headers + ?Sized>(
     policy: &Policy,
     cache: &mut TokenCache,
 ) -> Step {
-    let path_only = request.path.split('?').next().unwrap_or_default();
-    if has_dot_segments(path_only) {
+    let raw_path = request.path.split('?').next().unwrap_or_default();
+    let Some(path_only) = normalise_path(raw_path) else {
         return deny(DenyReason::InvalidRequest);
-    }
+    };
     if policy.cors_preflight_bypass && is_cors_preflight(request.method, request.headers) {
         return Step::Done(Verdict::Allow(Allowed {
             token: None,
             header_changes: removals(policy),
         }));
     }
-    let route = match_route(&policy.routes, request.method, path_only);
+    let route = match_route(&policy.routes, request.method, &path_only);
     if route.is_some_and(|r| r.public) {
         return Step::Done(Verdict::Allow(Allowed {
             token: None,

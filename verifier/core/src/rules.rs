@@ -83,17 +83,61 @@ pub(crate) fn match_route<'r>(
     rules.iter().find(|r| r.matches(method, path))
 }
 
-/// Whether the path could resolve to another route upstream: `.`/`..` segments, also when
-/// spelled `%2e` or separated by `%2f`, `%5c` or `\`. Such a path could match a public prefix
-/// here and a protected route after normalisation, so it is refused outright.
-pub(crate) fn has_dot_segments(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    let unified = lower
-        .replace("%2f", "/")
-        .replace("%5c", "/")
-        .replace('\\', "/")
-        .replace("%2e", ".");
-    unified.split('/').any(|seg| seg == "." || seg == "..")
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The path that route rules are matched against, or `None` for a path that must be refused.
+///
+/// A rule is only as good as the agreement between this path and the one the upstream routes
+/// on. Upstreams commonly decode `%61` to `a`, merge `//`, and resolve `..`, so `/%61dmin/x`,
+/// `//admin/x` and `/public/../admin/x` would otherwise dodge an `/admin/` rule. So:
+/// percent-encoded unreserved characters are decoded (RFC 3986 §6.2.2.2) and repeated slashes
+/// merged before matching; dot segments, encoded `/` or `\`, raw `\`, malformed escapes and
+/// bytes outside visible ASCII are refused, because no single reading of them is safe.
+pub(crate) fn normalise_path(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let c = if b == b'%' {
+            let hi = hex(*bytes.get(i + 1)?)?;
+            let lo = hex(*bytes.get(i + 2)?)?;
+            let decoded = hi << 4 | lo;
+            i += 3;
+            if decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded) {
+                decoded as char
+            } else if decoded == b'/' || decoded == b'\\' {
+                return None;
+            } else {
+                // Reserved or non-ASCII: keep the escape as it is, upper-cased for matching.
+                out.push('%');
+                out.push(bytes[i - 2].to_ascii_uppercase() as char);
+                out.push(bytes[i - 1].to_ascii_uppercase() as char);
+                continue;
+            }
+        } else {
+            i += 1;
+            if !(0x21..0x7f).contains(&b) || b == b'\\' {
+                return None;
+            }
+            b as char
+        };
+        if c == '/' && out.ends_with('/') {
+            continue;
+        }
+        out.push(c);
+    }
+    if !out.starts_with('/') || out.split('/').any(|seg| seg == "." || seg == "..") {
+        return None;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -135,19 +179,41 @@ mod tests {
     }
 
     #[test]
-    fn dot_segments_in_any_spelling_are_detected() {
+    fn paths_that_could_route_elsewhere_are_refused() {
         for p in [
             "/public/../admin",
             "/public/%2e%2E/admin",
             "/public%2f..%2fadmin",
+            "/public%2Fadmin",
             "/a/./b",
             "/public\\..\\admin",
+            "/a%5cb",
             "/..",
+            "/a%zz",
+            "/a%4",
+            "/caf\u{e9}",
+            "/a b",
+            "a/b",
+            "",
         ] {
-            assert!(has_dot_segments(p), "{p}");
+            assert_eq!(normalise_path(p), None, "{p}");
         }
-        for p in ["/", "/a/b", "/file.txt", "/a/...", "/v1.2/x"] {
-            assert!(!has_dot_segments(p), "{p}");
+    }
+
+    #[test]
+    fn paths_are_normalised_the_way_upstreams_read_them() {
+        for (raw, normal) in [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/file.txt", "/file.txt"),
+            ("/a/...", "/a/..."),
+            ("/v1.2/x", "/v1.2/x"),
+            ("/%61dmin/users", "/admin/users"),
+            ("//admin///users", "/admin/users"),
+            ("/%7euser", "/~user"),
+            ("/a%3fb", "/a%3Fb"),
+        ] {
+            assert_eq!(normalise_path(raw).as_deref(), Some(normal), "{raw}");
         }
     }
 

@@ -17,8 +17,8 @@ use crate::{config::Policy, token::VerifiedToken};
 pub enum DenyReason {
     /// No token in any configured location (RFC 6750 §3.1: no error attribute).
     TokenMissing,
-    /// The request itself is malformed: two `Authorization` headers, a dot-segment path, a
-    /// header that is not text.
+    /// The request itself is malformed: two `Authorization` headers, a path that could route
+    /// elsewhere upstream (dot segments, encoded slashes), a header that is not text.
     InvalidRequest,
     /// Longer than `max_token_bytes`; refused before decoding.
     TokenTooLarge,

@@ -228,6 +228,32 @@ fn dot_segment_paths_cannot_ride_a_public_prefix() {
 }
 
 #[test]
+fn encoded_or_doubled_paths_still_meet_their_rule() {
+    let mut edge = Edge::new(ROUTES);
+    let plain = bearer(&good_token(&Signer::ed25519(1), "current"));
+    // Upstreams read these as /admin/users: they must meet the /admin/ rule, not the default.
+    for path in [
+        "/%61dmin/users",
+        "//admin/users",
+        "/admin//users",
+        "/%61%64%6d%69%6e/users",
+    ] {
+        assert_eq!(
+            denied(&edge.get(path, &[("authorization", &plain)])),
+            DenyReason::InsufficientScope,
+            "{path}"
+        );
+    }
+    for path in ["/public%2Fadmin", "/public%5c..%5cadmin", "/public/%zz"] {
+        assert_eq!(
+            denied(&edge.get(path, &[])),
+            DenyReason::InvalidRequest,
+            "{path}"
+        );
+    }
+}
+
+#[test]
 fn cors_preflight_bypass_is_opt_in() {
     let preflight = [
         ("origin", "https://app.example"),
