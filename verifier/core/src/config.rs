@@ -248,30 +248,30 @@ pub enum RequiredClaim {
 }
 
 impl RequiredClaim {
+    /// Each claim with its name in the token: the one table both directions read.
+    const NAMES: [(Self, &'static str); 7] = [
+        (Self::Sub, "sub"),
+        (Self::Jti, "jti"),
+        (Self::Iat, "iat"),
+        (Self::Nbf, "nbf"),
+        (Self::Iss, "iss"),
+        (Self::Aud, "aud"),
+        (Self::Scope, "scope"),
+    ];
+
     fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "sub" => Self::Sub,
-            "jti" => Self::Jti,
-            "iat" => Self::Iat,
-            "nbf" => Self::Nbf,
-            "iss" => Self::Iss,
-            "aud" => Self::Aud,
-            "scope" => Self::Scope,
-            _ => return None,
-        })
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(c, _)| *c)
     }
 
     /// The claim's name in the token.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Sub => "sub",
-            Self::Jti => "jti",
-            Self::Iat => "iat",
-            Self::Nbf => "nbf",
-            Self::Iss => "iss",
-            Self::Aud => "aud",
-            Self::Scope => "scope",
-        }
+        Self::NAMES
+            .iter()
+            .find(|(c, _)| *c == self)
+            .map_or("", |(_, n)| n)
     }
 }
 
