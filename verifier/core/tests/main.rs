@@ -4,4 +4,5 @@ mod shared;
 
 mod gate;
 mod properties;
+mod rfc_vectors;
 mod verify;
