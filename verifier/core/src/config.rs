@@ -42,6 +42,8 @@ fn invalid(field: &str, problem: impl Into<String>) -> ConfigError {
 
 /// The largest leeway accepted: beyond a few minutes a skewed clock is a fault to fix, not absorb.
 pub const MAX_LEEWAY_SECONDS: u32 = 300;
+/// Most entries a verified-token cache may be configured to hold (a few hundred MB at worst).
+pub const MAX_CACHE_ENTRIES: usize = 1_000_000;
 /// Tokens beyond this size are refused before any decoding; larger limits only widen DoS surface.
 pub const MAX_TOKEN_BYTES_LIMIT: usize = 64 * 1024;
 
@@ -517,6 +519,12 @@ impl TryFrom<RawPolicy> for Policy {
                 ));
             }
         }
+        if raw.cache.max_entries > MAX_CACHE_ENTRIES {
+            return Err(invalid(
+                "cache.max_entries",
+                format!("must be at most {MAX_CACHE_ENTRIES}"),
+            ));
+        }
         if raw.retry_after_seconds == 0 || raw.retry_after_seconds > 3600 {
             return Err(invalid("retry_after_seconds", "must be between 1 and 3600"));
         }
@@ -656,6 +664,12 @@ mod tests {
                 r#"{"issuers":["a"],"audiences":["b"],"max_lifetime_seconds":0}"#
             )),
             "max_lifetime_seconds"
+        );
+        assert_eq!(
+            field_of(error_for(
+                r#"{"issuers":["a"],"audiences":["b"],"cache":{"max_entries":1000001}}"#
+            )),
+            "cache.max_entries"
         );
         assert!(matches!(
             error_for(r#"{"issuers":["a"],"audiences":["b"],"leeway_seconds":-1}"#),

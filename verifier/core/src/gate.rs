@@ -18,7 +18,7 @@ use crate::{
     rules::{match_route, normalise_path, MFA_AMR_VALUES},
     token::VerifiedToken,
     verdict::{Allowed, Denial, DenyReason, HeaderChanges, Verdict},
-    verifier::{check_time, verify_token},
+    verifier::{revalidate, verify_token},
 };
 
 /// What the host knows of an incoming request.
@@ -229,8 +229,10 @@ fn verify_cached(
     }
     let digest = token_digest(token);
     if let Some(hit) = cache.get(&digest, keys, now, policy.leeway) {
-        check_time(hit.claims(), now, policy)?;
-        return Ok(hit);
+        // The hit saves the signature; every policy rule still runs against today's policy.
+        if let Some(verdict) = revalidate(&hit, now, keys, policy) {
+            return verdict;
+        }
     }
     let verified = verify_token(token, now, keys, policy)?;
     cache.insert(digest, verified.clone());

@@ -43,6 +43,10 @@ impl RouteRule {
         if pattern.contains('?') {
             return Err("`path`/`prefix` must not contain a query string");
         }
+        // Requests are matched in normal form, so a pattern in any other form could never match.
+        if normalise_path(pattern).as_deref() != Some(pattern.as_str()) {
+            return Err("`path`/`prefix` must be in normal form (no `//`, dot segments, or escaped unreserved characters)");
+        }
         if self.public && (self.mfa || !self.scopes.is_empty()) {
             return Err("a public route cannot require scopes or MFA");
         }
@@ -224,6 +228,8 @@ mod tests {
         assert!(r.validate().is_err(), "path and prefix together");
         let mut r = rule("x", &[]);
         assert!(r.validate().is_err(), "no leading slash");
+        r = rule("/%61dmin/", &[]);
+        assert!(r.validate().is_err(), "pattern not in normal form");
         r = rule("/x", &["get"]);
         assert!(r.validate().is_err(), "lower-case method");
         r = rule("/x", &[]);

@@ -20,12 +20,28 @@ pub(crate) struct UntrustedHeader {
     pub kid: Option<String>,
     #[serde(default)]
     pub typ: Option<String>,
-    /// Critical extensions: none is understood, so any `crit` refuses the token (RFC 7515 §4.1.11).
-    #[serde(default)]
-    pub crit: Option<IgnoredAny>,
-    /// RFC 7797 unencoded payloads change what is signed; refused when false.
-    #[serde(default)]
-    pub b64: Option<bool>,
+    /// Critical extensions (RFC 7515 §4.1.11): none is understood, so its mere presence
+    /// (even as `null`) refuses the token.
+    #[serde(default, deserialize_with = "present")]
+    pub crit: bool,
+    /// RFC 7797 unencoded payloads change what is signed; anything but `true` refuses.
+    #[serde(default, deserialize_with = "some_value")]
+    pub b64: Option<serde_json::Value>,
+    /// Content type: nested JWTs are not access tokens; present at all refuses.
+    #[serde(default, deserialize_with = "present")]
+    pub cty: bool,
+}
+
+/// `true` for a member that is present, whatever its value: `Option` would read `null` as absent.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// `Some` for a member that is present, `null` included.
+fn some_value<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// Checks the compact serialisation before any decoding: exactly three segments of canonical

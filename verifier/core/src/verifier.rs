@@ -1,12 +1,13 @@
 //! Signature, then claims. The only module that can mint a [`VerifiedToken`].
 
-use alloc::borrow::ToOwned;
+use alloc::{borrow::ToOwned, sync::Arc};
 
 use base64ct::{Base64UrlUnpadded, Encoding};
 use jwt_compact::{
     alg::{Es256, Hs256, Rsa},
-    Algorithm as JwtAlgorithm, AlgorithmSignature, Claims as JwtClaims, UntrustedToken,
+    Algorithm as JwtAlgorithm, AlgorithmSignature, Claims as JwtClaims,
 };
+use serde_json::Value;
 
 use crate::{
     alg::{Algorithm, StrictEd25519},
@@ -47,6 +48,23 @@ fn signature_verifies<A: JwtAlgorithm>(
 /// Longest `sub` or `jti` accepted. Both travel in headers and deny-list keys.
 pub const MAX_IDENTIFIER_BYTES: usize = 255;
 
+/// The header rules that depend on the policy: `alg` accepted, `typ` on the allow-list.
+/// Run on every request, cache hits included, so a policy change applies at once.
+fn check_header_policy(alg: Algorithm, typ: Option<&str>, policy: &Policy) -> Result<(), Denial> {
+    // RFC 8725 §3.1: the algorithm comes from the policy and the key, never from the token alone.
+    if !policy.algorithms.contains(&alg) {
+        return Err(DenyReason::AlgorithmNotAllowed.into());
+    }
+    // RFC 8725 §3.11 explicit typing: tokens of other kinds signed with the same keys (such as
+    // the origin's signed revocation messages) must not pass as access tokens.
+    match typ {
+        None if policy.allow_missing_type => Ok(()),
+        None => Err(DenyReason::TokenTypeNotAllowed.into()),
+        Some(typ) if policy.token_types.contains(&normalise_media_type(typ)) => Ok(()),
+        Some(_) => Err(DenyReason::TokenTypeNotAllowed.into()),
+    }
+}
+
 /// Checks everything but the claims: size, form, header rules, key selection, signature.
 /// Used alone by `edge-verify --signature-only`.
 pub fn check_signature(
@@ -58,32 +76,21 @@ pub fn check_signature(
     if token.len() > policy.max_token_bytes {
         return Err(DenyReason::TokenTooLarge.into());
     }
-    let [header_b64, _, _] = check_compact_form(token)?;
+    let [header_b64, payload_b64, signature_b64] = check_compact_form(token)?;
     let header_json =
         Base64UrlUnpadded::decode_vec(header_b64).map_err(|_| DenyReason::MalformedToken)?;
     let header: UntrustedHeader =
         serde_json::from_slice(&header_json).map_err(|_| DenyReason::MalformedToken)?;
 
-    // RFC 8725 §3.1: the algorithm comes from the policy and the key, never from the token alone.
     // Exact spelling only, so `none`, `NONE` and `nOnE` are unknown names.
     let alg = Algorithm::from_name(&header.alg).ok_or(DenyReason::AlgorithmNotAllowed)?;
-    if !policy.algorithms.contains(&alg) {
-        return Err(DenyReason::AlgorithmNotAllowed.into());
-    }
-    if header.crit.is_some() || header.b64 == Some(false) {
+    // `crit` (RFC 7515 §4.1.11): no extension is understood, so any `crit`, even null, refuses.
+    // `b64` (RFC 7797): anything but `true` changes what was signed. `cty`: nested JWTs and
+    // other content types are not access tokens (RFC 7519 §5.2).
+    if header.crit || header.cty || header.b64.as_ref().is_some_and(|b| b != &Value::Bool(true)) {
         return Err(DenyReason::UnsupportedHeader.into());
     }
-    // RFC 8725 §3.11 explicit typing: tokens of other kinds signed with the same keys (such as
-    // the origin's signed revocation messages) must not pass as access tokens.
-    match &header.typ {
-        None if policy.allow_missing_type => {}
-        None => return Err(DenyReason::TokenTypeNotAllowed.into()),
-        Some(typ) => {
-            if !policy.token_types.contains(&normalise_media_type(typ)) {
-                return Err(DenyReason::TokenTypeNotAllowed.into());
-            }
-        }
-    }
+    check_header_policy(alg, header.typ.as_deref(), policy)?;
 
     let key = keys
         .select(header.kid.as_deref(), alg)
@@ -92,38 +99,37 @@ pub fn check_signature(
             SelectError::AlgorithmMismatch => DenyReason::KeyAlgorithmMismatch,
         })?;
 
-    let untrusted = UntrustedToken::new(token).map_err(|_| DenyReason::MalformedToken)?;
-    // The signing input is the text before the last dot, exactly as received.
-    let signing_input = token
-        .rsplit_once('.')
-        .map_or("", |(input, _)| input)
-        .as_bytes();
-    let signature = untrusted.signature_bytes();
+    let signature =
+        Base64UrlUnpadded::decode_vec(signature_b64).map_err(|_| DenyReason::MalformedToken)?;
+    // The signing input is the header and payload text exactly as received.
+    let signing_input = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
     // The typed key fixes the algorithm: a P-256 key can only ever run ES256, whatever `alg` says.
     let valid = match (&key.material, alg) {
         (KeyMaterial::Ed25519(k), Algorithm::EdDsa) => {
-            signature_verifies(&StrictEd25519, k, signature, signing_input)
+            signature_verifies(&StrictEd25519, k, &signature, signing_input)
         }
         (KeyMaterial::P256(k), Algorithm::Es256) => {
-            signature_verifies(&Es256, k, signature, signing_input)
+            signature_verifies(&Es256, k, &signature, signing_input)
         }
         (KeyMaterial::Rsa(k), Algorithm::Rs256) => {
-            signature_verifies(&Rsa::rs256(), k, signature, signing_input)
+            signature_verifies(&Rsa::rs256(), k, &signature, signing_input)
         }
         (KeyMaterial::Rsa(k), Algorithm::Ps256) => {
-            signature_verifies(&Rsa::ps256(), k, signature, signing_input)
+            signature_verifies(&Rsa::ps256(), k, &signature, signing_input)
         }
         (KeyMaterial::Hmac(k), Algorithm::Hs256) => {
-            signature_verifies(&Hs256, k, signature, signing_input)
+            signature_verifies(&Hs256, k, &signature, signing_input)
         }
         _ => return Err(DenyReason::KeyAlgorithmMismatch.into()),
     };
     if !valid {
         return Err(DenyReason::BadSignature.into());
     }
-    // Only now is the payload parsed: the signer produced these bytes, so a bad one is a bad claim.
-    let claims: JwtClaims<RawClaims> = untrusted
-        .deserialize_claims_unchecked()
+    // Only now is the payload decoded and parsed: the signer produced these bytes, so a bad
+    // payload is a bad claim. jwt-compact's `Claims` reads the registered time claims.
+    let payload =
+        Base64UrlUnpadded::decode_vec(payload_b64).map_err(|_| DenyReason::MalformedToken)?;
+    let claims: JwtClaims<RawClaims> = serde_json::from_slice(&payload)
         .map_err(|_| Denial::claim(DenyReason::InvalidClaim, "payload"))?;
     let claims = Claims::from_parts(
         claims.custom,
@@ -140,6 +146,29 @@ pub fn check_signature(
         claims,
         key_thumbprint: key.thumbprint().to_owned(),
     })
+}
+
+/// Re-checks a token verified earlier against the policy and ring in force now: the header
+/// policy, then every claim rule; only the signature is not recomputed. `None` when the token's
+/// `kid` no longer selects the very key that verified it (a retired key, a re-pointed `kid`, a
+/// narrowed JWK `alg`): the caller must verify afresh, so a cache never changes an answer.
+pub(crate) fn revalidate(
+    cached: &VerifiedToken,
+    now: i64,
+    keys: &KeyRing,
+    policy: &Policy,
+) -> Option<Result<VerifiedToken, Denial>> {
+    let checked = &cached.checked;
+    let same_key = keys
+        .select(checked.header.kid.as_deref(), checked.header.alg)
+        .is_ok_and(|key| key.thumbprint() == &checked.key_thumbprint);
+    if !same_key {
+        return None;
+    }
+    Some(
+        check_header_policy(checked.header.alg, checked.header.typ.as_deref(), policy)
+            .and_then(|()| validate_shared(Arc::clone(checked), now, policy)),
+    )
 }
 
 /// Header values must be visible ASCII: a `sub` with CR/LF would inject headers upstream, and
@@ -160,7 +189,7 @@ fn is_scope_token(value: &str) -> bool {
 
 /// Time rules, shared by the full check and the cache-hit path.
 /// RFC 7519 §4.1.4: reject on or after `exp`; §4.1.5: before `nbf`; leeway on each side.
-pub(crate) fn check_time(claims: &Claims, now: i64, policy: &Policy) -> Result<(), Denial> {
+fn check_time(claims: &Claims, now: i64, policy: &Policy) -> Result<(), Denial> {
     let exp = claims
         .exp
         .ok_or(Denial::claim(DenyReason::MissingClaim, "exp"))?;
@@ -190,6 +219,14 @@ pub(crate) fn check_time(claims: &Claims, now: i64, policy: &Policy) -> Result<(
 /// Validates the claims of a signature-checked token at `now`.
 pub fn validate_claims(
     checked: SignatureChecked,
+    now: i64,
+    policy: &Policy,
+) -> Result<VerifiedToken, Denial> {
+    validate_shared(Arc::new(checked), now, policy)
+}
+
+fn validate_shared(
+    checked: Arc<SignatureChecked>,
     now: i64,
     policy: &Policy,
 ) -> Result<VerifiedToken, Denial> {
@@ -236,7 +273,7 @@ pub fn validate_claims(
         return Err(DenyReason::AudienceNotAllowed.into());
     }
     Ok(VerifiedToken {
-        checked: alloc::sync::Arc::new(checked),
+        checked,
         _proof: ClaimsValid(()),
     })
 }

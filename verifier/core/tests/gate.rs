@@ -473,3 +473,60 @@ fn same_verdict_with_and_without_cache() {
     }
     assert!(cached.cache.stats().hits > 0);
 }
+
+#[test]
+fn cache_hit_applies_the_policy_in_force_now() {
+    let mut edge = Edge::new("");
+    let auth = bearer(&good_token(&Signer::ed25519(1), "current"));
+    let h = [("authorization", auth.as_str())];
+    assert!(matches!(edge.get("/", &h), Verdict::Allow(_)));
+    // The host swaps in a stricter policy but keeps its cache: each rule still applies.
+    for (extra, reason) in [
+        (
+            r#","algorithms":["ES256"]"#,
+            DenyReason::AlgorithmNotAllowed,
+        ),
+        (r#","token_types":["JWT"]"#, DenyReason::TokenTypeNotAllowed),
+        (r#","required_claims":["nbf"]"#, DenyReason::MissingClaim),
+        (
+            r#","max_lifetime_seconds":600"#,
+            DenyReason::LifetimeTooLong,
+        ),
+    ] {
+        edge.policy = policy(extra);
+        assert_eq!(denied(&edge.get("/", &h)), reason, "{extra}");
+    }
+    edge.policy = Policy::from_json(&format!(
+        r#"{{"issuers":["https://other.test"],"audiences":["{AUDIENCE}"]}}"#
+    ))
+    .expect("valid");
+    assert_eq!(denied(&edge.get("/", &h)), DenyReason::IssuerNotAllowed);
+    edge.policy = Policy::from_json(&format!(
+        r#"{{"issuers":["{ISSUER}"],"audiences":["other"]}}"#
+    ))
+    .expect("valid");
+    assert_eq!(denied(&edge.get("/", &h)), DenyReason::AudienceNotAllowed);
+    assert!(
+        edge.cache.stats().hits >= 6,
+        "these were answered from the cache"
+    );
+}
+
+#[test]
+fn cache_hit_needs_the_same_key_for_the_same_kid() {
+    let mut edge = Edge::new("");
+    let auth = bearer(&good_token(&Signer::ed25519(1), "current"));
+    let h = [("authorization", auth.as_str())];
+    assert!(matches!(edge.get("/", &h), Verdict::Allow(_)));
+    // Same key material now published under another kid, and `current` names a new key: the
+    // cached entry no longer applies, and the answer is what a fresh verification gives.
+    edge.ring = Some(ring(
+        &[
+            Signer::ed25519(1).jwk("renamed"),
+            Signer::ed25519(5).jwk("current"),
+        ],
+        &edge.policy,
+    ));
+    assert_eq!(denied(&edge.get("/", &h)), DenyReason::BadSignature);
+    assert_eq!(edge.cache.stats().hits, 1, "the stale entry was found, then not trusted");
+}
