@@ -162,28 +162,34 @@ fn jwk_alg_must_equal_token_alg() {
 }
 
 #[test]
-fn crit_and_unencoded_payload_headers_are_refused() {
+fn crit_cty_and_unencoded_payload_headers_are_refused() {
     let p = policy("");
     let r = standard_ring(&p);
     let s = Signer::ed25519(1);
     let claims = good_claims().to_string();
-    let crit = sign_raw(
-        &s,
-        r#"{"alg":"EdDSA","kid":"current","crit":["exp"],"exp":1}"#,
-        &claims,
-    );
-    assert_eq!(
-        reason(verify_token(&crit, NOW, &r, &p)),
-        DenyReason::UnsupportedHeader
-    );
-    let b64 = sign_raw(
-        &s,
-        r#"{"alg":"EdDSA","kid":"current","b64":false}"#,
-        &claims,
-    );
-    assert_eq!(
-        reason(verify_token(&b64, NOW, &r, &p)),
-        DenyReason::UnsupportedHeader
+    // Present with a null value is still present: the same bytes must mean the same thing to
+    // every component that reads them.
+    for extra in [
+        r#""crit":["exp"],"exp":1"#,
+        r#""crit":null"#,
+        r#""b64":false"#,
+        r#""b64":null"#,
+        r#""b64":"true""#,
+        r#""cty":"JWT""#,
+        r#""cty":null"#,
+    ] {
+        let header = format!(r#"{{"alg":"EdDSA","kid":"current",{extra}}}"#);
+        let t = sign_raw(&s, &header, &claims);
+        assert_eq!(
+            reason(verify_token(&t, NOW, &r, &p)),
+            DenyReason::UnsupportedHeader,
+            "{extra}"
+        );
+    }
+    let b64_true = sign_raw(&s, r#"{"alg":"EdDSA","kid":"current","b64":true}"#, &claims);
+    assert!(
+        verify_token(&b64_true, NOW, &r, &p).is_ok(),
+        "b64: true is the default meaning"
     );
 }
 
