@@ -221,3 +221,23 @@ fn skipped_keys_are_reported_on_stderr() {
     assert_eq!(code, 0);
     assert!(err.contains("enc-key") && err.contains("sig"), "{err}");
 }
+
+#[test]
+fn shipped_examples_give_the_documented_verdicts() {
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let files = Files {
+        _dir: tempfile::tempdir().expect("tempdir"),
+        jwks: examples.join("jwks.json"),
+        policy: examples.join("policy.json"),
+    };
+    for (name, code, reason) in [
+        ("token-current.jwt", 0, None),
+        ("token-previous-key.jwt", 0, None),
+        ("token-retired-key.jwt", 1, Some("unknown_key")),
+        ("token-wrong-audience.jwt", 1, Some("audience_not_allowed")),
+    ] {
+        let token = std::fs::read(examples.join(name)).expect("example token");
+        let (got, v, _) = run(&files, &[&now_arg()], &token);
+        assert_eq!((got, v["reason"].as_str()), (code, reason), "{name}: {v}");
+    }
+}
