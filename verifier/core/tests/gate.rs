@@ -528,5 +528,9 @@ fn cache_hit_needs_the_same_key_for_the_same_kid() {
         &edge.policy,
     ));
     assert_eq!(denied(&edge.get("/", &h)), DenyReason::BadSignature);
-    assert_eq!(edge.cache.stats().hits, 1, "the stale entry was found, then not trusted");
+    assert_eq!(
+        edge.cache.stats().hits,
+        1,
+        "the stale entry was found, then not trusted"
+    );
 }
