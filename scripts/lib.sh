@@ -21,3 +21,11 @@ ensure_rust() {
         grep -q "^$component" <<<"$components" || rustup component add "$component"
     done
 }
+
+# Node runs the core's tests inside V8's Wasm engine (scripts/wasi-run.mjs); it needs node:wasi.
+ensure_node() {
+    if ! command -v node >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq nodejs >/dev/null
+    fi
+    node -e 'require("node:wasi")' 2>/dev/null || { echo "node lacks node:wasi (need Node 20+)" >&2; exit 2; }
+}

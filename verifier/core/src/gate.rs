@@ -149,6 +149,14 @@ fn removals(policy: &Policy) -> HeaderChanges {
     }
 }
 
+/// Forwarded with no identity: client-supplied identity headers are still removed.
+fn pass_without_token(policy: &Policy) -> Step {
+    Step::Done(Verdict::Allow(Allowed {
+        token: None,
+        header_changes: removals(policy),
+    }))
+}
+
 fn deny(reason: DenyReason) -> Step {
     Step::Done(Verdict::Deny(reason.into()))
 }
@@ -167,17 +175,11 @@ pub fn authorize<H: Headers + ?Sized>(
         return deny(DenyReason::InvalidRequest);
     };
     if policy.cors_preflight_bypass && is_cors_preflight(request.method, request.headers) {
-        return Step::Done(Verdict::Allow(Allowed {
-            token: None,
-            header_changes: removals(policy),
-        }));
+        return pass_without_token(policy);
     }
     let route = match_route(&policy.routes, request.method, &path_only);
     if route.is_some_and(|r| r.public) {
-        return Step::Done(Verdict::Allow(Allowed {
-            token: None,
-            header_changes: removals(policy),
-        }));
+        return pass_without_token(policy);
     }
     let token_text = match extract_token(policy, request.path, request.headers) {
         Ok(Some(t)) => t,
