@@ -1,0 +1,72 @@
+//! The router: `fn app(AppState) -> Router`, so tests drive it without a socket.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{DefaultBodyLimit, State},
+    http::{header, HeaderValue},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde_json::json;
+
+use crate::{
+    config::Config,
+    error::ApiError,
+    http,
+    keys::KeySet,
+    password::PasswordHasher,
+    store::{RefreshStore, UserStore},
+};
+
+/// What every handler may use. Stores are trait objects so one router serves every backend.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // the store trait objects have no Debug
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// Signing keys.
+    pub keys: Arc<KeySet>,
+    /// Users.
+    pub users: Arc<dyn UserStore>,
+    /// Refresh tokens.
+    pub refresh: Arc<dyn RefreshStore>,
+    /// Password hashing on a bounded pool.
+    pub passwords: PasswordHasher,
+}
+
+/// The origin's routes.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/register", post(http::register))
+        .route("/v1/login", post(http::login))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/.well-known/jwks.json", get(jwks))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: the stores answer; a load balancer takes the instance out otherwise.
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.users.ping().await?;
+    Ok(Json(json!({"status": "ready"})))
+}
+
+/// The public keys, current first. Cacheable: edges and clients refetch after `max-age`, and
+/// keys are published well before they sign, so a cached set is never missing a signing key.
+async fn jwks(State(state): State<AppState>) -> Response {
+    let mut response = Json(state.keys.jwks()).into_response();
+    let max_age = format!("public, max-age={}", state.config.jwks_max_age_seconds);
+    if let Ok(value) = HeaderValue::from_str(&max_age) {
+        response.headers_mut().insert(header::CACHE_CONTROL, value);
+    }
+    response
+}

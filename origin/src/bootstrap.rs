@@ -1,0 +1,78 @@
+//! Start-up: from a validated [`Config`] to an [`AppState`], with the embedded DynamoDB when
+//! nothing else is configured.
+
+use std::{path::Path, sync::Arc};
+
+use anyhow::Context;
+
+use crate::{
+    app::AppState,
+    config::{Config, Storage},
+    keys::KeySet,
+    password::PasswordHasher,
+    store::dynamo::{client_for_endpoint, client_from_env, create_tables, DynamoStore, TableNames},
+};
+
+/// File name of the embedded database under `data_dir`.
+pub const EMBEDDED_DB_FILE: &str = "dynamodb.sqlite";
+/// File name of the embedded signing keys under `data_dir`.
+pub const KEY_FILE: &str = "signing-keys.json";
+
+/// Starts dynoxide in-process on a loopback port over a file in `data_dir`, returning its
+/// endpoint URL. Accounts survive restarts because the file does.
+async fn start_embedded_dynamodb(data_dir: &Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let path = data_dir.join(EMBEDDED_DB_FILE);
+    let db = dynoxide::Database::new(&path.to_string_lossy())
+        .map_err(|e| anyhow::anyhow!("cannot open embedded database {}: {e}", path.display()))?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .context("cannot bind the embedded DynamoDB listener")?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(dynoxide::server::serve_on(listener, db));
+    Ok(format!("http://{addr}"))
+}
+
+/// Builds the application state. In the embedded mode the tables are created if missing; with
+/// real DynamoDB they are created by `origin create-tables` (deployments create tables once,
+/// with their own permissions, not on every start).
+pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+    let tables = TableNames::new(&config.table_prefix);
+    let client = match (&config.storage, &config.dynamodb_endpoint) {
+        (Storage::Embedded, _) => {
+            let endpoint = start_embedded_dynamodb(&config.data_dir).await?;
+            let client = client_for_endpoint(&endpoint, &config.dynamodb_region).await;
+            create_tables(&client, &tables)
+                .await
+                .context("cannot create the embedded tables")?;
+            client
+        }
+        (Storage::Dynamodb, Some(endpoint)) => {
+            client_for_endpoint(endpoint, &config.dynamodb_region).await
+        }
+        (Storage::Dynamodb, None) => client_from_env(&config.dynamodb_region).await,
+    };
+    let keys = KeySet::load_or_create(&config.data_dir.join(KEY_FILE), config.signing_algorithm)
+        .context("signing keys")?;
+    let passwords = PasswordHasher::new(config.argon2, config.hashing_concurrency)?;
+    let store = Arc::new(DynamoStore::new(client, &tables));
+    Ok(AppState {
+        config: Arc::new(config),
+        keys: Arc::new(keys),
+        users: store.clone(),
+        refresh: store,
+        passwords,
+    })
+}
+
+/// `origin create-tables`: idempotent.
+pub async fn create_tables_command(config: &Config) -> anyhow::Result<()> {
+    let tables = TableNames::new(&config.table_prefix);
+    let client = match &config.dynamodb_endpoint {
+        Some(endpoint) => client_for_endpoint(endpoint, &config.dynamodb_region).await,
+        None => client_from_env(&config.dynamodb_region).await,
+    };
+    create_tables(&client, &tables).await?;
+    Ok(())
+}

@@ -1,0 +1,371 @@
+//! Origin configuration: a JSON file (optional, `EDGEAUTH_CONFIG`) with every field overridable by
+//! an `EDGEAUTH_<FIELD>` environment variable, validated once before the server binds.
+//! Every field has a documented default (README, "Origin configuration"), so an empty
+//! configuration runs the embedded default.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::{keys::SigningAlgorithm, password::Argon2Cost};
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Unknown field, wrong type, or not JSON.
+    #[error("configuration is not valid: {0}")]
+    Syntax(String),
+    /// A value out of bounds; names the field.
+    #[error("configuration field `{field}`: {problem}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// Where users and refresh tokens live.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    /// dynoxide in-process on a file under `data_dir`: the DynamoDB code path on one machine.
+    Embedded,
+    /// DynamoDB through the official SDK: the standard credential chain, and `dynamodb_endpoint`
+    /// only when set (for a local dynoxide server).
+    Dynamodb,
+}
+
+/// The configuration as written. See the README for each field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default = "default_audience")]
+    audience: String,
+    #[serde(default = "default_access_ttl")]
+    access_token_ttl_seconds: u32,
+    #[serde(default = "default_refresh_ttl")]
+    refresh_token_ttl_seconds: u32,
+    #[serde(default = "default_signing_algorithm")]
+    signing_algorithm: SigningAlgorithm,
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    #[serde(default = "default_jwks_max_age")]
+    jwks_max_age_seconds: u32,
+    #[serde(default = "default_max_body")]
+    max_body_bytes: usize,
+    #[serde(default = "default_storage")]
+    storage: Storage,
+    #[serde(default)]
+    dynamodb_endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    dynamodb_region: String,
+    #[serde(default = "default_table_prefix")]
+    table_prefix: String,
+    #[serde(default)]
+    argon2: Argon2Cost,
+    #[serde(default)]
+    hashing_concurrency: Option<usize>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_audience() -> String {
+    "api".into()
+}
+fn default_access_ttl() -> u32 {
+    15 * 60
+}
+fn default_refresh_ttl() -> u32 {
+    30 * 24 * 3600
+}
+fn default_signing_algorithm() -> SigningAlgorithm {
+    SigningAlgorithm::EdDsa
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_jwks_max_age() -> u32 {
+    300
+}
+fn default_max_body() -> usize {
+    16 * 1024
+}
+fn default_storage() -> Storage {
+    Storage::Embedded
+}
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_table_prefix() -> String {
+    "edgeauth-".into()
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// `iss` of every token; defaults to `http://<listen>`.
+    pub issuer: String,
+    /// `aud` of every access token.
+    pub audience: String,
+    /// Access-token lifetime.
+    pub access_token_ttl_seconds: u32,
+    /// Refresh-token lifetime.
+    pub refresh_token_ttl_seconds: u32,
+    /// Algorithm of newly generated signing keys.
+    pub signing_algorithm: SigningAlgorithm,
+    /// Embedded database and key file.
+    pub data_dir: PathBuf,
+    /// `Cache-Control: max-age` of the JWKS.
+    pub jwks_max_age_seconds: u32,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Storage backend.
+    pub storage: Storage,
+    /// DynamoDB endpoint override (local dynoxide server); `None` means AWS.
+    pub dynamodb_endpoint: Option<String>,
+    /// DynamoDB region.
+    pub dynamodb_region: String,
+    /// Prefix of every table name.
+    pub table_prefix: String,
+    /// argon2id cost.
+    pub argon2: Argon2Cost,
+    /// Hashes running at once; defaults to the number of cores.
+    pub hashing_concurrency: usize,
+}
+
+/// The fields, for the `EDGEAUTH_<FIELD>` overrides.
+const FIELDS: [&str; 15] = [
+    "listen",
+    "issuer",
+    "audience",
+    "access_token_ttl_seconds",
+    "refresh_token_ttl_seconds",
+    "signing_algorithm",
+    "data_dir",
+    "jwks_max_age_seconds",
+    "max_body_bytes",
+    "storage",
+    "dynamodb_endpoint",
+    "dynamodb_region",
+    "table_prefix",
+    "argon2",
+    "hashing_concurrency",
+];
+
+impl Config {
+    /// Reads `EDGEAUTH_CONFIG` (if set) and the `EDGEAUTH_*` variables.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let file = match std::env::var("EDGEAUTH_CONFIG") {
+            Ok(path) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|source| ConfigError::Read { path, source })?,
+            ),
+            Err(_) => None,
+        };
+        Self::from_sources(file.as_deref(), |name| std::env::var(name).ok())
+    }
+
+    /// Builds the configuration from file text and an environment lookup. A variable's value
+    /// is read as JSON when it parses (numbers, objects), else as a string.
+    pub fn from_sources(
+        file: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut merged = match file {
+            Some(text) => match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(map)) => map,
+                Ok(_) => {
+                    return Err(ConfigError::Syntax(
+                        "the file must hold a JSON object".into(),
+                    ))
+                }
+                Err(e) => return Err(ConfigError::Syntax(e.to_string())),
+            },
+            None => Map::new(),
+        };
+        for field in FIELDS {
+            if let Some(value) = env(&format!("EDGEAUTH_{}", field.to_ascii_uppercase())) {
+                let parsed = match serde_json::from_str::<Value>(&value) {
+                    Ok(v @ (Value::Number(_) | Value::Object(_) | Value::Bool(_))) => v,
+                    _ => Value::String(value),
+                };
+                merged.insert(field.to_owned(), parsed);
+            }
+        }
+        let raw: RawConfig = serde_json::from_value(Value::Object(merged))
+            .map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
+        let invalid = |field, problem: &str| ConfigError::Invalid {
+            field,
+            problem: problem.to_owned(),
+        };
+        if !(60..=3600).contains(&raw.access_token_ttl_seconds) {
+            return Err(invalid(
+                "access_token_ttl_seconds",
+                "must be between 60 and 3600",
+            ));
+        }
+        if !(3600..=90 * 24 * 3600).contains(&raw.refresh_token_ttl_seconds) {
+            return Err(invalid(
+                "refresh_token_ttl_seconds",
+                "must be between 1 hour and 90 days",
+            ));
+        }
+        if raw.audience.is_empty() {
+            return Err(invalid("audience", "must not be empty"));
+        }
+        if !(1024..=1024 * 1024).contains(&raw.max_body_bytes) {
+            return Err(invalid("max_body_bytes", "must be between 1 KiB and 1 MiB"));
+        }
+        let owasp = Argon2Cost::default();
+        if raw.argon2.memory_kib < owasp.memory_kib || raw.argon2.iterations < owasp.iterations {
+            return Err(invalid(
+                "argon2",
+                "must be at least OWASP's argon2id minimum (19456 KiB, 2 passes)",
+            ));
+        }
+        if raw.table_prefix.is_empty()
+            || !raw
+                .table_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(invalid(
+                "table_prefix",
+                "must be letters, digits, `-`, `_` or `.`",
+            ));
+        }
+        if raw.storage == Storage::Embedded && raw.dynamodb_endpoint.is_some() {
+            return Err(invalid(
+                "dynamodb_endpoint",
+                "is only for storage `dynamodb`",
+            ));
+        }
+        let issuer = raw
+            .issuer
+            .unwrap_or_else(|| format!("http://{}", raw.listen));
+        if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+            return Err(invalid("issuer", "must be an http(s) URL"));
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Self {
+            listen: raw.listen,
+            issuer,
+            audience: raw.audience,
+            access_token_ttl_seconds: raw.access_token_ttl_seconds,
+            refresh_token_ttl_seconds: raw.refresh_token_ttl_seconds,
+            signing_algorithm: raw.signing_algorithm,
+            data_dir: raw.data_dir,
+            jwks_max_age_seconds: raw.jwks_max_age_seconds,
+            max_body_bytes: raw.max_body_bytes,
+            storage: raw.storage,
+            dynamodb_endpoint: raw.dynamodb_endpoint,
+            dynamodb_region: raw.dynamodb_region,
+            table_prefix: raw.table_prefix,
+            argon2: raw.argon2,
+            hashing_concurrency: raw.hashing_concurrency.unwrap_or(cores).max(1),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn build(file: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        Config::from_sources(file, |k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn nothing_configured_is_the_embedded_default() {
+        let c = build(None, &[]).expect("defaults");
+        assert_eq!(c.listen, default_listen());
+        assert_eq!(c.issuer, "http://127.0.0.1:8080");
+        assert_eq!(c.audience, "api");
+        assert_eq!(c.access_token_ttl_seconds, 900);
+        assert_eq!(c.refresh_token_ttl_seconds, 30 * 24 * 3600);
+        assert_eq!(c.signing_algorithm, SigningAlgorithm::EdDsa);
+        assert_eq!(c.storage, Storage::Embedded);
+        assert_eq!(c.argon2, Argon2Cost::default());
+        assert_eq!(c.table_prefix, "edgeauth-");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = build(
+            Some(r#"{"audience":"from-file","access_token_ttl_seconds":600}"#),
+            &[
+                ("EDGEAUTH_AUDIENCE", "from-env"),
+                ("EDGEAUTH_SIGNING_ALGORITHM", "ES256"),
+                ("EDGEAUTH_LISTEN", "0.0.0.0:9000"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.audience, "from-env");
+        assert_eq!(c.access_token_ttl_seconds, 600);
+        assert_eq!(c.signing_algorithm, SigningAlgorithm::Es256);
+        assert_eq!(c.listen.port(), 9000);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let field = |r: Result<Config, ConfigError>| match r {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected a field error, got {other:?}"),
+        };
+        assert_eq!(
+            field(build(None, &[("EDGEAUTH_ACCESS_TOKEN_TTL_SECONDS", "5")])),
+            "access_token_ttl_seconds"
+        );
+        assert_eq!(
+            field(build(
+                Some(r#"{"argon2":{"memory_kib":1024,"iterations":1,"parallelism":1}}"#),
+                &[]
+            )),
+            "argon2"
+        );
+        assert_eq!(
+            field(build(None, &[("EDGEAUTH_TABLE_PREFIX", "bad prefix")])),
+            "table_prefix"
+        );
+        assert_eq!(
+            field(build(
+                None,
+                &[("EDGEAUTH_DYNAMODB_ENDPOINT", "http://127.0.0.1:8000")]
+            )),
+            "dynamodb_endpoint"
+        );
+        assert!(
+            matches!(build(Some(r#"{"audiense":"x"}"#), &[]), Err(ConfigError::Syntax(m)) if m.contains("audiense"))
+        );
+        assert!(matches!(
+            build(None, &[("EDGEAUTH_SIGNING_ALGORITHM", "HS256")]),
+            Err(ConfigError::Syntax(_))
+        ));
+    }
+}

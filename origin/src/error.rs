@@ -1,0 +1,112 @@
+//! One error type for every handler, one mapping to HTTP. Internal causes are logged here and
+//! never sent: a client sees a status, a stable code and a short message.
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::json;
+
+use crate::{password::PasswordError, store::StoreError};
+
+/// Seconds a client should wait after a 503.
+pub const RETRY_AFTER_SECONDS: u32 = 5;
+
+/// What a handler can answer besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: a field is missing, malformed or out of bounds.
+    #[error("invalid field `{field}`: {message}")]
+    InvalidField {
+        /// The field, as named in the request body.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// 400: the body is not the JSON the endpoint takes.
+    #[error("invalid body: {0}")]
+    InvalidBody(String),
+    /// 413
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// 415
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// 409: the email is registered already.
+    #[error("email already registered")]
+    EmailTaken,
+    /// 401: credentials or token refused. Deliberately vague.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// 503: a dependency is down; says which for the log, not the client.
+    #[error("{0} unavailable")]
+    Unavailable(String),
+    /// 500: a bug or an impossible state; logged, never detailed to the client.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::EmailTaken => Self::EmailTaken,
+            StoreError::Unavailable(cause) => Self::Unavailable(format!("DynamoDB ({cause})")),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<PasswordError> for ApiError {
+    fn from(e: PasswordError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidField { .. } | Self::InvalidBody(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
+            Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = match &self {
+            Self::InvalidField { field, message } => {
+                json!({"error": code, "field": field, "message": message})
+            }
+            Self::Unavailable(cause) => {
+                tracing::warn!(%cause, "dependency unavailable");
+                json!({"error": code, "message": "a dependency is unavailable; retry shortly"})
+            }
+            Self::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                json!({"error": code, "message": "internal error"})
+            }
+            other => json!({"error": code, "message": other.to_string()}),
+        };
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

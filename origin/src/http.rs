@@ -1,0 +1,282 @@
+//! Request bodies and the account handlers: extract, call the service, answer.
+
+use axum::{
+    extract::{rejection::JsonRejection, FromRequest, Request, State},
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use base64ct::{Base64UrlUnpadded, Encoding};
+use rand_core::{OsRng, RngCore};
+use serde::{de::DeserializeOwned, Deserialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    app::AppState,
+    error::ApiError,
+    keys::AccessClaims,
+    password::Verification,
+    store::{RefreshRecord, User, UserId},
+};
+
+/// Path the refresh cookie is scoped to: the browser sends it nowhere else.
+pub const REFRESH_COOKIE_PATH: &str = "/v1/token/refresh";
+/// Name of the refresh cookie. The `__Host-` prefix would forbid a `Path`, so a plain name.
+pub const REFRESH_COOKIE: &str = "refresh_token";
+/// NIST SP 800-63B §5.1.1.2: at least 8 characters; long passphrases welcome, up to a bound that
+/// keeps hashing cost predictable.
+pub const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 8..=1024;
+/// RFC 5321's practical limit for an address.
+pub const MAX_EMAIL_BYTES: usize = 254;
+/// Scopes a new account starts with.
+pub const DEFAULT_SCOPES: [&str; 1] = ["profile"];
+
+/// `Json<T>` whose rejections are [`ApiError`]s: 415 without a JSON content type, 413 over the
+/// body limit, 400 naming the field otherwise.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType),
+            Err(JsonRejection::BytesRejection(r))
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::PayloadTooLarge)
+            }
+            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::InvalidBody(e.body_text())),
+            Err(other) => Err(ApiError::InvalidBody(other.body_text())),
+        }
+    }
+}
+
+/// `POST /v1/register` and `POST /v1/login` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// Trimmed and case-folded before use.
+    pub email: String,
+    /// Checked for length only (NIST SP 800-63B: no composition rules).
+    pub password: String,
+    /// Login only: also return the refresh token in the body (non-browser clients).
+    #[serde(default)]
+    pub refresh_token_in_body: bool,
+}
+
+/// Trims and case-folds an email and checks it looks like one. Deliverability is the
+/// verification mail's job, not this check's.
+pub fn normalise_email(raw: &str) -> Result<String, ApiError> {
+    let email = raw.trim().to_lowercase();
+    let invalid = |message: &str| ApiError::InvalidField {
+        field: "email".into(),
+        message: message.into(),
+    };
+    if email.len() > MAX_EMAIL_BYTES {
+        return Err(invalid("is too long"));
+    }
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return Err(invalid("is not an email address"));
+    };
+    if local.is_empty()
+        || domain.is_empty()
+        || !domain.contains('.')
+        || domain.starts_with('.')
+        || domain.ends_with('.')
+    {
+        return Err(invalid("is not an email address"));
+    }
+    if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("must not contain spaces or control characters"));
+    }
+    Ok(email)
+}
+
+fn check_password(password: &str) -> Result<(), ApiError> {
+    let chars = password.chars().count();
+    if PASSWORD_CHARS.contains(&chars) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidField {
+            field: "password".into(),
+            message: format!(
+                "must be {} to {} characters",
+                PASSWORD_CHARS.start(),
+                PASSWORD_CHARS.end()
+            ),
+        })
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// `POST /v1/register`: 201 with the new user's id.
+pub async fn register(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Credentials>,
+) -> Result<Response, ApiError> {
+    let email = normalise_email(&body.email)?;
+    check_password(&body.password)?;
+    let password_hash = state.passwords.hash(body.password).await?;
+    let user = User {
+        id: UserId(uuid::Uuid::new_v4()),
+        email,
+        password_hash,
+        scopes: DEFAULT_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+        display_name: None,
+        created_at: now(),
+    };
+    state.users.create_user(&user).await?;
+    tracing::info!(event = "register", user_id = %user.id, "account created");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"user_id": user.id.to_string()})),
+    )
+        .into_response())
+}
+
+/// A new opaque refresh token: 256 random bits, base64url. Only its SHA-256 is stored.
+fn new_refresh_token() -> (String, [u8; 32]) {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    let token = Base64UrlUnpadded::encode_string(&bytes);
+    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    (token, hash)
+}
+
+fn refresh_cookie(token: &str, max_age: u32) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(&format!(
+        "{REFRESH_COOKIE}={token}; Path={REFRESH_COOKIE_PATH}; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
+    ))
+    .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// `POST /v1/login`: 200 with the access token; the refresh token as a cookie (and in the body
+/// when asked). An unknown email and a wrong password cost the same and read the same.
+pub async fn login(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Credentials>,
+) -> Result<Response, ApiError> {
+    let email = normalise_email(&body.email)?;
+    check_password(&body.password).map_err(|_| ApiError::InvalidCredentials)?;
+    let user = state.users.find_by_email(&email).await?;
+    let Some(user) = user else {
+        state.passwords.verify_unknown(body.password).await?;
+        tracing::info!(event = "login_failed", "unknown account");
+        return Err(ApiError::InvalidCredentials);
+    };
+    match state
+        .passwords
+        .verify(body.password, user.password_hash.clone())
+        .await?
+    {
+        Verification::Mismatch => {
+            tracing::info!(event = "login_failed", user_id = %user.id, "wrong password");
+            return Err(ApiError::InvalidCredentials);
+        }
+        Verification::Match => {}
+        Verification::MatchRehashed(new_hash) => {
+            // Upgrading is best effort: the login stands even if the write fails.
+            if let Err(e) = state.users.update_password_hash(user.id, &new_hash).await {
+                tracing::warn!(user_id = %user.id, error = %e, "password rehash not stored");
+            }
+        }
+    }
+    let now = now();
+    let config = &state.config;
+    let claims = AccessClaims {
+        iss: config.issuer.clone(),
+        aud: config.audience.clone(),
+        sub: user.id.to_string(),
+        scope: user.scopes.join(" "),
+        iat: now,
+        exp: now + i64::from(config.access_token_ttl_seconds),
+        jti: uuid::Uuid::new_v4().to_string(),
+        amr: vec!["pwd".into()],
+    };
+    let access_token = state
+        .keys
+        .mint_access_token(&claims)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (refresh_token, token_hash) = new_refresh_token();
+    state
+        .refresh
+        .insert(&RefreshRecord {
+            token_hash,
+            user_id: user.id,
+            family_id: uuid::Uuid::new_v4(),
+            expires_at: now + i64::from(config.refresh_token_ttl_seconds),
+            consumed_at: None,
+            replaced_by: None,
+        })
+        .await?;
+    tracing::info!(event = "login", user_id = %user.id, "logged in");
+    let mut body_json = json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": config.access_token_ttl_seconds,
+    });
+    if body.refresh_token_in_body {
+        body_json["refresh_token"] = json!(refresh_token);
+    }
+    let mut response = Json(body_json).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::SET_COOKIE,
+        refresh_cookie(&refresh_token, config.refresh_token_ttl_seconds)?,
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_trimmed_and_case_folded() {
+        assert_eq!(
+            normalise_email("  Alice@Example.COM ").expect("valid"),
+            "alice@example.com"
+        );
+        for bad in [
+            "",
+            "alice",
+            "@example.com",
+            "alice@",
+            "alice@localhost",
+            "al ice@example.com",
+            "alice@.com",
+        ] {
+            assert!(normalise_email(bad).is_err(), "{bad}");
+        }
+        assert!(normalise_email(&format!("{}@example.com", "a".repeat(250))).is_err());
+    }
+
+    #[test]
+    fn password_length_follows_nist() {
+        assert!(check_password("1234567").is_err());
+        assert!(check_password("12345678").is_ok());
+        assert!(check_password(&"long passphrase ".repeat(40)).is_ok());
+        assert!(check_password(&"x".repeat(1025)).is_err());
+        // Characters, not bytes: eight emoji are eight characters.
+        assert!(check_password("🔑🔑🔑🔑🔑🔑🔑🔑").is_ok());
+    }
+
+    #[test]
+    fn refresh_tokens_are_256_bits_and_stored_hashed() {
+        let (a, hash_a) = new_refresh_token();
+        let (b, _) = new_refresh_token();
+        assert_ne!(a, b);
+        assert_eq!(Base64UrlUnpadded::decode_vec(&a).expect("b64").len(), 32);
+        assert_eq!(hash_a, <[u8; 32]>::from(Sha256::digest(a.as_bytes())));
+    }
+}

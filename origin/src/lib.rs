@@ -1,0 +1,14 @@
+//! # edgeauth-origin
+//!
+//! The service public clients call to register, log in, refresh and log out. It is stateless:
+//! users and refresh tokens live in DynamoDB (dynoxide in-process in the embedded default), so
+//! instances scale out behind a load balancer.
+
+pub mod app;
+pub mod bootstrap;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod password;
+pub mod store;

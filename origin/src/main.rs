@@ -1,0 +1,63 @@
+//! `origin`: serve (default) or `origin create-tables`. Configuration comes from `EDGEAUTH_*`
+//! variables and an optional `EDGEAUTH_CONFIG` file; see the README.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use edgeauth_origin::{app::app, bootstrap, config::Config};
+use tracing_subscriber::EnvFilter;
+
+const USAGE: &str =
+    "usage: origin [serve | create-tables]  (configuration: EDGEAUTH_* variables, see README)";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let command = std::env::args().nth(1);
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("origin: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match command.as_deref() {
+        None | Some("serve") => serve(config).await,
+        Some("create-tables") => bootstrap::create_tables_command(&config).await,
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("origin: unknown command `{other}`\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "origin stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let state = bootstrap::build_state(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot bind {listen}"))?;
+    tracing::info!(address = %listener.local_addr()?, "origin listening");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("server failed")
+}

@@ -1,0 +1,287 @@
+//! Password hashing: argon2id for new hashes, bcrypt accepted for accounts imported from the
+//! previous Node.js system and upgraded on the next successful login.
+//!
+//! Hashing is deliberately slow, so it runs on tokio's blocking pool behind a semaphore: a login
+//! flood queues here instead of occupying every worker thread that refresh traffic needs.
+
+use std::sync::Arc;
+
+use argon2::{
+    password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString},
+    Algorithm, Argon2, Params, Version,
+};
+use rand_core::OsRng;
+use tokio::sync::Semaphore;
+
+/// argon2id cost. Defaults are OWASP's minimum for argon2id: 19 MiB, 2 passes, 1 lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Argon2Cost {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Passes.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl Default for Argon2Cost {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+/// Why hashing failed. Never the caller's fault; the HTTP layer answers 500 or 503.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    /// The argon2 parameters are out of range.
+    #[error("invalid argon2 parameters: {0}")]
+    Parameters(String),
+    /// Hashing itself failed.
+    #[error("password hashing failed: {0}")]
+    Hashing(String),
+    /// The blocking task was lost (runtime shutting down).
+    #[error("password hashing task failed")]
+    Task,
+}
+
+/// The outcome of checking a password against a stored hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// Wrong password, or a hash in no format we know.
+    Mismatch,
+    /// Right password, and the stored hash is current.
+    Match,
+    /// Right password; store this new argon2id hash in place of the old one.
+    MatchRehashed(String),
+}
+
+/// Hashes and verifies passwords on a bounded slice of the blocking pool.
+#[derive(Debug, Clone)]
+pub struct PasswordHasher {
+    cost: Argon2Cost,
+    permits: Arc<Semaphore>,
+    /// A hash of a random password with the current cost: verifying an unknown email against it
+    /// costs what a real verification costs, so timing does not reveal which emails exist.
+    dummy_hash: Arc<String>,
+}
+
+fn argon2(cost: Argon2Cost) -> Result<Argon2<'static>, PasswordError> {
+    let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
+        .map_err(|e| PasswordError::Parameters(e.to_string()))?;
+    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+}
+
+fn hash_blocking(cost: Argon2Cost, password: &[u8]) -> Result<String, PasswordError> {
+    let salt = SaltString::generate(&mut OsRng);
+    argon2(cost)?
+        .hash_password(password, &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| PasswordError::Hashing(e.to_string()))
+}
+
+fn is_bcrypt(stored: &str) -> bool {
+    ["$2a$", "$2b$", "$2y$"]
+        .iter()
+        .any(|p| stored.starts_with(p))
+}
+
+/// Whether an argon2 hash was made with other parameters than `cost` (or another variant).
+fn is_outdated(hash: &PasswordHash<'_>, cost: Argon2Cost) -> bool {
+    let param = |name: &str| hash.params.get_decimal(name);
+    hash.algorithm.as_str() != "argon2id"
+        || param("m") != Some(cost.memory_kib)
+        || param("t") != Some(cost.iterations)
+        || param("p") != Some(cost.parallelism)
+}
+
+fn verify_blocking(
+    cost: Argon2Cost,
+    password: &[u8],
+    stored: &str,
+) -> Result<Verification, PasswordError> {
+    if is_bcrypt(stored) {
+        // Node's bcrypt library writes $2a$/$2b$; a malformed one is a mismatch, not an error.
+        return match bcrypt::verify(password, stored) {
+            Ok(true) => Ok(Verification::MatchRehashed(hash_blocking(cost, password)?)),
+            Ok(false) | Err(_) => Ok(Verification::Mismatch),
+        };
+    }
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return Ok(Verification::Mismatch);
+    };
+    // Verify with the parameters the hash records, whatever the current cost.
+    if Argon2::default()
+        .verify_password(password, &parsed)
+        .is_err()
+    {
+        return Ok(Verification::Mismatch);
+    }
+    if is_outdated(&parsed, cost) {
+        Ok(Verification::MatchRehashed(hash_blocking(cost, password)?))
+    } else {
+        Ok(Verification::Match)
+    }
+}
+
+impl PasswordHasher {
+    /// A hasher allowing `concurrency` hashes at once (default: the number of cores).
+    pub fn new(cost: Argon2Cost, concurrency: usize) -> Result<Self, PasswordError> {
+        argon2(cost)?;
+        let dummy = uuid::Uuid::new_v4().to_string();
+        Ok(Self {
+            cost,
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            dummy_hash: Arc::new(hash_blocking(cost, dummy.as_bytes())?),
+        })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, PasswordError> + Send + 'static,
+    ) -> Result<T, PasswordError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| PasswordError::Task)?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| PasswordError::Task)?
+    }
+
+    /// A new argon2id hash (PHC string).
+    pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
+        let cost = self.cost;
+        self.run(move || hash_blocking(cost, password.as_bytes()))
+            .await
+    }
+
+    /// Checks `password` against `stored`, which may be argon2 or bcrypt.
+    pub async fn verify(
+        &self,
+        password: String,
+        stored: String,
+    ) -> Result<Verification, PasswordError> {
+        let cost = self.cost;
+        self.run(move || verify_blocking(cost, password.as_bytes(), &stored))
+            .await
+    }
+
+    /// Spends what a real verification spends, for an email with no account. Always a mismatch.
+    pub async fn verify_unknown(&self, password: String) -> Result<Verification, PasswordError> {
+        let stored = (*self.dummy_hash).clone();
+        self.verify(password, stored)
+            .await
+            .map(|_| Verification::Mismatch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small cost so tests are quick; the production default is checked separately.
+    fn hasher() -> PasswordHasher {
+        let cost = Argon2Cost {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        };
+        PasswordHasher::new(cost, 2).expect("hasher")
+    }
+
+    #[test]
+    fn default_cost_is_at_least_owasp_minimum() {
+        let c = Argon2Cost::default();
+        assert!(c.memory_kib >= 19 * 1024 && c.iterations >= 2 && c.parallelism >= 1);
+    }
+
+    #[tokio::test]
+    async fn argon2id_round_trip() {
+        let h = hasher();
+        let stored = h
+            .hash("correct horse battery staple".into())
+            .await
+            .expect("hash");
+        assert!(
+            stored.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"),
+            "{stored}"
+        );
+        assert_eq!(
+            h.verify("correct horse battery staple".into(), stored.clone())
+                .await
+                .expect("verify"),
+            Verification::Match
+        );
+        assert_eq!(
+            h.verify("wrong".into(), stored).await.expect("verify"),
+            Verification::Mismatch
+        );
+    }
+
+    #[tokio::test]
+    async fn bcrypt_from_the_old_system_verifies_and_is_upgraded() {
+        let h = hasher();
+        let legacy = bcrypt::hash("hunter2hunter2", 4).expect("bcrypt");
+        match h
+            .verify("hunter2hunter2".into(), legacy.clone())
+            .await
+            .expect("verify")
+        {
+            Verification::MatchRehashed(new) => {
+                assert!(new.starts_with("$argon2id$"), "{new}");
+                assert_eq!(
+                    h.verify("hunter2hunter2".into(), new)
+                        .await
+                        .expect("verify"),
+                    Verification::Match
+                );
+            }
+            other => panic!("expected a rehash, got {other:?}"),
+        }
+        assert_eq!(
+            h.verify("nope".into(), legacy).await.expect("verify"),
+            Verification::Mismatch
+        );
+    }
+
+    #[tokio::test]
+    async fn hashes_with_old_parameters_are_upgraded() {
+        let old = hasher();
+        let stored = old.hash("passphrase one".into()).await.expect("hash");
+        let stronger = PasswordHasher::new(
+            Argon2Cost {
+                memory_kib: 2048,
+                iterations: 2,
+                parallelism: 1,
+            },
+            1,
+        )
+        .expect("hasher");
+        assert!(matches!(
+            stronger.verify("passphrase one".into(), stored).await.expect("verify"),
+            Verification::MatchRehashed(ref h) if h.contains("m=2048,t=2,p=1")
+        ));
+    }
+
+    #[tokio::test]
+    async fn garbage_hashes_are_mismatches_not_errors() {
+        let h = hasher();
+        for stored in ["", "plaintext", "$2b$04$short", "$argon2id$v=19$broken"] {
+            assert_eq!(
+                h.verify("x".into(), stored.into()).await.expect("verify"),
+                Verification::Mismatch,
+                "{stored}"
+            );
+        }
+        assert_eq!(
+            h.verify_unknown("x".into()).await.expect("verify"),
+            Verification::Mismatch
+        );
+    }
+}

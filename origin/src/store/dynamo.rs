@@ -1,0 +1,629 @@
+//! DynamoDB through the official AWS SDK: production, a local dynoxide server, and the embedded
+//! default (dynoxide in-process) all take this one code path.
+//!
+//! Tables (names take a configurable prefix):
+//! - `Users`: PK `user_id` (S). GSI `email-index` on `email`. Each account has a guard item
+//!   `user_id = EMAIL#<email>` written in the same transaction as the account, because a GSI
+//!   cannot enforce uniqueness; guards have no `email` attribute, so the sparse GSI skips them.
+//! - `RefreshTokens`: PK `token_hash` (S, base64url SHA-256). GSI `family-index` on `family_id`.
+//!   TTL on `expires_at`; TTL deletion runs up to days late, so every read checks it too.
+
+use std::{collections::HashMap, time::Duration};
+
+use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region};
+use aws_credential_types::Credentials;
+use aws_sdk_dynamodb::{
+    error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
+    operation::transact_write_items::TransactWriteItemsError,
+    types::{
+        AttributeDefinition, AttributeValue, BillingMode, Delete, GlobalSecondaryIndex,
+        KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType,
+        TableStatus, TimeToLiveSpecification, TransactWriteItem, Update,
+    },
+    Client,
+};
+use base64ct::{Base64UrlUnpadded, Encoding};
+
+use super::{RefreshRecord, RefreshStore, StoreError, User, UserId, UserStore};
+
+const EMAIL_INDEX: &str = "email-index";
+const FAMILY_INDEX: &str = "family-index";
+const GUARD_PREFIX: &str = "EMAIL#";
+/// Attempts for a transaction that lost a race with another (TransactionConflict).
+const TRANSACTION_ATTEMPTS: usize = 3;
+
+/// Table names under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableNames {
+    /// Accounts and email guards.
+    pub users: String,
+    /// Refresh tokens.
+    pub refresh: String,
+}
+
+impl TableNames {
+    /// `<prefix>Users`, `<prefix>RefreshTokens`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            users: format!("{prefix}Users"),
+            refresh: format!("{prefix}RefreshTokens"),
+        }
+    }
+}
+
+fn https_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
+/// Short timeouts and few retries: a dead store must become a 503 in seconds, not hang a request.
+fn loader(region: &str) -> aws_config::ConfigLoader {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_owned()))
+        .http_client(https_client())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .operation_attempt_timeout(Duration::from_secs(2))
+                .operation_timeout(Duration::from_secs(4))
+                .build(),
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(2))
+}
+
+/// A client for a local endpoint (dynoxide): static placeholder credentials, endpoint override.
+pub async fn client_for_endpoint(endpoint_url: &str, region: &str) -> Client {
+    let config = loader(region)
+        .endpoint_url(endpoint_url)
+        .credentials_provider(Credentials::new(
+            "local",
+            "local",
+            None,
+            None,
+            "edgeauth-local",
+        ))
+        .load()
+        .await;
+    Client::new(&config)
+}
+
+/// A client for AWS: the standard credential chain, no endpoint override.
+pub async fn client_from_env(region: &str) -> Client {
+    Client::new(&loader(region).load().await)
+}
+
+fn unavailable<E, R>(e: SdkError<E, R>) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    StoreError::Unavailable(DisplayErrorContext(e).to_string())
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: i64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn hash_key(hash: &[u8; 32]) -> String {
+    Base64UrlUnpadded::encode_string(hash)
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+}
+
+fn get_n(item: &Item, name: &str) -> Option<i64> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("stored {what} is malformed"))
+}
+
+fn parse_uuid(text: Option<&str>, what: &str) -> Result<uuid::Uuid, StoreError> {
+    text.and_then(|t| uuid::Uuid::parse_str(t).ok())
+        .ok_or_else(|| corrupt(what))
+}
+
+fn parse_hash(text: &str) -> Option<[u8; 32]> {
+    Base64UrlUnpadded::decode_vec(text).ok()?.try_into().ok()
+}
+
+fn user_item(user: &User) -> Item {
+    let mut item = Item::from([
+        ("user_id".into(), s(user.id.to_string())),
+        ("email".into(), s(&user.email)),
+        ("password_hash".into(), s(&user.password_hash)),
+        (
+            "scopes".into(),
+            AttributeValue::L(user.scopes.iter().map(s).collect()),
+        ),
+        ("created_at".into(), n(user.created_at)),
+    ]);
+    if let Some(name) = &user.display_name {
+        item.insert("display_name".into(), s(name));
+    }
+    item
+}
+
+fn user_from(item: &Item) -> Result<User, StoreError> {
+    let scopes = match item.get("scopes") {
+        Some(AttributeValue::L(list)) => {
+            list.iter().filter_map(|v| v.as_s().ok().cloned()).collect()
+        }
+        _ => Vec::new(),
+    };
+    Ok(User {
+        id: UserId(parse_uuid(get_s(item, "user_id"), "user id")?),
+        email: get_s(item, "email")
+            .ok_or_else(|| corrupt("email"))?
+            .to_owned(),
+        password_hash: get_s(item, "password_hash")
+            .ok_or_else(|| corrupt("password hash"))?
+            .to_owned(),
+        scopes,
+        display_name: get_s(item, "display_name").map(str::to_owned),
+        created_at: get_n(item, "created_at").unwrap_or(0),
+    })
+}
+
+fn refresh_item(record: &RefreshRecord) -> Item {
+    let mut item = Item::from([
+        ("token_hash".into(), s(hash_key(&record.token_hash))),
+        ("user_id".into(), s(record.user_id.to_string())),
+        ("family_id".into(), s(record.family_id.to_string())),
+        ("expires_at".into(), n(record.expires_at)),
+    ]);
+    if let Some(at) = record.consumed_at {
+        item.insert("consumed_at".into(), n(at));
+    }
+    if let Some(next) = &record.replaced_by {
+        item.insert("replaced_by".into(), s(hash_key(next)));
+    }
+    item
+}
+
+fn refresh_from(item: &Item) -> Result<RefreshRecord, StoreError> {
+    Ok(RefreshRecord {
+        token_hash: get_s(item, "token_hash")
+            .and_then(parse_hash)
+            .ok_or_else(|| corrupt("token hash"))?,
+        user_id: UserId(parse_uuid(get_s(item, "user_id"), "user id")?),
+        family_id: parse_uuid(get_s(item, "family_id"), "family id")?,
+        expires_at: get_n(item, "expires_at").ok_or_else(|| corrupt("expiry"))?,
+        consumed_at: get_n(item, "consumed_at"),
+        replaced_by: get_s(item, "replaced_by").and_then(parse_hash),
+    })
+}
+
+/// Why a transaction was cancelled, per item, as DynamoDB reports it.
+fn cancellation_codes<R>(e: &SdkError<TransactWriteItemsError, R>) -> Option<Vec<String>> {
+    match e.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(c)) => Some(
+            c.cancellation_reasons()
+                .iter()
+                .map(|r| r.code().unwrap_or("None").to_owned())
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Both stores over one client.
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: Client,
+    tables: TableNames,
+}
+
+impl DynamoStore {
+    /// Stores over `client`, in the tables named by `tables`.
+    pub fn new(client: Client, tables: &TableNames) -> Self {
+        Self {
+            client,
+            tables: tables.clone(),
+        }
+    }
+
+    async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.users)
+            .key("user_id", s(id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        out.item().map(user_from).transpose()
+    }
+}
+
+#[async_trait::async_trait]
+impl UserStore for DynamoStore {
+    async fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        let put_user = Put::builder()
+            .table_name(&self.tables.users)
+            .set_item(Some(user_item(user)))
+            .condition_expression("attribute_not_exists(user_id)")
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let put_guard = Put::builder()
+            .table_name(&self.tables.users)
+            .item("user_id", s(format!("{GUARD_PREFIX}{}", user.email)))
+            .item("owner", s(user.id.to_string()))
+            .condition_expression("attribute_not_exists(user_id)")
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        for _ in 0..TRANSACTION_ATTEMPTS {
+            let result = self
+                .client
+                .transact_write_items()
+                .transact_items(TransactWriteItem::builder().put(put_user.clone()).build())
+                .transact_items(TransactWriteItem::builder().put(put_guard.clone()).build())
+                .send()
+                .await;
+            let Err(e) = result else { return Ok(()) };
+            match cancellation_codes(&e).as_deref() {
+                Some([_, guard]) if guard == "ConditionalCheckFailed" => {
+                    return Err(StoreError::EmailTaken)
+                }
+                Some(codes) if codes.iter().any(|c| c == "ConditionalCheckFailed") => {
+                    return Err(StoreError::Conflict)
+                }
+                // Another transaction on the same guard was in flight: try again, and the
+                // condition then says who won.
+                Some(codes) if codes.iter().any(|c| c == "TransactionConflict") => continue,
+                _ => return Err(unavailable(e)),
+            }
+        }
+        Err(StoreError::Conflict)
+    }
+
+    async fn find_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.tables.users)
+            .index_name(EMAIL_INDEX)
+            .key_condition_expression("email = :email")
+            .expression_attribute_values(":email", s(email))
+            .limit(1)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        if let Some(item) = out.items().first() {
+            return user_from(item).map(Some);
+        }
+        // GSI reads are eventually consistent; the guard item is read consistently, so a login
+        // right after registration finds the account.
+        let guard = self
+            .client
+            .get_item()
+            .table_name(&self.tables.users)
+            .key("user_id", s(format!("{GUARD_PREFIX}{email}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        match guard.item().and_then(|g| get_s(g, "owner")) {
+            Some(owner) => self.user_by_id(owner).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn get_user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.user_by_id(&id.to_string()).await
+    }
+
+    async fn update_password_hash(&self, id: UserId, hash: &str) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.tables.users)
+            .key("user_id", s(id.to_string()))
+            .update_expression("SET password_hash = :h")
+            .condition_expression("attribute_exists(user_id)")
+            .expression_attribute_values(":h", s(hash))
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception())
+                {
+                    StoreError::NotFound
+                } else {
+                    unavailable(e)
+                }
+            })?;
+        Ok(())
+    }
+
+    async fn update_display_name(&self, id: UserId, name: Option<&str>) -> Result<(), StoreError> {
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.tables.users)
+            .key("user_id", s(id.to_string()))
+            .condition_expression("attribute_exists(user_id)");
+        let request = match name {
+            Some(name) => request
+                .update_expression("SET display_name = :n")
+                .expression_attribute_values(":n", s(name)),
+            None => request.update_expression("REMOVE display_name"),
+        };
+        request.send().await.map_err(|e| {
+            if e.as_service_error()
+                .is_some_and(|se| se.is_conditional_check_failed_exception())
+            {
+                StoreError::NotFound
+            } else {
+                unavailable(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client
+            .describe_table()
+            .table_name(&self.tables.users)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl RefreshStore for DynamoStore {
+    async fn insert(&self, record: &RefreshRecord) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.tables.refresh)
+            .set_item(Some(refresh_item(record)))
+            .condition_expression("attribute_not_exists(token_hash)")
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception())
+                {
+                    StoreError::Conflict
+                } else {
+                    unavailable(e)
+                }
+            })?;
+        Ok(())
+    }
+
+    async fn get(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<RefreshRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.refresh)
+            .key("token_hash", s(hash_key(token_hash)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        match out.item().map(refresh_from).transpose()? {
+            Some(record) if record.expires_at > now => Ok(Some(record)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn rotate(
+        &self,
+        old: &[u8; 32],
+        new: &RefreshRecord,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let consume = Update::builder()
+            .table_name(&self.tables.refresh)
+            .key("token_hash", s(hash_key(old)))
+            .update_expression("SET consumed_at = :now, replaced_by = :next")
+            .condition_expression(
+                "attribute_exists(token_hash) AND attribute_not_exists(consumed_at) AND expires_at > :now",
+            )
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":next", s(hash_key(&new.token_hash)))
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let store_new = Put::builder()
+            .table_name(&self.tables.refresh)
+            .set_item(Some(refresh_item(new)))
+            .condition_expression("attribute_not_exists(token_hash)")
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(consume).build())
+            .transact_items(TransactWriteItem::builder().put(store_new).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => match cancellation_codes(&e) {
+                Some(codes)
+                    if codes
+                        .iter()
+                        .any(|c| c == "ConditionalCheckFailed" || c == "TransactionConflict") =>
+                {
+                    Err(StoreError::Conflict)
+                }
+                _ => Err(unavailable(e)),
+            },
+        }
+    }
+
+    async fn revoke_family(&self, family_id: uuid::Uuid) -> Result<u32, StoreError> {
+        let mut deleted = 0u32;
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.tables.refresh)
+                .index_name(FAMILY_INDEX)
+                .key_condition_expression("family_id = :f")
+                .expression_attribute_values(":f", s(family_id.to_string()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in out.items() {
+                let Some(hash) = get_s(item, "token_hash") else {
+                    continue;
+                };
+                let delete = Delete::builder()
+                    .table_name(&self.tables.refresh)
+                    .key("token_hash", s(hash))
+                    .build()
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                self.client
+                    .delete_item()
+                    .table_name(delete.table_name())
+                    .set_key(Some(delete.key().clone()))
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                deleted += 1;
+            }
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(deleted),
+            }
+        }
+    }
+}
+
+fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, StoreError> {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(kind)
+        .build()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+fn string_attribute(name: &str) -> Result<AttributeDefinition, StoreError> {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+fn index(
+    name: &str,
+    attribute: &str,
+    projection: ProjectionType,
+) -> Result<GlobalSecondaryIndex, StoreError> {
+    GlobalSecondaryIndex::builder()
+        .index_name(name)
+        .key_schema(key(attribute, KeyType::Hash)?)
+        .projection(Projection::builder().projection_type(projection).build())
+        .build()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+async fn create_table(
+    client: &Client,
+    name: &str,
+    pk: &str,
+    gsi: GlobalSecondaryIndex,
+    gsi_attribute: &str,
+) -> Result<(), StoreError> {
+    let result = client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .key_schema(key(pk, KeyType::Hash)?)
+        .attribute_definitions(string_attribute(pk)?)
+        .attribute_definitions(string_attribute(gsi_attribute)?)
+        .global_secondary_indexes(gsi)
+        .send()
+        .await;
+    match result {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|se| se.is_resource_in_use_exception()) => {}
+        Err(e) => return Err(unavailable(e)),
+    }
+    // Real DynamoDB creates tables asynchronously; wait until it can take writes.
+    for _ in 0..120 {
+        let out = client
+            .describe_table()
+            .table_name(name)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(StoreError::Unavailable(format!(
+        "table {name} did not become active"
+    )))
+}
+
+/// Creates both tables if missing (on-demand billing) and turns on TTL. Safe to run again.
+pub async fn create_tables(client: &Client, tables: &TableNames) -> Result<(), StoreError> {
+    create_table(
+        client,
+        &tables.users,
+        "user_id",
+        index(EMAIL_INDEX, "email", ProjectionType::All)?,
+        "email",
+    )
+    .await?;
+    create_table(
+        client,
+        &tables.refresh,
+        "token_hash",
+        index(FAMILY_INDEX, "family_id", ProjectionType::KeysOnly)?,
+        "family_id",
+    )
+    .await?;
+    let ttl = TimeToLiveSpecification::builder()
+        .attribute_name("expires_at")
+        .enabled(true)
+        .build()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    match client
+        .update_time_to_live()
+        .table_name(&tables.refresh)
+        .time_to_live_specification(ttl)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Running again: DynamoDB says TTL "is already enabled" as a ValidationException.
+        Err(e)
+            if e.as_service_error()
+                .and_then(|se| se.message())
+                .is_some_and(|m| m.contains("already enabled")) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(unavailable(e)),
+    }
+}

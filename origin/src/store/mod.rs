@@ -1,0 +1,103 @@
+//! Storage traits in domain types. Backends translate to their own wire types (`dynamo.rs` speaks
+//! `AttributeValue`); nothing above this module sees them.
+
+use std::fmt;
+
+pub mod dynamo;
+
+/// A user's id: a random UUID, the `sub` of their tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UserId(pub uuid::Uuid);
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Id.
+    pub id: UserId,
+    /// Trimmed and case-folded by the caller.
+    pub email: String,
+    /// argon2id (or imported bcrypt) hash.
+    pub password_hash: String,
+    /// Scopes granted to the account.
+    pub scopes: Vec<String>,
+    /// Profile name.
+    pub display_name: Option<String>,
+    /// Seconds since the epoch.
+    pub created_at: i64,
+}
+
+/// One refresh token, stored by the SHA-256 of its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshRecord {
+    /// SHA-256 of the refresh token.
+    pub token_hash: [u8; 32],
+    /// Owner.
+    pub user_id: UserId,
+    /// The session: every rotation of one login shares it.
+    pub family_id: uuid::Uuid,
+    /// Seconds since the epoch; also the DynamoDB TTL attribute.
+    pub expires_at: i64,
+    /// When it was rotated away, if it was.
+    pub consumed_at: Option<i64>,
+    /// The token that replaced it.
+    pub replaced_by: Option<[u8; 32]>,
+}
+
+/// Storage failures, in terms the HTTP layer can answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The email has an account already.
+    #[error("email already registered")]
+    EmailTaken,
+    /// No such record.
+    #[error("not found")]
+    NotFound,
+    /// A condition failed: the record changed concurrently.
+    #[error("conflict: the record changed concurrently")]
+    Conflict,
+    /// Network, throttling or a 5xx: answered with 503.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Accounts.
+#[async_trait::async_trait]
+pub trait UserStore: Send + Sync {
+    /// Creates an account; the email is unique atomically.
+    async fn create_user(&self, user: &User) -> Result<(), StoreError>;
+    /// Finds an account by email.
+    async fn find_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
+    /// Reads an account.
+    async fn get_user(&self, id: UserId) -> Result<Option<User>, StoreError>;
+    /// Replaces the password hash.
+    async fn update_password_hash(&self, id: UserId, hash: &str) -> Result<(), StoreError>;
+    /// Sets or clears the profile name.
+    async fn update_display_name(&self, id: UserId, name: Option<&str>) -> Result<(), StoreError>;
+    /// A cheap readiness check.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Refresh tokens.
+#[async_trait::async_trait]
+pub trait RefreshStore: Send + Sync {
+    /// Stores a new token.
+    async fn insert(&self, record: &RefreshRecord) -> Result<(), StoreError>;
+    /// Reads a token that has not expired at `now` (TTL deletion runs late).
+    async fn get(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<RefreshRecord>, StoreError>;
+    /// Consumes `old` and stores `new` in one transaction; `Conflict` if `old` was consumed,
+    /// expired or gone.
+    async fn rotate(&self, old: &[u8; 32], new: &RefreshRecord, now: i64)
+        -> Result<(), StoreError>;
+    /// Deletes every token of a session; returns how many.
+    async fn revoke_family(&self, family_id: uuid::Uuid) -> Result<u32, StoreError>;
+}

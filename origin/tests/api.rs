@@ -1,0 +1,318 @@
+//! The HTTP API as a client sees it, on the embedded default (dynoxide in-process on a file).
+
+use std::collections::HashMap;
+
+use axum::{
+    body::Body,
+    http::{header, Request, StatusCode},
+    Router,
+};
+use base64ct::Encoding as _;
+use edgeauth_core::{verify_token, KeyRing, Policy};
+use edgeauth_origin::{app::app, bootstrap::build_state, config::Config};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+struct Origin {
+    router: Router,
+    data_dir: std::path::PathBuf,
+}
+
+fn config(data_dir: &std::path::Path) -> Config {
+    let env: HashMap<String, String> = [
+        ("EDGEAUTH_DATA_DIR", data_dir.to_string_lossy().to_string()),
+        ("EDGEAUTH_ISSUER", "https://auth.example.test".to_string()),
+        ("EDGEAUTH_AUDIENCE", "api.example.test".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    Config::from_sources(None, |k| env.get(k).cloned()).expect("test configuration")
+}
+
+async fn origin_at(data_dir: std::path::PathBuf) -> Origin {
+    let state = build_state(config(&data_dir)).await.expect("origin starts");
+    Origin {
+        router: app(state),
+        data_dir,
+    }
+}
+
+async fn origin() -> Origin {
+    let dir = std::env::temp_dir().join(format!("edgeauth-origin-{}", uuid::Uuid::new_v4()));
+    origin_at(dir).await
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+impl Origin {
+    async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Reply {
+        self.send(
+            Request::post(path)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .expect("request"),
+        )
+        .await
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.send(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+    }
+
+    async fn register(&self, email: &str, password: &str) -> Reply {
+        self.post(
+            "/v1/register",
+            json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    async fn login(&self, email: &str, password: &str) -> Reply {
+        self.post("/v1/login", json!({"email": email, "password": password}))
+            .await
+    }
+}
+
+fn edge_policy() -> Policy {
+    Policy::from_json(
+        r#"{"issuers":["https://auth.example.test"],"audiences":["api.example.test"]}"#,
+    )
+    .expect("policy")
+}
+
+#[tokio::test]
+async fn register_then_login_gives_a_token_the_edge_accepts() {
+    let o = origin().await;
+    let r = o
+        .register(" Alice@Example.com ", "correct horse battery")
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let user_id = r.body["user_id"].as_str().expect("id").to_string();
+
+    let r = o.login("alice@example.com", "correct horse battery").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["token_type"], "Bearer");
+    assert_eq!(r.body["expires_in"], 900);
+    assert!(
+        r.body.get("refresh_token").is_none(),
+        "browsers get the refresh token only as a cookie"
+    );
+    let cookie = r.headers[header::SET_COOKIE].to_str().expect("ascii");
+    for part in [
+        "refresh_token=",
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+        "Path=/v1/token/refresh",
+    ] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+    let token = r.body["access_token"].as_str().expect("token");
+
+    let jwks = o.get("/.well-known/jwks.json").await;
+    assert_eq!(jwks.status, StatusCode::OK);
+    assert_eq!(jwks.headers[header::CACHE_CONTROL], "public, max-age=300");
+    let (ring, skipped) =
+        KeyRing::from_jwks(jwks.body.to_string().as_bytes(), &edge_policy()).expect("jwks");
+    assert!(skipped.is_empty());
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs(),
+    )
+    .expect("i64");
+    let verified = verify_token(token, now, &ring, &edge_policy())
+        .expect("the edge accepts the origin's token");
+    let claims = verified.claims();
+    assert_eq!(claims.sub.as_deref(), Some(user_id.as_str()));
+    assert_eq!(claims.scope, ["profile"]);
+    assert_eq!(claims.amr, ["pwd"]);
+    assert_eq!(claims.exp.zip(claims.iat).map(|(e, i)| e - i), Some(900));
+    // No PII in the token: the payload names no email.
+    let payload = token.split('.').nth(1).expect("payload");
+    let payload = String::from_utf8(base64ct::Base64UrlUnpadded::decode_vec(payload).expect("b64"))
+        .expect("utf8");
+    assert!(!payload.contains("alice"), "{payload}");
+}
+
+#[tokio::test]
+async fn non_browser_clients_can_ask_for_the_refresh_token_in_the_body() {
+    let o = origin().await;
+    o.register("bob@example.com", "a long enough password")
+        .await;
+    let r = o
+        .post("/v1/login", json!({"email": "bob@example.com", "password": "a long enough password", "refresh_token_in_body": true}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let in_body = r.body["refresh_token"].as_str().expect("refresh token");
+    let cookie = r.headers[header::SET_COOKIE].to_str().expect("ascii");
+    assert!(
+        cookie.starts_with(&format!("refresh_token={in_body};")),
+        "{cookie}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_email_read_the_same() {
+    let o = origin().await;
+    o.register("carol@example.com", "carol's passphrase").await;
+    let wrong = o.login("carol@example.com", "not carol's passphrase").await;
+    let unknown = o.login("nobody@example.com", "carol's passphrase").await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!((unknown.status, &unknown.body), (wrong.status, &wrong.body));
+    assert_eq!(wrong.headers.get(header::SET_COOKIE), None);
+}
+
+#[tokio::test]
+async fn an_email_registers_once_even_under_concurrency() {
+    let o = origin().await;
+    assert_eq!(
+        o.register("dave@example.com", "dave's passphrase")
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let again = o.register("DAVE@example.com", "another passphrase").await;
+    assert_eq!(
+        (again.status, again.body["error"].as_str()),
+        (StatusCode::CONFLICT, Some("email_taken"))
+    );
+
+    let o = std::sync::Arc::new(o);
+    let attempts = (0..8).map(|i| {
+        let o = o.clone();
+        tokio::spawn(async move {
+            o.register("erin@example.com", &format!("passphrase number {i}"))
+                .await
+                .status
+        })
+    });
+    let mut created = 0;
+    for attempt in attempts {
+        match attempt.await.expect("task") {
+            StatusCode::CREATED => created += 1,
+            StatusCode::CONFLICT => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(created, 1);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_json_error_naming_the_problem() {
+    let o = origin().await;
+    let r = o.register("not-an-email", "long enough password").await;
+    assert_eq!(
+        (r.status, r.body["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("email"))
+    );
+    let r = o.register("frank@example.com", "short").await;
+    assert_eq!(
+        (r.status, r.body["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("password"))
+    );
+    let r = o.post("/v1/register", json!({"email": "frank@example.com", "password": "long enough password", "admin": true})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .expect("message")
+            .contains("admin"),
+        "{}",
+        r.body
+    );
+    let r = o
+        .post("/v1/register", json!({"email": "frank@example.com"}))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .expect("message")
+            .contains("password"),
+        "{}",
+        r.body
+    );
+
+    let no_type = Request::post("/v1/register")
+        .body(Body::from("{}"))
+        .expect("request");
+    assert_eq!(
+        o.send(no_type).await.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    let huge = json!({"email": "frank@example.com", "password": "x".repeat(100_000)});
+    let r = o.post("/v1/register", huge).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
+    let not_json = Request::post("/v1/register")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{not json"))
+        .expect("request");
+    assert_eq!(o.send(not_json).await.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn accounts_and_keys_survive_a_restart() {
+    let first = origin().await;
+    first
+        .register("grace@example.com", "grace's passphrase")
+        .await;
+    let kid_before = first.get("/.well-known/jwks.json").await.body["keys"][0]["kid"].clone();
+    let second = origin_at(first.data_dir.clone()).await;
+    assert_eq!(
+        second
+            .login("grace@example.com", "grace's passphrase")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        second.get("/.well-known/jwks.json").await.body["keys"][0]["kid"],
+        kid_before
+    );
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let o = origin().await;
+    assert_eq!(o.get("/healthz").await.status, StatusCode::OK);
+    let r = o.get("/readyz").await;
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (StatusCode::OK, Some("ready"))
+    );
+}
