@@ -42,6 +42,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/register", post(http::register))
         .route("/v1/login", post(http::login))
+        .route("/v1/token/refresh", post(http::refresh))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks))

@@ -59,6 +59,8 @@ struct RawConfig {
     access_token_ttl_seconds: u32,
     #[serde(default = "default_refresh_ttl")]
     refresh_token_ttl_seconds: u32,
+    #[serde(default = "default_refresh_grace")]
+    refresh_grace_seconds: u32,
     #[serde(default = "default_signing_algorithm")]
     signing_algorithm: SigningAlgorithm,
     #[serde(default = "default_data_dir")]
@@ -92,6 +94,9 @@ fn default_access_ttl() -> u32 {
 }
 fn default_refresh_ttl() -> u32 {
     30 * 24 * 3600
+}
+fn default_refresh_grace() -> u32 {
+    10
 }
 fn default_signing_algorithm() -> SigningAlgorithm {
     SigningAlgorithm::EdDsa
@@ -128,6 +133,8 @@ pub struct Config {
     pub access_token_ttl_seconds: u32,
     /// Refresh-token lifetime.
     pub refresh_token_ttl_seconds: u32,
+    /// How long after a rotation the old refresh token may be exchanged once more (two tabs).
+    pub refresh_grace_seconds: u32,
     /// Algorithm of newly generated signing keys.
     pub signing_algorithm: SigningAlgorithm,
     /// Embedded database and key file.
@@ -151,8 +158,9 @@ pub struct Config {
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 15] = [
+const FIELDS: [&str; 16] = [
     "listen",
+    "refresh_grace_seconds",
     "issuer",
     "audience",
     "access_token_ttl_seconds",
@@ -231,6 +239,9 @@ impl Config {
                 "must be between 1 hour and 90 days",
             ));
         }
+        if raw.refresh_grace_seconds > 60 {
+            return Err(invalid("refresh_grace_seconds", "must be at most 60"));
+        }
         if raw.audience.is_empty() {
             return Err(invalid("audience", "must not be empty"));
         }
@@ -274,6 +285,7 @@ impl Config {
             audience: raw.audience,
             access_token_ttl_seconds: raw.access_token_ttl_seconds,
             refresh_token_ttl_seconds: raw.refresh_token_ttl_seconds,
+            refresh_grace_seconds: raw.refresh_grace_seconds,
             signing_algorithm: raw.signing_algorithm,
             data_dir: raw.data_dir,
             jwks_max_age_seconds: raw.jwks_max_age_seconds,

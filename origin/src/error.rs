@@ -39,6 +39,9 @@ pub enum ApiError {
     /// 401: credentials or token refused. Deliberately vague.
     #[error("invalid credentials")]
     InvalidCredentials,
+    /// 401: the refresh token is unknown, expired, or was reused (RFC 6749 §5.2 `invalid_grant`).
+    #[error("invalid refresh token")]
+    InvalidGrant,
     /// 503: a dependency is down; says which for the log, not the client.
     #[error("{0} unavailable")]
     Unavailable(String),
@@ -75,6 +78,7 @@ impl ApiError {
             }
             Self::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
             Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            Self::InvalidGrant => (StatusCode::UNAUTHORIZED, "invalid_grant"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }

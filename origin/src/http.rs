@@ -1,8 +1,9 @@
 //! Request bodies and the account handlers: extract, call the service, answer.
 
 use axum::{
+    body::Bytes,
     extract::{rejection::JsonRejection, FromRequest, Request, State},
-    http::{header, HeaderValue, StatusCode},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
@@ -17,7 +18,7 @@ use crate::{
     error::ApiError,
     keys::AccessClaims,
     password::Verification,
-    store::{RefreshRecord, User, UserId},
+    store::{RefreshRecord, StoreError, User, UserId},
 };
 
 /// Path the refresh cookie is scoped to: the browser sends it nowhere else.
@@ -191,6 +192,46 @@ pub async fn login(
         }
     }
     let now = now();
+    let (refresh_token, record) = new_refresh_record(&state, user.id, uuid::Uuid::new_v4(), now);
+    state.refresh.insert(&record).await?;
+    tracing::info!(event = "login", user_id = %user.id, "logged in");
+    token_response(
+        &state,
+        &user,
+        &refresh_token,
+        now,
+        body.refresh_token_in_body,
+    )
+}
+
+/// A new refresh token for `user` in session `family_id`, and the record that stores its hash.
+fn new_refresh_record(
+    state: &AppState,
+    user: UserId,
+    family_id: uuid::Uuid,
+    now: i64,
+) -> (String, RefreshRecord) {
+    let (token, token_hash) = new_refresh_token();
+    let record = RefreshRecord {
+        token_hash,
+        user_id: user,
+        family_id,
+        expires_at: now + i64::from(state.config.refresh_token_ttl_seconds),
+        consumed_at: None,
+        replaced_by: None,
+    };
+    (token, record)
+}
+
+/// The answer of login and refresh: a fresh access token in the body; the refresh token as a
+/// cookie, and in the body too for clients that asked.
+fn token_response(
+    state: &AppState,
+    user: &User,
+    refresh_token: &str,
+    now: i64,
+    refresh_in_body: bool,
+) -> Result<Response, ApiError> {
     let config = &state.config;
     let claims = AccessClaims {
         iss: config.issuer.clone(),
@@ -206,35 +247,109 @@ pub async fn login(
         .keys
         .mint_access_token(&claims)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (refresh_token, token_hash) = new_refresh_token();
-    state
-        .refresh
-        .insert(&RefreshRecord {
-            token_hash,
-            user_id: user.id,
-            family_id: uuid::Uuid::new_v4(),
-            expires_at: now + i64::from(config.refresh_token_ttl_seconds),
-            consumed_at: None,
-            replaced_by: None,
-        })
-        .await?;
-    tracing::info!(event = "login", user_id = %user.id, "logged in");
-    let mut body_json = json!({
+    let mut body = json!({
         "access_token": access_token,
         "token_type": "Bearer",
         "expires_in": config.access_token_ttl_seconds,
     });
-    if body.refresh_token_in_body {
-        body_json["refresh_token"] = json!(refresh_token);
+    if refresh_in_body {
+        body["refresh_token"] = json!(refresh_token);
     }
-    let mut response = Json(body_json).into_response();
+    let mut response = Json(body).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::SET_COOKIE,
-        refresh_cookie(&refresh_token, config.refresh_token_ttl_seconds)?,
+        refresh_cookie(refresh_token, config.refresh_token_ttl_seconds)?,
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// `POST /v1/token/refresh` body, for clients that do not use the cookie.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshBody {
+    /// The refresh token.
+    pub refresh_token: String,
+}
+
+fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|line| line.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k.trim() == name).then(|| v.trim())
+        })
+}
+
+/// `POST /v1/token/refresh`: exchanges a refresh token (cookie, or JSON body) for a new access
+/// token and a new refresh token. Every exchange rotates: the old token is consumed in the same
+/// transaction that stores the new one. A consumed token presented again is theft, and the whole
+/// session (family) is revoked, except once within `refresh_grace_seconds` of its rotation, so
+/// two tabs refreshing together do not log the user out.
+pub async fn refresh(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let from_body = if body.is_empty() {
+        None
+    } else {
+        let is_json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let parsed: RefreshBody =
+            serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+        Some(parsed.refresh_token)
+    };
+    let refresh_in_body = from_body.is_some();
+    let presented = from_body
+        .or_else(|| cookie_value(&headers, REFRESH_COOKIE).map(str::to_owned))
+        .ok_or(ApiError::InvalidGrant)?;
+    let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    let now = now();
+    let Some(record) = state.refresh.get(&hash, now).await? else {
+        return Err(ApiError::InvalidGrant);
+    };
+    let Some(user) = state.users.get_user(record.user_id).await? else {
+        state.refresh.revoke_family(record.family_id).await?;
+        return Err(ApiError::InvalidGrant);
+    };
+    let (new_token, new_record) = new_refresh_record(&state, user.id, record.family_id, now);
+    let rotated = match record.consumed_at {
+        None => state.refresh.rotate(&hash, &new_record, now).await,
+        Some(_) => Err(StoreError::Conflict),
+    };
+    match rotated {
+        Ok(()) => {}
+        Err(StoreError::Conflict) => {
+            let grace_start = now - i64::from(state.config.refresh_grace_seconds);
+            match state
+                .refresh
+                .rotate_in_grace(&hash, &new_record, grace_start)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(event = "refresh_grace", user_id = %user.id, "rotated token reused within grace")
+                }
+                Err(StoreError::Conflict) => {
+                    let revoked = state.refresh.revoke_family(record.family_id).await?;
+                    tracing::warn!(event = "refresh_reuse", user_id = %user.id, family_id = %record.family_id, revoked, "refresh token reused: session revoked");
+                    return Err(ApiError::InvalidGrant);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    token_response(&state, &user, &new_token, now, refresh_in_body)
 }
 
 #[cfg(test)]

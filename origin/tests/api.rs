@@ -316,3 +316,154 @@ async fn health_and_readiness() {
         (StatusCode::OK, Some("ready"))
     );
 }
+
+fn cookie_token(reply: &Reply) -> String {
+    let cookie = reply.headers[header::SET_COOKIE].to_str().expect("ascii");
+    cookie
+        .strip_prefix("refresh_token=")
+        .and_then(|rest| rest.split(';').next())
+        .expect("refresh cookie")
+        .to_string()
+}
+
+impl Origin {
+    /// A browser's refresh: the cookie, no body.
+    async fn refresh_with_cookie(&self, token: &str) -> Reply {
+        self.send(
+            Request::post("/v1/token/refresh")
+                .header(header::COOKIE, format!("theme=dark; refresh_token={token}"))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+    }
+
+    async fn logged_in(&self, email: &str) -> String {
+        self.register(email, "a fine passphrase").await;
+        let r = self.login(email, "a fine passphrase").await;
+        assert_eq!(r.status, StatusCode::OK);
+        cookie_token(&r)
+    }
+}
+
+async fn origin_with(extra: &[(&str, &str)]) -> Origin {
+    let dir = std::env::temp_dir().join(format!("edgeauth-origin-{}", uuid::Uuid::new_v4()));
+    let mut env: HashMap<String, String> = [
+        ("EDGEAUTH_DATA_DIR", dir.to_string_lossy().to_string()),
+        ("EDGEAUTH_ISSUER", "https://auth.example.test".to_string()),
+        ("EDGEAUTH_AUDIENCE", "api.example.test".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in extra {
+        env.insert((*k).to_string(), (*v).to_string());
+    }
+    let config = Config::from_sources(None, |k| env.get(k).cloned()).expect("configuration");
+    Origin {
+        router: app(build_state(config).await.expect("origin")),
+        data_dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_a_replayed_token_revokes_the_session() {
+    let o = origin_with(&[("EDGEAUTH_REFRESH_GRACE_SECONDS", "0")]).await;
+    let first = o.logged_in("heidi@example.com").await;
+    let r = o.refresh_with_cookie(&first).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body["access_token"].is_string());
+    let second = cookie_token(&r);
+    assert_ne!(first, second, "every refresh rotates");
+
+    // The first token again: theft. The whole family goes, the thief's and the owner's.
+    let replay = o.refresh_with_cookie(&first).await;
+    assert_eq!(
+        (replay.status, replay.body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_grant"))
+    );
+    assert_eq!(
+        o.refresh_with_cookie(&second).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // A new login starts a new session.
+    let again = o.login("heidi@example.com", "a fine passphrase").await;
+    assert_eq!(
+        o.refresh_with_cookie(&cookie_token(&again)).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn two_tabs_refreshing_together_stay_logged_in_once() {
+    let o = origin().await; // default grace: 10 s
+    let shared = o.logged_in("ivan@example.com").await;
+    let tab_a = o.refresh_with_cookie(&shared).await;
+    let tab_b = o.refresh_with_cookie(&shared).await;
+    assert_eq!(
+        (tab_a.status, tab_b.status),
+        (StatusCode::OK, StatusCode::OK),
+        "{}",
+        tab_b.body
+    );
+    let (a, b) = (cookie_token(&tab_a), cookie_token(&tab_b));
+    assert_ne!(a, b);
+    // The grace is single-use: a third exchange of the same token is reuse.
+    assert_eq!(
+        o.refresh_with_cookie(&shared).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        o.refresh_with_cookie(&a).await.status,
+        StatusCode::UNAUTHORIZED,
+        "the family is revoked"
+    );
+    assert_eq!(
+        o.refresh_with_cookie(&b).await.status,
+        StatusCode::UNAUTHORIZED,
+        "the family is revoked"
+    );
+}
+
+#[tokio::test]
+async fn non_browser_clients_refresh_with_the_body() {
+    let o = origin().await;
+    let token = o.logged_in("judy@example.com").await;
+    let r = o
+        .post("/v1/token/refresh", json!({"refresh_token": token}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let next = r.body["refresh_token"]
+        .as_str()
+        .expect("in the body, as it came");
+    assert_eq!(next, cookie_token(&r));
+    assert_eq!(
+        o.post(
+            "/v1/token/refresh",
+            json!({"refresh_token": next, "extra": 1})
+        )
+        .await
+        .status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn missing_or_unknown_refresh_tokens_are_invalid_grant() {
+    let o = origin().await;
+    let none = o
+        .send(
+            Request::post("/v1/token/refresh")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(
+        (none.status, none.body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_grant"))
+    );
+    let forged = o
+        .refresh_with_cookie("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+        .await;
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
+}

@@ -229,6 +229,41 @@ pub struct DynamoStore {
 }
 
 impl DynamoStore {
+    /// Applies `update` to the old token and stores `new` in one transaction; any failed
+    /// condition is a `Conflict`.
+    async fn consume_and_store(
+        &self,
+        update: Update,
+        new: &RefreshRecord,
+    ) -> Result<(), StoreError> {
+        let store_new = Put::builder()
+            .table_name(&self.tables.refresh)
+            .set_item(Some(refresh_item(new)))
+            .condition_expression("attribute_not_exists(token_hash)")
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(update).build())
+            .transact_items(TransactWriteItem::builder().put(store_new).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => match cancellation_codes(&e) {
+                Some(codes)
+                    if codes
+                        .iter()
+                        .any(|c| c == "ConditionalCheckFailed" || c == "TransactionConflict") =>
+                {
+                    Err(StoreError::Conflict)
+                }
+                _ => Err(unavailable(e)),
+            },
+        }
+    }
+
     /// Stores over `client`, in the tables named by `tables`.
     pub fn new(client: Client, tables: &TableNames) -> Self {
         Self {
@@ -445,32 +480,25 @@ impl RefreshStore for DynamoStore {
             .expression_attribute_values(":next", s(hash_key(&new.token_hash)))
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let store_new = Put::builder()
+        self.consume_and_store(consume, new).await
+    }
+
+    async fn rotate_in_grace(
+        &self,
+        old: &[u8; 32],
+        new: &RefreshRecord,
+        consumed_after: i64,
+    ) -> Result<(), StoreError> {
+        let claim = Update::builder()
             .table_name(&self.tables.refresh)
-            .set_item(Some(refresh_item(new)))
-            .condition_expression("attribute_not_exists(token_hash)")
+            .key("token_hash", s(hash_key(old)))
+            .update_expression("SET grace_used = :next")
+            .condition_expression("consumed_at > :after AND attribute_not_exists(grace_used)")
+            .expression_attribute_values(":after", n(consumed_after))
+            .expression_attribute_values(":next", s(hash_key(&new.token_hash)))
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(consume).build())
-            .transact_items(TransactWriteItem::builder().put(store_new).build())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) => match cancellation_codes(&e) {
-                Some(codes)
-                    if codes
-                        .iter()
-                        .any(|c| c == "ConditionalCheckFailed" || c == "TransactionConflict") =>
-                {
-                    Err(StoreError::Conflict)
-                }
-                _ => Err(unavailable(e)),
-            },
-        }
+        self.consume_and_store(claim, new).await
     }
 
     async fn revoke_family(&self, family_id: uuid::Uuid) -> Result<u32, StoreError> {

@@ -98,6 +98,15 @@ pub trait RefreshStore: Send + Sync {
     /// expired or gone.
     async fn rotate(&self, old: &[u8; 32], new: &RefreshRecord, now: i64)
         -> Result<(), StoreError>;
+    /// The two-tab case: `old` was consumed after `consumed_after` and has not used its
+    /// grace yet. Marks the grace used and stores `new` (a sibling in the same family) in one
+    /// transaction; `Conflict` otherwise, which the caller treats as reuse.
+    async fn rotate_in_grace(
+        &self,
+        old: &[u8; 32],
+        new: &RefreshRecord,
+        consumed_after: i64,
+    ) -> Result<(), StoreError>;
     /// Deletes every token of a session; returns how many.
     async fn revoke_family(&self, family_id: uuid::Uuid) -> Result<u32, StoreError>;
 }
