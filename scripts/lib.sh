@@ -29,3 +29,28 @@ ensure_node() {
     fi
     node -e 'require("node:wasi")' 2>/dev/null || { echo "node lacks node:wasi (need Node 20+)" >&2; exit 2; }
 }
+
+# dynoxide, the DynamoDB emulator on SQLite, as a separate server (the origin's second test
+# configuration). Installed from crates.io once per machine (a few minutes cold).
+DYNOXIDE_VERSION=3.2.0
+ensure_dynoxide() {
+    if ! cargo install --list | grep -q "^dynoxide-rs v$DYNOXIDE_VERSION:"; then
+        cargo install "dynoxide-rs@$DYNOXIDE_VERSION" --locked --no-default-features \
+            --features native-sqlite,http-server,cli
+    fi
+}
+
+# A free loopback port.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until something accepts connections on 127.0.0.1:$1.
+wait_for_port() {
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$1" >&2
+    return 1
+}

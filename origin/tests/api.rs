@@ -9,7 +9,11 @@ use axum::{
 };
 use base64ct::Encoding as _;
 use edgeauth_core::{verify_token, KeyRing, Policy};
-use edgeauth_origin::{app::app, bootstrap::build_state, config::Config};
+use edgeauth_origin::{
+    app::app,
+    bootstrap::{build_state, create_tables_command},
+    config::{Config, Storage},
+};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -19,8 +23,11 @@ struct Origin {
     data_dir: std::path::PathBuf,
 }
 
-fn config(data_dir: &std::path::Path) -> Config {
-    let env: HashMap<String, String> = [
+/// The backend under test: the embedded default, or, when `EDGEAUTH_TEST_DYNAMODB_ENDPOINT` is
+/// set (scripts/test sets it), a separate dynoxide server through the same SDK path, each test in
+/// its own tables. The same tests run against both.
+fn test_env(data_dir: &std::path::Path, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = [
         ("EDGEAUTH_DATA_DIR", data_dir.to_string_lossy().to_string()),
         ("EDGEAUTH_ISSUER", "https://auth.example.test".to_string()),
         ("EDGEAUTH_AUDIENCE", "api.example.test".to_string()),
@@ -28,20 +35,47 @@ fn config(data_dir: &std::path::Path) -> Config {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    Config::from_sources(None, |k| env.get(k).cloned()).expect("test configuration")
+    if let Ok(endpoint) = std::env::var("EDGEAUTH_TEST_DYNAMODB_ENDPOINT") {
+        let prefix = data_dir
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().to_string());
+        env.insert("EDGEAUTH_STORAGE".into(), "dynamodb".into());
+        env.insert("EDGEAUTH_DYNAMODB_ENDPOINT".into(), endpoint);
+        env.insert("EDGEAUTH_TABLE_PREFIX".into(), format!("{prefix}-"));
+    }
+    for (k, v) in extra {
+        env.insert((*k).to_string(), (*v).to_string());
+    }
+    env
 }
 
-async fn origin_at(data_dir: std::path::PathBuf) -> Origin {
-    let state = build_state(config(&data_dir)).await.expect("origin starts");
+async fn start(data_dir: std::path::PathBuf, extra: &[(&str, &str)]) -> Origin {
+    let env = test_env(&data_dir, extra);
+    let config = Config::from_sources(None, |k| env.get(k).cloned()).expect("test configuration");
+    if config.storage == Storage::Dynamodb {
+        create_tables_command(&config).await.expect("tables");
+    }
+    let state = build_state(config).await.expect("origin starts");
     Origin {
         router: app(state),
         data_dir,
     }
 }
 
+fn fresh_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("edgeauth-origin-{}", uuid::Uuid::new_v4().simple()))
+}
+
+async fn origin_at(data_dir: std::path::PathBuf) -> Origin {
+    start(data_dir, &[]).await
+}
+
 async fn origin() -> Origin {
-    let dir = std::env::temp_dir().join(format!("edgeauth-origin-{}", uuid::Uuid::new_v4()));
-    origin_at(dir).await
+    start(fresh_dir(), &[]).await
+}
+
+async fn origin_with(extra: &[(&str, &str)]) -> Origin {
+    start(fresh_dir(), extra).await
 }
 
 struct Reply {
@@ -346,26 +380,6 @@ impl Origin {
     }
 }
 
-async fn origin_with(extra: &[(&str, &str)]) -> Origin {
-    let dir = std::env::temp_dir().join(format!("edgeauth-origin-{}", uuid::Uuid::new_v4()));
-    let mut env: HashMap<String, String> = [
-        ("EDGEAUTH_DATA_DIR", dir.to_string_lossy().to_string()),
-        ("EDGEAUTH_ISSUER", "https://auth.example.test".to_string()),
-        ("EDGEAUTH_AUDIENCE", "api.example.test".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    for (k, v) in extra {
-        env.insert((*k).to_string(), (*v).to_string());
-    }
-    let config = Config::from_sources(None, |k| env.get(k).cloned()).expect("configuration");
-    Origin {
-        router: app(build_state(config).await.expect("origin")),
-        data_dir: dir,
-    }
-}
-
 #[tokio::test]
 async fn refresh_rotates_and_a_replayed_token_revokes_the_session() {
     let o = origin_with(&[("EDGEAUTH_REFRESH_GRACE_SECONDS", "0")]).await;
@@ -466,4 +480,54 @@ async fn missing_or_unknown_refresh_tokens_are_invalid_grant() {
         .refresh_with_cookie("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
         .await;
     assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn dynamodb_down_is_503_with_retry_after_never_500() {
+    // Nothing listens on port 1: every call fails to connect. (No create-tables: it would fail.)
+    let dir = fresh_dir();
+    let env = test_env(
+        &dir,
+        &[
+            ("EDGEAUTH_STORAGE", "dynamodb"),
+            ("EDGEAUTH_DYNAMODB_ENDPOINT", "http://127.0.0.1:1"),
+        ],
+    );
+    let config = Config::from_sources(None, |k| env.get(k).cloned()).expect("configuration");
+    let o = Origin {
+        router: app(build_state(config)
+            .await
+            .expect("starts without touching the store")),
+        data_dir: dir,
+    };
+    let started = std::time::Instant::now();
+    for reply in [
+        o.get("/readyz").await,
+        o.register("kim@example.com", "kim's passphrase").await,
+        o.login("kim@example.com", "kim's passphrase").await,
+    ] {
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.body
+        );
+        assert_eq!(reply.headers[header::RETRY_AFTER], "5");
+        assert_eq!(reply.body["error"], "temporarily_unavailable");
+        assert!(
+            !reply.body.to_string().contains("127.0.0.1"),
+            "internals leaked: {}",
+            reply.body
+        );
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        o.get("/healthz").await.status,
+        StatusCode::OK,
+        "liveness does not depend on the store"
+    );
 }
