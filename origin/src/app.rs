@@ -12,6 +12,7 @@ use axum::{
 use serde_json::json;
 
 use crate::{
+    auth::SelfVerifier,
     config::Config,
     error::ApiError,
     http,
@@ -34,6 +35,8 @@ pub struct AppState {
     pub refresh: Arc<dyn RefreshStore>,
     /// Password hashing on a bounded pool.
     pub passwords: PasswordHasher,
+    /// Verifies callers' access tokens with the edges' core.
+    pub verifier: Arc<SelfVerifier>,
 }
 
 /// The origin's routes.
@@ -43,6 +46,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/register", post(http::register))
         .route("/v1/login", post(http::login))
         .route("/v1/token/refresh", post(http::refresh))
+        .route("/v1/me", get(http::me).patch(http::update_me))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks))

@@ -7,6 +7,7 @@ use anyhow::Context;
 
 use crate::{
     app::AppState,
+    auth::SelfVerifier,
     config::{Config, Storage},
     keys::KeySet,
     password::PasswordHasher,
@@ -57,7 +58,9 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         .context("signing keys")?;
     let passwords = PasswordHasher::new(config.argon2, config.hashing_concurrency)?;
     let store = Arc::new(DynamoStore::new(client, &tables));
+    let verifier = SelfVerifier::new(&config.issuer, &config.audience, &keys)?;
     Ok(AppState {
+        verifier: Arc::new(verifier),
         config: Arc::new(config),
         keys: Arc::new(keys),
         users: store.clone(),

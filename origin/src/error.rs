@@ -42,6 +42,16 @@ pub enum ApiError {
     /// 401: the refresh token is unknown, expired, or was reused (RFC 6749 §5.2 `invalid_grant`).
     #[error("invalid refresh token")]
     InvalidGrant,
+    /// A refused bearer token: status, challenge and body exactly as the edges answer them.
+    #[error("access token refused")]
+    Token {
+        /// 401, 403 or 503.
+        status: u16,
+        /// RFC 6750 challenge.
+        www_authenticate: Option<String>,
+        /// The core's JSON body.
+        body: String,
+    },
     /// 503: a dependency is down; says which for the log, not the client.
     #[error("{0} unavailable")]
     Unavailable(String),
@@ -80,6 +90,7 @@ impl ApiError {
             Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             Self::InvalidGrant => (StatusCode::UNAUTHORIZED, "invalid_grant"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+            Self::Token { .. } => (StatusCode::UNAUTHORIZED, "invalid_token"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -87,6 +98,26 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Self::Token {
+            status,
+            www_authenticate,
+            body,
+        } = self
+        {
+            // The core's own answer, so the origin and the edges say the same about a token.
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
+            let mut response =
+                (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+            let headers = response.headers_mut();
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if let Some(value) = www_authenticate.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                headers.insert(header::WWW_AUTHENTICATE, value);
+            }
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            }
+            return response;
+        }
         let (status, code) = self.status_and_code();
         let body = match &self {
             Self::InvalidField { field, message } => {

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     app::AppState,
+    auth::Caller,
     error::ApiError,
     keys::AccessClaims,
     password::Verification,
@@ -350,6 +351,70 @@ pub async fn refresh(
         Err(e) => return Err(e.into()),
     }
     token_response(&state, &user, &new_token, now, refresh_in_body)
+}
+
+/// Longest display name, in characters.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 100;
+
+fn profile(user: &User) -> serde_json::Value {
+    json!({
+        "user_id": user.id.to_string(),
+        "email": user.email,
+        "display_name": user.display_name,
+        "scopes": user.scopes,
+        "created_at": user.created_at,
+    })
+}
+
+/// `GET /v1/me`: the caller's profile. The id comes only from the verified token's `sub`.
+pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let user = state
+        .users
+        .get_user(caller.user_id)
+        .await?
+        .ok_or(ApiError::InvalidCredentials)?;
+    let mut response = Json(profile(&user)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `PATCH /v1/me` body: only what a user may change about themselves.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileUpdate {
+    /// A new display name, or `null` to clear it.
+    pub display_name: Option<String>,
+}
+
+/// `PATCH /v1/me`: updates the caller's own profile.
+pub async fn update_me(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(update): ApiJson<ProfileUpdate>,
+) -> Result<Response, ApiError> {
+    let name = update.display_name.map(|n| n.trim().to_owned());
+    if let Some(name) = &name {
+        let chars = name.chars().count();
+        if chars == 0 || chars > MAX_DISPLAY_NAME_CHARS || name.chars().any(char::is_control) {
+            return Err(ApiError::InvalidField {
+                field: "display_name".into(),
+                message: format!(
+                    "must be 1 to {MAX_DISPLAY_NAME_CHARS} characters without control characters"
+                ),
+            });
+        }
+    }
+    match state
+        .users
+        .update_display_name(caller.user_id, name.as_deref())
+        .await
+    {
+        Err(StoreError::NotFound) => return Err(ApiError::InvalidCredentials),
+        other => other?,
+    }
+    me(State(state), caller).await
 }
 
 #[cfg(test)]

@@ -531,3 +531,118 @@ async fn dynamodb_down_is_503_with_retry_after_never_500() {
         "liveness does not depend on the store"
     );
 }
+
+impl Origin {
+    async fn with_bearer(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        let builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"));
+        let request = match body {
+            Some(b) => builder
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string())),
+            None => builder.body(Body::empty()),
+        };
+        self.send(request.expect("request")).await
+    }
+}
+
+#[tokio::test]
+async fn me_reads_and_updates_only_the_callers_own_profile() {
+    let o = origin().await;
+    o.register("leo@example.com", "leo's passphrase").await;
+    let login = o.login("leo@example.com", "leo's passphrase").await;
+    let token = login.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+
+    let r = o.with_bearer("GET", "/v1/me", &token, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["email"], "leo@example.com");
+    assert_eq!(r.body["display_name"], Value::Null);
+
+    let r = o
+        .with_bearer(
+            "PATCH",
+            "/v1/me",
+            &token,
+            Some(json!({"display_name": "  Leo  "})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["display_name"].as_str()),
+        (StatusCode::OK, Some("Leo"))
+    );
+    assert_eq!(
+        o.with_bearer("GET", "/v1/me", &token, None).await.body["display_name"],
+        "Leo"
+    );
+    let r = o
+        .with_bearer(
+            "PATCH",
+            "/v1/me",
+            &token,
+            Some(json!({"display_name": null})),
+        )
+        .await;
+    assert_eq!(r.body["display_name"], Value::Null);
+
+    // The id comes from the token alone: a body naming another user is refused, not obeyed.
+    let r = o
+        .with_bearer(
+            "PATCH",
+            "/v1/me",
+            &token,
+            Some(json!({"display_name": "x", "user_id": uuid::Uuid::new_v4()})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = o
+        .with_bearer(
+            "PATCH",
+            "/v1/me",
+            &token,
+            Some(json!({"display_name": "a\u{0}b"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("display_name"))
+    );
+}
+
+#[tokio::test]
+async fn me_answers_like_the_edge_for_bad_tokens() {
+    let o = origin().await;
+    let missing = o.get("/v1/me").await;
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(missing.headers[header::WWW_AUTHENTICATE], "Bearer");
+    let garbage = o.with_bearer("GET", "/v1/me", "not.a.token", None).await;
+    assert_eq!(garbage.status, StatusCode::UNAUTHORIZED);
+    let challenge = garbage.headers[header::WWW_AUTHENTICATE]
+        .to_str()
+        .expect("ascii");
+    assert!(
+        challenge.contains(r#"error="invalid_token""#),
+        "{challenge}"
+    );
+    assert_eq!(garbage.body["reason"], "malformed_token");
+    // A token from another origin's keys is refused.
+    let other = origin().await;
+    other.register("mia@example.com", "mia's passphrase").await;
+    let foreign = other.login("mia@example.com", "mia's passphrase").await;
+    let foreign = foreign.body["access_token"].as_str().expect("token");
+    let r = o.with_bearer("GET", "/v1/me", foreign, None).await;
+    assert_eq!(
+        (r.status, r.body["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unknown_key"))
+    );
+}
