@@ -54,3 +54,9 @@ wait_for_port() {
     echo "nothing listens on 127.0.0.1:$1" >&2
     return 1
 }
+
+# Redis from Debian, for the origin's deny-list in its second test configuration.
+ensure_redis() {
+    command -v redis-server >/dev/null && return 0
+    apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+}

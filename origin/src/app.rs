@@ -18,7 +18,7 @@ use crate::{
     http,
     keys::KeySet,
     password::PasswordHasher,
-    store::{RefreshStore, UserStore},
+    store::{DenyList, RefreshStore, UserStore},
 };
 
 /// What every handler may use. Stores are trait objects so one router serves every backend.
@@ -35,6 +35,8 @@ pub struct AppState {
     pub refresh: Arc<dyn RefreshStore>,
     /// Password hashing on a bounded pool.
     pub passwords: PasswordHasher,
+    /// Revoked access tokens.
+    pub deny_list: Arc<dyn DenyList>,
     /// Verifies callers' access tokens with the edges' core.
     pub verifier: Arc<SelfVerifier>,
 }
@@ -47,6 +49,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/login", post(http::login))
         .route("/v1/token/refresh", post(http::refresh))
         .route("/v1/me", get(http::me).patch(http::update_me))
+        .route("/v1/logout", post(http::logout))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks))

@@ -3,7 +3,8 @@
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use edgeauth_core::{
-    authorize, KeyRing, Policy, Request, RevocationAnswer, Step, TokenCache, Verdict, VerifiedToken,
+    authorize, DenyListStatus, KeyRing, Policy, Request, RevocationAnswer, Step, TokenCache,
+    Verdict, VerifiedToken, WatermarkStatus,
 };
 
 use crate::{app::AppState, error::ApiError, keys::KeySet, store::UserId};
@@ -26,13 +27,30 @@ impl SelfVerifier {
     }
 }
 
-/// A request whose bearer token verified. The user id comes only from its `sub`.
+/// A request whose bearer token verified and is not revoked. The user id comes only from its
+/// `sub`.
 #[derive(Debug)]
 pub struct Caller {
     /// The verified token.
     pub token: VerifiedToken,
     /// Its `sub` as a user id.
     pub user_id: UserId,
+    /// Its session (`sid`), when it carries one.
+    pub session: Option<uuid::Uuid>,
+}
+
+/// The `sid` claim of a token that has already verified. The core reads only the claims every
+/// edge needs, so the origin reads its own claim from the authenticated payload.
+fn session_of(headers: &axum::http::HeaderMap) -> Option<uuid::Uuid> {
+    use base64ct::{Base64UrlUnpadded, Encoding};
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (_, token) = value.split_once(' ')?;
+    let payload = Base64UrlUnpadded::decode_vec(token.trim().split('.').nth(1)?).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+    uuid::Uuid::parse_str(claims.get("sid")?.as_str()?).ok()
 }
 
 fn now() -> i64 {
@@ -60,17 +78,34 @@ impl FromRequestParts<AppState> for Caller {
         };
         // The cache is off in this policy, so a throwaway one costs nothing.
         let mut cache = TokenCache::new(0);
+        let now = now();
         let verdict = match authorize(
             &request,
-            now(),
+            now,
             Some(&verifier.ring),
             &verifier.policy,
             &mut cache,
         ) {
             Step::Done(verdict) => verdict,
-            // The origin's own deny-list is not built yet (issue 3 continues): it answers
-            // "not revoked" until it is.
-            Step::CheckRevocation(check) => check.finish(RevocationAnswer::CLEAR, &verifier.policy),
+            Step::CheckRevocation(check) => {
+                let jti = match check.jti() {
+                    None => DenyListStatus::NotListed,
+                    Some(jti) => match state.deny_list.is_revoked(jti, now).await {
+                        Ok(true) => DenyListStatus::Listed,
+                        Ok(false) => DenyListStatus::NotListed,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "deny-list unavailable");
+                            DenyListStatus::Unavailable
+                        }
+                    },
+                };
+                // Revoke-all watermarks come with session management (issue 6).
+                let answer = RevocationAnswer {
+                    jti,
+                    user: WatermarkStatus::None,
+                };
+                check.finish(answer, &verifier.policy)
+            }
         };
         match verdict {
             Verdict::Allow(allowed) => {
@@ -84,7 +119,11 @@ impl FromRequestParts<AppState> for Caller {
                     .and_then(|s| uuid::Uuid::parse_str(s).ok())
                     .map(UserId)
                     .ok_or(ApiError::InvalidCredentials)?;
-                Ok(Self { token, user_id })
+                Ok(Self {
+                    token,
+                    user_id,
+                    session: session_of(&parts.headers),
+                })
             }
             Verdict::Deny(denial) => Err(ApiError::Token {
                 status: denial.status(),

@@ -11,7 +11,9 @@ use crate::{
     config::{Config, Storage},
     keys::KeySet,
     password::PasswordHasher,
+    store::deny::{MemoryDenyList, RedisDenyList},
     store::dynamo::{client_for_endpoint, client_from_env, create_tables, DynamoStore, TableNames},
+    store::DenyList,
 };
 
 /// File name of the embedded database under `data_dir`.
@@ -59,7 +61,12 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let passwords = PasswordHasher::new(config.argon2, config.hashing_concurrency)?;
     let store = Arc::new(DynamoStore::new(client, &tables));
     let verifier = SelfVerifier::new(&config.issuer, &config.audience, &keys)?;
+    let deny_list: Arc<dyn DenyList> = match &config.redis_denylist_url {
+        Some(url) => Arc::new(RedisDenyList::new(url)?),
+        None => Arc::new(MemoryDenyList::default()),
+    };
     Ok(AppState {
+        deny_list,
         verifier: Arc::new(verifier),
         config: Arc::new(config),
         keys: Arc::new(keys),

@@ -73,6 +73,8 @@ struct RawConfig {
     storage: Storage,
     #[serde(default)]
     dynamodb_endpoint: Option<String>,
+    #[serde(default)]
+    redis_denylist_url: Option<String>,
     #[serde(default = "default_region")]
     dynamodb_region: String,
     #[serde(default = "default_table_prefix")]
@@ -149,6 +151,8 @@ pub struct Config {
     pub dynamodb_endpoint: Option<String>,
     /// DynamoDB region.
     pub dynamodb_region: String,
+    /// Redis for the access-token deny-list; `None` keeps it in-process (one instance only).
+    pub redis_denylist_url: Option<String>,
     /// Prefix of every table name.
     pub table_prefix: String,
     /// argon2id cost.
@@ -158,7 +162,8 @@ pub struct Config {
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 16] = [
+const FIELDS: [&str; 17] = [
+    "redis_denylist_url",
     "listen",
     "refresh_grace_seconds",
     "issuer",
@@ -266,6 +271,14 @@ impl Config {
                 "must be letters, digits, `-`, `_` or `.`",
             ));
         }
+        if let Some(url) = &raw.redis_denylist_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(invalid(
+                    "redis_denylist_url",
+                    "must be a redis:// or rediss:// URL",
+                ));
+            }
+        }
         if raw.storage == Storage::Embedded && raw.dynamodb_endpoint.is_some() {
             return Err(invalid(
                 "dynamodb_endpoint",
@@ -293,6 +306,7 @@ impl Config {
             storage: raw.storage,
             dynamodb_endpoint: raw.dynamodb_endpoint,
             dynamodb_region: raw.dynamodb_region,
+            redis_denylist_url: raw.redis_denylist_url,
             table_prefix: raw.table_prefix,
             argon2: raw.argon2,
             hashing_concurrency: raw.hashing_concurrency.unwrap_or(cores).max(1),

@@ -199,6 +199,7 @@ pub async fn login(
     token_response(
         &state,
         &user,
+        &record,
         &refresh_token,
         now,
         body.refresh_token_in_body,
@@ -229,6 +230,7 @@ fn new_refresh_record(
 fn token_response(
     state: &AppState,
     user: &User,
+    session: &RefreshRecord,
     refresh_token: &str,
     now: i64,
     refresh_in_body: bool,
@@ -242,6 +244,7 @@ fn token_response(
         iat: now,
         exp: now + i64::from(config.access_token_ttl_seconds),
         jti: uuid::Uuid::new_v4().to_string(),
+        sid: session.family_id.to_string(),
         amr: vec!["pwd".into()],
     };
     let access_token = state
@@ -350,7 +353,28 @@ pub async fn refresh(
         }
         Err(e) => return Err(e.into()),
     }
-    token_response(&state, &user, &new_token, now, refresh_in_body)
+    token_response(&state, &user, &new_record, &new_token, now, refresh_in_body)
+}
+
+/// `POST /v1/logout`: ends the caller's session at once. The access token's `jti` goes on the
+/// deny-list until its `exp`, and every refresh token of its session (`sid`) is deleted. Success
+/// is reported only when both are recorded; otherwise 503 and the client retries.
+pub async fn logout(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let now = now();
+    let claims = caller.token.claims();
+    let (Some(jti), Some(exp)) = (claims.jti.as_deref(), claims.exp) else {
+        return Err(ApiError::InvalidCredentials);
+    };
+    state.deny_list.revoke_jti(jti, exp, now).await?;
+    if let Some(sid) = caller.session {
+        state.refresh.revoke_family(sid).await?;
+    }
+    tracing::info!(event = "logout", user_id = %caller.user_id, "logged out");
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::SET_COOKIE, refresh_cookie("", 0)?);
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 /// Longest display name, in characters.

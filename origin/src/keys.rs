@@ -237,6 +237,9 @@ pub struct AccessClaims {
     pub exp: i64,
     /// Unique token id: the deny-list key.
     pub jti: String,
+    /// The session (refresh family) the token belongs to, so logout can end it from the access
+    /// token alone (`sid`, as in OpenID Connect); a random UUID, not personal data.
+    pub sid: String,
     /// Authentication methods (RFC 8176), e.g. `["pwd"]`.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub amr: Vec<String>,
@@ -363,6 +366,7 @@ mod tests {
             iat: NOW,
             exp: NOW + 900,
             jti: "j-1".into(),
+            sid: "s-1".into(),
             amr: vec!["pwd".into()],
         }
     }

@@ -25,7 +25,8 @@ struct Origin {
 
 /// The backend under test: the embedded default, or, when `EDGEAUTH_TEST_DYNAMODB_ENDPOINT` is
 /// set (scripts/test sets it), a separate dynoxide server through the same SDK path, each test in
-/// its own tables. The same tests run against both.
+/// its own tables; likewise `EDGEAUTH_TEST_REDIS_URL` puts the deny-list in a real Redis instead of
+/// the in-process map. The same tests run against both.
 fn test_env(data_dir: &std::path::Path, extra: &[(&str, &str)]) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = [
         ("EDGEAUTH_DATA_DIR", data_dir.to_string_lossy().to_string()),
@@ -42,6 +43,9 @@ fn test_env(data_dir: &std::path::Path, extra: &[(&str, &str)]) -> HashMap<Strin
         env.insert("EDGEAUTH_STORAGE".into(), "dynamodb".into());
         env.insert("EDGEAUTH_DYNAMODB_ENDPOINT".into(), endpoint);
         env.insert("EDGEAUTH_TABLE_PREFIX".into(), format!("{prefix}-"));
+    }
+    if let Ok(url) = std::env::var("EDGEAUTH_TEST_REDIS_URL") {
+        env.insert("EDGEAUTH_REDIS_DENYLIST_URL".into(), url);
     }
     for (k, v) in extra {
         env.insert((*k).to_string(), (*v).to_string());
@@ -644,5 +648,93 @@ async fn me_answers_like_the_edge_for_bad_tokens() {
     assert_eq!(
         (r.status, r.body["reason"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("unknown_key"))
+    );
+}
+
+#[tokio::test]
+async fn logout_revokes_the_access_token_and_its_session_at_once() {
+    let o = origin().await;
+    o.register("nina@example.com", "nina's passphrase").await;
+    let laptop = o.login("nina@example.com", "nina's passphrase").await;
+    let phone = o.login("nina@example.com", "nina's passphrase").await;
+    let laptop_access = laptop.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let phone_access = phone.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    assert_eq!(
+        o.with_bearer("GET", "/v1/me", &laptop_access, None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let out = o
+        .with_bearer("POST", "/v1/logout", &laptop_access, None)
+        .await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    let cleared = out.headers[header::SET_COOKIE].to_str().expect("ascii");
+    assert!(
+        cleared.starts_with("refresh_token=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+
+    // At once: the access token is refused, and the session's refresh token is gone.
+    let me = o.with_bearer("GET", "/v1/me", &laptop_access, None).await;
+    assert_eq!(
+        (me.status, me.body["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("token_revoked"))
+    );
+    assert_eq!(
+        o.refresh_with_cookie(&cookie_token(&laptop)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        o.with_bearer("POST", "/v1/logout", &laptop_access, None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    // The other session is untouched.
+    assert_eq!(
+        o.with_bearer("GET", "/v1/me", &phone_access, None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        o.refresh_with_cookie(&cookie_token(&phone)).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_dead_deny_list_fails_closed_and_logout_never_claims_success() {
+    let o = origin_with(&[("EDGEAUTH_REDIS_DENYLIST_URL", "redis://127.0.0.1:1")]).await;
+    o.register("omar@example.com", "omar's passphrase").await;
+    let login = o.login("omar@example.com", "omar's passphrase").await;
+    let access = login.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let out = o.with_bearer("POST", "/v1/logout", &access, None).await;
+    assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE, "{}", out.body);
+    assert_eq!(out.headers[header::RETRY_AFTER], "5");
+    // Revocation status unknown: the token is not honoured (the policy fails closed).
+    let me = o.with_bearer("GET", "/v1/me", &access, None).await;
+    assert_eq!(
+        (me.status, me.body["reason"].as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("revocation_unavailable")
+        )
+    );
+    // Login and refresh do not need the deny-list.
+    assert_eq!(
+        o.refresh_with_cookie(&cookie_token(&login)).await.status,
+        StatusCode::OK
     );
 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+pub mod deny;
 pub mod dynamo;
 
 /// A user's id: a random UUID, the `sub` of their tokens.
@@ -109,4 +110,13 @@ pub trait RefreshStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Deletes every token of a session; returns how many.
     async fn revoke_family(&self, family_id: uuid::Uuid) -> Result<u32, StoreError>;
+}
+
+/// Revoked access tokens, by `jti`, until they expire.
+#[async_trait::async_trait]
+pub trait DenyList: Send + Sync {
+    /// Lists `jti` until `expires_at` (the token's `exp`).
+    async fn revoke_jti(&self, jti: &str, expires_at: i64, now: i64) -> Result<(), StoreError>;
+    /// Whether `jti` is listed at `now`.
+    async fn is_revoked(&self, jti: &str, now: i64) -> Result<bool, StoreError>;
 }
