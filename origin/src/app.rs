@@ -62,9 +62,11 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: the stores answer; a load balancer takes the instance out otherwise.
+/// Readiness: DynamoDB and the deny-list answer; a load balancer takes the instance out
+/// otherwise.
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     state.users.ping().await?;
+    state.deny_list.ping().await?;
     Ok(Json(json!({"status": "ready"})))
 }
 

@@ -64,7 +64,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::EmailTaken => Self::EmailTaken,
-            StoreError::Unavailable(cause) => Self::Unavailable(format!("DynamoDB ({cause})")),
+            StoreError::Unavailable(cause) => Self::Unavailable(cause),
             other => Self::Internal(other.to_string()),
         }
     }

@@ -723,6 +723,12 @@ async fn a_dead_deny_list_fails_closed_and_logout_never_claims_success() {
     let out = o.with_bearer("POST", "/v1/logout", &access, None).await;
     assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE, "{}", out.body);
     assert_eq!(out.headers[header::RETRY_AFTER], "5");
+    let ready = o.get("/readyz").await;
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "readiness covers the deny-list"
+    );
     // Revocation status unknown: the token is not honoured (the policy fails closed).
     let me = o.with_bearer("GET", "/v1/me", &access, None).await;
     assert_eq!(

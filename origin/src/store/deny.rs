@@ -34,6 +34,10 @@ impl DenyList for MemoryDenyList {
             .map_err(|_| StoreError::Unavailable("deny-list lock poisoned".into()))?;
         Ok(entries.get(jti).is_some_and(|exp| *exp > now))
     }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Redis commands get this long before the deny-list counts as unavailable.
@@ -93,5 +97,9 @@ impl DenyList for RedisDenyList {
         let mut cmd = redis::cmd("EXISTS");
         cmd.arg(format!("{KEY_PREFIX}{jti}"));
         self.run::<i64>(&cmd).await.map(|n| n > 0)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run::<String>(&redis::cmd("PING")).await.map(drop)
     }
 }

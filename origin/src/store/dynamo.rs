@@ -99,7 +99,7 @@ where
     E: std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
-    StoreError::Unavailable(DisplayErrorContext(e).to_string())
+    StoreError::Unavailable(format!("DynamoDB: {}", DisplayErrorContext(e)))
 }
 
 fn s(value: impl Into<String>) -> AttributeValue {

@@ -119,4 +119,6 @@ pub trait DenyList: Send + Sync {
     async fn revoke_jti(&self, jti: &str, expires_at: i64, now: i64) -> Result<(), StoreError>;
     /// Whether `jti` is listed at `now`.
     async fn is_revoked(&self, jti: &str, now: i64) -> Result<bool, StoreError>;
+    /// A cheap readiness check.
+    async fn ping(&self) -> Result<(), StoreError>;
 }
