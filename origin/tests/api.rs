@@ -744,3 +744,42 @@ async fn a_dead_deny_list_fails_closed_and_logout_never_claims_success() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn the_served_openapi_document_matches_the_router() {
+    let o = origin().await;
+    let r = o.get("/openapi.json").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["openapi"], "3.1.0");
+    let paths = r.body["paths"].as_object().expect("paths");
+    // Every documented operation exists: the router answers it with something other than
+    // 404 (no such path) or 405 (no such method).
+    for (path, operations) in paths {
+        for method in operations.as_object().expect("operations").keys() {
+            let request = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(path)
+                .body(Body::empty())
+                .expect("request");
+            let status = o.send(request).await.status;
+            assert!(
+                status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path} is documented but answers {status}"
+            );
+        }
+    }
+    // And every route is documented.
+    for route in [
+        "/v1/register",
+        "/v1/login",
+        "/v1/token/refresh",
+        "/v1/logout",
+        "/v1/me",
+        "/.well-known/jwks.json",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(paths.contains_key(route), "{route} is not documented");
+    }
+    assert!(paths["/v1/me"].get("patch").is_some());
+}
