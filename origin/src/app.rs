@@ -18,7 +18,7 @@ use crate::{
     http,
     keys::KeySet,
     password::PasswordHasher,
-    store::{DenyList, RefreshStore, UserStore},
+    store::{profile_cache::ProfileCache, DenyList, RefreshStore, UserStore},
 };
 
 /// What every handler may use. Stores are trait objects so one router serves every backend.
@@ -37,6 +37,8 @@ pub struct AppState {
     pub passwords: PasswordHasher,
     /// Revoked access tokens.
     pub deny_list: Arc<dyn DenyList>,
+    /// Profiles, cache-aside in front of DynamoDB.
+    pub profile_cache: Arc<dyn ProfileCache>,
     /// Verifies callers' access tokens with the edges' core.
     pub verifier: Arc<SelfVerifier>,
 }

@@ -13,6 +13,7 @@ use crate::{
     password::PasswordHasher,
     store::deny::{MemoryDenyList, RedisDenyList},
     store::dynamo::{client_for_endpoint, client_from_env, create_tables, DynamoStore, TableNames},
+    store::profile_cache::{MemoryProfileCache, ProfileCache, RedisProfileCache},
     store::DenyList,
 };
 
@@ -65,8 +66,13 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         Some(url) => Arc::new(RedisDenyList::new(url)?),
         None => Arc::new(MemoryDenyList::default()),
     };
+    let profile_cache: Arc<dyn ProfileCache> = match &config.redis_cache_url {
+        Some(url) => Arc::new(RedisProfileCache::new(url)?),
+        None => Arc::new(MemoryProfileCache::default()),
+    };
     Ok(AppState {
         deny_list,
+        profile_cache,
         verifier: Arc::new(verifier),
         config: Arc::new(config),
         keys: Arc::new(keys),

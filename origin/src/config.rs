@@ -75,6 +75,10 @@ struct RawConfig {
     dynamodb_endpoint: Option<String>,
     #[serde(default)]
     redis_denylist_url: Option<String>,
+    #[serde(default)]
+    redis_cache_url: Option<String>,
+    #[serde(default = "default_profile_cache_ttl")]
+    profile_cache_ttl_seconds: u32,
     #[serde(default = "default_region")]
     dynamodb_region: String,
     #[serde(default = "default_table_prefix")]
@@ -96,6 +100,9 @@ fn default_access_ttl() -> u32 {
 }
 fn default_refresh_ttl() -> u32 {
     30 * 24 * 3600
+}
+fn default_profile_cache_ttl() -> u32 {
+    3600
 }
 fn default_refresh_grace() -> u32 {
     10
@@ -153,6 +160,10 @@ pub struct Config {
     pub dynamodb_region: String,
     /// Redis for the access-token deny-list; `None` keeps it in-process (one instance only).
     pub redis_denylist_url: Option<String>,
+    /// Redis for the profile cache (a separate connection); `None` keeps it in-process.
+    pub redis_cache_url: Option<String>,
+    /// How long a cached profile lives.
+    pub profile_cache_ttl_seconds: u32,
     /// Prefix of every table name.
     pub table_prefix: String,
     /// argon2id cost.
@@ -162,7 +173,9 @@ pub struct Config {
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 17] = [
+const FIELDS: [&str; 19] = [
+    "redis_cache_url",
+    "profile_cache_ttl_seconds",
     "redis_denylist_url",
     "listen",
     "refresh_grace_seconds",
@@ -271,13 +284,22 @@ impl Config {
                 "must be letters, digits, `-`, `_` or `.`",
             ));
         }
-        if let Some(url) = &raw.redis_denylist_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(invalid(
-                    "redis_denylist_url",
-                    "must be a redis:// or rediss:// URL",
-                ));
+        for (field, url) in [
+            ("redis_denylist_url", &raw.redis_denylist_url),
+            ("redis_cache_url", &raw.redis_cache_url),
+        ] {
+            if url
+                .as_ref()
+                .is_some_and(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+            {
+                return Err(invalid(field, "must be a redis:// or rediss:// URL"));
             }
+        }
+        if !(1..=86_400).contains(&raw.profile_cache_ttl_seconds) {
+            return Err(invalid(
+                "profile_cache_ttl_seconds",
+                "must be between 1 s and 1 day",
+            ));
         }
         if raw.storage == Storage::Embedded && raw.dynamodb_endpoint.is_some() {
             return Err(invalid(
@@ -307,6 +329,8 @@ impl Config {
             dynamodb_endpoint: raw.dynamodb_endpoint,
             dynamodb_region: raw.dynamodb_region,
             redis_denylist_url: raw.redis_denylist_url,
+            redis_cache_url: raw.redis_cache_url,
+            profile_cache_ttl_seconds: raw.profile_cache_ttl_seconds,
             table_prefix: raw.table_prefix,
             argon2: raw.argon2,
             hashing_concurrency: raw.hashing_concurrency.unwrap_or(cores).max(1),

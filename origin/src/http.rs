@@ -19,7 +19,7 @@ use crate::{
     error::ApiError,
     keys::AccessClaims,
     password::Verification,
-    store::{RefreshRecord, StoreError, User, UserId},
+    store::{profile_cache::Profile, RefreshRecord, StoreError, User, UserId},
 };
 
 /// Path the refresh cookie is scoped to: the browser sends it nowhere else.
@@ -380,24 +380,38 @@ pub async fn logout(State(state): State<AppState>, caller: Caller) -> Result<Res
 /// Longest display name, in characters.
 pub const MAX_DISPLAY_NAME_CHARS: usize = 100;
 
-fn profile(user: &User) -> serde_json::Value {
-    json!({
-        "user_id": user.id.to_string(),
-        "email": user.email,
-        "display_name": user.display_name,
-        "scopes": user.scopes,
-        "created_at": user.created_at,
-    })
-}
-
 /// `GET /v1/me`: the caller's profile. The id comes only from the verified token's `sub`.
+/// Cache-aside: a cache error is logged and the answer comes from DynamoDB.
 pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    let user = state
-        .users
-        .get_user(caller.user_id)
-        .await?
-        .ok_or(ApiError::InvalidCredentials)?;
-    let mut response = Json(profile(&user)).into_response();
+    let now = now();
+    let cached = match state.profile_cache.get(caller.user_id, now).await {
+        Ok(hit) => hit,
+        Err(e) => {
+            tracing::warn!(error = %e, "profile cache unavailable");
+            None
+        }
+    };
+    let profile = match cached {
+        Some(profile) => profile,
+        None => {
+            let user = state
+                .users
+                .get_user(caller.user_id)
+                .await?
+                .ok_or(ApiError::InvalidCredentials)?;
+            let profile = Profile::from(&user);
+            let expires_at = now + i64::from(state.config.profile_cache_ttl_seconds);
+            if let Err(e) = state
+                .profile_cache
+                .put(caller.user_id, &profile, expires_at, now)
+                .await
+            {
+                tracing::warn!(error = %e, "profile not cached");
+            }
+            profile
+        }
+    };
+    let mut response = Json(profile).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -437,6 +451,10 @@ pub async fn update_me(
     {
         Err(StoreError::NotFound) => return Err(ApiError::InvalidCredentials),
         other => other?,
+    }
+    // A failed invalidation leaves the old profile for at most profile_cache_ttl_seconds.
+    if let Err(e) = state.profile_cache.invalidate(caller.user_id).await {
+        tracing::warn!(user_id = %caller.user_id, error = %e, "profile cache not invalidated");
     }
     me(State(state), caller).await
 }

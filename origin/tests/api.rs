@@ -20,6 +20,7 @@ use tower::ServiceExt;
 
 struct Origin {
     router: Router,
+    state: edgeauth_origin::app::AppState,
     data_dir: std::path::PathBuf,
 }
 
@@ -45,7 +46,9 @@ fn test_env(data_dir: &std::path::Path, extra: &[(&str, &str)]) -> HashMap<Strin
         env.insert("EDGEAUTH_TABLE_PREFIX".into(), format!("{prefix}-"));
     }
     if let Ok(url) = std::env::var("EDGEAUTH_TEST_REDIS_URL") {
-        env.insert("EDGEAUTH_REDIS_DENYLIST_URL".into(), url);
+        // Two separately configured connections, here to one server, as in development.
+        env.insert("EDGEAUTH_REDIS_DENYLIST_URL".into(), url.clone());
+        env.insert("EDGEAUTH_REDIS_CACHE_URL".into(), url);
     }
     for (k, v) in extra {
         env.insert((*k).to_string(), (*v).to_string());
@@ -61,7 +64,8 @@ async fn start(data_dir: std::path::PathBuf, extra: &[(&str, &str)]) -> Origin {
     }
     let state = build_state(config).await.expect("origin starts");
     Origin {
-        router: app(state),
+        router: app(state.clone()),
+        state,
         data_dir,
     }
 }
@@ -498,10 +502,12 @@ async fn dynamodb_down_is_503_with_retry_after_never_500() {
         ],
     );
     let config = Config::from_sources(None, |k| env.get(k).cloned()).expect("configuration");
+    let state = build_state(config)
+        .await
+        .expect("starts without touching the store");
     let o = Origin {
-        router: app(build_state(config)
-            .await
-            .expect("starts without touching the store")),
+        router: app(state.clone()),
+        state,
         data_dir: dir,
     };
     let started = std::time::Instant::now();
@@ -782,4 +788,73 @@ async fn the_served_openapi_document_matches_the_router() {
         assert!(paths.contains_key(route), "{route} is not documented");
     }
     assert!(paths["/v1/me"].get("patch").is_some());
+}
+
+#[tokio::test]
+async fn profiles_are_cached_aside_and_invalidated_by_patch() {
+    let o = origin().await;
+    o.register("pia@example.com", "pia's passphrase").await;
+    let token = o.login("pia@example.com", "pia's passphrase").await.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let me = o.with_bearer("GET", "/v1/me", &token, None).await;
+    let user_id = edgeauth_origin::store::UserId(
+        uuid::Uuid::parse_str(me.body["user_id"].as_str().expect("id")).expect("uuid"),
+    );
+    // Changed behind the API's back: the cache still answers with what it holds.
+    o.state
+        .users
+        .update_display_name(user_id, Some("Behind"))
+        .await
+        .expect("store");
+    let cached = o.with_bearer("GET", "/v1/me", &token, None).await;
+    assert_eq!(
+        cached.body["display_name"],
+        Value::Null,
+        "served from the cache"
+    );
+    // A PATCH through the API invalidates, so the next read is fresh.
+    let r = o
+        .with_bearer(
+            "PATCH",
+            "/v1/me",
+            &token,
+            Some(json!({"display_name": "Pia"})),
+        )
+        .await;
+    assert_eq!(r.body["display_name"], "Pia");
+    let fresh = o.with_bearer("GET", "/v1/me", &token, None).await;
+    assert_eq!(fresh.body["display_name"], "Pia");
+}
+
+#[tokio::test]
+async fn a_dead_profile_cache_never_fails_a_request() {
+    let o = origin_with(&[("EDGEAUTH_REDIS_CACHE_URL", "redis://127.0.0.1:1")]).await;
+    o.register("quinn@example.com", "quinn's passphrase").await;
+    let token = o
+        .login("quinn@example.com", "quinn's passphrase")
+        .await
+        .body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    assert_eq!(
+        o.with_bearer("GET", "/v1/me", &token, None).await.status,
+        StatusCode::OK
+    );
+    let r = o
+        .with_bearer(
+            "PATCH",
+            "/v1/me",
+            &token,
+            Some(json!({"display_name": "Quinn"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["display_name"].as_str()),
+        (StatusCode::OK, Some("Quinn"))
+    );
+    let again = o.with_bearer("GET", "/v1/me", &token, None).await;
+    assert_eq!(again.body["display_name"], "Quinn");
 }

@@ -3,9 +3,7 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
-use super::{DenyList, StoreError};
+use super::{redis_connection::RedisConnection, DenyList, StoreError};
 
 /// An in-process deny-list for one instance (the embedded mode).
 #[derive(Debug, Default)]
@@ -45,39 +43,17 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 const KEY_PREFIX: &str = "edgeauth:deny:jti:";
 
 /// The deny-list in Redis: `SET edgeauth:deny:jti:<jti> 1 EX <remaining life>`.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct RedisDenyList {
-    connection: ConnectionManager,
-}
-
-impl std::fmt::Debug for RedisDenyList {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisDenyList").finish_non_exhaustive()
-    }
+    redis: RedisConnection,
 }
 
 impl RedisDenyList {
-    /// Connects lazily: a Redis that is down at start-up makes requests fail with 503, it does
-    /// not keep the origin from starting.
+    /// A deny-list on the Redis at `url` (connected on first use).
     pub fn new(url: &str) -> Result<Self, StoreError> {
-        let client =
-            redis::Client::open(url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Self { connection })
-    }
-
-    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut connection = self.connection.clone();
-        match tokio::time::timeout(REDIS_TIMEOUT * 2, cmd.query_async(&mut connection)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!("Redis: {e}"))),
-            Err(_) => Err(StoreError::Unavailable("Redis: timed out".into())),
-        }
+        Ok(Self {
+            redis: RedisConnection::new(url, REDIS_TIMEOUT)?,
+        })
     }
 }
 
@@ -90,16 +66,19 @@ impl DenyList for RedisDenyList {
             .arg(1)
             .arg("EX")
             .arg(ttl);
-        self.run::<()>(&cmd).await
+        self.redis.run::<()>(&cmd).await
     }
 
     async fn is_revoked(&self, jti: &str, _now: i64) -> Result<bool, StoreError> {
         let mut cmd = redis::cmd("EXISTS");
         cmd.arg(format!("{KEY_PREFIX}{jti}"));
-        self.run::<i64>(&cmd).await.map(|n| n > 0)
+        self.redis.run::<i64>(&cmd).await.map(|n| n > 0)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run::<String>(&redis::cmd("PING")).await.map(drop)
+        self.redis
+            .run::<String>(&redis::cmd("PING"))
+            .await
+            .map(drop)
     }
 }

@@ -5,6 +5,8 @@ use std::fmt;
 
 pub mod deny;
 pub mod dynamo;
+pub mod profile_cache;
+pub mod redis_connection;
 
 /// A user's id: a random UUID, the `sub` of their tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

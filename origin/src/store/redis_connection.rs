@@ -1,0 +1,52 @@
+//! One Redis connection with a bounded wait per command: what the deny-list and the profile
+//! cache each hold (two separately configured connections, which may point at one server).
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::StoreError;
+
+/// A lazily connecting Redis connection whose commands give up after `timeout`.
+#[derive(Clone)]
+pub struct RedisConnection {
+    connection: ConnectionManager,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConnection")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisConnection {
+    /// Connects on first use: a Redis that is down at start-up makes requests fail (or, for the
+    /// cache, fall back to DynamoDB); it does not keep the origin from starting.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let client =
+            redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("Redis: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        let connection = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| StoreError::Unavailable(format!("Redis: {e}")))?;
+        Ok(Self {
+            connection,
+            timeout,
+        })
+    }
+
+    /// Runs one command; any failure or a wait past twice the timeout is `Unavailable`.
+    pub async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(self.timeout * 2, cmd.query_async(&mut connection)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("Redis: {e}"))),
+            Err(_) => Err(StoreError::Unavailable("Redis: timed out".into())),
+        }
+    }
+}
