@@ -18,7 +18,7 @@ use crate::{
     http,
     keys::KeySet,
     password::PasswordHasher,
-    store::{profile_cache::ProfileCache, DenyList, RefreshStore, UserStore},
+    store::{profile_cache::ProfileCache, DenyList, RefreshStore, RevocationFeed, UserStore},
 };
 
 /// What every handler may use. Stores are trait objects so one router serves every backend.
@@ -37,6 +37,8 @@ pub struct AppState {
     pub passwords: PasswordHasher,
     /// Revoked access tokens.
     pub deny_list: Arc<dyn DenyList>,
+    /// The signed revocation feed.
+    pub feed: Arc<dyn RevocationFeed>,
     /// Profiles, cache-aside in front of DynamoDB.
     pub profile_cache: Arc<dyn ProfileCache>,
     /// Verifies callers' access tokens with the edges' core.
@@ -52,6 +54,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/token/refresh", post(http::refresh))
         .route("/v1/me", get(http::me).patch(http::update_me))
         .route("/v1/logout", post(http::logout))
+        .route("/v1/revocations", get(http::revocations))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks))

@@ -71,6 +71,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         None => Arc::new(MemoryProfileCache::default()),
     };
     Ok(AppState {
+        feed: store.clone(),
         deny_list,
         profile_cache,
         verifier: Arc::new(verifier),

@@ -17,7 +17,7 @@ use crate::{
     app::AppState,
     auth::Caller,
     error::ApiError,
-    keys::AccessClaims,
+    keys::{AccessClaims, REVOCATION_TYPE},
     password::Verification,
     store::{profile_cache::Profile, RefreshRecord, StoreError, User, UserId},
 };
@@ -365,15 +365,72 @@ pub async fn logout(State(state): State<AppState>, caller: Caller) -> Result<Res
     let (Some(jti), Some(exp)) = (claims.jti.as_deref(), claims.exp) else {
         return Err(ApiError::InvalidCredentials);
     };
+    // The feed entry is the durable record (DynamoDB) the edges read; the deny-list makes the
+    // origin itself refuse the token at once. Both, or no success.
+    let issuer = state.config.issuer.clone();
+    let keys = state.keys.clone();
+    let jti_owned = jti.to_owned();
+    let make = move |seq: u64| {
+        let entry = json!({"iss": issuer, "seq": seq, "jti": jti_owned, "exp": exp, "iat": now});
+        keys.current()
+            .sign_jws(REVOCATION_TYPE, &entry)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    };
+    let seq = state.feed.append(&make, exp).await?;
     state.deny_list.revoke_jti(jti, exp, now).await?;
     if let Some(sid) = caller.session {
         state.refresh.revoke_family(sid).await?;
     }
-    tracing::info!(event = "logout", user_id = %caller.user_id, "logged out");
+    tracing::info!(event = "logout", user_id = %caller.user_id, seq, "logged out");
     let mut response = StatusCode::NO_CONTENT.into_response();
     let headers = response.headers_mut();
     headers.insert(header::SET_COOKIE, refresh_cookie("", 0)?);
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `GET /v1/revocations` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedQuery {
+    /// Entries after this sequence number (0 for the start).
+    #[serde(default)]
+    pub after: u64,
+    /// At most this many entries (1 to 1000, default 100).
+    #[serde(default = "default_feed_limit")]
+    pub limit: u32,
+}
+
+fn default_feed_limit() -> u32 {
+    100
+}
+
+/// `GET /v1/revocations?after=N&limit=M`: the signed revocation feed from a cursor, in order.
+/// Each entry is a JWS (`typ: edgeauth-revocation+jwt`) signed with a key from the JWKS, so an
+/// edge checks it with the keys it already holds. Expired entries are left out.
+pub async fn revocations(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::InvalidBody(e.body_text()))?;
+    if !(1..=1000).contains(&query.limit) {
+        return Err(ApiError::InvalidField {
+            field: "limit".into(),
+            message: "must be between 1 and 1000".into(),
+        });
+    }
+    let (entries, next) = state
+        .feed
+        .read_after(query.after, query.limit, now())
+        .await?;
+    let entries: Vec<_> = entries
+        .iter()
+        .map(|e| json!({"seq": e.seq, "jws": e.jws, "expires_at": e.expires_at}))
+        .collect();
+    let mut response = Json(json!({"entries": entries, "next": next})).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 

@@ -247,6 +247,9 @@ pub struct AccessClaims {
 
 /// `typ` of access tokens (RFC 9068 §2.1).
 pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+/// `typ` of revocation-feed entries: explicitly typed (RFC 8725 §3.11), so an edge's access-token
+/// policy, which accepts only `JWT`/`at+jwt`, can never take one for an access token.
+pub const REVOCATION_TYPE: &str = "edgeauth-revocation+jwt";
 
 /// The keys the origin holds: one signs, earlier ones are only published.
 #[derive(Debug)]

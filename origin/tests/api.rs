@@ -780,6 +780,7 @@ async fn the_served_openapi_document_matches_the_router() {
         "/v1/login",
         "/v1/token/refresh",
         "/v1/logout",
+        "/v1/revocations",
         "/v1/me",
         "/.well-known/jwks.json",
         "/healthz",
@@ -857,4 +858,97 @@ async fn a_dead_profile_cache_never_fails_a_request() {
     );
     let again = o.with_bearer("GET", "/v1/me", &token, None).await;
     assert_eq!(again.body["display_name"], "Quinn");
+}
+
+fn feed_policy() -> Policy {
+    Policy::from_json(
+        r#"{"issuers":["https://auth.example.test"],"audiences":["unused"],
+            "token_types":["edgeauth-revocation+jwt"],"allow_missing_type":false,
+            "required_claims":[]}"#,
+    )
+    .expect("feed policy")
+}
+
+#[tokio::test]
+async fn logout_is_published_in_the_signed_revocation_feed() {
+    let o = origin().await;
+    o.register("rae@example.com", "rae's passphrase").await;
+    let access = o.login("rae@example.com", "rae's passphrase").await.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    assert_eq!(o.get("/v1/revocations").await.body["entries"], json!([]));
+    assert_eq!(
+        o.with_bearer("POST", "/v1/logout", &access, None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+
+    let feed = o.get("/v1/revocations?after=0").await;
+    assert_eq!(feed.status, StatusCode::OK, "{}", feed.body);
+    assert_eq!(feed.body["next"], 1);
+    let entry = &feed.body["entries"][0];
+    assert_eq!(entry["seq"], 1);
+    let jws = entry["jws"].as_str().expect("jws");
+
+    // The edge checks it with the keys it already holds: the origin's JWKS.
+    let jwks = o.get("/.well-known/jwks.json").await.body.to_string();
+    let (ring, _) = KeyRing::from_jwks(jwks.as_bytes(), &feed_policy()).expect("ring");
+    let checked =
+        edgeauth_core::check_signature(jws, &ring, &feed_policy()).expect("signed by the origin");
+    let (access_ring, _) = KeyRing::from_jwks(jwks.as_bytes(), &edge_policy()).expect("ring");
+    let revoked = edgeauth_core::check_signature(&access, &access_ring, &edge_policy())
+        .expect("access token");
+    assert_eq!(checked.claims.jti, revoked.claims.jti);
+    assert_eq!(checked.claims.exp, revoked.claims.exp);
+    // Explicitly typed: an edge's access-token policy never takes a feed entry for a token.
+    let refused = edgeauth_core::check_signature(jws, &access_ring, &edge_policy())
+        .expect_err("not an access token");
+    assert_eq!(
+        refused.reason,
+        edgeauth_core::DenyReason::TokenTypeNotAllowed
+    );
+}
+
+#[tokio::test]
+async fn the_feed_has_no_gaps_under_concurrent_logouts() {
+    let o = std::sync::Arc::new(origin().await);
+    o.register("sam@example.com", "sam's passphrase").await;
+    let mut tokens = Vec::new();
+    for _ in 0..6 {
+        let r = o.login("sam@example.com", "sam's passphrase").await;
+        tokens.push(r.body["access_token"].as_str().expect("token").to_string());
+    }
+    let logouts = tokens.into_iter().map(|t| {
+        let o = o.clone();
+        tokio::spawn(async move { o.with_bearer("POST", "/v1/logout", &t, None).await.status })
+    });
+    for logout in logouts {
+        assert_eq!(logout.await.expect("task"), StatusCode::NO_CONTENT);
+    }
+    let all = o.get("/v1/revocations").await;
+    let seqs: Vec<u64> = all.body["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+    // Reading from a cursor, a page at a time.
+    let page = o.get("/v1/revocations?after=2&limit=3").await;
+    let seqs: Vec<u64> = page.body["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!((seqs, page.body["next"].as_u64()), (vec![3, 4, 5], Some(5)));
+    for bad in [
+        "/v1/revocations?limit=0",
+        "/v1/revocations?after=-1",
+        "/v1/revocations?cursor=3",
+    ] {
+        assert_eq!(o.get(bad).await.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
 }

@@ -24,7 +24,10 @@ use aws_sdk_dynamodb::{
 };
 use base64ct::{Base64UrlUnpadded, Encoding};
 
-use super::{RefreshRecord, RefreshStore, StoreError, User, UserId, UserStore};
+use super::{
+    FeedEntry, MakeEntry, RefreshRecord, RefreshStore, RevocationFeed, StoreError, User, UserId,
+    UserStore,
+};
 
 const EMAIL_INDEX: &str = "email-index";
 const FAMILY_INDEX: &str = "family-index";
@@ -39,6 +42,8 @@ pub struct TableNames {
     pub users: String,
     /// Refresh tokens.
     pub refresh: String,
+    /// The revocation feed and its sequence counter.
+    pub feed: String,
 }
 
 impl TableNames {
@@ -47,6 +52,7 @@ impl TableNames {
         Self {
             users: format!("{prefix}Users"),
             refresh: format!("{prefix}RefreshTokens"),
+            feed: format!("{prefix}RevocationFeed"),
         }
     }
 }
@@ -575,20 +581,31 @@ async fn create_table(
     client: &Client,
     name: &str,
     pk: &str,
-    gsi: GlobalSecondaryIndex,
-    gsi_attribute: &str,
+    sort_key: Option<&str>,
+    gsi: Option<(GlobalSecondaryIndex, &str)>,
 ) -> Result<(), StoreError> {
-    let result = client
+    let mut request = client
         .create_table()
         .table_name(name)
         .billing_mode(BillingMode::PayPerRequest)
         .key_schema(key(pk, KeyType::Hash)?)
-        .attribute_definitions(string_attribute(pk)?)
-        .attribute_definitions(string_attribute(gsi_attribute)?)
-        .global_secondary_indexes(gsi)
-        .send()
-        .await;
-    match result {
+        .attribute_definitions(string_attribute(pk)?);
+    if let Some(sk) = sort_key {
+        let number = AttributeDefinition::builder()
+            .attribute_name(sk)
+            .attribute_type(ScalarAttributeType::N)
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        request = request
+            .key_schema(key(sk, KeyType::Range)?)
+            .attribute_definitions(number);
+    }
+    if let Some((index, attribute)) = gsi {
+        request = request
+            .attribute_definitions(string_attribute(attribute)?)
+            .global_secondary_indexes(index);
+    }
+    match request.send().await {
         Ok(_) => {}
         Err(e)
             if e.as_service_error()
@@ -613,24 +630,8 @@ async fn create_table(
     )))
 }
 
-/// Creates both tables if missing (on-demand billing) and turns on TTL. Safe to run again.
-pub async fn create_tables(client: &Client, tables: &TableNames) -> Result<(), StoreError> {
-    create_table(
-        client,
-        &tables.users,
-        "user_id",
-        index(EMAIL_INDEX, "email", ProjectionType::All)?,
-        "email",
-    )
-    .await?;
-    create_table(
-        client,
-        &tables.refresh,
-        "token_hash",
-        index(FAMILY_INDEX, "family_id", ProjectionType::KeysOnly)?,
-        "family_id",
-    )
-    .await?;
+/// Turns on TTL on `expires_at`; running again is fine.
+async fn enable_ttl(client: &Client, table: &str) -> Result<(), StoreError> {
     let ttl = TimeToLiveSpecification::builder()
         .attribute_name("expires_at")
         .enabled(true)
@@ -638,7 +639,7 @@ pub async fn create_tables(client: &Client, tables: &TableNames) -> Result<(), S
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     match client
         .update_time_to_live()
-        .table_name(&tables.refresh)
+        .table_name(table)
         .time_to_live_specification(ttl)
         .send()
         .await
@@ -653,5 +654,147 @@ pub async fn create_tables(client: &Client, tables: &TableNames) -> Result<(), S
             Ok(())
         }
         Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// Creates the tables if missing (on-demand billing) and turns on TTL. Safe to run again.
+pub async fn create_tables(client: &Client, tables: &TableNames) -> Result<(), StoreError> {
+    let email_index = index(EMAIL_INDEX, "email", ProjectionType::All)?;
+    create_table(
+        client,
+        &tables.users,
+        "user_id",
+        None,
+        Some((email_index, "email")),
+    )
+    .await?;
+    let family_index = index(FAMILY_INDEX, "family_id", ProjectionType::KeysOnly)?;
+    create_table(
+        client,
+        &tables.refresh,
+        "token_hash",
+        None,
+        Some((family_index, "family_id")),
+    )
+    .await?;
+    create_table(client, &tables.feed, "stream", Some("seq"), None).await?;
+    enable_ttl(client, &tables.refresh).await?;
+    enable_ttl(client, &tables.feed).await
+}
+
+const FEED_STREAM: &str = "revocations";
+const COUNTER_STREAM: &str = "counter";
+/// Attempts to append when other instances append at the same moment.
+const APPEND_ATTEMPTS: usize = 8;
+
+/// The feed: entries under `stream = revocations`, sorted by `seq`; the counter is the item
+/// `stream = counter, seq = 0` with attribute `last`. An entry and the counter bump commit in one
+/// transaction conditioned on the counter's previous value, so entries become visible strictly in
+/// `seq` order: a reader at cursor N never misses an entry written later with a smaller number.
+#[async_trait::async_trait]
+impl RevocationFeed for DynamoStore {
+    async fn append(&self, make: &MakeEntry<'_>, expires_at: i64) -> Result<u64, StoreError> {
+        for _ in 0..APPEND_ATTEMPTS {
+            let counter = self
+                .client
+                .get_item()
+                .table_name(&self.tables.feed)
+                .key("stream", s(COUNTER_STREAM))
+                .key("seq", n(0))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            let last = counter.item().and_then(|i| get_n(i, "last")).unwrap_or(0);
+            let seq = u64::try_from(last + 1).map_err(|_| corrupt("feed counter"))?;
+            let jws = make(seq)?;
+            let bump = Update::builder()
+                .table_name(&self.tables.feed)
+                .key("stream", s(COUNTER_STREAM))
+                .key("seq", n(0))
+                .update_expression("SET #last = :next")
+                .expression_attribute_names("#last", "last")
+                .expression_attribute_values(":next", n(last + 1));
+            let bump = if last == 0 {
+                bump.condition_expression("attribute_not_exists(#last)")
+            } else {
+                bump.condition_expression("#last = :last")
+                    .expression_attribute_values(":last", n(last))
+            }
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let entry = Put::builder()
+                .table_name(&self.tables.feed)
+                .item("stream", s(FEED_STREAM))
+                .item("seq", n(last + 1))
+                .item("jws", s(jws))
+                .item("expires_at", n(expires_at))
+                .condition_expression("attribute_not_exists(seq)")
+                .build()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let result = self
+                .client
+                .transact_write_items()
+                .transact_items(TransactWriteItem::builder().update(bump).build())
+                .transact_items(TransactWriteItem::builder().put(entry).build())
+                .send()
+                .await;
+            match result {
+                Ok(_) => return Ok(seq),
+                Err(e) => match cancellation_codes(&e) {
+                    // Another instance took this number: read the counter again.
+                    Some(codes)
+                        if codes.iter().any(|c| {
+                            c == "ConditionalCheckFailed" || c == "TransactionConflict"
+                        }) => {}
+                    _ => return Err(unavailable(e)),
+                },
+            }
+        }
+        Err(StoreError::Conflict)
+    }
+
+    async fn read_after(
+        &self,
+        cursor: u64,
+        limit: u32,
+        now: i64,
+    ) -> Result<(Vec<FeedEntry>, u64), StoreError> {
+        let after = i64::try_from(cursor).map_err(|_| StoreError::NotFound)?;
+        let out = self
+            .client
+            .query()
+            .table_name(&self.tables.feed)
+            .key_condition_expression("#stream = :stream AND #seq > :after")
+            .expression_attribute_names("#stream", "stream")
+            .expression_attribute_names("#seq", "seq")
+            .expression_attribute_values(":stream", s(FEED_STREAM))
+            .expression_attribute_values(":after", n(after))
+            .consistent_read(true)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let mut next = cursor;
+        let mut entries = Vec::new();
+        for item in out.items() {
+            let seq = get_n(item, "seq")
+                .and_then(|v| u64::try_from(v).ok())
+                .ok_or_else(|| corrupt("feed seq"))?;
+            next = next.max(seq);
+            let expires_at = get_n(item, "expires_at").unwrap_or(0);
+            // TTL deletion runs late: an expired entry moves the cursor but is not served.
+            if expires_at > now {
+                let jws = get_s(item, "jws")
+                    .ok_or_else(|| corrupt("feed entry"))?
+                    .to_owned();
+                entries.push(FeedEntry {
+                    seq,
+                    jws,
+                    expires_at,
+                });
+            }
+        }
+        Ok((entries, next))
     }
 }

@@ -114,6 +114,35 @@ pub trait RefreshStore: Send + Sync {
     async fn revoke_family(&self, family_id: uuid::Uuid) -> Result<u32, StoreError>;
 }
 
+/// One signed entry of the revocation feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedEntry {
+    /// Position in the feed: 1, 2, 3, … with no gaps.
+    pub seq: u64,
+    /// The entry as a compact JWS signed by the origin.
+    pub jws: String,
+    /// When what it revokes expires; the entry is of no use after that.
+    pub expires_at: i64,
+}
+
+/// Builds the signed entry for a sequence number (the JWS carries its own `seq`).
+pub type MakeEntry<'a> = dyn Fn(u64) -> Result<String, StoreError> + Send + Sync + 'a;
+
+/// The ordered, cursor-readable revocation feed the edges read.
+#[async_trait::async_trait]
+pub trait RevocationFeed: Send + Sync {
+    /// Appends an entry at the next sequence number and returns it. Durable when it returns.
+    async fn append(&self, make: &MakeEntry<'_>, expires_at: i64) -> Result<u64, StoreError>;
+    /// Up to `limit` entries after `cursor`, in order, leaving out those expired at `now`;
+    /// also the cursor to ask with next (the last sequence number read).
+    async fn read_after(
+        &self,
+        cursor: u64,
+        limit: u32,
+        now: i64,
+    ) -> Result<(Vec<FeedEntry>, u64), StoreError>;
+}
+
 /// Revoked access tokens, by `jti`, until they expire.
 #[async_trait::async_trait]
 pub trait DenyList: Send + Sync {
