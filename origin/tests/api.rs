@@ -952,3 +952,42 @@ async fn the_feed_has_no_gaps_under_concurrent_logouts() {
         assert_eq!(o.get(bad).await.status, StatusCode::BAD_REQUEST, "{bad}");
     }
 }
+
+#[tokio::test]
+async fn imported_bcrypt_accounts_log_in_and_are_upgraded_to_argon2id() {
+    let o = origin().await;
+    // An account as the previous Node.js system left it: a bcrypt hash.
+    let user = edgeauth_origin::store::User {
+        id: edgeauth_origin::store::UserId(uuid::Uuid::new_v4()),
+        email: "tess@example.com".into(),
+        password_hash: bcrypt::hash("tess's old passphrase", 4).expect("bcrypt"),
+        scopes: vec!["profile".into()],
+        display_name: None,
+        created_at: 0,
+    };
+    o.state.users.create_user(&user).await.expect("imported");
+    assert_eq!(
+        o.login("tess@example.com", "wrong passphrase").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let first = o.login("tess@example.com", "tess's old passphrase").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let stored = o
+        .state
+        .users
+        .get_user(user.id)
+        .await
+        .expect("store")
+        .expect("user");
+    assert!(
+        stored.password_hash.starts_with("$argon2id$"),
+        "{}",
+        stored.password_hash
+    );
+    assert_eq!(
+        o.login("tess@example.com", "tess's old passphrase")
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
