@@ -108,6 +108,20 @@ where
     StoreError::Unavailable(format!("DynamoDB: {}", DisplayErrorContext(e)))
 }
 
+/// A failed condition expression means `on_condition` (the record is gone, or taken); any other
+/// error means the store could not answer.
+fn condition_failed_as<E, R>(e: SdkError<E, R>, on_condition: StoreError) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    if e.as_service_error().and_then(|se| se.code()) == Some("ConditionalCheckFailedException") {
+        on_condition
+    } else {
+        unavailable(e)
+    }
+}
+
 fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
@@ -379,15 +393,7 @@ impl UserStore for DynamoStore {
             .expression_attribute_values(":h", s(hash))
             .send()
             .await
-            .map_err(|e| {
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception())
-                {
-                    StoreError::NotFound
-                } else {
-                    unavailable(e)
-                }
-            })?;
+            .map_err(|e| condition_failed_as(e, StoreError::NotFound))?;
         Ok(())
     }
 
@@ -404,15 +410,10 @@ impl UserStore for DynamoStore {
                 .expression_attribute_values(":n", s(name)),
             None => request.update_expression("REMOVE display_name"),
         };
-        request.send().await.map_err(|e| {
-            if e.as_service_error()
-                .is_some_and(|se| se.is_conditional_check_failed_exception())
-            {
-                StoreError::NotFound
-            } else {
-                unavailable(e)
-            }
-        })?;
+        request
+            .send()
+            .await
+            .map_err(|e| condition_failed_as(e, StoreError::NotFound))?;
         Ok(())
     }
 
@@ -437,15 +438,7 @@ impl RefreshStore for DynamoStore {
             .condition_expression("attribute_not_exists(token_hash)")
             .send()
             .await
-            .map_err(|e| {
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception())
-                {
-                    StoreError::Conflict
-                } else {
-                    unavailable(e)
-                }
-            })?;
+            .map_err(|e| condition_failed_as(e, StoreError::Conflict))?;
         Ok(())
     }
 

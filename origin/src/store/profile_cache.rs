@@ -56,19 +56,27 @@ pub trait ProfileCache: Send + Sync {
 /// cleared (a cache may always forget).
 const MEMORY_CAPACITY: usize = 100_000;
 
+/// Cached profiles with their expiry.
+type Entries = HashMap<UserId, (Profile, i64)>;
+
 /// The embedded mode's in-process cache.
 #[derive(Debug, Default)]
 pub struct MemoryProfileCache {
-    entries: Mutex<HashMap<UserId, (Profile, i64)>>,
+    entries: Mutex<Entries>,
+}
+
+impl MemoryProfileCache {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Entries>, StoreError> {
+        self.entries
+            .lock()
+            .map_err(|_| StoreError::Unavailable("cache lock poisoned".into()))
+    }
 }
 
 #[async_trait::async_trait]
 impl ProfileCache for MemoryProfileCache {
     async fn get(&self, id: UserId, now: i64) -> Result<Option<Profile>, StoreError> {
-        let entries = self
-            .entries
-            .lock()
-            .map_err(|_| StoreError::Unavailable("cache lock poisoned".into()))?;
+        let entries = self.lock()?;
         Ok(entries
             .get(&id)
             .filter(|(_, expires_at)| *expires_at > now)
@@ -82,10 +90,7 @@ impl ProfileCache for MemoryProfileCache {
         expires_at: i64,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut entries = self
-            .entries
-            .lock()
-            .map_err(|_| StoreError::Unavailable("cache lock poisoned".into()))?;
+        let mut entries = self.lock()?;
         if entries.len() >= MEMORY_CAPACITY {
             entries.retain(|_, (_, exp)| *exp > now);
             if entries.len() >= MEMORY_CAPACITY {
@@ -97,10 +102,7 @@ impl ProfileCache for MemoryProfileCache {
     }
 
     async fn invalidate(&self, id: UserId) -> Result<(), StoreError> {
-        let mut entries = self
-            .entries
-            .lock()
-            .map_err(|_| StoreError::Unavailable("cache lock poisoned".into()))?;
+        let mut entries = self.lock()?;
         entries.remove(&id);
         Ok(())
     }
