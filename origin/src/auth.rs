@@ -7,7 +7,7 @@ use edgeauth_core::{
     Verdict, VerifiedToken, WatermarkStatus,
 };
 
-use crate::{app::AppState, error::ApiError, keys::KeySet, store::UserId};
+use crate::{app::AppState, clock::now, error::ApiError, keys::KeySet, store::UserId};
 
 /// The edge policy the origin applies to itself: its own issuer and audience, defaults otherwise.
 #[derive(Debug)]
@@ -51,12 +51,6 @@ fn session_of(headers: &axum::http::HeaderMap) -> Option<uuid::Uuid> {
     let payload = Base64UrlUnpadded::decode_vec(token.trim().split('.').nth(1)?).ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&payload).ok()?;
     uuid::Uuid::parse_str(claims.get("sid")?.as_str()?).ok()
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     app::AppState,
     auth::Caller,
+    clock::now,
     error::ApiError,
     keys::{AccessClaims, REVOCATION_TYPE},
     password::Verification,
@@ -112,12 +113,6 @@ fn check_password(password: &str) -> Result<(), ApiError> {
             ),
         })
     }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// `POST /v1/register`: 201 with the new user's id.
