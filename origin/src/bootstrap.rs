@@ -57,8 +57,18 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         }
         (Storage::Dynamodb, None) => client_from_env(&config.dynamodb_region).await,
     };
-    let keys = KeySet::load_or_create(&config.data_dir.join(KEY_FILE), config.signing_algorithm)
-        .context("signing keys")?;
+    let key_file = config.data_dir.join(KEY_FILE);
+    let keys = match config.storage {
+        Storage::Embedded => KeySet::load_or_create(&key_file, config.signing_algorithm),
+        // Instances behind one load balancer must sign with one key set: never generate here.
+        Storage::Dynamodb => KeySet::load(&key_file),
+    }
+    .with_context(|| {
+        format!(
+            "signing keys at {} (make them once with `origin generate-key` and give every instance the same file)",
+            key_file.display()
+        )
+    })?;
     let passwords = PasswordHasher::new(config.argon2, config.hashing_concurrency)?;
     let store = Arc::new(DynamoStore::new(client, &tables));
     let verifier = SelfVerifier::new(&config.issuer, &config.audience, &keys)?;
@@ -81,6 +91,14 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         refresh: store,
         passwords,
     })
+}
+
+/// `origin generate-key`: writes the key file under `data_dir` if there is none, and prints the
+/// current key's `kid`. Idempotent.
+pub fn generate_key_command(config: &Config) -> anyhow::Result<()> {
+    let keys = KeySet::load_or_create(&config.data_dir.join(KEY_FILE), config.signing_algorithm)?;
+    println!("{}", keys.current().kid());
+    Ok(())
 }
 
 /// `origin create-tables`: idempotent.

@@ -298,6 +298,29 @@ impl KeySet {
         json!({ "keys": keys })
     }
 
+    /// Loads a key file that must exist: several instances share one key set, so none of them may
+    /// invent its own.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let bytes = std::fs::read(path).map_err(|source| KeyError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&bytes)
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Self, KeyError> {
+        let file: KeyFile =
+            serde_json::from_slice(bytes).map_err(|e| KeyError::Invalid(e.to_string()))?;
+        Ok(Self {
+            current: SigningKey::from_private_jwk(&file.current)?,
+            previous: file
+                .previous
+                .iter()
+                .map(SigningKey::from_private_jwk)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
     /// Loads the embedded key file, or creates it with a fresh key of `alg` on first start.
     /// The file holds private keys: it is written owner-only, through a rename so a crash
     /// never leaves half a file.
@@ -307,18 +330,7 @@ impl KeySet {
             source,
         };
         match std::fs::read(path) {
-            Ok(bytes) => {
-                let file: KeyFile =
-                    serde_json::from_slice(&bytes).map_err(|e| KeyError::Invalid(e.to_string()))?;
-                Ok(Self {
-                    current: SigningKey::from_private_jwk(&file.current)?,
-                    previous: file
-                        .previous
-                        .iter()
-                        .map(SigningKey::from_private_jwk)
-                        .collect::<Result<_, _>>()?,
-                })
-            }
+            Ok(bytes) => Self::parse(&bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let set = Self::new(SigningKey::generate(alg)?);
                 set.save(path).map_err(io)?;

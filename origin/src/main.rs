@@ -8,7 +8,7 @@ use edgeauth_origin::{app::app, bootstrap, config::Config};
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str =
-    "usage: origin [serve | create-tables]  (configuration: EDGEAUTH_* variables, see README)";
+    "usage: origin [serve | create-tables | generate-key]  (configuration: EDGEAUTH_* variables, see README)";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -29,6 +29,7 @@ async fn main() -> ExitCode {
     let result = match command.as_deref() {
         None | Some("serve") => serve(config).await,
         Some("create-tables") => bootstrap::create_tables_command(&config).await,
+        Some("generate-key") => bootstrap::generate_key_command(&config),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

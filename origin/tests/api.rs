@@ -11,7 +11,7 @@ use base64ct::Encoding as _;
 use edgeauth_core::{verify_token, KeyRing, Policy};
 use edgeauth_origin::{
     app::app,
-    bootstrap::{build_state, create_tables_command},
+    bootstrap::{build_state, create_tables_command, generate_key_command},
     config::{Config, Storage},
 };
 use http_body_util::BodyExt;
@@ -60,7 +60,9 @@ async fn start(data_dir: std::path::PathBuf, extra: &[(&str, &str)]) -> Origin {
     let env = test_env(&data_dir, extra);
     let config = Config::from_sources(None, |k| env.get(k).cloned()).expect("test configuration");
     if config.storage == Storage::Dynamodb {
+        // What an operator does once before starting instances.
         create_tables_command(&config).await.expect("tables");
+        generate_key_command(&config).expect("key file");
     }
     let state = build_state(config).await.expect("origin starts");
     Origin {
@@ -502,6 +504,7 @@ async fn dynamodb_down_is_503_with_retry_after_never_500() {
         ],
     );
     let config = Config::from_sources(None, |k| env.get(k).cloned()).expect("configuration");
+    generate_key_command(&config).expect("key file");
     let state = build_state(config)
         .await
         .expect("starts without touching the store");
@@ -989,5 +992,26 @@ async fn imported_bcrypt_accounts_log_in_and_are_upgraded_to_argon2id() {
             .await
             .status,
         StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn instances_on_shared_storage_never_invent_their_own_keys() {
+    let dir = fresh_dir();
+    let env = test_env(
+        &dir,
+        &[
+            ("EDGEAUTH_STORAGE", "dynamodb"),
+            ("EDGEAUTH_DYNAMODB_ENDPOINT", "http://127.0.0.1:1"),
+        ],
+    );
+    let config = Config::from_sources(None, |k| env.get(k).cloned()).expect("configuration");
+    let Err(error) = build_state(config).await else {
+        panic!("started without a key file");
+    };
+    assert!(format!("{error:#}").contains("generate-key"), "{error:#}");
+    assert!(
+        !dir.join("signing-keys.json").exists(),
+        "a key was generated anyway"
     );
 }
