@@ -492,18 +492,24 @@ async fn missing_or_unknown_refresh_tokens_are_invalid_grant() {
     assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test]
-async fn dynamodb_down_is_503_with_retry_after_never_500() {
-    // Nothing listens on port 1: every call fails to connect. (No create-tables: it would fail.)
-    let dir = fresh_dir();
+/// Shared storage that cannot be reached: nothing listens on port 1, so every call fails to
+/// connect.
+fn dead_dynamodb_config(dir: &std::path::Path) -> Config {
     let env = test_env(
-        &dir,
+        dir,
         &[
             ("EDGEAUTH_STORAGE", "dynamodb"),
             ("EDGEAUTH_DYNAMODB_ENDPOINT", "http://127.0.0.1:1"),
         ],
     );
-    let config = Config::from_sources(None, |k| env.get(k).cloned()).expect("configuration");
+    Config::from_sources(None, |k| env.get(k).cloned()).expect("configuration")
+}
+
+#[tokio::test]
+async fn dynamodb_down_is_503_with_retry_after_never_500() {
+    // Nothing listens on port 1: every call fails to connect. (No create-tables: it would fail.)
+    let dir = fresh_dir();
+    let config = dead_dynamodb_config(&dir);
     generate_key_command(&config).expect("key file");
     let state = build_state(config)
         .await
@@ -998,14 +1004,7 @@ async fn imported_bcrypt_accounts_log_in_and_are_upgraded_to_argon2id() {
 #[tokio::test]
 async fn instances_on_shared_storage_never_invent_their_own_keys() {
     let dir = fresh_dir();
-    let env = test_env(
-        &dir,
-        &[
-            ("EDGEAUTH_STORAGE", "dynamodb"),
-            ("EDGEAUTH_DYNAMODB_ENDPOINT", "http://127.0.0.1:1"),
-        ],
-    );
-    let config = Config::from_sources(None, |k| env.get(k).cloned()).expect("configuration");
+    let config = dead_dynamodb_config(&dir);
     let Err(error) = build_state(config).await else {
         panic!("started without a key file");
     };

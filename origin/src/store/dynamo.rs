@@ -262,11 +262,17 @@ impl DynamoStore {
             .condition_expression("attribute_not_exists(token_hash)")
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        self.update_and_put(update, store_new).await
+    }
+
+    /// Commits `update` and `put` in one transaction. A failed condition or a race with another
+    /// transaction on the same items is `Conflict`; callers decide whether to retry.
+    async fn update_and_put(&self, update: Update, put: Put) -> Result<(), StoreError> {
         let result = self
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().update(update).build())
-            .transact_items(TransactWriteItem::builder().put(store_new).build())
+            .transact_items(TransactWriteItem::builder().put(put).build())
             .send()
             .await;
         match result {
@@ -725,23 +731,11 @@ impl RevocationFeed for DynamoStore {
                 .condition_expression("attribute_not_exists(seq)")
                 .build()
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            let result = self
-                .client
-                .transact_write_items()
-                .transact_items(TransactWriteItem::builder().update(bump).build())
-                .transact_items(TransactWriteItem::builder().put(entry).build())
-                .send()
-                .await;
-            match result {
-                Ok(_) => return Ok(seq),
-                Err(e) => match cancellation_codes(&e) {
-                    // Another instance took this number: read the counter again.
-                    Some(codes)
-                        if codes.iter().any(|c| {
-                            c == "ConditionalCheckFailed" || c == "TransactionConflict"
-                        }) => {}
-                    _ => return Err(unavailable(e)),
-                },
+            match self.update_and_put(bump, entry).await {
+                Ok(()) => return Ok(seq),
+                // Another instance took this number: read the counter again.
+                Err(StoreError::Conflict) => {}
+                Err(e) => return Err(e),
             }
         }
         Err(StoreError::Conflict)
