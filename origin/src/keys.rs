@@ -247,9 +247,8 @@ pub struct AccessClaims {
 
 /// `typ` of access tokens (RFC 9068 §2.1).
 pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
-/// `typ` of revocation-feed entries: explicitly typed (RFC 8725 §3.11), so an edge's access-token
-/// policy, which accepts only `JWT`/`at+jwt`, can never take one for an access token.
-pub const REVOCATION_TYPE: &str = "edgeauth-revocation+jwt";
+/// `typ` of revocation-feed entries, defined by the core that checks them at the edges.
+pub use edgeauth_core::REVOCATION_TYPE;
 
 /// The keys the origin holds: one signs, earlier ones are only published.
 #[derive(Debug)]

@@ -869,15 +869,6 @@ async fn a_dead_profile_cache_never_fails_a_request() {
     assert_eq!(again.body["display_name"], "Quinn");
 }
 
-fn feed_policy() -> Policy {
-    Policy::from_json(
-        r#"{"issuers":["https://auth.example.test"],"audiences":["unused"],
-            "token_types":["edgeauth-revocation+jwt"],"allow_missing_type":false,
-            "required_claims":[]}"#,
-    )
-    .expect("feed policy")
-}
-
 #[tokio::test]
 async fn logout_is_published_in_the_signed_revocation_feed() {
     let o = origin().await;
@@ -901,18 +892,19 @@ async fn logout_is_published_in_the_signed_revocation_feed() {
     assert_eq!(entry["seq"], 1);
     let jws = entry["jws"].as_str().expect("jws");
 
-    // The edge checks it with the keys it already holds: the origin's JWKS.
+    // The edge checks it with the keys and policy it already holds for access tokens.
     let jwks = o.get("/.well-known/jwks.json").await.body.to_string();
-    let (ring, _) = KeyRing::from_jwks(jwks.as_bytes(), &feed_policy()).expect("ring");
-    let checked =
-        edgeauth_core::check_signature(jws, &ring, &feed_policy()).expect("signed by the origin");
-    let (access_ring, _) = KeyRing::from_jwks(jwks.as_bytes(), &edge_policy()).expect("ring");
-    let revoked = edgeauth_core::check_signature(&access, &access_ring, &edge_policy())
-        .expect("access token");
-    assert_eq!(checked.claims.jti, revoked.claims.jti);
-    assert_eq!(checked.claims.exp, revoked.claims.exp);
-    // Explicitly typed: an edge's access-token policy never takes a feed entry for a token.
-    let refused = edgeauth_core::check_signature(jws, &access_ring, &edge_policy())
+    let (ring, _) = KeyRing::from_jwks(jwks.as_bytes(), &edge_policy()).expect("ring");
+    let now = edgeauth_origin::clock::now();
+    let revocation = edgeauth_core::verify_revocation(jws, now, &ring, &edge_policy())
+        .expect("signed by the origin");
+    let revoked =
+        edgeauth_core::check_signature(&access, &ring, &edge_policy()).expect("access token");
+    assert_eq!(Some(revocation.jti), revoked.claims.jti);
+    assert_eq!(Some(revocation.expires_at), revoked.claims.exp);
+    assert_eq!(entry["expires_at"], revocation.expires_at);
+    // Explicitly typed: an edge never takes a feed entry for an access token.
+    let refused = edgeauth_core::check_signature(jws, &ring, &edge_policy())
         .expect_err("not an access token");
     assert_eq!(
         refused.reason,

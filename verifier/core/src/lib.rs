@@ -46,6 +46,7 @@ mod config;
 mod extract;
 mod gate;
 mod key_ring;
+mod revocation;
 mod rules;
 mod token;
 mod verdict;
@@ -61,6 +62,7 @@ pub use gate::{
 pub use key_ring::{
     thumbprint_hex, JwksError, KeyRing, RingKey, SkipReason, SkippedKey, Thumbprint,
 };
+pub use revocation::{verify_revocation, Revocation, RevocationError, REVOCATION_TYPE};
 pub use rules::RouteRule;
 pub use token::{Claims, SignatureChecked, TokenHeader, VerifiedToken};
 pub use verdict::{Allowed, Denial, DenyReason, HeaderChanges, Verdict};

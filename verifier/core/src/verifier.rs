@@ -48,20 +48,41 @@ fn signature_verifies<A: JwtAlgorithm>(
 /// Longest `sub` or `jti` accepted. Both travel in headers and deny-list keys.
 pub const MAX_IDENTIFIER_BYTES: usize = 255;
 
-/// The header rules that depend on the policy: `alg` accepted, `typ` on the allow-list.
+/// Which `typ` a signed object must carry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Expected {
+    /// An access token: `typ` on the policy's allow-list (or absent, if the policy allows).
+    AccessToken,
+    /// Another kind of object signed with the same keys: exactly this `typ`, never absent.
+    Type(&'static str),
+}
+
+/// The header rules that depend on the policy: `alg` accepted, `typ` as expected.
 /// Run on every request, cache hits included, so a policy change applies at once.
-fn check_header_policy(alg: Algorithm, typ: Option<&str>, policy: &Policy) -> Result<(), Denial> {
+fn check_header_policy(
+    alg: Algorithm,
+    typ: Option<&str>,
+    policy: &Policy,
+    expected: Expected,
+) -> Result<(), Denial> {
     // RFC 8725 §3.1: the algorithm comes from the policy and the key, never from the token alone.
     if !policy.algorithms.contains(&alg) {
         return Err(DenyReason::AlgorithmNotAllowed.into());
     }
-    // RFC 8725 §3.11 explicit typing: tokens of other kinds signed with the same keys (such as
-    // the origin's signed revocation messages) must not pass as access tokens.
-    match typ {
-        None if policy.allow_missing_type => Ok(()),
-        None => Err(DenyReason::TokenTypeNotAllowed.into()),
-        Some(typ) if policy.token_types.contains(&normalise_media_type(typ)) => Ok(()),
-        Some(_) => Err(DenyReason::TokenTypeNotAllowed.into()),
+    // RFC 8725 §3.11 explicit typing: objects of other kinds signed with the same keys (such as
+    // the origin's signed revocation messages) must not pass as access tokens, nor the reverse.
+    let allowed = match (typ, expected) {
+        (None, Expected::AccessToken) => policy.allow_missing_type,
+        (Some(typ), Expected::AccessToken) => {
+            policy.token_types.contains(&normalise_media_type(typ))
+        }
+        (None, Expected::Type(_)) => false,
+        (Some(typ), Expected::Type(wanted)) => normalise_media_type(typ) == wanted,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(DenyReason::TokenTypeNotAllowed.into())
     }
 }
 
@@ -71,6 +92,16 @@ pub fn check_signature(
     token: &str,
     keys: &KeyRing,
     policy: &Policy,
+) -> Result<SignatureChecked, Denial> {
+    check_signature_as(token, keys, policy, Expected::AccessToken)
+}
+
+/// [`check_signature`] for a signed object of the `expected` kind.
+pub(crate) fn check_signature_as(
+    token: &str,
+    keys: &KeyRing,
+    policy: &Policy,
+    expected: Expected,
 ) -> Result<SignatureChecked, Denial> {
     // Size first: nothing is decoded for an oversized token (RFC 8725 §3.5 spirit, DoS bound).
     if token.len() > policy.max_token_bytes {
@@ -90,7 +121,7 @@ pub fn check_signature(
     if header.crit || header.cty || header.b64.as_ref().is_some_and(|b| b != &Value::Bool(true)) {
         return Err(DenyReason::UnsupportedHeader.into());
     }
-    check_header_policy(alg, header.typ.as_deref(), policy)?;
+    check_header_policy(alg, header.typ.as_deref(), policy, expected)?;
 
     let key = keys
         .select(header.kid.as_deref(), alg)
@@ -166,14 +197,19 @@ pub(crate) fn revalidate(
         return None;
     }
     Some(
-        check_header_policy(checked.header.alg, checked.header.typ.as_deref(), policy)
-            .and_then(|()| validate_shared(Arc::clone(checked), now, policy)),
+        check_header_policy(
+            checked.header.alg,
+            checked.header.typ.as_deref(),
+            policy,
+            Expected::AccessToken,
+        )
+        .and_then(|()| validate_shared(Arc::clone(checked), now, policy)),
     )
 }
 
 /// Header values must be visible ASCII: a `sub` with CR/LF would inject headers upstream, and
 /// one host rejecting a byte another accepts would break "same verdict everywhere".
-fn is_header_safe(value: &str) -> bool {
+pub(crate) fn is_header_safe(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= MAX_IDENTIFIER_BYTES
         && value.bytes().all(|b| (0x21..0x7f).contains(&b))

@@ -4,5 +4,6 @@ mod shared;
 
 mod gate;
 mod properties;
+mod revocation;
 mod rfc_vectors;
 mod verify;

@@ -1,0 +1,161 @@
+//! Signed revocation messages: what an edge accepts from the origin's feed or a push.
+
+use edgeauth_core::{
+    verify_revocation, verify_token, DenyReason, Revocation, RevocationError, REVOCATION_TYPE,
+};
+use serde_json::{json, Value};
+
+use crate::shared::*;
+
+fn message_payload() -> Value {
+    json!({"iss": ISSUER, "seq": 7, "jti": "jti-0001", "exp": NOW + 840, "iat": NOW})
+}
+
+fn message(signer: &Signer, kid: &str, typ: Option<&str>, payload: &Value) -> String {
+    let mut header = json!({"alg": signer.alg(), "kid": kid});
+    if let Some(typ) = typ {
+        header["typ"] = json!(typ);
+    }
+    sign_raw(signer, &header.to_string(), &payload.to_string())
+}
+
+fn reason(result: Result<Revocation, RevocationError>) -> DenyReason {
+    match result {
+        Err(RevocationError::Invalid(denial)) => denial.reason,
+        other => panic!("expected an invalid message, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_message_signed_with_a_published_key_is_accepted() {
+    let policy = policy("");
+    let ring = standard_ring(&policy);
+    let signed = message(
+        &Signer::ed25519(1),
+        "current",
+        Some(REVOCATION_TYPE),
+        &message_payload(),
+    );
+    assert_eq!(
+        verify_revocation(&signed, NOW, &ring, &policy),
+        Ok(Revocation {
+            jti: "jti-0001".into(),
+            expires_at: NOW + 840
+        })
+    );
+    // The previous key still signs valid messages during rotation.
+    let previous = message(
+        &Signer::ed25519(2),
+        "previous",
+        Some(REVOCATION_TYPE),
+        &message_payload(),
+    );
+    assert!(verify_revocation(&previous, NOW, &ring, &policy).is_ok());
+}
+
+#[test]
+fn forged_or_foreign_messages_are_refused() {
+    let policy = policy("");
+    let ring = standard_ring(&policy);
+    let payload = message_payload();
+    // Signed by a key the edge does not hold, under a kid it does.
+    let forged = message(
+        &Signer::ed25519(9),
+        "current",
+        Some(REVOCATION_TYPE),
+        &payload,
+    );
+    assert_eq!(
+        reason(verify_revocation(&forged, NOW, &ring, &policy)),
+        DenyReason::BadSignature
+    );
+    // Another issuer's message, correctly signed.
+    let mut other_issuer = payload.clone();
+    other_issuer["iss"] = json!("https://evil.example");
+    let signed = message(
+        &Signer::ed25519(1),
+        "current",
+        Some(REVOCATION_TYPE),
+        &other_issuer,
+    );
+    assert_eq!(
+        reason(verify_revocation(&signed, NOW, &ring, &policy)),
+        DenyReason::IssuerNotAllowed
+    );
+    // A jti that could not be a deny-list key.
+    let mut bad_jti = payload.clone();
+    bad_jti["jti"] = json!("a b");
+    let signed = message(
+        &Signer::ed25519(1),
+        "current",
+        Some(REVOCATION_TYPE),
+        &bad_jti,
+    );
+    assert_eq!(
+        reason(verify_revocation(&signed, NOW, &ring, &policy)),
+        DenyReason::InvalidClaim
+    );
+    let mut no_exp = payload;
+    no_exp.as_object_mut().expect("object").remove("exp");
+    let signed = message(
+        &Signer::ed25519(1),
+        "current",
+        Some(REVOCATION_TYPE),
+        &no_exp,
+    );
+    assert_eq!(
+        reason(verify_revocation(&signed, NOW, &ring, &policy)),
+        DenyReason::MissingClaim
+    );
+    assert_eq!(
+        reason(verify_revocation("not.a.jws", NOW, &ring, &policy)),
+        DenyReason::MalformedToken
+    );
+}
+
+/// RFC 8725 §3.11: each kind of signed object has its own `typ`, so neither passes as the other.
+#[test]
+fn messages_and_access_tokens_are_never_confused() {
+    let policy = policy("");
+    let ring = standard_ring(&policy);
+    let access_token = good_token(&Signer::ed25519(1), "current");
+    assert_eq!(
+        reason(verify_revocation(&access_token, NOW, &ring, &policy)),
+        DenyReason::TokenTypeNotAllowed
+    );
+    let untyped = message(&Signer::ed25519(1), "current", None, &message_payload());
+    assert_eq!(
+        reason(verify_revocation(&untyped, NOW, &ring, &policy)),
+        DenyReason::TokenTypeNotAllowed
+    );
+    // A message crafted to look like an access token (aud, sub) still carries its own typ.
+    let mut lookalike = message_payload();
+    lookalike["aud"] = json!(AUDIENCE);
+    lookalike["sub"] = json!("3f1c2a9e-7b4d-4c1a-9e2f-0a1b2c3d4e5f");
+    let signed = message(
+        &Signer::ed25519(1),
+        "current",
+        Some(REVOCATION_TYPE),
+        &lookalike,
+    );
+    let denial = verify_token(&signed, NOW, &ring, &policy).expect_err("not an access token");
+    assert_eq!(denial.reason, DenyReason::TokenTypeNotAllowed);
+}
+
+#[test]
+fn a_message_about_an_expired_token_has_nothing_to_store() {
+    let policy = policy(r#","leeway_seconds":30"#);
+    let ring = standard_ring(&policy);
+    let signed = message(
+        &Signer::ed25519(1),
+        "current",
+        Some(REVOCATION_TYPE),
+        &message_payload(),
+    );
+    // Within the leeway the token could still pass, so the revocation still matters.
+    assert!(verify_revocation(&signed, NOW + 840 + 29, &ring, &policy).is_ok());
+    assert_eq!(
+        verify_revocation(&signed, NOW + 840 + 30, &ring, &policy),
+        Err(RevocationError::Expired)
+    );
+}
