@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::{
     auth::SelfVerifier,
     config::Config,
+    edge_push::EdgePush,
     error::ApiError,
     http,
     keys::KeySet,
@@ -43,6 +44,8 @@ pub struct AppState {
     pub profile_cache: Arc<dyn ProfileCache>,
     /// Verifies callers' access tokens with the edges' core.
     pub verifier: Arc<SelfVerifier>,
+    /// Sends each revocation to the edges at once.
+    pub edge_push: EdgePush,
 }
 
 /// The origin's routes.

@@ -9,6 +9,7 @@ use crate::{
     app::AppState,
     auth::SelfVerifier,
     config::{Config, Storage},
+    edge_push::EdgePush,
     keys::KeySet,
     password::PasswordHasher,
     store::deny::{MemoryDenyList, RedisDenyList},
@@ -80,7 +81,9 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         Some(url) => Arc::new(RedisProfileCache::new(url)?),
         None => Arc::new(MemoryProfileCache::default()),
     };
+    let edge_push = EdgePush::new(&config.edge_push_urls)?;
     Ok(AppState {
+        edge_push,
         feed: store.clone(),
         deny_list,
         profile_cache,
@@ -97,6 +100,18 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
 /// current key's `kid`. Idempotent.
 pub fn generate_key_command(config: &Config) -> anyhow::Result<()> {
     let keys = KeySet::load_or_create(&config.data_dir.join(KEY_FILE), config.signing_algorithm)?;
+    println!("{}", keys.current().kid());
+    Ok(())
+}
+
+/// `origin rotate-key`: a fresh key becomes current and the old current key is kept as the
+/// previous one, so tokens it signed keep verifying until they expire. Prints the new `kid`.
+/// Instances read the key file at start: restart them (one at a time) to sign with the new key.
+pub fn rotate_key_command(config: &Config) -> anyhow::Result<()> {
+    let path = config.data_dir.join(KEY_FILE);
+    let keys = KeySet::load(&path)?.rotated(config.signing_algorithm)?;
+    keys.save(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
     println!("{}", keys.current().kid());
     Ok(())
 }

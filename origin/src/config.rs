@@ -87,6 +87,8 @@ struct RawConfig {
     argon2: Argon2Cost,
     #[serde(default)]
     hashing_concurrency: Option<usize>,
+    #[serde(default)]
+    edge_push_urls: Vec<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -170,10 +172,13 @@ pub struct Config {
     pub argon2: Argon2Cost,
     /// Hashes running at once; defaults to the number of cores.
     pub hashing_concurrency: usize,
+    /// Edge endpoints each revocation is pushed to (checked by `EdgePush::new`).
+    pub edge_push_urls: Vec<String>,
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 19] = [
+const FIELDS: [&str; 20] = [
+    "edge_push_urls",
     "redis_cache_url",
     "profile_cache_ttl_seconds",
     "redis_denylist_url",
@@ -229,7 +234,10 @@ impl Config {
         for field in FIELDS {
             if let Some(value) = env(&format!("EDGEAUTH_{}", field.to_ascii_uppercase())) {
                 let parsed = match serde_json::from_str::<Value>(&value) {
-                    Ok(v @ (Value::Number(_) | Value::Object(_) | Value::Bool(_))) => v,
+                    Ok(
+                        v
+                        @ (Value::Number(_) | Value::Object(_) | Value::Bool(_) | Value::Array(_)),
+                    ) => v,
                     _ => Value::String(value),
                 };
                 merged.insert(field.to_owned(), parsed);
@@ -334,6 +342,7 @@ impl Config {
             table_prefix: raw.table_prefix,
             argon2: raw.argon2,
             hashing_concurrency: raw.hashing_concurrency.unwrap_or(cores).max(1),
+            edge_push_urls: raw.edge_push_urls,
         })
     }
 }

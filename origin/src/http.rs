@@ -371,12 +371,13 @@ pub async fn logout(State(state): State<AppState>, caller: Caller) -> Result<Res
             .sign_jws(REVOCATION_TYPE, &entry)
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     };
-    let seq = state.feed.append(&make, exp).await?;
+    let entry = state.feed.append(&make, exp).await?;
+    state.edge_push.push(&entry);
     state.deny_list.revoke_jti(jti, exp, now).await?;
     if let Some(sid) = caller.session {
         state.refresh.revoke_family(sid).await?;
     }
-    tracing::info!(event = "logout", user_id = %caller.user_id, seq, "logged out");
+    tracing::info!(event = "logout", user_id = %caller.user_id, seq = entry.seq, "logged out");
     let mut response = StatusCode::NO_CONTENT.into_response();
     let headers = response.headers_mut();
     headers.insert(header::SET_COOKIE, refresh_cookie("", 0)?);

@@ -283,6 +283,15 @@ impl KeySet {
         &self.previous
     }
 
+    /// The set after a rotation: a fresh `alg` key signs, the old current key stays published
+    /// (so tokens it signed verify until they expire) and older keys are dropped.
+    pub fn rotated(self, alg: SigningAlgorithm) -> Result<Self, KeyError> {
+        Ok(Self {
+            current: SigningKey::generate(alg)?,
+            previous: vec![self.current],
+        })
+    }
+
     /// Signs an access token with the current key.
     pub fn mint_access_token(&self, claims: &AccessClaims) -> Result<String, serde_json::Error> {
         self.current.sign_jws(ACCESS_TOKEN_TYPE, claims)
@@ -339,7 +348,8 @@ impl KeySet {
         }
     }
 
-    fn save(&self, path: &Path) -> std::io::Result<()> {
+    /// Writes the key file (owner-only, through a rename).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
         use std::io::Write;
         #[cfg(unix)]
         use std::os::unix::fs::OpenOptionsExt;
@@ -448,6 +458,27 @@ mod tests {
             assert_eq!(mode & 0o077, 0, "key file is readable by others: {mode:o}");
         }
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_key_published_and_drops_older_ones() {
+        let first = KeySet::new(SigningKey::generate(SigningAlgorithm::EdDsa).expect("key"));
+        let old_token = first.mint_access_token(&claims()).expect("token");
+        let first_kid = first.current().kid().to_string();
+        let second = first.rotated(SigningAlgorithm::EdDsa).expect("rotated");
+        let new_token = second.mint_access_token(&claims()).expect("token");
+        let (ring, _) =
+            KeyRing::from_jwks(second.jwks().to_string().as_bytes(), &policy()).expect("jwks");
+        assert!(verify_token(&old_token, NOW, &ring, &policy()).is_ok());
+        assert!(verify_token(&new_token, NOW, &ring, &policy()).is_ok());
+        assert_ne!(second.current().kid(), first_kid);
+
+        let third = second.rotated(SigningAlgorithm::EdDsa).expect("rotated");
+        let (ring, _) =
+            KeyRing::from_jwks(third.jwks().to_string().as_bytes(), &policy()).expect("jwks");
+        assert_eq!(ring.keys().len(), 2, "current and previous only");
+        assert!(verify_token(&new_token, NOW, &ring, &policy()).is_ok());
+        assert!(verify_token(&old_token, NOW, &ring, &policy()).is_err());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `origin`: serve (default) or `origin create-tables`. Configuration comes from `EDGEAUTH_*`
+//! `origin`: serve (default), or one of the admin commands `create-tables`, `generate-key`,
+//! `rotate-key`. Configuration comes from `EDGEAUTH_*`
 //! variables and an optional `EDGEAUTH_CONFIG` file; see the README.
 
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use edgeauth_origin::{app::app, bootstrap, config::Config};
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str =
-    "usage: origin [serve | create-tables | generate-key]  (configuration: EDGEAUTH_* variables, see README)";
+    "usage: origin [serve | create-tables | generate-key | rotate-key]  (configuration: EDGEAUTH_* variables, see README)";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -30,6 +31,7 @@ async fn main() -> ExitCode {
         None | Some("serve") => serve(config).await,
         Some("create-tables") => bootstrap::create_tables_command(&config).await,
         Some("generate-key") => bootstrap::generate_key_command(&config),
+        Some("rotate-key") => bootstrap::rotate_key_command(&config),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

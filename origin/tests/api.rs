@@ -1006,3 +1006,85 @@ async fn instances_on_shared_storage_never_invent_their_own_keys() {
         "a key was generated anyway"
     );
 }
+
+#[tokio::test]
+async fn logout_pushes_the_signed_entry_to_every_edge() {
+    use axum::{body::Bytes, http::HeaderMap, routing::post};
+    // Two edges that record what they are sent; the second answers 500 and must not fail logout.
+    let (sent, mut received) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let mut urls = Vec::new();
+    for status in [StatusCode::OK, StatusCode::INTERNAL_SERVER_ERROR] {
+        let sent = sent.clone();
+        let edge = Router::new().route(
+            "/revocations",
+            post(move |headers: HeaderMap, body: Bytes| async move {
+                let content_type = headers[header::CONTENT_TYPE]
+                    .to_str()
+                    .unwrap_or("")
+                    .to_string();
+                let _ = sent.send((content_type, String::from_utf8_lossy(&body).into_owned()));
+                status
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        urls.push(format!(
+            "\"http://{}/revocations\"",
+            listener.local_addr().expect("address")
+        ));
+        tokio::spawn(async move { axum::serve(listener, edge).await });
+    }
+    let urls = format!("[{}]", urls.join(","));
+    let o = origin_with(&[("EDGEAUTH_EDGE_PUSH_URLS", urls.as_str())]).await;
+    o.register("una@example.com", "una's passphrase").await;
+    let access = o.login("una@example.com", "una's passphrase").await.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let r = o.with_bearer("POST", "/v1/logout", &access, None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+
+    let jwks = o.get("/.well-known/jwks.json").await.body.to_string();
+    let (ring, _) = KeyRing::from_jwks(jwks.as_bytes(), &edge_policy()).expect("ring");
+    let revoked = edgeauth_core::check_signature(&access, &ring, &edge_policy()).expect("token");
+    for _ in 0..2 {
+        let (content_type, body) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), received.recv())
+                .await
+                .expect("pushed within 5 s")
+                .expect("edge alive");
+        assert_eq!(content_type, "application/jose");
+        let revocation = edgeauth_core::verify_revocation(
+            &body,
+            edgeauth_origin::clock::now(),
+            &ring,
+            &edge_policy(),
+        )
+        .expect("a signed revocation");
+        assert_eq!(Some(revocation.jti), revoked.claims.jti);
+    }
+    // The pushed entry is the feed entry.
+    let feed = o.get("/v1/revocations").await;
+    assert_eq!(feed.body["entries"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn push_urls_must_be_http_urls() {
+    let dir = fresh_dir();
+    for bad in [
+        r#"["ftp://edge.example/x"]"#,
+        r#"["not a url"]"#,
+        r#""http://one.example""#,
+    ] {
+        let env = test_env(&dir, &[("EDGEAUTH_EDGE_PUSH_URLS", bad)]);
+        let config = Config::from_sources(None, |k| env.get(k).cloned());
+        let refused = match config {
+            Err(_) => true,
+            Ok(config) => {
+                edgeauth_origin::edge_push::EdgePush::new(&config.edge_push_urls).is_err()
+            }
+        };
+        assert!(refused, "{bad} accepted");
+    }
+}

@@ -692,7 +692,7 @@ const APPEND_ATTEMPTS: usize = 8;
 /// `seq` order: a reader at cursor N never misses an entry written later with a smaller number.
 #[async_trait::async_trait]
 impl RevocationFeed for DynamoStore {
-    async fn append(&self, make: &MakeEntry<'_>, expires_at: i64) -> Result<u64, StoreError> {
+    async fn append(&self, make: &MakeEntry<'_>, expires_at: i64) -> Result<FeedEntry, StoreError> {
         for _ in 0..APPEND_ATTEMPTS {
             let counter = self
                 .client
@@ -726,13 +726,19 @@ impl RevocationFeed for DynamoStore {
                 .table_name(&self.tables.feed)
                 .item("stream", s(FEED_STREAM))
                 .item("seq", n(last + 1))
-                .item("jws", s(jws))
+                .item("jws", s(&jws))
                 .item("expires_at", n(expires_at))
                 .condition_expression("attribute_not_exists(seq)")
                 .build()
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             match self.update_and_put(bump, entry).await {
-                Ok(()) => return Ok(seq),
+                Ok(()) => {
+                    return Ok(FeedEntry {
+                        seq,
+                        jws,
+                        expires_at,
+                    })
+                }
                 // Another instance took this number: read the counter again.
                 Err(StoreError::Conflict) => {}
                 Err(e) => return Err(e),

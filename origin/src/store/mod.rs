@@ -132,7 +132,7 @@ pub type MakeEntry<'a> = dyn Fn(u64) -> Result<String, StoreError> + Send + Sync
 #[async_trait::async_trait]
 pub trait RevocationFeed: Send + Sync {
     /// Appends an entry at the next sequence number and returns it. Durable when it returns.
-    async fn append(&self, make: &MakeEntry<'_>, expires_at: i64) -> Result<u64, StoreError>;
+    async fn append(&self, make: &MakeEntry<'_>, expires_at: i64) -> Result<FeedEntry, StoreError>;
     /// Up to `limit` entries after `cursor`, in order, leaving out those expired at `now`;
     /// also the cursor to ask with next (the last sequence number read).
     async fn read_after(
