@@ -60,3 +60,37 @@ ensure_redis() {
     command -v redis-server >/dev/null && return 0
     apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
 }
+
+# npm tools for the Worker (package.json: wrangler with workerd and miniflare, wasm-opt, esbuild,
+# jose). `npm ci` again only when package-lock.json changed since the last install.
+ensure_npm_tools() {
+    ensure_node
+    local stamp=node_modules/.edgeauth-lock
+    if ! cmp -s package-lock.json "$stamp" 2>/dev/null; then
+        npm ci --no-audit --no-fund --loglevel=error
+        cp package-lock.json "$stamp"
+    fi
+    # wrangler stays offline and quiet (no telemetry, no update checks, no banner).
+    export WRANGLER_SEND_METRICS=false WRANGLER_SEND_ERROR_REPORTS=false \
+        WRANGLER_HIDE_BANNER=true CLOUDFLARE_CF_FETCH_ENABLED=false
+}
+
+# worker-build and the wasm-bindgen CLI of exactly the version in Cargo.lock (once per machine,
+# ~14 minutes cold), and the npm tools; exports the *_BIN variables worker-build reads so that it
+# downloads nothing.
+WORKER_BUILD_VERSION=0.8.7
+ensure_worker_tools() {
+    ensure_npm_tools
+    local bindgen
+    bindgen=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
+    if ! cargo install --list | grep -q "^worker-build v$WORKER_BUILD_VERSION:"; then
+        cargo install worker-build --version "$WORKER_BUILD_VERSION"
+    fi
+    # Not --locked: its lockfile names a crate version this registry lacks.
+    if ! cargo install --list | grep -q "^wasm-bindgen-cli v$bindgen:"; then
+        cargo install wasm-bindgen-cli --version "$bindgen"
+    fi
+    export WASM_BINDGEN_BIN="$HOME/.cargo/bin/wasm-bindgen" \
+        WASM_OPT_BIN="$PWD/node_modules/.bin/wasm-opt" \
+        ESBUILD_BIN="$PWD/node_modules/.bin/esbuild"
+}

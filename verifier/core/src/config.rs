@@ -324,6 +324,11 @@ impl Policy {
         self.algorithms.iter().any(|a| a.is_symmetric())
     }
 
+    /// Clock-skew allowance in seconds.
+    pub fn leeway_seconds(&self) -> i64 {
+        self.leeway
+    }
+
     /// Most verified tokens the cache should hold.
     pub fn cache_entries(&self) -> usize {
         self.cache_entries

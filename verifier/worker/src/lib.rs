@@ -1,0 +1,647 @@
+//! # edgeauth-worker
+//!
+//! The edge verifier as a Cloudflare Worker. Every decision is `edgeauth-core`'s; this crate only
+//! translates: the request into [`edgeauth_core::authorize`], the JWKS into a key ring (isolate
+//! memory, shared between isolates through the Cache API), the deny-list question into a Workers
+//! KV read, and the verdict into a proxied request or the core's RFC 6750 answer.
+//!
+//! Revocations reach KV two ways: the origin pushes each one to [`PUSH_PATH`] as its signed feed
+//! entry (checked with the keys the Worker already holds; no shared secret), and a Cron Trigger
+//! pulls the origin's feed from the last cursor, which repairs any lost push.
+//!
+//! Failure is closed: a bad configuration, a KV outage (per the policy's
+//! `revocation.on_unavailable`) or an internal error answers with a JSON 5xx and a log line, and
+//! the Worker never calls `pass_through_on_exception`.
+
+use std::{cell::RefCell, rc::Rc, time::Duration};
+
+use edgeauth_core::{
+    authorize, verify_revocation, Allowed, Denial, DenyListStatus, DenyReason, KeyRing,
+    RevocationAnswer, RevocationCheck, RevocationError, Step, TokenCache, Verdict, WatermarkStatus,
+};
+use futures_util::future::{select, Either};
+use serde_json::json;
+use worker::{
+    console_error, console_log, event, Cache, Context, Date, Delay, Env, Fetch, Headers, Method,
+    Request, RequestInit, RequestRedirect, Response, ScheduleContext, ScheduledEvent,
+};
+
+pub mod deny_cache;
+pub mod key_cache;
+pub mod settings;
+
+use deny_cache::DenyCache;
+use key_cache::{freshness_seconds, KeyCache};
+use settings::Settings;
+
+/// Where the origin pushes signed revocations. Reachable from anywhere: only a message signed
+/// with the origin's keys is accepted.
+pub const PUSH_PATH: &str = "/.edgeauth/revocations";
+/// The Workers KV binding of the deny-list.
+const DENYLIST_BINDING: &str = "DENYLIST";
+/// KV key of a revoked `jti`.
+fn jti_key(jti: &str) -> String {
+    format!("jti:{jti}")
+}
+/// KV key of the feed cursor the Cron Trigger resumes from.
+const CURSOR_KEY: &str = "feed:cursor";
+/// KV's shortest `expirationTtl`.
+const KV_MIN_TTL: i64 = 60;
+/// Largest pushed message read; a revocation JWS is a few hundred bytes.
+const MAX_PUSH_BYTES: usize = 8 * 1024;
+/// Largest JWKS read.
+const MAX_JWKS_BYTES: usize = 64 * 1024;
+/// Feed entries asked for per page, and pages read per cron run.
+const FEED_PAGE: u32 = 100;
+const FEED_PAGES_PER_RUN: u32 = 20;
+/// Marks a Cache API copy of the JWKS with when it was fetched, so an isolate that reads it
+/// counts freshness from the origin's answer, not from its own read.
+const FETCHED_AT_HEADER: &str = "x-edgeauth-fetched-at";
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// What an isolate keeps between requests.
+struct Isolate {
+    settings: Result<Rc<Settings>, String>,
+    keys: KeyCache,
+    tokens: TokenCache,
+    denied: DenyCache,
+}
+
+thread_local! {
+    static ISOLATE: RefCell<Option<Isolate>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on the isolate's state, creating it from `env` on first use. Never held across an
+/// await: the state is borrowed, changed and released in one synchronous step.
+fn with_isolate<T>(env: &Env, f: impl FnOnce(&mut Isolate) -> T) -> T {
+    ISOLATE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let isolate = slot.get_or_insert_with(|| {
+            let settings = Settings::from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
+                .map(Rc::new)
+                .map_err(|e| e.to_string());
+            let cache_entries = settings
+                .as_ref()
+                .map(|s| s.policy.cache_entries())
+                .unwrap_or(0);
+            Isolate {
+                settings,
+                keys: KeyCache::default(),
+                tokens: TokenCache::new(cache_entries),
+                denied: DenyCache::default(),
+            }
+        });
+        f(isolate)
+    })
+}
+
+fn now_seconds() -> i64 {
+    (Date::now().as_millis() / 1000) as i64
+}
+
+/// One JSON log line; never token contents.
+fn log(line: serde_json::Value) {
+    console_log!("{line}");
+}
+
+fn json_response(status: u16, body: &serde_json::Value) -> worker::Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    headers.set("cache-control", "no-store")?;
+    Ok(Response::from_bytes(body.to_string().into_bytes())?
+        .with_status(status)
+        .with_headers(headers))
+}
+
+/// The answer when something inside the Worker failed: closed, generic, logged.
+fn internal_error(what: &str, error: &dyn std::fmt::Display) -> Response {
+    console_error!(
+        "{}",
+        json!({"event": "internal_error", "what": what, "error": error.to_string()})
+    );
+    let body = json!({"error": "internal_error", "error_description": "The edge could not process the request"});
+    json_response(500, &body)
+        .unwrap_or_else(|_| Response::empty().unwrap_or_else(|_| unreachable_response()))
+}
+
+/// A last resort that cannot fail: workers-rs builds an empty body without touching JS.
+fn unreachable_response() -> Response {
+    Response::builder().with_status(500).empty()
+}
+
+#[event(fetch)]
+async fn fetch(request: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    match handle(request, &env).await {
+        Ok(response) => Ok(response),
+        Err(e) => Ok(internal_error("fetch", &e)),
+    }
+}
+
+async fn handle(request: Request, env: &Env) -> worker::Result<Response> {
+    let settings = match with_isolate(env, |i| i.settings.clone()) {
+        Ok(settings) => settings,
+        Err(problem) => return Ok(internal_error("configuration", &problem)),
+    };
+    let url = request.url()?;
+    if url.path() == PUSH_PATH {
+        return receive_push(request, env, &settings).await;
+    }
+    let now = now_seconds();
+    let mut keys = current_keys(env, &settings, now, false).await;
+    let headers: Vec<(String, String)> = request.headers().entries().collect();
+    let method = request.method().to_string();
+    let path = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_string(),
+    };
+    let core_request = edgeauth_core::Request {
+        method: &method,
+        path: &path,
+        headers: headers.as_slice(),
+    };
+    let decide = |keys: Option<&KeyRing>| {
+        with_isolate(env, |i| {
+            authorize(&core_request, now, keys, &settings.policy, &mut i.tokens)
+        })
+    };
+    let mut step = decide(keys.as_deref());
+    // An unknown `kid` may be a key the origin just rotated in: refetch once, then decide again.
+    if let Step::Done(Verdict::Deny(Denial {
+        reason: DenyReason::UnknownKey,
+        ..
+    })) = step
+    {
+        if with_isolate(env, |i| {
+            i.keys.may_force(now, settings.keys_refetch_interval)
+        }) {
+            keys = current_keys(env, &settings, now, true).await;
+            step = decide(keys.as_deref());
+        }
+    }
+    let verdict = match step {
+        Step::Done(verdict) => verdict,
+        Step::CheckRevocation(check) => {
+            let answer = revocation_answer(env, &settings, &check, now).await;
+            check.finish(answer, &settings.policy)
+        }
+    };
+    match verdict {
+        Verdict::Deny(denial) => {
+            log(json!({
+                "event": "request", "verdict": "deny", "reason": denial.reason.code(),
+                "status": denial.status(), "method": method, "path": url.path(),
+            }));
+            deny_response(&denial, &settings)
+        }
+        Verdict::Allow(allowed) => {
+            log(json!({
+                "event": "request", "verdict": "allow",
+                "kid": allowed.token.as_ref().and_then(|t| t.header().kid.clone()),
+                "method": method, "path": url.path(),
+            }));
+            forward(request, &allowed, &settings, &path).await
+        }
+    }
+}
+
+fn deny_response(denial: &Denial, settings: &Settings) -> worker::Result<Response> {
+    let headers = Headers::new();
+    for (name, value) in denial.response_headers(&settings.policy) {
+        headers.set(name, &value)?;
+    }
+    Ok(Response::from_bytes(denial.body().into_bytes())?
+        .with_status(denial.status())
+        .with_headers(headers))
+}
+
+/// Proxies an allowed request: client-supplied identity removed, verified identity set, the body
+/// streamed through untouched, the upstream's answer returned as it is.
+async fn forward(
+    request: Request,
+    allowed: &Allowed,
+    settings: &Settings,
+    path: &str,
+) -> worker::Result<Response> {
+    let changes = &allowed.header_changes;
+    let headers = Headers::new();
+    for (name, value) in request.headers().entries() {
+        let name = name.to_ascii_lowercase();
+        if HOP_BY_HOP.contains(&name.as_str()) || changes.remove.contains(&name) {
+            continue;
+        }
+        headers.append(&name, &value)?;
+    }
+    for (name, value) in &changes.set {
+        headers.set(name, value)?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(request.method())
+        .with_headers(headers)
+        .with_redirect(RequestRedirect::Manual);
+    if !matches!(request.method(), Method::Get | Method::Head) {
+        init.with_body(request.inner().body().map(Into::into));
+    }
+    let upstream = Request::new_with_init(&format!("{}{path}", settings.upstream_url), &init)?;
+    match Fetch::Request(upstream).send().await {
+        Ok(response) => Ok(response),
+        Err(e) => {
+            console_error!(
+                "{}",
+                json!({"event": "upstream_error", "error": e.to_string()})
+            );
+            json_response(
+                502,
+                &json!({"error": "bad_gateway", "error_description": "The upstream did not answer"}),
+            )
+        }
+    }
+}
+
+/// The deny-list's answer for a valid token: the isolate's memory, else Workers KV.
+async fn revocation_answer(
+    env: &Env,
+    settings: &Settings,
+    check: &RevocationCheck,
+    now: i64,
+) -> RevocationAnswer {
+    // The origin publishes `jti` revocations only; user-wide watermarks are not in the feed.
+    let answer = |jti| RevocationAnswer {
+        jti,
+        user: WatermarkStatus::None,
+    };
+    let Some(jti) = check.jti() else {
+        return answer(DenyListStatus::NotListed);
+    };
+    if let Some(revoked) = with_isolate(env, |i| i.denied.get(jti, now)) {
+        return answer(listed(revoked));
+    }
+    let read = match env.kv(DENYLIST_BINDING) {
+        Ok(kv) => kv
+            .get(&jti_key(jti))
+            .text()
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match read {
+        Ok(value) => {
+            let revoked = value.is_some();
+            let until = if revoked {
+                check.token().claims().exp.unwrap_or(now)
+            } else {
+                now + i64::from(settings.deny_cache_seconds)
+            };
+            with_isolate(env, |i| i.denied.insert(jti, revoked, until, now));
+            answer(listed(revoked))
+        }
+        Err(error) => {
+            console_error!(
+                "{}",
+                json!({"event": "denylist_unavailable", "error": error})
+            );
+            answer(DenyListStatus::Unavailable)
+        }
+    }
+}
+
+fn listed(revoked: bool) -> DenyListStatus {
+    if revoked {
+        DenyListStatus::Listed
+    } else {
+        DenyListStatus::NotListed
+    }
+}
+
+/// The keys to verify with at `now`, fetching first when they are due (or, with `force`, when an
+/// unknown `kid` asked for it).
+async fn current_keys(
+    env: &Env,
+    settings: &Settings,
+    now: i64,
+    force: bool,
+) -> Option<Rc<KeyRing>> {
+    let interval = settings.keys_refetch_interval;
+    let due = with_isolate(env, |i| {
+        let due = if force {
+            i.keys.may_force(now, interval)
+        } else {
+            i.keys.fetch_due(now, interval)
+        };
+        if due {
+            i.keys.attempted(now, force);
+        }
+        due
+    });
+    if due {
+        // A forced fetch must reach the origin: the shared copy is what lacks the new `kid`.
+        match fetch_keys(settings, now, !force).await {
+            Ok((ring, fresh_until)) => with_isolate(env, |i| i.keys.store(ring, fresh_until)),
+            Err(error) => console_error!(
+                "{}",
+                json!({"event": "jwks_fetch_failed", "error": error, "url": settings.jwks_url})
+            ),
+        }
+    }
+    with_isolate(env, |i| i.keys.usable(now, settings.keys_max_stale))
+}
+
+/// Fetches with the configured deadline.
+async fn fetch_with_deadline(request: Request, settings: &Settings) -> Result<Response, String> {
+    let fetch = Fetch::Request(request);
+    let fetch = Box::pin(fetch.send());
+    let deadline = Box::pin(Delay::from(Duration::from_millis(u64::from(
+        settings.fetch_timeout_ms,
+    ))));
+    let outcome = match select(fetch, deadline).await {
+        Either::Left((result, _)) => result.map_err(|e| e.to_string()),
+        Either::Right(_) => Err(format!("no answer within {} ms", settings.fetch_timeout_ms)),
+    };
+    outcome
+}
+
+/// The origin's keys: from the Cache API copy another isolate stored, when allowed and fresh,
+/// else from the origin (then stored there for the others).
+async fn fetch_keys(
+    settings: &Settings,
+    now: i64,
+    shared_copy: bool,
+) -> Result<(Rc<KeyRing>, i64), String> {
+    let cache = Cache::default();
+    if shared_copy {
+        if let Ok(Some(mut copy)) = cache.get(settings.jwks_url.as_str(), true).await {
+            let fetched_at = copy
+                .headers()
+                .get(FETCHED_AT_HEADER)
+                .ok()
+                .flatten()
+                .and_then(|v| v.parse::<i64>().ok());
+            let max_age = freshness_seconds(
+                copy.headers()
+                    .get("cache-control")
+                    .ok()
+                    .flatten()
+                    .as_deref(),
+            );
+            if let (Some(fetched_at), Ok(body)) = (fetched_at, copy.bytes().await) {
+                let fresh_until =
+                    fetched_at + i64::from(max_age.unwrap_or(settings.keys_default_max_age));
+                if fresh_until > now {
+                    if let Ok(ring) = parse_jwks(&body, settings) {
+                        return Ok((ring, fresh_until));
+                    }
+                }
+            }
+        }
+    }
+    let mut init = RequestInit::new();
+    init.with_method(Method::Get);
+    let request = Request::new_with_init(&settings.jwks_url, &init).map_err(|e| e.to_string())?;
+    let mut response = fetch_with_deadline(request, settings).await?;
+    if response.status_code() != 200 {
+        return Err(format!("the JWKS answered {}", response.status_code()));
+    }
+    let max_age = freshness_seconds(
+        response
+            .headers()
+            .get("cache-control")
+            .ok()
+            .flatten()
+            .as_deref(),
+    )
+    .unwrap_or(settings.keys_default_max_age);
+    let body = response.bytes().await.map_err(|e| e.to_string())?;
+    let ring = parse_jwks(&body, settings)?;
+    // Shared with the isolate's neighbours; losing this copy costs only an extra fetch.
+    if max_age > 0 {
+        let headers = Headers::new();
+        let stored = headers
+            .set("cache-control", &format!("max-age={max_age}"))
+            .and_then(|()| headers.set(FETCHED_AT_HEADER, &now.to_string()))
+            .and_then(|()| Response::from_bytes(body));
+        if let Ok(copy) = stored {
+            let _ = cache
+                .put(settings.jwks_url.as_str(), copy.with_headers(headers))
+                .await;
+        }
+    }
+    Ok((ring, now + i64::from(max_age)))
+}
+
+fn parse_jwks(body: &[u8], settings: &Settings) -> Result<Rc<KeyRing>, String> {
+    if body.len() > MAX_JWKS_BYTES {
+        return Err(format!("the JWKS is over {MAX_JWKS_BYTES} bytes"));
+    }
+    let (ring, skipped) =
+        KeyRing::from_jwks(body, &settings.policy).map_err(|e| format!("unusable JWKS: {e}"))?;
+    for key in skipped {
+        log(
+            json!({"event": "jwks_key_skipped", "kid": key.kid, "reason": format!("{:?}", key.reason)}),
+        );
+    }
+    Ok(Rc::new(ring))
+}
+
+/// Checks a signed revocation and stores it in KV (and in this isolate's memory).
+async fn store_revocation(
+    env: &Env,
+    settings: &Settings,
+    message: &str,
+    now: i64,
+) -> Result<StoreOutcome, String> {
+    let mut keys = current_keys(env, settings, now, false).await;
+    let mut verified = match &keys {
+        Some(ring) => verify_revocation(message, now, ring, &settings.policy),
+        None => return Ok(StoreOutcome::NoKeys),
+    };
+    if matches!(&verified, Err(RevocationError::Invalid(d)) if d.reason == DenyReason::UnknownKey)
+        && with_isolate(env, |i| {
+            i.keys.may_force(now, settings.keys_refetch_interval)
+        })
+    {
+        keys = current_keys(env, settings, now, true).await;
+        if let Some(ring) = &keys {
+            verified = verify_revocation(message, now, ring, &settings.policy);
+        }
+    }
+    let revocation = match verified {
+        Ok(revocation) => revocation,
+        Err(RevocationError::Expired) => return Ok(StoreOutcome::Expired),
+        Err(RevocationError::Invalid(denial)) => return Ok(StoreOutcome::Invalid(denial.reason)),
+    };
+    let kv = env.kv(DENYLIST_BINDING).map_err(|e| e.to_string())?;
+    // Kept in KV for as long as the token could still pass, leeway included.
+    let ttl = (revocation.expires_at + settings.policy.leeway_seconds() - now).max(KV_MIN_TTL);
+    kv.put(&jti_key(&revocation.jti), "1")
+        .map_err(|e| e.to_string())?
+        .expiration_ttl(ttl as u64)
+        .execute()
+        .await
+        .map_err(|e| e.to_string())?;
+    with_isolate(env, |i| {
+        i.denied
+            .insert(&revocation.jti, true, revocation.expires_at + ttl, now)
+    });
+    Ok(StoreOutcome::Stored)
+}
+
+enum StoreOutcome {
+    Stored,
+    Expired,
+    Invalid(DenyReason),
+    NoKeys,
+}
+
+/// `POST /.edgeauth/revocations`: one signed revocation from the origin.
+async fn receive_push(
+    mut request: Request,
+    env: &Env,
+    settings: &Settings,
+) -> worker::Result<Response> {
+    if request.method() != Method::Post {
+        let mut response = json_response(
+            405,
+            &json!({"error": "method_not_allowed", "error_description": "POST a signed revocation"}),
+        )?;
+        response.headers_mut().set("allow", "POST")?;
+        return Ok(response);
+    }
+    let too_large =
+        json!({"error": "invalid_request", "error_description": "The message is too large"});
+    let declared = request
+        .headers()
+        .get("content-length")?
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_PUSH_BYTES) {
+        return json_response(413, &too_large);
+    }
+    let body = request.bytes().await?;
+    if body.len() > MAX_PUSH_BYTES {
+        return json_response(413, &too_large);
+    }
+    let message = String::from_utf8_lossy(&body);
+    let now = now_seconds();
+    match store_revocation(env, settings, message.trim(), now).await {
+        Ok(StoreOutcome::Stored) => {
+            log(json!({"event": "revocation_pushed"}));
+            Ok(Response::empty()?.with_status(204))
+        }
+        Ok(StoreOutcome::Expired) => Ok(Response::empty()?.with_status(204)),
+        Ok(StoreOutcome::Invalid(reason)) => {
+            log(json!({"event": "revocation_push_rejected", "reason": reason.code()}));
+            json_response(
+                400,
+                &json!({"error": "invalid_request", "error_description": "Not a revocation signed by the origin", "reason": reason.code()}),
+            )
+        }
+        Ok(StoreOutcome::NoKeys) => unavailable("no key set to check the message with"),
+        Err(error) => {
+            console_error!(
+                "{}",
+                json!({"event": "denylist_write_failed", "error": error})
+            );
+            unavailable("the deny-list could not be written")
+        }
+    }
+}
+
+fn unavailable(description: &str) -> worker::Result<Response> {
+    let mut response = json_response(
+        503,
+        &json!({"error": "temporarily_unavailable", "error_description": description}),
+    )?;
+    response.headers_mut().set("retry-after", "5")?;
+    Ok(response)
+}
+
+#[event(scheduled)]
+async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    match pull_feed(&env).await {
+        Ok(summary) => log(summary),
+        Err(error) => console_error!("{}", json!({"event": "feed_pull_failed", "error": error})),
+    }
+}
+
+/// Reads the origin's feed from the stored cursor and stores every revocation in it. The cursor
+/// advances only past entries that were stored (or are of no use), so a failed run repeats.
+async fn pull_feed(env: &Env) -> Result<serde_json::Value, String> {
+    let settings = with_isolate(env, |i| i.settings.clone())?;
+    let kv = env.kv(DENYLIST_BINDING).map_err(|e| e.to_string())?;
+    let mut cursor: u64 = kv
+        .get(CURSOR_KEY)
+        .text()
+        .await
+        .map_err(|e| e.to_string())?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let (mut stored, mut rejected) = (0u32, 0u32);
+    for _ in 0..FEED_PAGES_PER_RUN {
+        let separator = if settings.feed_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let url = format!(
+            "{}{separator}after={cursor}&limit={FEED_PAGE}",
+            settings.feed_url
+        );
+        let mut init = RequestInit::new();
+        init.with_method(Method::Get);
+        let request = Request::new_with_init(&url, &init).map_err(|e| e.to_string())?;
+        let mut response = fetch_with_deadline(request, &settings).await?;
+        if response.status_code() != 200 {
+            return Err(format!("the feed answered {}", response.status_code()));
+        }
+        let page: FeedPage = response.json().await.map_err(|e| e.to_string())?;
+        let now = now_seconds();
+        let count = page.entries.len();
+        for entry in page.entries {
+            match store_revocation(env, &settings, &entry.jws, now).await? {
+                StoreOutcome::Stored => stored += 1,
+                StoreOutcome::Expired => {}
+                StoreOutcome::NoKeys => return Err("no key set to check the feed with".into()),
+                StoreOutcome::Invalid(reason) => {
+                    // Not the origin's signature even with fresh keys: skipping it is all an
+                    // edge can do, and it is logged for the operator.
+                    rejected += 1;
+                    console_error!(
+                        "{}",
+                        json!({"event": "feed_entry_rejected", "seq": entry.seq, "reason": reason.code()})
+                    );
+                }
+            }
+            cursor = cursor.max(entry.seq);
+        }
+        cursor = cursor.max(page.next);
+        kv.put(CURSOR_KEY, cursor.to_string())
+            .map_err(|e| e.to_string())?
+            .execute()
+            .await
+            .map_err(|e| e.to_string())?;
+        if count < FEED_PAGE as usize {
+            break;
+        }
+    }
+    Ok(json!({"event": "feed_pull", "stored": stored, "rejected": rejected, "cursor": cursor}))
+}
+
+#[derive(serde::Deserialize)]
+struct FeedPage {
+    entries: Vec<FeedEntry>,
+    next: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct FeedEntry {
+    seq: u64,
+    jws: String,
+}
