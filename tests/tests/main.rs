@@ -1,0 +1,3 @@
+//! One end-to-end test binary (each file under tests/ would be its own binary and link again).
+
+mod worker;
