@@ -11,14 +11,15 @@ use alloc::{
 };
 
 use crate::{
-    cache::{token_digest, TokenCache},
+    alg::Algorithm,
+    cache::{token_digest, TokenCache, TokenDigest},
     config::{OnUnavailable, Policy},
     extract::{extract_token, is_cors_preflight, Headers},
-    key_ring::KeyRing,
-    rules::{match_route, normalise_path, MFA_AMR_VALUES},
+    key_ring::{KeyRing, PublicKey, Thumbprint},
+    rules::{match_route, normalise_path, RouteRule, MFA_AMR_VALUES},
     token::VerifiedToken,
     verdict::{Allowed, Denial, DenyReason, HeaderChanges, Verdict},
-    verifier::{revalidate, verify_token},
+    verifier::{prepare_signature, revalidate, validate_claims, Expected, Prepared},
 };
 
 /// What the host knows of an incoming request.
@@ -170,29 +171,148 @@ pub fn authorize<H: Headers + ?Sized>(
     policy: &Policy,
     cache: &mut TokenCache,
 ) -> Step {
+    match authorize_deferred(request, now, keys, policy, cache) {
+        Deferred::Decided(step) => step,
+        Deferred::VerifySignature(check) => {
+            let valid = keys.is_some_and(|keys| check.prepared.verify_here(keys));
+            check.finish(valid, now, policy, cache)
+        }
+    }
+}
+
+/// [`authorize`]'s answer when the host verifies signatures itself.
+#[derive(Debug)]
+pub enum Deferred {
+    /// Decided without a signature check (a public route, a refusal, a cache hit).
+    Decided(Step),
+    /// Every check but the signature passed: verify it, then call [`SignatureCheck::finish`].
+    VerifySignature(SignatureCheck),
+}
+
+/// A token waiting for the host to verify its signature with its own crypto (WebCrypto in the
+/// Worker, where native code beats Wasm). Everything before the signature has been checked, and
+/// everything after it (claims, scopes, the deny-list step) runs in [`SignatureCheck::finish`],
+/// so the verdict is the one [`authorize`] gives; only the signature primitive differs.
+#[derive(Debug)]
+pub struct SignatureCheck {
+    prepared: Prepared,
+    route: Option<usize>,
+    digest: Option<TokenDigest>,
+    public_key: Option<PublicKey>,
+}
+
+impl SignatureCheck {
+    /// The token's algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.prepared.alg
+    }
+
+    /// Thumbprint of the key that must verify it (a stable cache key for an imported key).
+    pub fn key_thumbprint(&self) -> &Thumbprint {
+        &self.prepared.key_thumbprint
+    }
+
+    /// That key's public material; `None` for HMAC, which only the core verifies
+    /// ([`SignatureCheck::verify_here`]).
+    pub fn public_key(&self) -> Option<&PublicKey> {
+        self.public_key.as_ref()
+    }
+
+    /// The bytes the signature covers (`header.payload` as received).
+    pub fn signing_input(&self) -> &[u8] {
+        self.prepared.signing_input()
+    }
+
+    /// The signature, decoded: raw `r || s` for ES256, as WebCrypto expects.
+    pub fn signature(&self) -> &[u8] {
+        &self.prepared.signature
+    }
+
+    /// Verifies with the core's own implementation, when the host's crypto cannot.
+    pub fn verify_here(&self, keys: &KeyRing) -> bool {
+        self.prepared.verify_here(keys)
+    }
+
+    /// Continues the decision once the host knows whether the signature is `valid`.
+    pub fn finish(self, valid: bool, now: i64, policy: &Policy, cache: &mut TokenCache) -> Step {
+        let verified = self
+            .prepared
+            .complete(valid)
+            .and_then(|checked| validate_claims(checked, now, policy));
+        let token = match verified {
+            Ok(token) => token,
+            Err(denial) => return Step::Done(Verdict::Deny(denial)),
+        };
+        if let Some(digest) = self.digest {
+            cache.insert(digest, token.clone());
+        }
+        let route = self.route.and_then(|i| policy.routes.get(i));
+        after_verification(token, route, policy)
+    }
+}
+
+/// [`authorize`] up to the signature, which is left to the host unless a cache hit makes it
+/// unnecessary. Hosts with fast native crypto use this; the others use [`authorize`].
+pub fn authorize_deferred<H: Headers + ?Sized>(
+    request: &Request<'_, H>,
+    now: i64,
+    keys: Option<&KeyRing>,
+    policy: &Policy,
+    cache: &mut TokenCache,
+) -> Deferred {
+    let decided = |step| Deferred::Decided(step);
     let raw_path = request.path.split('?').next().unwrap_or_default();
     let Some(path_only) = normalise_path(raw_path) else {
-        return deny(DenyReason::InvalidRequest);
+        return decided(deny(DenyReason::InvalidRequest));
     };
     if policy.cors_preflight_bypass && is_cors_preflight(request.method, request.headers) {
-        return pass_without_token(policy);
+        return decided(pass_without_token(policy));
     }
     let route = match_route(&policy.routes, request.method, &path_only);
     if route.is_some_and(|r| r.public) {
-        return pass_without_token(policy);
+        return decided(pass_without_token(policy));
     }
     let token_text = match extract_token(policy, request.path, request.headers) {
         Ok(Some(t)) => t,
-        Ok(None) => return deny(DenyReason::TokenMissing),
-        Err(reason) => return deny(reason),
+        Ok(None) => return decided(deny(DenyReason::TokenMissing)),
+        Err(reason) => return decided(deny(reason)),
     };
     let Some(keys) = keys else {
-        return deny(DenyReason::KeysUnavailable);
+        return decided(deny(DenyReason::KeysUnavailable));
     };
-    let token = match verify_cached(&token_text, now, keys, policy, cache) {
-        Ok(t) => t,
-        Err(denial) => return Step::Done(Verdict::Deny(denial)),
+    // Oversized tokens are refused before they are even hashed.
+    let use_cache = token_text.len() <= policy.max_token_bytes && policy.cache_entries != 0;
+    let digest = use_cache.then(|| token_digest(&token_text));
+    if let Some(digest) = &digest {
+        if let Some(hit) = cache.get(digest, keys, now, policy.leeway) {
+            // The hit saves the signature; every policy rule still runs against today's policy.
+            if let Some(verdict) = revalidate(&hit, now, keys, policy) {
+                return decided(match verdict {
+                    Ok(token) => after_verification(token, route, policy),
+                    Err(denial) => Step::Done(Verdict::Deny(denial)),
+                });
+            }
+        }
+    }
+    let prepared = match prepare_signature(&token_text, keys, policy, Expected::AccessToken) {
+        Ok(prepared) => prepared,
+        Err(denial) => return decided(Step::Done(Verdict::Deny(denial))),
     };
+    let public_key = keys
+        .keys()
+        .iter()
+        .find(|k| k.thumbprint() == &prepared.key_thumbprint)
+        .and_then(|k| k.public_key());
+    Deferred::VerifySignature(SignatureCheck {
+        prepared,
+        route: route.and_then(|r| policy.routes.iter().position(|x| core::ptr::eq(x, r))),
+        digest,
+        public_key,
+    })
+}
+
+/// What follows a valid token: the route's scopes and MFA, then the deny-list question.
+fn after_verification(token: VerifiedToken, route: Option<&RouteRule>, policy: &Policy) -> Step {
     if let Some(route) = route {
         let scopes = &token.claims().scope;
         if !route.scopes.iter().all(|s| scopes.contains(s)) {
@@ -216,27 +336,4 @@ pub fn authorize<H: Headers + ?Sized>(
         token,
         header_changes: removals(policy),
     })
-}
-
-fn verify_cached(
-    token: &str,
-    now: i64,
-    keys: &KeyRing,
-    policy: &Policy,
-    cache: &mut TokenCache,
-) -> Result<VerifiedToken, Denial> {
-    // Oversized tokens are refused before they are even hashed.
-    if token.len() > policy.max_token_bytes || policy.cache_entries == 0 {
-        return verify_token(token, now, keys, policy);
-    }
-    let digest = token_digest(token);
-    if let Some(hit) = cache.get(&digest, keys, now, policy.leeway) {
-        // The hit saves the signature; every policy rule still runs against today's policy.
-        if let Some(verdict) = revalidate(&hit, now, keys, policy) {
-            return verdict;
-        }
-    }
-    let verified = verify_token(token, now, keys, policy)?;
-    cache.insert(digest, verified.clone());
-    Ok(verified)
 }

@@ -162,6 +162,54 @@ impl RingKey {
     }
 }
 
+/// A ring key's public material, for hosts that verify with their own crypto (WebCrypto in the
+/// Worker): the encodings WebCrypto's `importKey` takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicKey {
+    /// Ed25519: the 32-byte public key (`importKey("raw", …, "Ed25519")`).
+    Ed25519(Vec<u8>),
+    /// P-256: the uncompressed SEC1 point, `04 || x || y` (`importKey("raw", …, ECDSA P-256)`).
+    P256(Vec<u8>),
+    /// RSA: modulus and public exponent, big-endian (`importKey("jwk", {kty: "RSA", n, e})`).
+    Rsa {
+        /// `n`
+        modulus: Vec<u8>,
+        /// `e`
+        exponent: Vec<u8>,
+    },
+}
+
+impl RingKey {
+    /// The public material, or `None` for an HMAC secret, which never leaves the core.
+    pub fn public_key(&self) -> Option<PublicKey> {
+        let jwk = match &self.material {
+            KeyMaterial::Ed25519(k) => JsonWebKey::from(k),
+            KeyMaterial::P256(k) => JsonWebKey::from(k),
+            KeyMaterial::Rsa(k) => JsonWebKey::from(k),
+            KeyMaterial::Hmac(_) => return None,
+        };
+        match jwk {
+            JsonWebKey::KeyPair { x, .. } => Some(PublicKey::Ed25519(x.into_owned())),
+            JsonWebKey::EllipticCurve { x, y, .. } => {
+                let mut point = Vec::with_capacity(1 + x.len() + y.len());
+                point.push(0x04);
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                Some(PublicKey::P256(point))
+            }
+            JsonWebKey::Rsa {
+                modulus,
+                public_exponent,
+                ..
+            } => Some(PublicKey::Rsa {
+                modulus: modulus.into_owned(),
+                exponent: public_exponent.into_owned(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// The keys a host currently trusts: typically the origin's current, previous and next key.
 #[derive(Debug, Default)]
 pub struct KeyRing {

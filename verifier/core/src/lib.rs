@@ -57,10 +57,11 @@ pub use cache::{token_digest, CacheStats, TokenCache, TokenDigest};
 pub use config::{ConfigError, OnUnavailable, Policy, RawPolicy, RequiredClaim};
 pub use extract::Headers;
 pub use gate::{
-    authorize, DenyListStatus, Request, RevocationAnswer, RevocationCheck, Step, WatermarkStatus,
+    authorize, authorize_deferred, Deferred, DenyListStatus, Request, RevocationAnswer,
+    RevocationCheck, SignatureCheck, Step, WatermarkStatus,
 };
 pub use key_ring::{
-    thumbprint_hex, JwksError, KeyRing, RingKey, SkipReason, SkippedKey, Thumbprint,
+    thumbprint_hex, JwksError, KeyRing, PublicKey, RingKey, SkipReason, SkippedKey, Thumbprint,
 };
 pub use revocation::{verify_revocation, Revocation, RevocationError, REVOCATION_TYPE};
 pub use rules::RouteRule;

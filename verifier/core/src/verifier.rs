@@ -103,6 +103,34 @@ pub(crate) fn check_signature_as(
     policy: &Policy,
     expected: Expected,
 ) -> Result<SignatureChecked, Denial> {
+    let prepared = prepare_signature(token, keys, policy, expected)?;
+    let valid = prepared.verify_here(keys);
+    prepared.complete(valid)
+}
+
+/// A token that passed every check up to its signature; the signature itself is checked by the
+/// core ([`Prepared::verify_here`]) or by the host's own crypto, then [`Prepared::complete`].
+/// Owns what it needs (the token text, not a borrow), so a host may await in between.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    pub(crate) alg: Algorithm,
+    header: TokenHeader,
+    pub(crate) key_thumbprint: crate::key_ring::Thumbprint,
+    pub(crate) signature: alloc::vec::Vec<u8>,
+    token: alloc::string::String,
+    /// `header.payload` is `token[..signing_input_len]`: the bytes the signature covers.
+    signing_input_len: usize,
+    /// Where the payload's base64url text starts in the token.
+    payload_start: usize,
+}
+
+/// Everything but the signature: size, form, header rules, key selection.
+pub(crate) fn prepare_signature(
+    token: &str,
+    keys: &KeyRing,
+    policy: &Policy,
+    expected: Expected,
+) -> Result<Prepared, Denial> {
     // Size first: nothing is decoded for an oversized token (RFC 8725 §3.5 spirit, DoS bound).
     if token.len() > policy.max_token_bytes {
         return Err(DenyReason::TokenTooLarge.into());
@@ -129,54 +157,101 @@ pub(crate) fn check_signature_as(
             SelectError::UnknownKid => DenyReason::UnknownKey,
             SelectError::AlgorithmMismatch => DenyReason::KeyAlgorithmMismatch,
         })?;
-
+    // The typed key fixes the algorithm: a P-256 key can only ever run ES256, whatever `alg` says.
+    let pairs = matches!(
+        (&key.material, alg),
+        (KeyMaterial::Ed25519(_), Algorithm::EdDsa)
+            | (KeyMaterial::P256(_), Algorithm::Es256)
+            | (KeyMaterial::Rsa(_), Algorithm::Rs256 | Algorithm::Ps256)
+            | (KeyMaterial::Hmac(_), Algorithm::Hs256)
+    );
+    if !pairs {
+        return Err(DenyReason::KeyAlgorithmMismatch.into());
+    }
     let signature =
         Base64UrlUnpadded::decode_vec(signature_b64).map_err(|_| DenyReason::MalformedToken)?;
-    // The signing input is the header and payload text exactly as received.
-    let signing_input = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
-    // The typed key fixes the algorithm: a P-256 key can only ever run ES256, whatever `alg` says.
-    let valid = match (&key.material, alg) {
-        (KeyMaterial::Ed25519(k), Algorithm::EdDsa) => {
-            signature_verifies(&StrictEd25519, k, &signature, signing_input)
-        }
-        (KeyMaterial::P256(k), Algorithm::Es256) => {
-            signature_verifies(&Es256, k, &signature, signing_input)
-        }
-        (KeyMaterial::Rsa(k), Algorithm::Rs256) => {
-            signature_verifies(&Rsa::rs256(), k, &signature, signing_input)
-        }
-        (KeyMaterial::Rsa(k), Algorithm::Ps256) => {
-            signature_verifies(&Rsa::ps256(), k, &signature, signing_input)
-        }
-        (KeyMaterial::Hmac(k), Algorithm::Hs256) => {
-            signature_verifies(&Hs256, k, &signature, signing_input)
-        }
-        _ => return Err(DenyReason::KeyAlgorithmMismatch.into()),
-    };
-    if !valid {
-        return Err(DenyReason::BadSignature.into());
-    }
-    // Only now is the payload decoded and parsed: the signer produced these bytes, so a bad
-    // payload is a bad claim. jwt-compact's `Claims` reads the registered time claims.
-    let payload =
-        Base64UrlUnpadded::decode_vec(payload_b64).map_err(|_| DenyReason::MalformedToken)?;
-    let claims: JwtClaims<RawClaims> = serde_json::from_slice(&payload)
-        .map_err(|_| Denial::claim(DenyReason::InvalidClaim, "payload"))?;
-    let claims = Claims::from_parts(
-        claims.custom,
-        claims.expiration.map(|t| t.timestamp()),
-        claims.not_before.map(|t| t.timestamp()),
-        claims.issued_at.map(|t| t.timestamp()),
-    );
-    Ok(SignatureChecked {
+    Ok(Prepared {
+        alg,
         header: TokenHeader {
             alg,
             kid: header.kid,
             typ: header.typ,
         },
-        claims,
         key_thumbprint: key.thumbprint().to_owned(),
+        signature,
+        token: token.to_owned(),
+        // The signing input is the header and payload text exactly as received.
+        signing_input_len: header_b64.len() + 1 + payload_b64.len(),
+        payload_start: header_b64.len() + 1,
     })
+}
+
+impl Prepared {
+    /// Verifies the signature with the core's own implementations, against the key in `keys`
+    /// with the thumbprint chosen at preparation (none: invalid).
+    pub(crate) fn verify_here(&self, keys: &KeyRing) -> bool {
+        let Some(key) = keys
+            .keys()
+            .iter()
+            .find(|k| k.thumbprint() == &self.key_thumbprint)
+        else {
+            return false;
+        };
+        self.verify_with(key)
+    }
+
+    /// The bytes the signature covers.
+    pub(crate) fn signing_input(&self) -> &[u8] {
+        &self.token.as_bytes()[..self.signing_input_len]
+    }
+
+    fn verify_with(&self, key: &crate::key_ring::RingKey) -> bool {
+        let signature = &self.signature;
+        let input = self.signing_input();
+        match (&key.material, self.alg) {
+            (KeyMaterial::Ed25519(k), Algorithm::EdDsa) => {
+                signature_verifies(&StrictEd25519, k, signature, input)
+            }
+            (KeyMaterial::P256(k), Algorithm::Es256) => {
+                signature_verifies(&Es256, k, signature, input)
+            }
+            (KeyMaterial::Rsa(k), Algorithm::Rs256) => {
+                signature_verifies(&Rsa::rs256(), k, signature, input)
+            }
+            (KeyMaterial::Rsa(k), Algorithm::Ps256) => {
+                signature_verifies(&Rsa::ps256(), k, signature, input)
+            }
+            (KeyMaterial::Hmac(k), Algorithm::Hs256) => {
+                signature_verifies(&Hs256, k, signature, input)
+            }
+            _ => false,
+        }
+    }
+
+    /// Turns the signature's verdict into the checked token: only now is the payload decoded and
+    /// parsed. The signer produced these bytes, so a bad payload is a bad claim. jwt-compact's
+    /// `Claims` reads the registered time claims.
+    pub(crate) fn complete(self, valid: bool) -> Result<SignatureChecked, Denial> {
+        if !valid {
+            return Err(DenyReason::BadSignature.into());
+        }
+        let payload_b64 = &self.token[self.payload_start..self.signing_input_len];
+        let payload =
+            Base64UrlUnpadded::decode_vec(payload_b64).map_err(|_| DenyReason::MalformedToken)?;
+        let claims: JwtClaims<RawClaims> = serde_json::from_slice(&payload)
+            .map_err(|_| Denial::claim(DenyReason::InvalidClaim, "payload"))?;
+        let claims = Claims::from_parts(
+            claims.custom,
+            claims.expiration.map(|t| t.timestamp()),
+            claims.not_before.map(|t| t.timestamp()),
+            claims.issued_at.map(|t| t.timestamp()),
+        );
+        Ok(SignatureChecked {
+            header: self.header,
+            claims,
+            key_thumbprint: self.key_thumbprint,
+        })
+    }
 }
 
 /// Re-checks a token verified earlier against the policy and ring in force now: the header

@@ -1,8 +1,9 @@
 //! Request-level behaviour: sources, routes, identity headers, the deny-list step, the cache.
 
 use edgeauth_core::{
-    authorize, DenyListStatus, DenyReason, KeyRing, Policy, Request, RevocationAnswer, Step,
-    TokenCache, Verdict, WatermarkStatus,
+    authorize, authorize_deferred, Algorithm, Deferred, DenyListStatus, DenyReason, KeyRing,
+    Policy, PublicKey, Request, RevocationAnswer, SignatureCheck, Step, TokenCache, Verdict,
+    WatermarkStatus,
 };
 use serde_json::json;
 
@@ -533,4 +534,125 @@ fn cache_hit_needs_the_same_key_for_the_same_kid() {
         1,
         "the stale entry was found, then not trusted"
     );
+}
+
+/// A host that verifies signatures itself, as the Worker does with WebCrypto: here with
+/// jwt-compact's algorithms, over keys rebuilt from nothing but [`PublicKey`], so the exported
+/// material is checked too.
+fn host_verifies(check: &SignatureCheck) -> bool {
+    use jwt_compact::{
+        alg::{Ed25519, Es256, Rsa, RsaPublicKey, VerifyingKey as _},
+        AlgorithmSignature as _,
+    };
+    fn with<A: jwt_compact::Algorithm>(
+        alg: &A,
+        key: &A::VerifyingKey,
+        signature: &[u8],
+        input: &[u8],
+    ) -> bool {
+        A::Signature::try_from_slice(signature).is_ok_and(|s| alg.verify_signature(&s, key, input))
+    }
+    let (sig, input) = (check.signature(), check.signing_input());
+    match (check.public_key(), check.algorithm()) {
+        (Some(PublicKey::Ed25519(raw)), Algorithm::EdDsa) => {
+            let key = <Ed25519 as jwt_compact::Algorithm>::VerifyingKey::from_slice(raw)
+                .expect("32-byte key");
+            with(&Ed25519, &key, sig, input)
+        }
+        (Some(PublicKey::P256(point)), Algorithm::Es256) => {
+            let key = <Es256 as jwt_compact::Algorithm>::VerifyingKey::from_slice(point)
+                .expect("SEC1 point");
+            with(&Es256, &key, sig, input)
+        }
+        (Some(PublicKey::Rsa { modulus, exponent }), alg) => {
+            let key = RsaPublicKey::new(
+                rsa::BigUint::from_bytes_be(modulus),
+                rsa::BigUint::from_bytes_be(exponent),
+            )
+            .expect("RSA key");
+            let rsa = if alg == Algorithm::Ps256 {
+                Rsa::ps256()
+            } else {
+                Rsa::rs256()
+            };
+            with(&rsa, &key, sig, input)
+        }
+        other => panic!("no public key for {other:?}"),
+    }
+}
+
+/// The Worker's path: the host checks the signature, the core decides the rest. The verdict
+/// must be the one `authorize` gives, request for request.
+#[test]
+fn host_verified_signatures_give_the_same_verdicts() {
+    let now = NOW;
+    let mut expired = good_claims();
+    expired["exp"] = json!(NOW - 100);
+    expired["iat"] = json!(NOW - 700);
+    let mut other_audience = good_claims();
+    other_audience["aud"] = json!("elsewhere");
+    let tampered = {
+        let t = good_token(&Signer::ed25519(1), "current");
+        let mut parts: Vec<&str> = t.split('.').collect();
+        let payload = b64(br#"{"iss":"https://auth.example.test","aud":"api.example.test","sub":"x","jti":"j","exp":1767226440}"#);
+        parts[1] = &payload;
+        parts.join(".")
+    };
+    let tokens = [
+        good_token(&Signer::ed25519(1), "current"),
+        good_token(&Signer::ed25519(2), "previous"),
+        good_token(&Signer::es256(7), "ec"),
+        good_token(&Signer::rs256(), "rsa"),
+        token(&Signer::ed25519(1), "current", &expired),
+        token(&Signer::ed25519(1), "current", &other_audience),
+        good_token(&Signer::ed25519(9), "current"),
+        good_token(&Signer::es256(8), "ec"),
+        tampered,
+        "garbage".to_string(),
+    ];
+    for path in ["/orders", "/admin/x"] {
+        for token in &tokens {
+            let auth = bearer(token);
+            let headers = [("authorization", auth.as_str())];
+            let mut inline = Edge::new(ROUTES);
+            let expected = inline.run("GET", path, &headers, now, RevocationAnswer::CLEAR);
+
+            let mut edge = Edge::new(ROUTES);
+            let request = Request {
+                method: "GET",
+                path,
+                headers: &headers[..],
+            };
+            let ring = edge.ring.take().expect("ring");
+            let step =
+                match authorize_deferred(&request, now, Some(&ring), &edge.policy, &mut edge.cache)
+                {
+                    Deferred::Decided(step) => step,
+                    Deferred::VerifySignature(check) => {
+                        let valid = host_verifies(&check);
+                        assert_eq!(valid, check.verify_here(&ring), "{token:.40}");
+                        check.finish(valid, now, &edge.policy, &mut edge.cache)
+                    }
+                };
+            let got = match step {
+                Step::Done(v) => v,
+                Step::CheckRevocation(c) => c.finish(RevocationAnswer::CLEAR, &edge.policy),
+            };
+            assert_eq!(
+                format!("{:?}", got.denial().map(|d| (d.reason, d.status()))),
+                format!("{:?}", expected.denial().map(|d| (d.reason, d.status()))),
+                "{path} {token:.40}"
+            );
+            if let (Verdict::Allow(a), Verdict::Allow(b)) = (&got, &expected) {
+                assert_eq!(a.header_changes, b.header_changes);
+            }
+            // The second time the cache answers and no signature is asked for.
+            if matches!(got, Verdict::Allow(_)) {
+                assert!(matches!(
+                    authorize_deferred(&request, now, Some(&ring), &edge.policy, &mut edge.cache),
+                    Deferred::Decided(_)
+                ));
+            }
+        }
+    }
 }
