@@ -16,8 +16,9 @@
 use std::{cell::RefCell, rc::Rc, time::Duration};
 
 use edgeauth_core::{
-    authorize, verify_revocation, Allowed, Denial, DenyListStatus, DenyReason, KeyRing,
-    RevocationAnswer, RevocationCheck, RevocationError, Step, TokenCache, Verdict, WatermarkStatus,
+    authorize_deferred, verify_revocation, Allowed, Deferred, Denial, DenyListStatus, DenyReason,
+    KeyRing, RevocationAnswer, RevocationCheck, RevocationError, SignatureCheck, Step, TokenCache,
+    Verdict, WatermarkStatus,
 };
 use futures_util::future::{select, Either};
 use serde_json::json;
@@ -29,6 +30,7 @@ use worker::{
 pub mod deny_cache;
 pub mod key_cache;
 pub mod settings;
+mod webcrypto;
 
 use deny_cache::DenyCache;
 use key_cache::{freshness_seconds, KeyCache};
@@ -75,6 +77,7 @@ struct Isolate {
     keys: KeyCache,
     tokens: TokenCache,
     denied: DenyCache,
+    crypto_keys: webcrypto::ImportedKeys,
 }
 
 thread_local! {
@@ -99,6 +102,7 @@ fn with_isolate<T>(env: &Env, f: impl FnOnce(&mut Isolate) -> T) -> T {
                 keys: KeyCache::default(),
                 tokens: TokenCache::new(cache_entries),
                 denied: DenyCache::default(),
+                crypto_keys: webcrypto::ImportedKeys::new(),
             }
         });
         f(isolate)
@@ -168,12 +172,7 @@ async fn handle(request: Request, env: &Env) -> worker::Result<Response> {
         path: &path,
         headers: headers.as_slice(),
     };
-    let decide = |keys: Option<&KeyRing>| {
-        with_isolate(env, |i| {
-            authorize(&core_request, now, keys, &settings.policy, &mut i.tokens)
-        })
-    };
-    let mut step = decide(keys.as_deref());
+    let mut step = decide(env, &settings, &core_request, now, keys.as_deref()).await;
     // An unknown `kid` may be a key the origin just rotated in: refetch once, then decide again.
     if let Step::Done(Verdict::Deny(Denial {
         reason: DenyReason::UnknownKey,
@@ -184,7 +183,7 @@ async fn handle(request: Request, env: &Env) -> worker::Result<Response> {
             i.keys.may_force(now, settings.keys_refetch_interval)
         }) {
             keys = current_keys(env, &settings, now, true).await;
-            step = decide(keys.as_deref());
+            step = decide(env, &settings, &core_request, now, keys.as_deref()).await;
         }
     }
     let verdict = match step {
@@ -222,6 +221,56 @@ pub fn path_and_query(url: &str) -> &str {
         .find('/')
         .map_or("/", |start| &after_scheme[start..]);
     from_path.split('#').next().unwrap_or("/")
+}
+
+/// The core's decision, with the signature (on a cache miss) checked by WebCrypto.
+async fn decide(
+    env: &Env,
+    settings: &Settings,
+    request: &edgeauth_core::Request<'_, [(String, String)]>,
+    now: i64,
+    keys: Option<&KeyRing>,
+) -> Step {
+    let deferred = with_isolate(env, |i| {
+        authorize_deferred(request, now, keys, &settings.policy, &mut i.tokens)
+    });
+    let check = match deferred {
+        Deferred::Decided(step) => return step,
+        Deferred::VerifySignature(check) => check,
+    };
+    let valid = match verify_natively(env, &check).await {
+        Ok(valid) => valid,
+        // WebCrypto could not take the key or algorithm (HMAC, an import error): the core's own
+        // implementation gives the same answer, only slower.
+        Err(error) => {
+            if check.public_key().is_some() {
+                console_error!(
+                    "{}",
+                    json!({"event": "webcrypto_unavailable", "error": error})
+                );
+            }
+            keys.is_some_and(|keys| check.verify_here(keys))
+        }
+    };
+    with_isolate(env, |i| {
+        check.finish(valid, now, &settings.policy, &mut i.tokens)
+    })
+}
+
+async fn verify_natively(env: &Env, check: &SignatureCheck) -> Result<bool, String> {
+    let id = (*check.key_thumbprint(), check.algorithm());
+    let key = webcrypto::key_for(check, || {
+        with_isolate(env, |i| i.crypto_keys.get(&id).cloned())
+    })
+    .await?;
+    with_isolate(env, |i| {
+        // A rotation's worth of keys at most: past that, old imports are dropped.
+        if i.crypto_keys.len() > 16 {
+            i.crypto_keys.clear();
+        }
+        i.crypto_keys.entry(id).or_insert_with(|| key.clone());
+    });
+    webcrypto::verify(check, &key).await
 }
 
 fn deny_response(denial: &Denial, settings: &Settings) -> worker::Result<Response> {

@@ -1,0 +1,136 @@
+//! Signature checks through WebCrypto (`crypto.subtle`), which workerd runs as native code: the
+//! core prepares everything up to the signature ([`edgeauth_core::authorize_deferred`]), this
+//! module checks it, and the core decides the rest. Imported keys are kept per isolate.
+//!
+//! WebCrypto and the core agree on every well-formed signature; the one known difference is
+//! Ed25519 signatures with a small-order `R`, which the core's `verify_strict` refuses and
+//! BoringSSL accepts when the equation holds. Only the private key's holder (the origin) can
+//! make one, so it cannot be used to forge.
+
+use std::collections::HashMap;
+
+use base64ct::{Base64UrlUnpadded, Encoding as _};
+use edgeauth_core::{Algorithm, PublicKey, SignatureCheck, Thumbprint};
+use web_sys::{CryptoKey, SubtleCrypto, WorkerGlobalScope};
+use worker::{
+    js_sys::{self, Array, Object, Reflect, Uint8Array},
+    wasm_bindgen::{JsCast as _, JsValue},
+    wasm_bindgen_futures::JsFuture,
+};
+
+/// Imported keys of this isolate, by key and algorithm (an RSA key may serve RS256 and PS256,
+/// and WebCrypto binds each imported key to one).
+pub type ImportedKeys = HashMap<(Thumbprint, Algorithm), CryptoKey>;
+
+fn subtle() -> Result<SubtleCrypto, String> {
+    js_sys::global()
+        .unchecked_into::<WorkerGlobalScope>()
+        .crypto()
+        .map(|crypto| crypto.subtle())
+        .map_err(describe)
+}
+
+fn describe(error: JsValue) -> String {
+    error
+        .as_string()
+        .or_else(|| {
+            Reflect::get(&error, &"message".into())
+                .ok()
+                .and_then(|m| m.as_string())
+        })
+        .unwrap_or_else(|| "a JavaScript exception".to_string())
+}
+
+fn object(fields: &[(&str, JsValue)]) -> Result<Object, String> {
+    let object = Object::new();
+    for (name, value) in fields {
+        Reflect::set(&object, &(*name).into(), value).map_err(describe)?;
+    }
+    Ok(object)
+}
+
+/// The WebCrypto algorithm for `alg`, as `importKey` and `verify` take it.
+fn parameters(alg: Algorithm) -> Result<Object, String> {
+    let sha256: JsValue = "SHA-256".into();
+    match alg {
+        Algorithm::EdDsa => object(&[("name", "Ed25519".into())]),
+        Algorithm::Es256 => object(&[
+            ("name", "ECDSA".into()),
+            ("namedCurve", "P-256".into()),
+            ("hash", sha256),
+        ]),
+        Algorithm::Rs256 => object(&[("name", "RSASSA-PKCS1-v1_5".into()), ("hash", sha256)]),
+        // RFC 7518 §3.5: the salt is as long as the hash.
+        Algorithm::Ps256 => object(&[
+            ("name", "RSA-PSS".into()),
+            ("hash", sha256),
+            ("saltLength", 32.into()),
+        ]),
+        other => Err(format!(
+            "{} is not verified through WebCrypto",
+            other.name()
+        )),
+    }
+}
+
+async fn import(
+    subtle: &SubtleCrypto,
+    key: &PublicKey,
+    alg: Algorithm,
+) -> Result<CryptoKey, String> {
+    let usages: JsValue = Array::of1(&"verify".into()).into();
+    let algorithm = parameters(alg)?;
+    let promise = match key {
+        PublicKey::Ed25519(raw) | PublicKey::P256(raw) => subtle.import_key_with_object(
+            "raw",
+            &Uint8Array::from(raw.as_slice()),
+            &algorithm,
+            false,
+            &usages,
+        ),
+        PublicKey::Rsa { modulus, exponent } => {
+            let jwk = object(&[
+                ("kty", "RSA".into()),
+                ("n", Base64UrlUnpadded::encode_string(modulus).into()),
+                ("e", Base64UrlUnpadded::encode_string(exponent).into()),
+            ])?;
+            subtle.import_key_with_object("jwk", &jwk, &algorithm, false, &usages)
+        }
+    }
+    .map_err(describe)?;
+    JsFuture::from(promise)
+        .await
+        .map_err(describe)?
+        .dyn_into::<CryptoKey>()
+        .map_err(|_| "importKey gave no CryptoKey".to_string())
+}
+
+/// The key to verify `check` with: imported once per isolate.
+pub async fn key_for(
+    check: &SignatureCheck,
+    imported: impl Fn() -> Option<CryptoKey>,
+) -> Result<CryptoKey, String> {
+    if let Some(key) = imported() {
+        return Ok(key);
+    }
+    let public = check
+        .public_key()
+        .ok_or_else(|| "the key has no public form (HMAC)".to_string())?;
+    import(&subtle()?, public, check.algorithm()).await
+}
+
+/// Whether the signature verifies under `key`.
+pub async fn verify(check: &SignatureCheck, key: &CryptoKey) -> Result<bool, String> {
+    let promise = subtle()?
+        .verify_with_object_and_u8_array_and_u8_array(
+            &parameters(check.algorithm())?,
+            key,
+            check.signature(),
+            check.signing_input(),
+        )
+        .map_err(describe)?;
+    let answer = JsFuture::from(promise).await.map_err(describe)?;
+    answer
+        .as_bool()
+        .ok_or_else(|| "verify gave no boolean".to_string())
+}
