@@ -165,12 +165,12 @@ async fn handle(request: Request, env: &Env) -> worker::Result<Response> {
     }
     let now = now_seconds();
     let mut keys = current_keys(env, &settings, now, false).await;
-    let headers: Vec<(String, String)> = request.headers().entries().collect();
+    let headers = RequestHeaders(request.headers());
     let method = request.method().to_string();
     let core_request = edgeauth_core::Request {
         method: &method,
         path: &path,
-        headers: headers.as_slice(),
+        headers: &headers,
     };
     let mut step = decide(env, &settings, &core_request, now, keys.as_deref()).await;
     // An unknown `kid` may be a key the origin just rotated in: refetch once, then decide again.
@@ -223,11 +223,25 @@ pub fn path_and_query(url: &str) -> &str {
     from_path.split('#').next().unwrap_or("/")
 }
 
+/// The request's headers as the core reads them: only the few it asks for (`authorization`, a
+/// configured cookie) cross from the runtime into Wasm. The runtime joins repeated headers with
+/// ", ", which the core refuses as a malformed credential, as it refuses two values.
+#[derive(Debug)]
+pub struct RequestHeaders<'a>(&'a Headers);
+
+impl edgeauth_core::Headers for RequestHeaders<'_> {
+    fn values(&self, name: &str, each: &mut dyn FnMut(&[u8])) {
+        if let Ok(Some(value)) = self.0.get(name) {
+            each(value.as_bytes());
+        }
+    }
+}
+
 /// The core's decision, with the signature (on a cache miss) checked by WebCrypto.
 async fn decide(
     env: &Env,
     settings: &Settings,
-    request: &edgeauth_core::Request<'_, [(String, String)]>,
+    request: &edgeauth_core::Request<'_, RequestHeaders<'_>>,
     now: i64,
     keys: Option<&KeyRing>,
 ) -> Step {
@@ -292,13 +306,16 @@ async fn forward(
     path: &str,
 ) -> worker::Result<Response> {
     let changes = &allowed.header_changes;
-    let headers = Headers::new();
-    for (name, value) in request.headers().entries() {
-        let name = name.to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&name.as_str()) || changes.remove.contains(&name) {
-            continue;
-        }
-        headers.append(&name, &value)?;
+    // A copy made by the runtime in one call; only the few changes cross from Wasm.
+    let headers = Headers(web_sys::Headers::new_with_headers(
+        request.inner().headers().as_ref(),
+    )?);
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(changes.remove.iter().map(String::as_str))
+    {
+        headers.delete(name)?;
     }
     for (name, value) in &changes.set {
         headers.set(name, value)?;
