@@ -23,8 +23,9 @@ use edgeauth_core::{
 use futures_util::future::{select, Either};
 use serde_json::json;
 use worker::{
-    console_error, console_log, event, Cache, Context, Date, Delay, Env, Fetch, Headers, Method,
-    Request, RequestInit, RequestRedirect, Response, ScheduleContext, ScheduledEvent,
+    console_error, console_log, event, js_sys, wasm_bindgen::JsCast as _,
+    wasm_bindgen_futures::JsFuture, web_sys, Cache, Context, Date, Delay, Env, Fetch, Headers,
+    KvStore, Method, Request, RequestInit, Response, ScheduleContext, ScheduledEvent,
 };
 
 pub mod deny_cache;
@@ -78,6 +79,9 @@ struct Isolate {
     tokens: TokenCache,
     denied: DenyCache,
     crypto_keys: webcrypto::ImportedKeys,
+    /// The `DENYLIST` binding, looked up once: `env.kv` walks five properties across the
+    /// boundary each time it is called.
+    deny_list: Option<KvStore>,
 }
 
 thread_local! {
@@ -103,10 +107,21 @@ fn with_isolate<T>(env: &Env, f: impl FnOnce(&mut Isolate) -> T) -> T {
                 tokens: TokenCache::new(cache_entries),
                 denied: DenyCache::default(),
                 crypto_keys: webcrypto::ImportedKeys::new(),
+                deny_list: None,
             }
         });
         f(isolate)
     })
+}
+
+/// The deny-list's KV namespace.
+fn deny_list(env: &Env) -> Result<KvStore, String> {
+    if let Some(kv) = with_isolate(env, |i| i.deny_list.clone()) {
+        return Ok(kv);
+    }
+    let kv = env.kv(DENYLIST_BINDING).map_err(|e| e.to_string())?;
+    with_isolate(env, |i| i.deny_list = Some(kv.clone()));
+    Ok(kv)
 }
 
 fn now_seconds() -> i64 {
@@ -143,30 +158,40 @@ fn unreachable_response() -> Response {
     Response::builder().with_status(500).empty()
 }
 
+// The runtime's own Request and Response types, not workers-rs's wrappers: the hot path never
+// converts a request or re-wraps the upstream's response (each a walk over headers across the
+// Rust/JS boundary). Local answers are built with workers-rs and converted once.
 #[event(fetch)]
-async fn fetch(request: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+async fn fetch(
+    request: web_sys::Request,
+    env: Env,
+    _ctx: Context,
+) -> worker::Result<web_sys::Response> {
     match handle(request, &env).await {
         Ok(response) => Ok(response),
-        Err(e) => Ok(internal_error("fetch", &e)),
+        Err(e) => Ok(internal_error("fetch", &e).into()),
     }
 }
 
-async fn handle(request: Request, env: &Env) -> worker::Result<Response> {
+async fn handle(request: web_sys::Request, env: &Env) -> worker::Result<web_sys::Response> {
     let settings = match with_isolate(env, |i| i.settings.clone()) {
         Ok(settings) => settings,
-        Err(problem) => return Ok(internal_error("configuration", &problem)),
+        Err(problem) => return Ok(internal_error("configuration", &problem).into()),
     };
     // The URL as workerd serialised it, read without the `url` crate's parser (and its Unicode
     // tables, a sixth of the bundle).
-    let path = path_and_query(&request.inner().url()).to_string();
+    let path = path_and_query(&request.url()).to_string();
     let path_only = path.split('?').next().unwrap_or_default().to_string();
     if path_only == PUSH_PATH {
-        return receive_push(request, env, &settings).await;
+        return receive_push(Request::from(request), env, &settings)
+            .await
+            .map(Into::into);
     }
     let now = now_seconds();
     let mut keys = current_keys(env, &settings, now, false).await;
-    let headers = RequestHeaders(request.headers());
-    let method = request.method().to_string();
+    let request_headers = Headers(request.headers());
+    let headers = RequestHeaders(&request_headers);
+    let method = request.method();
     let core_request = edgeauth_core::Request {
         method: &method,
         path: &path,
@@ -199,7 +224,7 @@ async fn handle(request: Request, env: &Env) -> worker::Result<Response> {
                 "event": "request", "verdict": "deny", "reason": denial.reason.code(),
                 "status": denial.status(), "method": method, "path": path_only,
             }));
-            deny_response(&denial, &settings)
+            deny_response(&denial, &settings).map(Into::into)
         }
         Verdict::Allow(allowed) => {
             log(json!({
@@ -300,16 +325,14 @@ fn deny_response(denial: &Denial, settings: &Settings) -> worker::Result<Respons
 /// Proxies an allowed request: client-supplied identity removed, verified identity set, the body
 /// streamed through untouched, the upstream's answer returned as it is.
 async fn forward(
-    request: Request,
+    request: web_sys::Request,
     allowed: &Allowed,
     settings: &Settings,
     path: &str,
-) -> worker::Result<Response> {
+) -> worker::Result<web_sys::Response> {
     let changes = &allowed.header_changes;
     // A copy made by the runtime in one call; only the few changes cross from Wasm.
-    let headers = Headers(web_sys::Headers::new_with_headers(
-        request.inner().headers().as_ref(),
-    )?);
+    let headers = web_sys::Headers::new_with_headers(&request.headers())?;
     for name in HOP_BY_HOP
         .iter()
         .copied()
@@ -320,25 +343,35 @@ async fn forward(
     for (name, value) in &changes.set {
         headers.set(name, value)?;
     }
-    let mut init = RequestInit::new();
-    init.with_method(request.method())
-        .with_headers(headers)
-        .with_redirect(RequestRedirect::Manual);
-    if !matches!(request.method(), Method::Get | Method::Head) {
-        init.with_body(request.inner().body().map(Into::into));
+    let method = request.method();
+    let init = web_sys::RequestInit::new();
+    init.set_method(&method);
+    init.set_headers(&headers);
+    init.set_redirect(web_sys::RequestRedirect::Manual);
+    if method != "GET" && method != "HEAD" {
+        if let Some(body) = request.body() {
+            init.set_body(&body);
+        }
     }
-    let upstream = Request::new_with_init(&format!("{}{path}", settings.upstream_url), &init)?;
-    match Fetch::Request(upstream).send().await {
-        Ok(response) => Ok(response),
+    let upstream = web_sys::Request::new_with_str_and_init(
+        &format!("{}{path}", settings.upstream_url),
+        &init,
+    )?;
+    let sent = js_sys::global()
+        .unchecked_into::<web_sys::WorkerGlobalScope>()
+        .fetch_with_request(&upstream);
+    match JsFuture::from(sent).await {
+        Ok(response) => Ok(response.unchecked_into()),
         Err(e) => {
             console_error!(
                 "{}",
-                json!({"event": "upstream_error", "error": e.to_string()})
+                json!({"event": "upstream_error", "error": format!("{e:?}")})
             );
             json_response(
                 502,
                 &json!({"error": "bad_gateway", "error_description": "The upstream did not answer"}),
             )
+            .map(Into::into)
         }
     }
 }
@@ -361,13 +394,13 @@ async fn revocation_answer(
     if let Some(revoked) = with_isolate(env, |i| i.denied.get(jti, now)) {
         return answer(listed(revoked));
     }
-    let read = match env.kv(DENYLIST_BINDING) {
+    let read = match deny_list(env) {
         Ok(kv) => kv
             .get(&jti_key(jti))
             .text()
             .await
             .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e),
     };
     match read {
         Ok(value) => {
@@ -554,7 +587,7 @@ async fn store_revocation(
         Err(RevocationError::Expired) => return Ok(StoreOutcome::Expired),
         Err(RevocationError::Invalid(denial)) => return Ok(StoreOutcome::Invalid(denial.reason)),
     };
-    let kv = env.kv(DENYLIST_BINDING).map_err(|e| e.to_string())?;
+    let kv = deny_list(env)?;
     // Kept in KV for as long as the token could still pass, leeway included.
     let ttl = (revocation.expires_at + settings.policy.leeway_seconds() - now).max(KV_MIN_TTL);
     kv.put(&jti_key(&revocation.jti), "1")
@@ -651,7 +684,7 @@ async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
 /// advances only past entries that were stored (or are of no use), so a failed run repeats.
 async fn pull_feed(env: &Env) -> Result<serde_json::Value, String> {
     let settings = with_isolate(env, |i| i.settings.clone())?;
-    let kv = env.kv(DENYLIST_BINDING).map_err(|e| e.to_string())?;
+    let kv = deny_list(env)?;
     let mut cursor: u64 = kv
         .get(CURSOR_KEY)
         .text()
