@@ -57,56 +57,44 @@ fn a_message_signed_with_a_published_key_is_accepted() {
 fn forged_or_foreign_messages_are_refused() {
     let policy = policy("");
     let ring = standard_ring(&policy);
-    let payload = message_payload();
-    // Signed by a key the edge does not hold, under a kid it does.
-    let forged = message(
-        &Signer::ed25519(9),
-        "current",
-        Some(REVOCATION_TYPE),
-        &payload,
-    );
-    assert_eq!(
-        reason(verify_revocation(&forged, NOW, &ring, &policy)),
-        DenyReason::BadSignature
-    );
-    // Another issuer's message, correctly signed.
-    let mut other_issuer = payload.clone();
-    other_issuer["iss"] = json!("https://evil.example");
-    let signed = message(
-        &Signer::ed25519(1),
-        "current",
-        Some(REVOCATION_TYPE),
-        &other_issuer,
-    );
-    assert_eq!(
-        reason(verify_revocation(&signed, NOW, &ring, &policy)),
-        DenyReason::IssuerNotAllowed
-    );
-    // A jti that could not be a deny-list key.
-    let mut bad_jti = payload.clone();
-    bad_jti["jti"] = json!("a b");
-    let signed = message(
-        &Signer::ed25519(1),
-        "current",
-        Some(REVOCATION_TYPE),
-        &bad_jti,
-    );
-    assert_eq!(
-        reason(verify_revocation(&signed, NOW, &ring, &policy)),
-        DenyReason::InvalidClaim
-    );
-    let mut no_exp = payload;
-    no_exp.as_object_mut().expect("object").remove("exp");
-    let signed = message(
-        &Signer::ed25519(1),
-        "current",
-        Some(REVOCATION_TYPE),
-        &no_exp,
-    );
-    assert_eq!(
-        reason(verify_revocation(&signed, NOW, &ring, &policy)),
-        DenyReason::MissingClaim
-    );
+    let changed = |field: &str, value: Option<Value>| {
+        let mut payload = message_payload();
+        match value {
+            Some(value) => payload[field] = value,
+            None => drop(payload.as_object_mut().expect("object").remove(field)),
+        }
+        payload
+    };
+    let cases = [
+        // Signed by a key the edge does not hold, under a kid it does.
+        (9, message_payload(), DenyReason::BadSignature),
+        // Another issuer's message, correctly signed.
+        (
+            1,
+            changed("iss", Some(json!("https://evil.example"))),
+            DenyReason::IssuerNotAllowed,
+        ),
+        // A jti that could not be a deny-list key.
+        (
+            1,
+            changed("jti", Some(json!("a b"))),
+            DenyReason::InvalidClaim,
+        ),
+        (1, changed("exp", None), DenyReason::MissingClaim),
+    ];
+    for (seed, payload, expected) in cases {
+        let signed = message(
+            &Signer::ed25519(seed),
+            "current",
+            Some(REVOCATION_TYPE),
+            &payload,
+        );
+        assert_eq!(
+            reason(verify_revocation(&signed, NOW, &ring, &policy)),
+            expected,
+            "{payload}"
+        );
+    }
     assert_eq!(
         reason(verify_revocation("not.a.jws", NOW, &ring, &policy)),
         DenyReason::MalformedToken
