@@ -442,6 +442,15 @@ impl Stack {
         false
     }
 
+    /// Asserts that the Worker logs `needle` within five seconds.
+    pub async fn expect_worker_log(&self, needle: &str) {
+        assert!(
+            self.worker_logs(needle).await,
+            "no {needle} in:\n{}",
+            self.worker_log()
+        );
+    }
+
     /// What the Worker logged so far.
     pub fn worker_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("worker.log")).unwrap_or_default()

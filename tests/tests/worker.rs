@@ -167,11 +167,7 @@ async fn a_lost_push_is_repaired_by_the_cron_pull() {
     );
     // The cursor moved: a second pull stores nothing again.
     stack.run_cron().await;
-    assert!(
-        stack.worker_logs("\"stored\":0").await,
-        "{}",
-        stack.worker_log()
-    );
+    stack.expect_worker_log("\"stored\":0").await;
 }
 
 #[tokio::test]
@@ -208,7 +204,7 @@ async fn a_key_rotation_is_picked_up_without_restarting_the_worker() {
     // The new kid is unknown to the Worker's cached keys: one refetch, then accepted.
     let answer = stack.get("/orders", Some(&after)).await;
     assert_eq!(answer.status, 200, "{:?}", answer.json);
-    assert!(stack.worker_logs(&new_kid).await, "{}", stack.worker_log());
+    stack.expect_worker_log(&new_kid).await;
     // Tokens signed with the previous key still pass.
     assert_eq!(stack.get("/orders", Some(&before)).await.status, 200);
 }
@@ -233,11 +229,7 @@ async fn cached_keys_outlive_a_jwks_outage() {
         assert_eq!(answer.status, 200, "{:?}", answer.json);
     }
     // The refetches were tried and failed: the stale keys were served on purpose.
-    assert!(
-        stack.worker_logs("jwks_fetch_failed").await,
-        "{}",
-        stack.worker_log()
-    );
+    stack.expect_worker_log("jwks_fetch_failed").await;
 }
 
 #[tokio::test]

@@ -19,6 +19,16 @@ fn message(signer: &Signer, kid: &str, typ: Option<&str>, payload: &Value) -> St
     sign_raw(signer, &header.to_string(), &payload.to_string())
 }
 
+/// The usual message: the current key, the right type, the standard payload.
+fn good_message() -> String {
+    message(
+        &Signer::ed25519(1),
+        "current",
+        Some(REVOCATION_TYPE),
+        &message_payload(),
+    )
+}
+
 fn reason(result: Result<Revocation, RevocationError>) -> DenyReason {
     match result {
         Err(RevocationError::Invalid(denial)) => denial.reason,
@@ -30,12 +40,7 @@ fn reason(result: Result<Revocation, RevocationError>) -> DenyReason {
 fn a_message_signed_with_a_published_key_is_accepted() {
     let policy = policy("");
     let ring = standard_ring(&policy);
-    let signed = message(
-        &Signer::ed25519(1),
-        "current",
-        Some(REVOCATION_TYPE),
-        &message_payload(),
-    );
+    let signed = good_message();
     assert_eq!(
         verify_revocation(&signed, NOW, &ring, &policy),
         Ok(Revocation {
@@ -134,12 +139,7 @@ fn messages_and_access_tokens_are_never_confused() {
 fn a_message_about_an_expired_token_has_nothing_to_store() {
     let policy = policy(r#","leeway_seconds":30"#);
     let ring = standard_ring(&policy);
-    let signed = message(
-        &Signer::ed25519(1),
-        "current",
-        Some(REVOCATION_TYPE),
-        &message_payload(),
-    );
+    let signed = good_message();
     // Within the leeway the token could still pass, so the revocation still matters.
     assert!(verify_revocation(&signed, NOW + 840 + 29, &ring, &policy).is_ok());
     assert_eq!(
