@@ -165,15 +165,19 @@ fn unreachable_response() -> Response {
 async fn fetch(
     request: web_sys::Request,
     env: Env,
-    _ctx: Context,
+    ctx: Context,
 ) -> worker::Result<web_sys::Response> {
-    match handle(request, &env).await {
+    match handle(request, &env, &ctx).await {
         Ok(response) => Ok(response),
         Err(e) => Ok(internal_error("fetch", &e).into()),
     }
 }
 
-async fn handle(request: web_sys::Request, env: &Env) -> worker::Result<web_sys::Response> {
+async fn handle(
+    request: web_sys::Request,
+    env: &Env,
+    ctx: &Context,
+) -> worker::Result<web_sys::Response> {
     let settings = match with_isolate(env, |i| i.settings.clone()) {
         Ok(settings) => settings,
         Err(problem) => return Ok(internal_error("configuration", &problem).into()),
@@ -188,7 +192,7 @@ async fn handle(request: web_sys::Request, env: &Env) -> worker::Result<web_sys:
             .map(Into::into);
     }
     let now = now_seconds();
-    let mut keys = current_keys(env, &settings, now, false).await;
+    let mut keys = keys_for_request(env, &settings, now, ctx).await;
     let request_headers = Headers(request.headers());
     let headers = RequestHeaders(&request_headers);
     let method = request.method();
@@ -429,6 +433,30 @@ fn listed(revoked: bool) -> DenyListStatus {
     } else {
         DenyListStatus::NotListed
     }
+}
+
+/// The keys for this request. Keys past freshness but still usable answer at once while their
+/// refresh runs after the response (`waitUntil`), so key expiry never adds a JWKS round trip to a
+/// request; only an isolate with no usable keys waits for the fetch.
+async fn keys_for_request(
+    env: &Env,
+    settings: &Rc<Settings>,
+    now: i64,
+    ctx: &Context,
+) -> Option<Rc<KeyRing>> {
+    let usable = with_isolate(env, |i| i.keys.usable(now, settings.keys_max_stale));
+    if usable.is_none() {
+        return current_keys(env, settings, now, false).await;
+    }
+    if with_isolate(env, |i| {
+        i.keys.fetch_due(now, settings.keys_refetch_interval)
+    }) {
+        let (env, settings) = (env.clone(), settings.clone());
+        ctx.wait_until(async move {
+            current_keys(&env, &settings, now, false).await;
+        });
+    }
+    usable
 }
 
 /// The keys to verify with at `now`, fetching first when they are due (or, with `force`, when an
