@@ -198,7 +198,6 @@ pub struct SignatureCheck {
     prepared: Prepared,
     route: Option<usize>,
     digest: Option<TokenDigest>,
-    public_key: Option<PublicKey>,
 }
 
 impl SignatureCheck {
@@ -212,10 +211,11 @@ impl SignatureCheck {
         &self.prepared.key_thumbprint
     }
 
-    /// That key's public material; `None` for HMAC, which only the core verifies
-    /// ([`SignatureCheck::verify_here`]).
-    pub fn public_key(&self) -> Option<&PublicKey> {
-        self.public_key.as_ref()
+    /// That key's public material, read from `keys` when the host needs it (once per key, to
+    /// import it); `None` for HMAC, which only the core verifies ([`SignatureCheck::verify_here`]),
+    /// or when `keys` no longer holds the key.
+    pub fn public_key(&self, keys: &KeyRing) -> Option<PublicKey> {
+        self.prepared.ring_key(keys).and_then(|k| k.public_key())
     }
 
     /// The bytes the signature covers (`header.payload` as received).
@@ -298,16 +298,10 @@ pub fn authorize_deferred<H: Headers + ?Sized>(
         Ok(prepared) => prepared,
         Err(denial) => return decided(Step::Done(Verdict::Deny(denial))),
     };
-    let public_key = keys
-        .keys()
-        .iter()
-        .find(|k| k.thumbprint() == &prepared.key_thumbprint)
-        .and_then(|k| k.public_key());
     Deferred::VerifySignature(SignatureCheck {
         prepared,
         route: route.and_then(|r| policy.routes.iter().position(|x| core::ptr::eq(x, r))),
         digest,
-        public_key,
     })
 }
 

@@ -190,14 +190,14 @@ impl Prepared {
     /// Verifies the signature with the core's own implementations, against the key in `keys`
     /// with the thumbprint chosen at preparation (none: invalid).
     pub(crate) fn verify_here(&self, keys: &KeyRing) -> bool {
-        let Some(key) = keys
-            .keys()
+        self.ring_key(keys).is_some_and(|key| self.verify_with(key))
+    }
+
+    /// The key chosen at preparation, if `keys` still holds it.
+    pub(crate) fn ring_key<'k>(&self, keys: &'k KeyRing) -> Option<&'k crate::key_ring::RingKey> {
+        keys.keys()
             .iter()
             .find(|k| k.thumbprint() == &self.key_thumbprint)
-        else {
-            return false;
-        };
-        self.verify_with(key)
     }
 
     /// The bytes the signature covers.

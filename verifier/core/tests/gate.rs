@@ -539,7 +539,7 @@ fn cache_hit_needs_the_same_key_for_the_same_kid() {
 /// A host that verifies signatures itself, as the Worker does with WebCrypto: here with
 /// jwt-compact's algorithms, over keys rebuilt from nothing but [`PublicKey`], so the exported
 /// material is checked too.
-fn host_verifies(check: &SignatureCheck) -> bool {
+fn host_verifies(check: &SignatureCheck, ring: &KeyRing) -> bool {
     use jwt_compact::{
         alg::{Ed25519, Es256, Rsa, RsaPublicKey, VerifyingKey as _},
         AlgorithmSignature as _,
@@ -553,7 +553,7 @@ fn host_verifies(check: &SignatureCheck) -> bool {
         A::Signature::try_from_slice(signature).is_ok_and(|s| alg.verify_signature(&s, key, input))
     }
     let (sig, input) = (check.signature(), check.signing_input());
-    match (check.public_key(), check.algorithm()) {
+    match (check.public_key(ring).as_ref(), check.algorithm()) {
         (Some(PublicKey::Ed25519(raw)), Algorithm::EdDsa) => {
             let key = <Ed25519 as jwt_compact::Algorithm>::VerifyingKey::from_slice(raw)
                 .expect("32-byte key");
@@ -629,7 +629,7 @@ fn host_verified_signatures_give_the_same_verdicts() {
                 {
                     Deferred::Decided(step) => step,
                     Deferred::VerifySignature(check) => {
-                        let valid = host_verifies(&check);
+                        let valid = host_verifies(&check, &ring);
                         assert_eq!(valid, check.verify_here(&ring), "{token:.40}");
                         check.finish(valid, now, &edge.policy, &mut edge.cache)
                     }

@@ -281,18 +281,24 @@ async fn decide(
         Deferred::Decided(step) => return step,
         Deferred::VerifySignature(check) => check,
     };
-    let valid = match verify_natively(env, &check).await {
-        Ok(valid) => valid,
-        // WebCrypto could not take the key or algorithm (HMAC, an import error): the core's own
-        // implementation gives the same answer, only slower.
-        Err(error) => {
-            if check.public_key().is_some() {
+    // The core asks for a signature only once it has selected a key from `keys`.
+    let Some(keys) = keys else {
+        return Step::Done(Verdict::Deny(DenyReason::KeysUnavailable.into()));
+    };
+    // HMAC secrets never leave the core; any other key goes to WebCrypto. If WebCrypto cannot
+    // take it (an import error), the core's own implementation gives the same answer, slower.
+    let valid = if check.algorithm().is_symmetric() {
+        check.verify_here(keys)
+    } else {
+        match verify_natively(env, &check, keys).await {
+            Ok(valid) => valid,
+            Err(error) => {
                 console_error!(
                     "{}",
                     json!({"event": "webcrypto_unavailable", "error": error})
                 );
+                check.verify_here(keys)
             }
-            keys.is_some_and(|keys| check.verify_here(keys))
         }
     };
     with_isolate(env, |i| {
@@ -300,19 +306,26 @@ async fn decide(
     })
 }
 
-async fn verify_natively(env: &Env, check: &SignatureCheck) -> Result<bool, String> {
+async fn verify_natively(
+    env: &Env,
+    check: &SignatureCheck,
+    keys: &KeyRing,
+) -> Result<bool, String> {
     let id = (*check.key_thumbprint(), check.algorithm());
-    let key = webcrypto::key_for(check, || {
-        with_isolate(env, |i| i.crypto_keys.get(&id).cloned())
-    })
-    .await?;
-    with_isolate(env, |i| {
-        // A rotation's worth of keys at most: past that, old imports are dropped.
-        if i.crypto_keys.len() > 16 {
-            i.crypto_keys.clear();
+    let key = match with_isolate(env, |i| i.crypto_keys.get(&id).cloned()) {
+        Some(key) => key,
+        None => {
+            let key = webcrypto::import(check, keys).await?;
+            with_isolate(env, |i| {
+                // A rotation's worth of keys at most: past that, old imports are dropped.
+                if i.crypto_keys.len() >= 16 {
+                    i.crypto_keys.clear();
+                }
+                i.crypto_keys.insert(id, key.clone());
+            });
+            key
         }
-        i.crypto_keys.entry(id).or_insert_with(|| key.clone());
-    });
+    };
     webcrypto::verify(check, &key).await
 }
 

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use base64ct::{Base64UrlUnpadded, Encoding as _};
-use edgeauth_core::{Algorithm, PublicKey, SignatureCheck, Thumbprint};
+use edgeauth_core::{Algorithm, KeyRing, PublicKey, SignatureCheck, Thumbprint};
 use web_sys::{CryptoKey, SubtleCrypto, WorkerGlobalScope};
 use worker::{
     js_sys::{self, Array, Object, Reflect, Uint8Array},
@@ -73,7 +73,7 @@ fn parameters(alg: Algorithm) -> Result<Object, String> {
     }
 }
 
-async fn import(
+async fn import_key(
     subtle: &SubtleCrypto,
     key: &PublicKey,
     alg: Algorithm,
@@ -105,18 +105,12 @@ async fn import(
         .map_err(|_| "importKey gave no CryptoKey".to_string())
 }
 
-/// The key to verify `check` with: imported once per isolate.
-pub async fn key_for(
-    check: &SignatureCheck,
-    imported: impl Fn() -> Option<CryptoKey>,
-) -> Result<CryptoKey, String> {
-    if let Some(key) = imported() {
-        return Ok(key);
-    }
+/// Imports the key that must verify `check` (the caller keeps it for the isolate).
+pub async fn import(check: &SignatureCheck, keys: &KeyRing) -> Result<CryptoKey, String> {
     let public = check
-        .public_key()
-        .ok_or_else(|| "the key has no public form (HMAC)".to_string())?;
-    import(&subtle()?, public, check.algorithm()).await
+        .public_key(keys)
+        .ok_or_else(|| "the key has no public form or left the ring".to_string())?;
+    import_key(&subtle()?, &public, check.algorithm()).await
 }
 
 /// Whether the signature verifies under `key`.
