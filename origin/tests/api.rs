@@ -552,6 +552,10 @@ async fn dynamodb_down_is_503_with_retry_after_never_500() {
 }
 
 impl Origin {
+    async fn patch_me(&self, token: &str, body: Value) -> Reply {
+        self.with_bearer("PATCH", "/v1/me", token, Some(body)).await
+    }
+
     async fn with_bearer(
         &self,
         method: &str,
@@ -588,14 +592,7 @@ async fn me_reads_and_updates_only_the_callers_own_profile() {
     assert_eq!(r.body["email"], "leo@example.com");
     assert_eq!(r.body["display_name"], Value::Null);
 
-    let r = o
-        .with_bearer(
-            "PATCH",
-            "/v1/me",
-            &token,
-            Some(json!({"display_name": "  Leo  "})),
-        )
-        .await;
+    let r = o.patch_me(&token, json!({"display_name": "  Leo  "})).await;
     assert_eq!(
         (r.status, r.body["display_name"].as_str()),
         (StatusCode::OK, Some("Leo"))
@@ -604,34 +601,18 @@ async fn me_reads_and_updates_only_the_callers_own_profile() {
         o.with_bearer("GET", "/v1/me", &token, None).await.body["display_name"],
         "Leo"
     );
-    let r = o
-        .with_bearer(
-            "PATCH",
-            "/v1/me",
-            &token,
-            Some(json!({"display_name": null})),
-        )
-        .await;
+    let r = o.patch_me(&token, json!({"display_name": null})).await;
     assert_eq!(r.body["display_name"], Value::Null);
 
     // The id comes from the token alone: a body naming another user is refused, not obeyed.
     let r = o
-        .with_bearer(
-            "PATCH",
-            "/v1/me",
+        .patch_me(
             &token,
-            Some(json!({"display_name": "x", "user_id": uuid::Uuid::new_v4()})),
+            json!({"display_name": "x", "user_id": uuid::Uuid::new_v4()}),
         )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    let r = o
-        .with_bearer(
-            "PATCH",
-            "/v1/me",
-            &token,
-            Some(json!({"display_name": "a\u{0}b"})),
-        )
-        .await;
+    let r = o.patch_me(&token, json!({"display_name": "a\u{0}b"})).await;
     assert_eq!(
         (r.status, r.body["field"].as_str()),
         (StatusCode::BAD_REQUEST, Some("display_name"))
@@ -825,14 +806,7 @@ async fn profiles_are_cached_aside_and_invalidated_by_patch() {
         "served from the cache"
     );
     // A PATCH through the API invalidates, so the next read is fresh.
-    let r = o
-        .with_bearer(
-            "PATCH",
-            "/v1/me",
-            &token,
-            Some(json!({"display_name": "Pia"})),
-        )
-        .await;
+    let r = o.patch_me(&token, json!({"display_name": "Pia"})).await;
     assert_eq!(r.body["display_name"], "Pia");
     let fresh = o.with_bearer("GET", "/v1/me", &token, None).await;
     assert_eq!(fresh.body["display_name"], "Pia");
@@ -853,14 +827,7 @@ async fn a_dead_profile_cache_never_fails_a_request() {
         o.with_bearer("GET", "/v1/me", &token, None).await.status,
         StatusCode::OK
     );
-    let r = o
-        .with_bearer(
-            "PATCH",
-            "/v1/me",
-            &token,
-            Some(json!({"display_name": "Quinn"})),
-        )
-        .await;
+    let r = o.patch_me(&token, json!({"display_name": "Quinn"})).await;
     assert_eq!(
         (r.status, r.body["display_name"].as_str()),
         (StatusCode::OK, Some("Quinn"))

@@ -390,7 +390,7 @@ impl Stack {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        Answer::from(request.send().await.expect("the Worker answers")).await
+        send(request).await
     }
 
     /// Fires the Worker's Cron Trigger once (wrangler's `/__scheduled`).
