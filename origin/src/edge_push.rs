@@ -38,7 +38,9 @@ pub enum EdgePushError {
 #[derive(Clone, Debug)]
 pub struct EdgePush {
     urls: Arc<Vec<Uri>>,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Built only when there is somewhere to push: loading the system's root certificates is
+    /// start-up work (and a start-up failure) an origin without edges should not have.
+    client: Option<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>,
 }
 
 impl EdgePush {
@@ -54,20 +56,28 @@ impl EdgePush {
                     .ok_or_else(|| EdgePushError::InvalidUrl(url.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-            .map_err(EdgePushError::Roots)?
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let client = if urls.is_empty() {
+            None
+        } else {
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
+                .map_err(EdgePushError::Roots)?
+                .https_or_http()
+                .enable_http1()
+                .build();
+            Some(Client::builder(TokioExecutor::new()).build(connector))
+        };
         Ok(Self {
             urls: Arc::new(urls),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client,
         })
     }
 
     /// Sends `entry` to every edge in the background; outcomes are logged, never awaited.
     pub fn push(&self, entry: &FeedEntry) {
+        let Some(client) = &self.client else {
+            return;
+        };
         for url in self.urls.iter() {
             let request = Request::builder()
                 .method(Method::POST)
@@ -77,7 +87,7 @@ impl EdgePush {
             let Ok(request) = request else {
                 continue;
             };
-            let (client, url, seq) = (self.client.clone(), url.clone(), entry.seq);
+            let (client, url, seq) = (client.clone(), url.clone(), entry.seq);
             tokio::spawn(async move {
                 match tokio::time::timeout(PUSH_TIMEOUT, client.request(request)).await {
                     Ok(Ok(response)) if response.status().is_success() => {
