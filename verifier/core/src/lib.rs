@@ -45,6 +45,7 @@ mod cache;
 mod config;
 mod extract;
 mod gate;
+mod key_cache;
 mod key_ring;
 mod revocation;
 mod rules;
@@ -60,6 +61,7 @@ pub use gate::{
     authorize, authorize_deferred, Deferred, DenyListStatus, Request, RevocationAnswer,
     RevocationCheck, SignatureCheck, Step, WatermarkStatus,
 };
+pub use key_cache::{freshness_seconds, KeyCache};
 pub use key_ring::{
     thumbprint_hex, JwksError, KeyRing, PublicKey, RingKey, SkipReason, SkippedKey, Thumbprint,
 };

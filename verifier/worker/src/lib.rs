@@ -16,9 +16,9 @@
 use std::{cell::RefCell, rc::Rc, time::Duration};
 
 use edgeauth_core::{
-    authorize_deferred, verify_revocation, Allowed, Deferred, Denial, DenyListStatus, DenyReason,
-    KeyRing, RevocationAnswer, RevocationCheck, RevocationError, SignatureCheck, Step, TokenCache,
-    Verdict, WatermarkStatus,
+    authorize_deferred, freshness_seconds, verify_revocation, Allowed, Deferred, Denial,
+    DenyListStatus, DenyReason, KeyCache, KeyRing, RevocationAnswer, RevocationCheck,
+    RevocationError, SignatureCheck, Step, TokenCache, Verdict, WatermarkStatus,
 };
 use futures_util::future::{select, Either};
 use serde_json::json;
@@ -29,12 +29,10 @@ use worker::{
 };
 
 pub mod deny_cache;
-pub mod key_cache;
 pub mod settings;
 mod webcrypto;
 
 use deny_cache::DenyCache;
-use key_cache::{freshness_seconds, KeyCache};
 use settings::Settings;
 
 /// Where the origin pushes signed revocations. Reachable from anywhere: only a message signed

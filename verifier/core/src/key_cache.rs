@@ -1,18 +1,20 @@
-//! When to fetch the origin's JWKS, and which keys to verify with meanwhile.
+//! When a host fetches the origin's JWKS, and which keys it verifies with meanwhile. Pure
+//! bookkeeping over `now`: the host does the fetching (Workers `fetch`, Envoy
+//! `dispatch_http_call`).
 //!
 //! Keys are fresh for the time the JWKS answer's `Cache-Control` allows. Past that, a fetch is
-//! due; if it fails, the last good keys keep serving for up to `KEYS_MAX_STALE` more, so an origin
-//! outage does not become an API outage, and the fetch is retried once per
-//! `KEYS_REFETCH_INTERVAL`. A token with an unknown `kid` forces a refetch, so a key rotation at
+//! due; if it fails, the last good keys keep serving for up to a configured maximum staleness, so
+//! an origin outage does not become an API outage, and the fetch is retried once per refetch
+//! interval. A token with an unknown `kid` forces a refetch, so a key rotation at
 //! the origin is picked up at once rather than when the cache expires (Envoy's jwt_authn waits
 //! for expiry); forced refetches too happen at most once per interval, counted on their own, so a
-//! flood of made-up `kid`s cannot turn the Worker into a load generator against the origin.
+//! flood of made-up `kid`s cannot turn an edge into a load generator against the origin.
 
-use std::rc::Rc;
+use alloc::{rc::Rc, string::ToString};
 
-use edgeauth_core::KeyRing;
+use crate::key_ring::KeyRing;
 
-/// The isolate's keys and the bookkeeping that decides when to fetch again.
+/// A host's keys and the bookkeeping that decides when to fetch again.
 #[derive(Debug, Default)]
 pub struct KeyCache {
     ring: Option<Rc<KeyRing>>,
@@ -63,7 +65,7 @@ impl KeyCache {
 
 /// Seconds a JWKS answer stays fresh, from its `Cache-Control`: `s-maxage` (the directive for
 /// shared caches, which an edge is) over `max-age`; `no-store` and `no-cache` mean zero. `None`
-/// when it says nothing, and the Worker's default applies. Capped at a day: a typo at the origin
+/// when it says nothing, and the host's default applies. Capped at a day: a typo at the origin
 /// must not pin keys for a year.
 pub fn freshness_seconds(cache_control: Option<&str>) -> Option<u32> {
     const CAP: u32 = 86_400;
@@ -94,7 +96,7 @@ pub fn freshness_seconds(cache_control: Option<&str>) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgeauth_core::Policy;
+    use crate::config::Policy;
 
     fn ring() -> Rc<KeyRing> {
         let policy = Policy::from_json(r#"{"issuers":["https://a.example"],"audiences":["api"]}"#)
