@@ -1,0 +1,807 @@
+//! The proxy-wasm glue: a [`Root`] per VM that owns the configuration, the fetcher election and
+//! the calls to the origin, and an [`Exchange`] per request that asks the core for a verdict and
+//! applies it. Every decision is `edgeauth-core`'s.
+//!
+//! Host calls go through `proxy_wasm::hostcalls`, whose `Result`s are handled here, never through
+//! the SDK's trait helpers, which `unwrap` (a trap takes the VM, and every request on that worker
+//! thread with it).
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    rc::Rc,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use edgeauth_core::{
+    authorize, freshness_seconds, verify_revocation, Allowed, Denial, DenyReason, KeyCache,
+    KeyRing, Request, RevocationAnswer, RevocationError, Step, TokenCache, Verdict,
+    WatermarkStatus,
+};
+use proxy_wasm::{
+    hostcalls,
+    traits::{Context, HttpContext, RootContext},
+    types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType},
+};
+
+use crate::{
+    settings::{OriginRoute, Settings},
+    shared::{self, decode_version, DenyList, KeysRecord, Lease, LEASE_SECONDS},
+};
+
+/// How often every VM wakes: to sync keys and revocations from shared data, and (the fetcher)
+/// to fetch.
+const TICK: Duration = Duration::from_secs(1);
+/// Largest JWKS read.
+const MAX_JWKS_BYTES: usize = 64 * 1024;
+/// Largest feed page read.
+const MAX_FEED_BYTES: usize = 1024 * 1024;
+/// Feed entries asked for per call; a full page is followed by the next one at once.
+const FEED_PAGE: usize = 100;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::new()) });
+}}
+
+/// Seconds since the epoch from the host, or `None`: without a clock no token can be judged,
+/// and guessing one would fail open.
+fn now() -> Option<i64> {
+    let time = hostcalls::get_current_time().ok()?;
+    let seconds = time.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    i64::try_from(seconds).ok()
+}
+
+fn log(level: LogLevel, line: serde_json::Value) {
+    let _ = hostcalls::log(level, &line.to_string());
+}
+
+fn counter(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Counter, name).ok()
+}
+
+fn gauge(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Gauge, name).ok()
+}
+
+fn bump(metric: Option<u32>, by: u64) {
+    if let (Some(id), Ok(by)) = (metric, i64::try_from(by)) {
+        if by > 0 {
+            let _ = hostcalls::increment_metric(id, by);
+        }
+    }
+}
+
+fn record(metric: Option<u32>, value: i64) {
+    if let Some(id) = metric {
+        let _ = hostcalls::record_metric(id, u64::try_from(value).unwrap_or(0));
+    }
+}
+
+/// The filter's metrics. Envoy exposes them as `wasmcustom.edgeauth.*`; every VM defines the
+/// same names, so counters add up across worker threads.
+#[derive(Debug)]
+struct Metrics {
+    allowed: Option<u32>,
+    denied: Option<u32>,
+    denied_by_reason: HashMap<&'static str, Option<u32>>,
+    token_cache_hits: Option<u32>,
+    token_cache_misses: Option<u32>,
+    jwks_fetch_success: Option<u32>,
+    jwks_fetch_failure: Option<u32>,
+    feed_read_success: Option<u32>,
+    feed_read_failure: Option<u32>,
+    feed_lag_seconds: Option<u32>,
+    revoked_tokens: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        Self {
+            allowed: counter("edgeauth.allowed"),
+            denied: counter("edgeauth.denied"),
+            denied_by_reason: HashMap::new(),
+            token_cache_hits: counter("edgeauth.token_cache.hits"),
+            token_cache_misses: counter("edgeauth.token_cache.misses"),
+            jwks_fetch_success: counter("edgeauth.jwks_fetch.success"),
+            jwks_fetch_failure: counter("edgeauth.jwks_fetch.failure"),
+            feed_read_success: counter("edgeauth.revocation_feed.success"),
+            feed_read_failure: counter("edgeauth.revocation_feed.failure"),
+            feed_lag_seconds: gauge("edgeauth.revocation_feed.lag_seconds"),
+            revoked_tokens: gauge("edgeauth.revocation_feed.revoked_tokens"),
+        }
+    }
+
+    fn count_denial(&mut self, reason: DenyReason) {
+        bump(self.denied, 1);
+        let code = reason.code();
+        let id = *self
+            .denied_by_reason
+            .entry(code)
+            .or_insert_with(|| counter(&format!("edgeauth.denied.{code}")));
+        bump(id, 1);
+    }
+}
+
+/// What one VM keeps: configuration, its copies of the shared keys and deny-list, its
+/// verified-token cache. Shared by the VM's root context and its requests (one thread).
+#[derive(Debug)]
+struct Vm {
+    settings: Settings,
+    shared: shared::Keys,
+    keys: KeyCache,
+    keys_version: u64,
+    deny_list: DenyList,
+    deny_list_version: u64,
+    tokens: TokenCache,
+    metrics: Metrics,
+}
+
+impl Vm {
+    /// Copies the keys and the deny-list from shared data if another VM changed them.
+    fn sync(&mut self) {
+        let version = shared_version(&self.shared.keys_version);
+        if version != self.keys_version {
+            if let Ok((Some(bytes), _)) = hostcalls::get_shared_data(&self.shared.keys) {
+                if let Some(record) = KeysRecord::decode(&bytes) {
+                    if let Ok((ring, _)) = KeyRing::from_jwks(&record.jwks, &self.settings.policy) {
+                        self.keys.store(Rc::new(ring), record.fresh_until);
+                    }
+                }
+            }
+            self.keys_version = version;
+        }
+        let version = shared_version(&self.shared.deny_list_version);
+        if version != self.deny_list_version {
+            if let Ok((Some(bytes), _)) = hostcalls::get_shared_data(&self.shared.deny_list) {
+                if let Some(list) = DenyList::decode(&bytes) {
+                    self.deny_list = list;
+                }
+            }
+            self.deny_list_version = version;
+        }
+    }
+
+    fn usable_keys(&self, now: i64) -> Option<Rc<KeyRing>> {
+        self.keys.usable(now, self.settings.keys_max_stale)
+    }
+
+    /// Takes the answer to a JWKS call: on success the keys are this VM's at once and every
+    /// other VM's on its next tick.
+    fn accept_keys(&mut self, answer: &CallAnswer, now: i64) -> Result<usize, String> {
+        let result = self.parse_keys(answer, now);
+        match &result {
+            Ok(_) => bump(self.metrics.jwks_fetch_success, 1),
+            Err(error) => {
+                bump(self.metrics.jwks_fetch_failure, 1);
+                log(
+                    LogLevel::Warn,
+                    serde_json::json!({"event": "jwks_fetch_failed", "error": error}),
+                );
+            }
+        }
+        result
+    }
+
+    fn parse_keys(&mut self, answer: &CallAnswer, now: i64) -> Result<usize, String> {
+        let body = answer.body_if_ok(MAX_JWKS_BYTES)?;
+        let (ring, skipped) = KeyRing::from_jwks(body, &self.settings.policy)
+            .map_err(|e| format!("unusable JWKS: {e}"))?;
+        for key in skipped {
+            log(
+                LogLevel::Warn,
+                serde_json::json!({"event": "jwks_key_skipped", "kid": key.kid, "reason": format!("{:?}", key.reason)}),
+            );
+        }
+        let max_age = freshness_seconds(answer.cache_control.as_deref())
+            .unwrap_or(self.settings.keys_default_max_age);
+        let fresh_until = now.saturating_add(i64::from(max_age));
+        let record = KeysRecord {
+            fresh_until,
+            jwks: body.to_vec(),
+        };
+        publish(
+            &self.shared.keys,
+            &self.shared.keys_version,
+            &record.encode(),
+            None,
+        )
+        .map_err(|()| "shared data refused the key set".to_string())?;
+        let count = ring.keys().len();
+        self.keys.store(Rc::new(ring), fresh_until);
+        self.keys_version = shared_version(&self.shared.keys_version);
+        Ok(count)
+    }
+
+    /// Claims the shared right to refetch the JWKS for an unknown `kid`: at most once per
+    /// `keys_refetch_interval` across every VM, so made-up `kid`s cannot flood the origin.
+    fn claim_forced_fetch(&mut self, now: i64) -> bool {
+        let Ok((last, cas)) = hostcalls::get_shared_data(&self.shared.forced_fetch) else {
+            return false;
+        };
+        let last = decode_version(last.as_deref());
+        let interval = i64::from(self.settings.keys_refetch_interval);
+        if now.saturating_sub(i64::try_from(last).unwrap_or(0)) < interval {
+            return false;
+        }
+        let claimed = hostcalls::set_shared_data(
+            &self.shared.forced_fetch,
+            Some(now.to_string().as_bytes()),
+            cas,
+        )
+        .is_ok();
+        if claimed {
+            self.keys.attempted(now, true);
+        }
+        claimed
+    }
+}
+
+/// The version stored under `key`; 0 when there is none.
+fn shared_version(key: &str) -> u64 {
+    match hostcalls::get_shared_data(key) {
+        Ok((value, _)) => decode_version(value.as_deref()),
+        Err(_) => 0,
+    }
+}
+
+/// Writes a record (with `cas` if given), then bumps its version.
+fn publish(key: &str, version_key: &str, value: &[u8], cas: Option<u32>) -> Result<(), ()> {
+    hostcalls::set_shared_data(key, Some(value), cas).map_err(|_| ())?;
+    let next = shared_version(version_key).wrapping_add(1).to_string();
+    hostcalls::set_shared_data(version_key, Some(next.as_bytes()), None).map_err(|_| ())
+}
+
+/// A finished call to the origin, read from the host.
+#[derive(Debug)]
+struct CallAnswer {
+    status: Option<u16>,
+    cache_control: Option<String>,
+    body: Result<Vec<u8>, String>,
+}
+
+impl CallAnswer {
+    /// Reads the current call answer; a body over `max` is an error, not a truncation.
+    fn read(body_size: usize, max: usize) -> Self {
+        let header = |name: &str| {
+            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
+                .ok()
+                .flatten()
+                .and_then(|v| String::from_utf8(v).ok())
+        };
+        let body = if body_size > max {
+            Err(format!("the answer is over {max} bytes"))
+        } else if body_size == 0 {
+            Ok(Vec::new())
+        } else {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .map(Option::unwrap_or_default)
+                .map_err(|status| format!("the body could not be read: {status:?}"))
+        };
+        Self {
+            status: header(":status").and_then(|s| s.parse().ok()),
+            cache_control: header("cache-control"),
+            body,
+        }
+    }
+
+    fn body_if_ok(&self, max: usize) -> Result<&[u8], String> {
+        match self.status {
+            Some(200) => {}
+            Some(status) => return Err(format!("the origin answered {status}")),
+            // No `:status`: the call failed (no connection, timeout, reset).
+            None => return Err("the call failed".to_string()),
+        }
+        let body = self.body.as_deref().map_err(Clone::clone)?;
+        if body.len() > max {
+            return Err(format!("the answer is over {max} bytes"));
+        }
+        Ok(body)
+    }
+}
+
+/// Starts a GET to the origin; `None` if the host refuses (an unknown cluster, say).
+fn call_origin(route: &OriginRoute, path: &str, timeout_ms: u32) -> Option<u32> {
+    let result = hostcalls::dispatch_http_call(
+        &route.cluster,
+        vec![
+            (":method", "GET"),
+            (":path", path),
+            (":authority", &route.authority),
+            ("accept", "application/json"),
+        ],
+        None,
+        vec![],
+        Duration::from_millis(u64::from(timeout_ms)),
+    );
+    match result {
+        Ok(token) => Some(token),
+        Err(status) => {
+            log(
+                LogLevel::Error,
+                serde_json::json!({"event": "call_refused", "cluster": route.cluster, "status": format!("{status:?}")}),
+            );
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Keys,
+    Feed,
+}
+
+/// One per VM: configuration, the fetcher election, the scheduled calls.
+struct Root {
+    vm: Option<Rc<RefCell<Vm>>>,
+    /// This VM's identity in the election.
+    me: u64,
+    calls: HashMap<u32, Call>,
+    last_feed_call: Option<i64>,
+}
+
+impl Root {
+    fn new() -> Self {
+        let mut bytes = [0u8; 8];
+        // Without randomness two VMs could share an identity and both fetch; that costs the
+        // origin a duplicate call, never a wrong verdict, so a failure is not fatal.
+        let _ = getrandom::fill(&mut bytes);
+        Self {
+            vm: None,
+            me: u64::from_le_bytes(bytes),
+            calls: HashMap::new(),
+            last_feed_call: None,
+        }
+    }
+
+    /// Takes or renews the fetcher lease. Two VMs that find the key absent may both write it;
+    /// the later write wins and the other steps down at its next tick.
+    fn is_fetcher(&self, keys: &shared::Keys, now: i64) -> bool {
+        let Ok((current, cas)) = hostcalls::get_shared_data(&keys.fetcher) else {
+            return false;
+        };
+        if !Lease::may_take(current.as_deref(), self.me, now) {
+            return false;
+        }
+        let lease = Lease {
+            owner: self.me,
+            until: now + LEASE_SECONDS,
+        };
+        hostcalls::set_shared_data(&keys.fetcher, Some(&lease.encode()), cas).is_ok()
+    }
+
+    fn calling(&self, call: Call) -> bool {
+        self.calls.values().any(|c| *c == call)
+    }
+
+    fn fetch(&mut self, vm: &mut Vm, now: i64) {
+        let settings = &vm.settings;
+        if !self.calling(Call::Keys) && vm.keys.fetch_due(now, settings.keys_refetch_interval) {
+            if let Some(token) = call_origin(
+                &settings.jwks,
+                &settings.jwks.path,
+                settings.fetch_timeout_ms,
+            ) {
+                self.calls.insert(token, Call::Keys);
+            }
+            vm.keys.attempted(now, false);
+        }
+        let feed_due = self
+            .last_feed_call
+            .is_none_or(|at| now.saturating_sub(at) >= i64::from(settings.feed_poll));
+        if feed_due && !self.calling(Call::Feed) && vm.usable_keys(now).is_some() {
+            self.poll_feed(vm, now);
+        }
+        let since = match vm.deny_list.read_at {
+            0 => 0,
+            at => now.saturating_sub(at),
+        };
+        record(vm.metrics.feed_lag_seconds, since);
+        record(
+            vm.metrics.revoked_tokens,
+            i64::try_from(vm.deny_list.revoked.len()).unwrap_or(i64::MAX),
+        );
+    }
+
+    fn poll_feed(&mut self, vm: &Vm, now: i64) {
+        let route = &vm.settings.revocation_feed;
+        let separator = if route.path.contains('?') { '&' } else { '?' };
+        let path = format!(
+            "{}{separator}after={}&limit={FEED_PAGE}",
+            route.path, vm.deny_list.cursor
+        );
+        if let Some(token) = call_origin(route, &path, vm.settings.fetch_timeout_ms) {
+            self.calls.insert(token, Call::Feed);
+        }
+        self.last_feed_call = Some(now);
+    }
+
+    /// Applies a feed page to the shared deny-list. Returns whether the page was full (more to
+    /// read at once).
+    fn apply_feed(&mut self, vm: &mut Vm, answer: &CallAnswer, now: i64) -> Result<bool, String> {
+        #[derive(serde::Deserialize)]
+        struct FeedPage {
+            entries: Vec<FeedEntry>,
+            next: u64,
+        }
+        #[derive(serde::Deserialize)]
+        struct FeedEntry {
+            seq: u64,
+            jws: String,
+        }
+        let body = answer.body_if_ok(MAX_FEED_BYTES)?;
+        let page: FeedPage =
+            serde_json::from_slice(body).map_err(|e| format!("not a feed page: {e}"))?;
+        let keys = vm
+            .usable_keys(now)
+            .ok_or_else(|| "no key set to check the feed with".to_string())?;
+        // Read-modify-write under compare-and-swap: a second fetcher's write is never lost.
+        let (stored, cas) = hostcalls::get_shared_data(&vm.shared.deny_list)
+            .map_err(|status| format!("shared data: {status:?}"))?;
+        let mut list = stored
+            .as_deref()
+            .and_then(DenyList::decode)
+            .unwrap_or_else(|| vm.deny_list.clone());
+        let full = page.entries.len() >= FEED_PAGE;
+        let mut finished = true;
+        for entry in &page.entries {
+            if entry.seq <= list.cursor {
+                continue;
+            }
+            match verify_revocation(&entry.jws, now, &keys, &vm.settings.policy) {
+                Ok(revocation) => {
+                    let until = revocation
+                        .expires_at
+                        .saturating_add(vm.settings.policy.leeway_seconds());
+                    list.insert(revocation.jti, until);
+                }
+                Err(RevocationError::Expired) => {}
+                Err(RevocationError::Invalid(denial))
+                    if denial.reason == DenyReason::UnknownKey && vm.claim_forced_fetch(now) =>
+                {
+                    // Signed with a key this edge has not seen yet: fetch keys, read this entry
+                    // again on the next poll.
+                    if let Some(token) = call_origin(
+                        &vm.settings.jwks,
+                        &vm.settings.jwks.path,
+                        vm.settings.fetch_timeout_ms,
+                    ) {
+                        self.calls.insert(token, Call::Keys);
+                    }
+                    finished = false;
+                    break;
+                }
+                Err(RevocationError::Invalid(denial)) => {
+                    // Not the origin's signature even with fresh keys: skipping it is all an
+                    // edge can do, and the operator hears of it.
+                    log(
+                        LogLevel::Error,
+                        serde_json::json!({"event": "feed_entry_rejected", "seq": entry.seq, "reason": denial.reason.code()}),
+                    );
+                }
+            }
+            list.cursor = list.cursor.max(entry.seq);
+        }
+        if finished {
+            list.cursor = list.cursor.max(page.next);
+        }
+        list.read_at = now;
+        list.prune(now);
+        publish(
+            &vm.shared.deny_list,
+            &vm.shared.deny_list_version,
+            &list.encode(),
+            cas,
+        )
+        .map_err(|()| "another VM wrote the deny-list first".to_string())?;
+        vm.deny_list = list;
+        vm.deny_list_version = shared_version(&vm.shared.deny_list_version);
+        Ok(full && finished)
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(call) = self.calls.remove(&token_id) else {
+            return;
+        };
+        let (Some(vm), Some(now)) = (self.vm.clone(), now()) else {
+            return;
+        };
+        let mut vm = vm.borrow_mut();
+        match call {
+            Call::Keys => {
+                let answer = CallAnswer::read(body_size, MAX_JWKS_BYTES);
+                let _ = vm.accept_keys(&answer, now);
+            }
+            Call::Feed => {
+                let answer = CallAnswer::read(body_size, MAX_FEED_BYTES);
+                match self.apply_feed(&mut vm, &answer, now) {
+                    Ok(more) => {
+                        bump(vm.metrics.feed_read_success, 1);
+                        if more {
+                            self.poll_feed(&vm, now);
+                        }
+                    }
+                    Err(error) => {
+                        bump(vm.metrics.feed_read_failure, 1);
+                        log(
+                            LogLevel::Warn,
+                            serde_json::json!({"event": "feed_read_failed", "error": error}),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        let configuration = match hostcalls::get_buffer(
+            BufferType::PluginConfiguration,
+            0,
+            plugin_configuration_size,
+        ) {
+            Ok(Some(bytes)) => bytes,
+            _ => {
+                log(
+                    LogLevel::Critical,
+                    serde_json::json!({"event": "configuration_missing"}),
+                );
+                return false;
+            }
+        };
+        let settings = match Settings::from_json(&configuration) {
+            Ok(settings) => settings,
+            Err(error) => {
+                // Envoy refuses the plugin: no filter rather than one that lets requests through.
+                log(
+                    LogLevel::Critical,
+                    serde_json::json!({"event": "configuration_invalid", "error": error.to_string()}),
+                );
+                return false;
+            }
+        };
+        let mut vm = Vm {
+            tokens: TokenCache::new(settings.policy.cache_entries()),
+            shared: shared::Keys::for_configuration(&configuration),
+            settings,
+            keys: KeyCache::default(),
+            keys_version: 0,
+            deny_list: DenyList::default(),
+            deny_list_version: 0,
+            metrics: Metrics::define(),
+        };
+        vm.sync();
+        self.vm = Some(Rc::new(RefCell::new(vm)));
+        hostcalls::set_tick_period(TICK).is_ok()
+    }
+
+    fn on_tick(&mut self) {
+        let (Some(vm), Some(now)) = (self.vm.clone(), now()) else {
+            return;
+        };
+        let mut vm = vm.borrow_mut();
+        vm.sync();
+        if self.is_fetcher(&vm.shared, now) {
+            self.fetch(&mut vm, now);
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let vm = self.vm.clone()?;
+        Some(Box::new(Exchange {
+            vm,
+            keys_call: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// One request.
+struct Exchange {
+    vm: Rc<RefCell<Vm>>,
+    /// The JWKS refetch this request waits for (an unknown `kid`).
+    keys_call: Option<u32>,
+}
+
+/// What to do with a request.
+enum Outcome {
+    Allow(Allowed),
+    Deny(Denial),
+    /// Wait for keys: a refetch for an unknown `kid` has started.
+    WaitForKeys(u32),
+    /// The host could not give what a verdict needs; fail closed.
+    Internal(&'static str),
+}
+
+impl Exchange {
+    fn decide(&mut self, may_refetch: bool) -> Outcome {
+        let Some(now) = now() else {
+            return Outcome::Internal("no clock");
+        };
+        let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
+            return Outcome::Internal("request headers unreadable");
+        };
+        let pseudo = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| std::str::from_utf8(v))
+        };
+        let (Some(Ok(method)), Some(Ok(path))) = (pseudo(":method"), pseudo(":path")) else {
+            // A path that is not text cannot be matched against the route rules.
+            return Outcome::Deny(DenyReason::InvalidRequest.into());
+        };
+        let request = Request {
+            method,
+            path,
+            headers: &headers,
+        };
+        let mut vm = self.vm.borrow_mut();
+        let vm = &mut *vm;
+        if vm.keys.usable(now, vm.settings.keys_max_stale).is_none() || vm.deny_list.read_at == 0 {
+            // A VM that has not ticked yet still sees what the fetcher has published.
+            vm.sync();
+        }
+        let keys = vm.usable_keys(now);
+        let before = vm.tokens.stats();
+        let step = authorize(
+            &request,
+            now,
+            keys.as_deref(),
+            &vm.settings.policy,
+            &mut vm.tokens,
+        );
+        let after = vm.tokens.stats();
+        bump(vm.metrics.token_cache_hits, after.hits - before.hits);
+        bump(vm.metrics.token_cache_misses, after.misses - before.misses);
+        let verdict = match step {
+            Step::Done(verdict) => verdict,
+            Step::CheckRevocation(check) => {
+                let answer = RevocationAnswer {
+                    jti: vm
+                        .deny_list
+                        .status(check.jti(), now, vm.settings.feed_max_stale),
+                    // The origin's feed carries `jti` revocations only.
+                    user: WatermarkStatus::None,
+                };
+                check.finish(answer, &vm.settings.policy)
+            }
+        };
+        match verdict {
+            Verdict::Allow(allowed) => Outcome::Allow(allowed),
+            Verdict::Deny(denial)
+                if denial.reason == DenyReason::UnknownKey
+                    && may_refetch
+                    && vm.claim_forced_fetch(now) =>
+            {
+                let settings = &vm.settings;
+                match call_origin(
+                    &settings.jwks,
+                    &settings.jwks.path,
+                    settings.fetch_timeout_ms,
+                ) {
+                    Some(token) => Outcome::WaitForKeys(token),
+                    None => Outcome::Deny(denial),
+                }
+            }
+            Verdict::Deny(denial) => Outcome::Deny(denial),
+        }
+    }
+
+    /// Carries out an outcome; the action for the request-headers callback.
+    fn act(&mut self, outcome: Outcome) -> Action {
+        match outcome {
+            Outcome::Allow(allowed) => match apply(&allowed) {
+                Ok(()) => {
+                    bump(self.vm.borrow().metrics.allowed, 1);
+                    Action::Continue
+                }
+                Err(()) => self.fail("request headers could not be changed"),
+            },
+            Outcome::Deny(denial) => {
+                let headers = {
+                    let mut vm = self.vm.borrow_mut();
+                    vm.metrics.count_denial(denial.reason);
+                    denial.response_headers(&vm.settings.policy)
+                };
+                let headers: Vec<(&str, &str)> =
+                    headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                if hostcalls::send_http_response(
+                    u32::from(denial.status()),
+                    headers,
+                    Some(denial.body().as_bytes()),
+                )
+                .is_err()
+                {
+                    let _ = hostcalls::reset_http_request();
+                }
+                Action::Pause
+            }
+            Outcome::WaitForKeys(token) => {
+                self.keys_call = Some(token);
+                Action::Pause
+            }
+            Outcome::Internal(what) => self.fail(what),
+        }
+    }
+
+    /// An internal error: a JSON 500 and a log line, never a pass.
+    fn fail(&self, what: &str) -> Action {
+        log(
+            LogLevel::Error,
+            serde_json::json!({"event": "internal_error", "error": what}),
+        );
+        let body =
+            br#"{"error":"server_error","error_description":"The request could not be checked"}"#;
+        if hostcalls::send_http_response(
+            500,
+            vec![
+                ("content-type", "application/json"),
+                ("cache-control", "no-store"),
+            ],
+            Some(body),
+        )
+        .is_err()
+        {
+            let _ = hostcalls::reset_http_request();
+        }
+        Action::Pause
+    }
+}
+
+/// Removes client-supplied identity headers and sets the verified ones. Any failure fails the
+/// request: forwarding with a spoofed header left in place would be worse than refusing.
+fn apply(allowed: &Allowed) -> Result<(), ()> {
+    let changes = &allowed.header_changes;
+    for name in &changes.remove {
+        hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).map_err(|_| ())?;
+    }
+    for (name, value) in &changes.set {
+        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+impl Context for Exchange {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if self.keys_call != Some(token_id) {
+            return;
+        }
+        self.keys_call = None;
+        if let Some(now) = now() {
+            let answer = CallAnswer::read(body_size, MAX_JWKS_BYTES);
+            let _ = self.vm.borrow_mut().accept_keys(&answer, now);
+        }
+        // Decided again with whatever keys there are now; no second refetch.
+        let outcome = self.decide(false);
+        if let Action::Continue = self.act(outcome) {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+}
+
+impl HttpContext for Exchange {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let outcome = self.decide(true);
+        self.act(outcome)
+    }
+}

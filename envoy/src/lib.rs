@@ -1,0 +1,26 @@
+//! # edgeauth-envoy
+//!
+//! The edge verifier as an Envoy HTTP filter (proxy-wasm ABI 0.2.1, built for `wasm32-wasip1`),
+//! for a sidecar in a service mesh. Every decision is `edgeauth-core`'s, so a token gets the
+//! same verdict here as in the Worker and the CLI; this crate only translates Envoy's host calls.
+//!
+//! - **Keys.** One VM is elected fetcher through shared data with compare-and-swap (Envoy runs a
+//!   VM per worker thread, and every VM ticks). It fetches the JWKS with `dispatch_http_call` when
+//!   its `Cache-Control` freshness runs out and publishes it; every VM parses it into its own
+//!   ring. A token with an unknown `kid` refetches at once, at most once per interval across all
+//!   VMs, so a rotation is picked up without waiting for the cache to expire (jwt_authn waits).
+//!   Before the first key set, requests get 503 with `Retry-After`, not 401.
+//! - **Deny-list.** The fetcher polls the origin's revocation feed from its cursor, checks each
+//!   entry's signature with the keys it holds, and publishes the live entries; each VM keeps a
+//!   copy in memory, so a lookup on the request path is a hash-map read.
+//! - **Failure is closed.** A bad configuration makes Envoy refuse the plugin; a host call that
+//!   fails on the request path answers a JSON 500; nothing traps the VM.
+//!
+//! [`settings`] and [`shared`] are plain data and run natively in tests; the proxy-wasm glue is
+//! compiled for Wasm only.
+
+pub mod settings;
+pub mod shared;
+
+#[cfg(target_family = "wasm")]
+mod filter;
