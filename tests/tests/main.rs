@@ -1,3 +1,5 @@
 //! One end-to-end test binary (each file under tests/ would be its own binary and link again).
 
+mod edge;
+mod envoy;
 mod worker;

@@ -1,0 +1,337 @@
+//! What only Envoy has: several VMs sharing one fetcher, the host's raw header bytes, and Envoy's
+//! native `jwt_authn` beside the filter for a differential test. The scenarios every edge shares
+//! are in `edge.rs`.
+
+use std::time::Duration;
+
+use base64ct::{Base64UrlUnpadded, Encoding as _};
+use edgeauth_e2e::{send, Answer, Edge, Stack, AUDIENCE, ISSUER};
+use edgeauth_origin::keys::{SigningAlgorithm, SigningKey};
+use reqwest::header::{HeaderMap, HeaderValue};
+use serde_json::{json, Value};
+
+/// Access-token claims at `now`, changed by `changes` (a `null` removes a claim).
+fn claims(changes: Value) -> Value {
+    let now = edgeauth_origin::clock::now();
+    let mut claims = json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": uuid::Uuid::new_v4().to_string(),
+        "scope": "profile", "iat": now, "exp": now + 600,
+        "jti": uuid::Uuid::new_v4().to_string(),
+    });
+    for (k, v) in changes.as_object().expect("an object of claim changes") {
+        if v.is_null() {
+            claims
+                .as_object_mut()
+                .expect("an object")
+                .remove(k.as_str());
+        } else {
+            claims[k] = v.clone();
+        }
+    }
+    claims
+}
+
+/// Signed with the origin's current key, with any `typ` and any claims.
+fn signed(stack: &Stack, typ: &str, changes: Value) -> String {
+    stack
+        .origin_keys()
+        .current()
+        .sign_jws(typ, &claims(changes))
+        .expect("signed")
+}
+
+fn bearer(token: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).expect("a header value"),
+    );
+    headers
+}
+
+async fn through(stack: &Stack, base: &str, headers: &HeaderMap) -> Answer {
+    send(
+        stack
+            .client
+            .get(format!("{base}/orders"))
+            .headers(headers.clone()),
+    )
+    .await
+}
+
+/// The same tokens through the filter and through `jwt_authn`, configured alike (issuer,
+/// audience, 30 s leeway, `exp` required, lifetime at most an hour, the origin's JWKS through the
+/// same relay): the same accept or reject for every case both support. The cases where they
+/// differ are listed with the reason; each is the filter being stricter, on purpose.
+#[tokio::test]
+async fn the_filter_and_jwt_authn_agree_on_every_case_both_support() {
+    let stack = Stack::start_on(Edge::Envoy).await;
+    let native = stack.native.clone().expect("a jwt_authn listener");
+    let now = edgeauth_origin::clock::now();
+
+    let valid = stack.login().await;
+    let (header, payload, signature) = {
+        let mut parts = valid.split('.');
+        let mut next = || parts.next().expect("three parts").to_string();
+        (next(), next(), next())
+    };
+    let mut flipped = signature.into_bytes();
+    flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
+    let bad_signature = format!("{header}.{payload}.{}", String::from_utf8_lossy(&flipped));
+    let alg_none = format!(
+        "{}.{payload}.",
+        Base64UrlUnpadded::encode_string(br#"{"alg":"none","typ":"at+jwt"}"#)
+    );
+    let stranger = SigningKey::generate(SigningAlgorithm::EdDsa)
+        .expect("a key")
+        .sign_jws("at+jwt", &claims(json!({})))
+        .expect("signed");
+    let revoked = stack.login().await;
+    stack.logout(&revoked).await;
+    let mut two_headers = bearer(&valid);
+    two_headers.append(
+        "authorization",
+        HeaderValue::from_static("Bearer not-a-token"),
+    );
+
+    // (case, request headers, filter accepts, jwt_authn accepts, why they differ)
+    let cases: Vec<(&str, HeaderMap, bool, bool, &str)> = vec![
+        ("valid token from a login", bearer(&valid), true, true, ""),
+        ("typ JWT", bearer(&signed(&stack, "JWT", json!({}))), true, true, ""),
+        (
+            "aud is an array holding ours",
+            bearer(&signed(&stack, "at+jwt", json!({"aud": ["other", AUDIENCE]}))),
+            true,
+            true,
+            "",
+        ),
+        (
+            "expired within the leeway",
+            bearer(&signed(&stack, "at+jwt", json!({"iat": now - 700, "exp": now - 10}))),
+            true,
+            true,
+            "",
+        ),
+        (
+            "expired",
+            bearer(&signed(&stack, "at+jwt", json!({"iat": now - 1200, "exp": now - 600}))),
+            false,
+            false,
+            "",
+        ),
+        (
+            "not yet valid",
+            bearer(&signed(&stack, "at+jwt", json!({"nbf": now + 300}))),
+            false,
+            false,
+            "",
+        ),
+        ("no exp", bearer(&signed(&stack, "at+jwt", json!({"exp": null}))), false, false, ""),
+        (
+            "lifetime over an hour",
+            bearer(&signed(&stack, "at+jwt", json!({"exp": now + 7200}))),
+            false,
+            false,
+            "",
+        ),
+        (
+            "another audience",
+            bearer(&signed(&stack, "at+jwt", json!({"aud": "another-api"}))),
+            false,
+            false,
+            "",
+        ),
+        (
+            "another issuer",
+            bearer(&signed(&stack, "at+jwt", json!({"iss": "https://evil.example"}))),
+            false,
+            false,
+            "",
+        ),
+        ("bad signature", bearer(&bad_signature), false, false, ""),
+        ("alg none", bearer(&alg_none), false, false, ""),
+        ("a key not in the JWKS", bearer(&stranger), false, false, ""),
+        ("no token", HeaderMap::new(), false, false, ""),
+        ("not a JWT", bearer("abc.def"), false, false, ""),
+        // Both refuse; the filter says 400 invalid_request (ambiguous), jwt_authn 401.
+        ("two Authorization headers", two_headers, false, false, ""),
+        (
+            "typ of another kind of JWT",
+            bearer(&signed(&stack, "edgeauth-revocation+jwt", json!({}))),
+            false,
+            true,
+            "RFC 8725 §3.11 / RFC 9068 §4: only access-token types pass; jwt_authn has no typ check",
+        ),
+        (
+            "no jti",
+            bearer(&signed(&stack, "at+jwt", json!({"jti": null}))),
+            false,
+            true,
+            "the policy requires sub and jti (revocation needs jti); jwt_authn cannot require claims",
+        ),
+        (
+            "no sub",
+            bearer(&signed(&stack, "at+jwt", json!({"sub": null}))),
+            false,
+            true,
+            "the policy requires sub, the user id forwarded upstream",
+        ),
+        (
+            "issued in the future",
+            bearer(&signed(&stack, "at+jwt", json!({"iat": now + 600, "exp": now + 900}))),
+            false,
+            true,
+            "RFC 7519 §4.1.6: an iat past the leeway means a wrong clock or a forged token; jwt_authn ignores iat",
+        ),
+        (
+            "logged out",
+            bearer(&revoked),
+            false,
+            true,
+            "revocation: the filter reads the origin's feed; jwt_authn has no deny-list",
+        ),
+    ];
+
+    // The logout above must have reached the filter before its case is judged.
+    tokio::time::sleep(edgeauth_e2e::Edge::Envoy.revocation_bound()).await;
+    let mut report = Vec::new();
+    let mut disagreements = Vec::new();
+    for (case, headers, filter_accepts, native_accepts, why) in &cases {
+        let filter = through(&stack, &stack.edge, headers).await;
+        let jwt_authn = through(&stack, &native, headers).await;
+        // A rejection is a 4xx with the filter's JSON body, never a 5xx or a pass.
+        assert!(
+            filter.status == 200 || (400..500).contains(&filter.status),
+            "{case}: {} {:?}",
+            filter.status,
+            filter.json
+        );
+        report.push(format!(
+            "{case:32} filter {} ({})  jwt_authn {}{}",
+            filter.status,
+            filter.json["reason"].as_str().unwrap_or("-"),
+            jwt_authn.status,
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!("  differs on purpose: {why}")
+            }
+        ));
+        let seen = (filter.status == 200, jwt_authn.status == 200);
+        if seen != (*filter_accepts, *native_accepts) {
+            disagreements.push(format!(
+                "{case}: expected filter {filter_accepts} / jwt_authn {native_accepts}, saw filter {} {:?} / jwt_authn {}",
+                filter.status, filter.json, jwt_authn.status
+            ));
+        }
+    }
+    println!("{}", report.join("\n"));
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+}
+
+/// Envoy runs a VM per worker thread plus one on the main thread; only the elected one calls
+/// the origin, and the keys and revocations it reads reach every VM.
+#[tokio::test]
+async fn one_vm_fetches_for_all_and_every_vm_decides_alike() {
+    let stack = Stack::start_on(Edge::Envoy).await;
+    let token = stack.login().await;
+    // New connections land on both worker threads.
+    for _ in 0..12 {
+        let client = reqwest::Client::new();
+        let answer = send(
+            client
+                .get(format!("{}/orders", stack.edge))
+                .bearer_auth(&token),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{:?}", answer.json);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Three VMs, one key fetch (keys stay fresh for 300 s): the election held.
+    assert_eq!(stack.metric("edgeauth.jwks_fetch.success").await, Some(1));
+    assert_eq!(stack.metric("edgeauth.jwks_fetch.failure").await, Some(0));
+    assert_eq!(stack.metric("edgeauth.allowed").await, Some(12));
+    // The feed is read about once a second, not once a second per VM.
+    let reads = stack
+        .metric("edgeauth.revocation_feed.success")
+        .await
+        .expect("feed reads");
+    assert!(reads <= 8, "{reads} feed reads in about three seconds");
+
+    stack.logout(&token).await;
+    tokio::time::sleep(Edge::Envoy.revocation_bound()).await;
+    for _ in 0..12 {
+        let client = reqwest::Client::new();
+        let answer = send(
+            client
+                .get(format!("{}/orders", stack.edge))
+                .bearer_auth(&token),
+        )
+        .await;
+        assert_eq!(answer.json["reason"], "token_revoked");
+    }
+    assert_eq!(
+        stack.metric("edgeauth.denied.token_revoked").await,
+        Some(12)
+    );
+    assert_eq!(
+        stack
+            .metric("edgeauth.revocation_feed.revoked_tokens")
+            .await,
+        Some(1)
+    );
+}
+
+/// Header bytes Envoy passes through as they came: binary, repeated, huge. Each is a 4xx from
+/// the filter, and the VM keeps serving.
+#[tokio::test]
+async fn hostile_header_bytes_are_refused_and_never_trap_the_vm() {
+    let stack = Stack::start_on(Edge::Envoy).await;
+    let token = stack.login().await;
+    let binary = HeaderValue::from_bytes(b"Bearer \xff\xfe\x80abc.def.ghi").expect("obs-text");
+    let huge = format!("Bearer {}", "A".repeat(50_000));
+    let mut cases: Vec<HeaderMap> = Vec::new();
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", binary.clone());
+    cases.push(headers);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        HeaderValue::from_str(&huge).expect("ascii"),
+    );
+    cases.push(headers);
+    let mut headers = bearer(&token);
+    headers.append("authorization", binary);
+    cases.push(headers);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Basic {token}")).expect("ascii"),
+    );
+    cases.push(headers);
+    for headers in &cases {
+        for _ in 0..3 {
+            let answer = through(&stack, &stack.edge, headers).await;
+            assert!(
+                (400..500).contains(&answer.status) && answer.json["error"].is_string(),
+                "{} {:?}",
+                answer.status,
+                answer.json
+            );
+        }
+    }
+    // Every worker thread's VM still answers, and none of them failed or trapped.
+    for _ in 0..8 {
+        let answer = send(
+            reqwest::Client::new()
+                .get(format!("{}/orders", stack.edge))
+                .bearer_auth(&token),
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+    }
+    let log = stack.edge_log();
+    for sign in ["panicked", "Wasm VM failed", "wasm trap", "internal_error"] {
+        assert!(!log.contains(sign), "{sign} in:\n{log}");
+    }
+}
