@@ -13,10 +13,11 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
+use base64ct::{Base64UrlUnpadded, Encoding as _};
 use edgeauth_core::{
-    authorize, freshness_seconds, verify_revocation, Allowed, Denial, DenyReason, KeyCache,
-    KeyRing, Request, RevocationAnswer, RevocationError, Step, TokenCache, Verdict,
-    WatermarkStatus,
+    authorize_deferred, freshness_seconds, verify_revocation, Algorithm, Allowed, Deferred, Denial,
+    DenyReason, KeyCache, KeyRing, Policy, Request, RevocationAnswer, RevocationError,
+    SignatureCheck, Step, Thumbprint, TokenCache, Verdict, WatermarkStatus,
 };
 use proxy_wasm::{
     hostcalls,
@@ -25,6 +26,9 @@ use proxy_wasm::{
 };
 
 use crate::{
+    host_crypto::{
+        host_hash, host_signature, spki_der, verify_arguments, verify_result, SELF_TEST,
+    },
     settings::{OriginRoute, Settings},
     shared::{self, decode_version, DenyList, KeysRecord, Lease, LEASE_SECONDS},
 };
@@ -136,9 +140,41 @@ struct Vm {
     deny_list_version: u64,
     tokens: TokenCache,
     metrics: Metrics,
+    /// Algorithms Envoy's BoringSSL verifies for this VM (its self-test passed).
+    host_algorithms: Vec<Algorithm>,
+    /// Ring keys as DER, for the host; a rotation's worth at most.
+    host_keys: HashMap<Thumbprint, Rc<Vec<u8>>>,
 }
 
 impl Vm {
+    /// Checks a signature: by the host's BoringSSL where it passed its self-test for the
+    /// algorithm, else (or if the host call fails) by the core.
+    fn verify(&mut self, check: &SignatureCheck, keys: &KeyRing) -> bool {
+        if self.host_algorithms.contains(&check.algorithm()) {
+            if let Some(valid) = self.verify_on_host(check, keys) {
+                return valid;
+            }
+        }
+        check.verify_here(keys)
+    }
+
+    fn verify_on_host(&mut self, check: &SignatureCheck, keys: &KeyRing) -> Option<bool> {
+        let hash = host_hash(check.algorithm())?;
+        let signature = host_signature(check.algorithm(), check.signature())?;
+        let spki = match self.host_keys.get(check.key_thumbprint()) {
+            Some(spki) => spki.clone(),
+            None => {
+                let spki = Rc::new(spki_der(&check.public_key(keys)?));
+                if self.host_keys.len() >= 16 {
+                    self.host_keys.clear();
+                }
+                self.host_keys.insert(*check.key_thumbprint(), spki.clone());
+                spki
+            }
+        };
+        host_verify(hash, &spki, &signature, check.signing_input())
+    }
+
     /// Copies the keys and the deny-list from shared data if another VM changed them.
     fn sync(&mut self) {
         let version = shared_version(&self.shared.keys_version);
@@ -241,6 +277,57 @@ impl Vm {
         }
         claimed
     }
+}
+
+/// Envoy's `verify_signature` foreign function: `Some(valid)`, or `None` if the host could not
+/// answer (no such function, a key it cannot parse).
+fn host_verify(hash: &str, spki: &[u8], signature: &[u8], text: &[u8]) -> Option<bool> {
+    let arguments = verify_arguments(hash, spki, signature, text);
+    match hostcalls::call_foreign_function("verify_signature", Some(&arguments)) {
+        Ok(Some(result)) => verify_result(&result),
+        // An empty message: `result` is false and there is no error text.
+        Ok(None) => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// The host's known-answer test: for each algorithm it might take, a valid signature must pass
+/// and the same signature over other bytes must fail. Returns the algorithms that passed.
+fn host_self_test() -> Vec<Algorithm> {
+    let Ok(vectors) = serde_json::from_str::<serde_json::Value>(SELF_TEST) else {
+        return Vec::new();
+    };
+    let policy = Policy::from_json(
+        r#"{"issuers":["self-test"],"audiences":["self-test"],"algorithms":["ES256","RS256"]}"#,
+    );
+    let (Ok(policy), Some(keys)) = (policy, vectors.get("jwks")) else {
+        return Vec::new();
+    };
+    let Ok((ring, _)) = KeyRing::from_jwks(keys.to_string().as_bytes(), &policy) else {
+        return Vec::new();
+    };
+    let mut passed = Vec::new();
+    for (alg, name) in [(Algorithm::Es256, "ES256"), (Algorithm::Rs256, "RS256")] {
+        let check = || -> Option<bool> {
+            let token = vectors.get("tokens")?.get(name)?.as_str()?;
+            let (input, signature) = token.rsplit_once('.')?;
+            let signature = Base64UrlUnpadded::decode_vec(signature).ok()?;
+            let kid = format!("self-test-{name}");
+            let key = ring.keys().iter().find(|k| k.kid() == Some(kid.as_str()))?;
+            let spki = spki_der(&key.public_key()?);
+            let signature = host_signature(alg, &signature)?;
+            let hash = host_hash(alg)?;
+            let tampered = [input.as_bytes(), b"x"].concat();
+            Some(
+                host_verify(hash, &spki, &signature, input.as_bytes())?
+                    && !host_verify(hash, &spki, &signature, &tampered)?,
+            )
+        };
+        if check() == Some(true) {
+            passed.push(alg);
+        }
+    }
+    passed
 }
 
 /// The version stored under `key`; 0 when there is none.
@@ -576,7 +663,14 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let host_algorithms = host_self_test();
+        log(
+            LogLevel::Info,
+            serde_json::json!({"event": "host_crypto", "algorithms": host_algorithms.iter().map(|a| a.name()).collect::<Vec<_>>()}),
+        );
         let mut vm = Vm {
+            host_algorithms,
+            host_keys: HashMap::new(),
             tokens: TokenCache::new(settings.policy.cache_entries()),
             shared: shared::Keys::for_configuration(&configuration),
             settings,
@@ -663,13 +757,24 @@ impl Exchange {
         }
         let keys = vm.usable_keys(now);
         let before = vm.tokens.stats();
-        let step = authorize(
+        let deferred = authorize_deferred(
             &request,
             now,
             keys.as_deref(),
             &vm.settings.policy,
             &mut vm.tokens,
         );
+        let step = match (deferred, keys.as_deref()) {
+            (Deferred::Decided(step), _) => step,
+            (Deferred::VerifySignature(check), Some(ring)) => {
+                let valid = vm.verify(&check, ring);
+                check.finish(valid, now, &vm.settings.policy, &mut vm.tokens)
+            }
+            // The core asks for a signature only once it has chosen a key from the ring.
+            (Deferred::VerifySignature(_), None) => {
+                Step::Done(Verdict::Deny(DenyReason::KeysUnavailable.into()))
+            }
+        };
         let after = vm.tokens.stats();
         bump(vm.metrics.token_cache_hits, after.hits - before.hits);
         bump(vm.metrics.token_cache_misses, after.misses - before.misses);
