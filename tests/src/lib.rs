@@ -197,13 +197,17 @@ async fn echo(method: Method, headers: HeaderMap, request: Request) -> Response 
     let body: Bytes = axum::body::to_bytes(request.into_body(), 16 << 20)
         .await
         .unwrap_or_default();
+    // Every value of a repeated header, joined: a spoofed duplicate left beside the edge's own
+    // value shows.
     let headers: serde_json::Map<String, Value> = headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                json!(v.to_str().unwrap_or("<binary>")),
-            )
+        .keys()
+        .map(|name| {
+            let values: Vec<&str> = headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap_or("<binary>"))
+                .collect();
+            (name.as_str().to_string(), json!(values.join(", ")))
         })
         .collect();
     axum::Json(json!({

@@ -48,6 +48,7 @@ async fn a_valid_token_reaches_the_upstream_with_verified_identity_only(edge: Ed
             .get(format!("{}/orders?page=2", stack.edge))
             .bearer_auth(&token)
             .header("x-user-id", "admin")
+            .header("X-User-Id", "root")
             .header("x-user-scope", "admin"),
     )
     .await;

@@ -270,6 +270,8 @@ async fn one_vm_fetches_for_all_and_every_vm_decides_alike() {
         .await;
         assert_eq!(answer.json["reason"], "token_revoked");
     }
+    // Request counters reach Envoy's stats on the VMs' next tick.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         stack.metric("edgeauth.denied.token_revoked").await,
         Some(12)

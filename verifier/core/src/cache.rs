@@ -1,24 +1,20 @@
-//! Bounded cache of verified tokens, keyed by SHA-256 of the token text.
+//! Bounded cache of verified tokens, keyed by the token text itself.
 //!
 //! A hit skips the signature and claim parsing only: the caller still re-checks time, route
 //! rules and the deny-list. An entry whose key has left the ring is dropped on sight, so
 //! retiring a key retires what it verified.
+//!
+//! The key is the whole token, compared byte for byte on a hit, so no two tokens can ever share
+//! an entry (one riding on the other's verification). It used to be a SHA-256 digest of the
+//! token: the same guarantee, but hashing a token in Wasm cost 2.5 to 4 µs, more than the rest of
+//! a cache hit in Envoy (`bench-results/envoy.md`). The lookup hash is hashbrown's default; only
+//! verified tokens are ever inserted, so an attacker cannot fill a bucket with chosen keys.
 
-use alloc::collections::VecDeque;
+use alloc::{collections::VecDeque, sync::Arc};
 
 use hashbrown::HashMap;
-use sha2::{Digest, Sha256};
 
 use crate::{key_ring::KeyRing, token::VerifiedToken};
-
-/// Cache key: SHA-256 of the token. A collision-resistant hash, because two tokens sharing a key
-/// would let one ride on the other's verification.
-pub type TokenDigest = [u8; 32];
-
-/// Hashes a token for [`TokenCache`].
-pub fn token_digest(token: &str) -> TokenDigest {
-    Sha256::digest(token.as_bytes()).into()
-}
 
 /// Counters for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,12 +28,13 @@ pub struct CacheStats {
 }
 
 /// A bounded map of verified tokens. Eviction is first-in first-out: tokens live minutes, so
-/// age is a good proxy for usefulness and costs no bookkeeping on a hit.
+/// age is a good proxy for usefulness and costs no bookkeeping on a hit. Each entry holds its
+/// token text once (shared by the map and the eviction order): at most `max_token_bytes`.
 #[derive(Debug)]
 pub struct TokenCache {
     max_entries: usize,
-    entries: HashMap<TokenDigest, VerifiedToken>,
-    order: VecDeque<TokenDigest>,
+    entries: HashMap<Arc<str>, VerifiedToken>,
+    order: VecDeque<Arc<str>>,
     stats: CacheStats,
 }
 
@@ -67,11 +64,11 @@ impl TokenCache {
         self.stats
     }
 
-    /// The cached token for `digest`, if its key is still in `keys` and `now` is before its
+    /// The cached verification of `token`, if its key is still in `keys` and `now` is before its
     /// `exp` (plus `leeway`). Stale entries are removed.
     pub fn get(
         &mut self,
-        digest: &TokenDigest,
+        token: &str,
         keys: &KeyRing,
         now: i64,
         leeway: i64,
@@ -79,25 +76,25 @@ impl TokenCache {
         if self.max_entries == 0 {
             return None;
         }
-        let Some(token) = self.entries.get(digest) else {
+        let Some(verified) = self.entries.get(token) else {
             self.stats.misses += 1;
             return None;
         };
-        let expired = token
+        let expired = verified
             .claims()
             .exp
             .is_none_or(|exp| now >= exp.saturating_add(leeway));
-        if expired || !keys.contains(token.key_thumbprint()) {
-            self.entries.remove(digest);
+        if expired || !keys.contains(verified.key_thumbprint()) {
+            self.entries.remove(token);
             self.stats.misses += 1;
             return None;
         }
         self.stats.hits += 1;
-        Some(token.clone())
+        Some(verified.clone())
     }
 
-    /// Remembers a verified token.
-    pub fn insert(&mut self, digest: TokenDigest, token: VerifiedToken) {
+    /// Remembers the verification of `text`.
+    pub fn insert(&mut self, text: &str, token: VerifiedToken) {
         if self.max_entries == 0 {
             return;
         }
@@ -109,8 +106,9 @@ impl TokenCache {
                 self.stats.evictions += 1;
             }
         }
-        if self.entries.insert(digest, token).is_none() {
-            self.order.push_back(digest);
+        let text: Arc<str> = Arc::from(text);
+        if self.entries.insert(text.clone(), token).is_none() {
+            self.order.push_back(text);
         }
         // `order` may hold digests already removed on expiry; keep it from outgrowing the map.
         if self.order.len() > self.max_entries.saturating_mul(2) {

@@ -12,7 +12,7 @@ use alloc::{
 
 use crate::{
     alg::Algorithm,
-    cache::{token_digest, TokenCache, TokenDigest},
+    cache::TokenCache,
     config::{OnUnavailable, Policy},
     extract::{extract_token, is_cors_preflight, Headers},
     key_ring::{KeyRing, PublicKey, Thumbprint},
@@ -197,7 +197,8 @@ pub enum Deferred {
 pub struct SignatureCheck {
     prepared: Prepared,
     route: Option<usize>,
-    digest: Option<TokenDigest>,
+    /// The token text, when the verification is to be cached.
+    cached_as: Option<String>,
 }
 
 impl SignatureCheck {
@@ -243,8 +244,8 @@ impl SignatureCheck {
             Ok(token) => token,
             Err(denial) => return Step::Done(Verdict::Deny(denial)),
         };
-        if let Some(digest) = self.digest {
-            cache.insert(digest, token.clone());
+        if let Some(text) = &self.cached_as {
+            cache.insert(text, token.clone());
         }
         let route = self.route.and_then(|i| policy.routes.get(i));
         after_verification(token, route, policy)
@@ -280,11 +281,10 @@ pub fn authorize_deferred<H: Headers + ?Sized>(
     let Some(keys) = keys else {
         return decided(deny(DenyReason::KeysUnavailable));
     };
-    // Oversized tokens are refused before they are even hashed.
+    // Oversized tokens are refused before they are even looked up.
     let use_cache = token_text.len() <= policy.max_token_bytes && policy.cache_entries != 0;
-    let digest = use_cache.then(|| token_digest(&token_text));
-    if let Some(digest) = &digest {
-        if let Some(hit) = cache.get(digest, keys, now, policy.leeway) {
+    if use_cache {
+        if let Some(hit) = cache.get(&token_text, keys, now, policy.leeway) {
             // The hit saves the signature; every policy rule still runs against today's policy.
             if let Some(verdict) = revalidate(&hit, now, keys, policy) {
                 return decided(match verdict {
@@ -301,7 +301,7 @@ pub fn authorize_deferred<H: Headers + ?Sized>(
     Deferred::VerifySignature(SignatureCheck {
         prepared,
         route: route.and_then(|r| policy.routes.iter().position(|x| core::ptr::eq(x, r))),
-        digest,
+        cached_as: use_cache.then_some(token_text),
     })
 }
 

@@ -54,7 +54,7 @@ mod verdict;
 mod verifier;
 
 pub use alg::Algorithm;
-pub use cache::{token_digest, CacheStats, TokenCache, TokenDigest};
+pub use cache::{CacheStats, TokenCache};
 pub use config::{ConfigError, OnUnavailable, Policy, RawPolicy, RequiredClaim};
 pub use extract::Headers;
 pub use gate::{
