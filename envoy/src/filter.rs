@@ -16,7 +16,7 @@ use std::{
 use base64ct::{Base64UrlUnpadded, Encoding as _};
 use edgeauth_core::{
     authorize_deferred, freshness_seconds, verify_revocation, Algorithm, Allowed, Deferred, Denial,
-    DenyReason, KeyCache, KeyRing, Policy, Request, RevocationAnswer, RevocationError,
+    DenyReason, FeedPage, KeyCache, KeyRing, Policy, Request, RevocationAnswer, RevocationError,
     SignatureCheck, Step, Thumbprint, TokenCache, Verdict, WatermarkStatus,
 };
 use proxy_wasm::{
@@ -439,6 +439,15 @@ fn call_origin(route: &OriginRoute, path: &str, timeout_ms: u32) -> Option<u32> 
     }
 }
 
+/// Starts a JWKS call to the origin.
+fn call_jwks(settings: &Settings) -> Option<u32> {
+    call_origin(
+        &settings.jwks,
+        &settings.jwks.path,
+        settings.fetch_timeout_ms,
+    )
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Call {
     Keys,
@@ -491,11 +500,7 @@ impl Root {
     fn fetch(&mut self, vm: &mut Vm, now: i64) {
         let settings = &vm.settings;
         if !self.calling(Call::Keys) && vm.keys.fetch_due(now, settings.keys_refetch_interval) {
-            if let Some(token) = call_origin(
-                &settings.jwks,
-                &settings.jwks.path,
-                settings.fetch_timeout_ms,
-            ) {
+            if let Some(token) = call_jwks(settings) {
                 self.calls.insert(token, Call::Keys);
             }
             vm.keys.attempted(now, false);
@@ -533,16 +538,6 @@ impl Root {
     /// Applies a feed page to the shared deny-list. Returns whether the page was full (more to
     /// read at once).
     fn apply_feed(&mut self, vm: &mut Vm, answer: &CallAnswer, now: i64) -> Result<bool, String> {
-        #[derive(serde::Deserialize)]
-        struct FeedPage {
-            entries: Vec<FeedEntry>,
-            next: u64,
-        }
-        #[derive(serde::Deserialize)]
-        struct FeedEntry {
-            seq: u64,
-            jws: String,
-        }
         let body = answer.body_if_ok(MAX_FEED_BYTES)?;
         let page: FeedPage =
             serde_json::from_slice(body).map_err(|e| format!("not a feed page: {e}"))?;
@@ -575,11 +570,7 @@ impl Root {
                 {
                     // Signed with a key this edge has not seen yet: fetch keys, read this entry
                     // again on the next poll.
-                    if let Some(token) = call_origin(
-                        &vm.settings.jwks,
-                        &vm.settings.jwks.path,
-                        vm.settings.fetch_timeout_ms,
-                    ) {
+                    if let Some(token) = call_jwks(&vm.settings) {
                         self.calls.insert(token, Call::Keys);
                     }
                     finished = false;
@@ -820,12 +811,7 @@ impl Exchange {
                     && may_refetch
                     && vm.claim_forced_fetch(now) =>
             {
-                let settings = &vm.settings;
-                match call_origin(
-                    &settings.jwks,
-                    &settings.jwks.path,
-                    settings.fetch_timeout_ms,
-                ) {
+                match call_jwks(&vm.settings) {
                     Some(token) => Outcome::WaitForKeys(token),
                     None => Outcome::Deny(denial),
                 }

@@ -13,14 +13,13 @@
 // For EdDSA, ES256 and RS256 it reports requests per second, the microseconds each filter adds
 // per request over the baseline, and the ratios to jwt_authn (cache on against cache on, off
 // against off); then the .wasm size.
-import { execFile, spawn } from "node:child_process";
-import { promisify } from "node:util";
+import { spawn } from "node:child_process";
 import { readFileSync, writeFileSync, mkdtempSync, rmSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import net from "node:net";
-import { SignJWT, exportJWK, generateKeyPair } from "jose";
+import { algorithms, issueTokens, wrk } from "../bench-common.mjs";
 
 const [out, secondsArg, envoyBin, wasm] = process.argv.slice(2);
 const seconds = Number(secondsArg ?? 5);
@@ -28,24 +27,7 @@ const ISSUER = "https://auth.bench.test";
 const AUDIENCE = "api.bench.test";
 
 // Keys and one token per algorithm, as the origin would issue them.
-const algorithms = ["EdDSA", "ES256", "RS256"];
-const jwks = { keys: [] };
-const tokens = {};
-const now = Math.floor(Date.now() / 1000);
-for (const alg of algorithms) {
-  const { publicKey, privateKey } = await generateKeyPair(alg, { extractable: true });
-  const jwk = { ...(await exportJWK(publicKey)), kid: `bench-${alg}`, alg, use: "sig" };
-  jwks.keys.push(jwk);
-  tokens[alg] = await new SignJWT({ scope: "profile", sid: crypto.randomUUID() })
-    .setProtectedHeader({ alg, kid: jwk.kid, typ: "at+jwt" })
-    .setIssuer(ISSUER)
-    .setAudience(AUDIENCE)
-    .setSubject(crypto.randomUUID())
-    .setJti(crypto.randomUUID())
-    .setIssuedAt(now)
-    .setExpirationTime(now + 3000)
-    .sign(privateKey);
-}
+const { jwks, tokens } = await issueTokens(ISSUER, AUDIENCE);
 
 async function freePort() {
   return new Promise((resolve) => {
@@ -181,17 +163,6 @@ for (const name of variants) {
   }
 }
 
-async function wrk(name, token) {
-  const { stdout: output } = await promisify(execFile)(
-    "wrk",
-    ["-t1", "-c8", `-d${seconds}s`, "-H", `authorization: Bearer ${token}`, url(name)],
-    { encoding: "utf8" },
-  );
-  const rps = Number(/Requests\/sec:\s+([0-9.]+)/.exec(output)?.[1]);
-  const errors = /Non-2xx or 3xx responses: (\d+)/.exec(output)?.[1] ?? "0";
-  if (!Number.isFinite(rps)) throw new Error(`wrk printed no rate:\n${output}`);
-  return { rps, errors: Number(errors) };
-}
 
 // Interleaved per algorithm, so drift on a shared machine touches every variant alike.
 const results = {};
@@ -199,7 +170,7 @@ for (const alg of algorithms) {
   results[alg] = {};
   for (const name of variants) {
     process.stderr.write(`${name} ${alg} ...\n`);
-    results[alg][name] = await wrk(name, tokens[alg]);
+    results[alg][name] = await wrk(url(name), tokens[alg], seconds);
   }
 }
 const stats = await (await fetch(`http://127.0.0.1:${ports.admin}/stats?filter=^wasmcustom`)).text();

@@ -12,15 +12,13 @@
 // - the jose Worker.
 // All three forward to the same upstream Worker. It also reports the bundle size and the time V8
 // takes to compile and instantiate the Wasm module.
-import { execFile } from "node:child_process";
-import { promisify } from "node:util";
 import { readFileSync, writeFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 import { Miniflare } from "miniflare";
-import { SignJWT, exportJWK, generateKeyPair } from "jose";
+import { algorithms, issueTokens, wrk } from "../bench-common.mjs";
 
 const [out, secondsArg] = process.argv.slice(2);
 const seconds = Number(secondsArg ?? 5);
@@ -30,24 +28,7 @@ const ISSUER = "https://auth.bench.test";
 const AUDIENCE = "api.bench.test";
 
 // Keys and one token per algorithm, as the origin would issue them.
-const algorithms = ["EdDSA", "ES256", "RS256"];
-const jwks = { keys: [] };
-const tokens = {};
-const now = Math.floor(Date.now() / 1000);
-for (const alg of algorithms) {
-  const { publicKey, privateKey } = await generateKeyPair(alg, { extractable: true });
-  const jwk = { ...(await exportJWK(publicKey)), kid: `bench-${alg}`, alg, use: "sig" };
-  jwks.keys.push(jwk);
-  tokens[alg] = await new SignJWT({ scope: "profile", sid: crypto.randomUUID() })
-    .setProtectedHeader({ alg, kid: jwk.kid, typ: "at+jwt" })
-    .setIssuer(ISSUER)
-    .setAudience(AUDIENCE)
-    .setSubject(crypto.randomUUID())
-    .setJti(crypto.randomUUID())
-    .setIssuedAt(now)
-    .setExpirationTime(now + 3000)
-    .sign(privateKey);
-}
+const { jwks, tokens } = await issueTokens(ISSUER, AUDIENCE);
 
 const joseBundle = await build({
   entryPoints: [path.join(root, "scripts/bench-worker/jose-worker.mjs")],
@@ -134,19 +115,6 @@ for (const name of variants) {
   }
 }
 
-// Asynchronously: Miniflare serves parts of the runtime (KV storage) from this Node process,
-// which must keep running while wrk does.
-async function wrk(url, token) {
-  const { stdout: output } = await promisify(execFile)(
-    "wrk",
-    ["-t1", "-c8", `-d${seconds}s`, "-H", `authorization: Bearer ${token}`, url + "orders"],
-    { encoding: "utf8" },
-  );
-  const rps = Number(/Requests\/sec:\s+([0-9.]+)/.exec(output)?.[1]);
-  const errors = /Non-2xx or 3xx responses: (\d+)/.exec(output)?.[1] ?? "0";
-  if (!Number.isFinite(rps)) throw new Error(`wrk printed no rate:\n${output}`);
-  return { rps, errors: Number(errors) };
-}
 
 // Interleaved per algorithm, so drift on a shared machine touches all three alike.
 const results = {};
@@ -154,7 +122,7 @@ for (const alg of algorithms) {
   results[alg] = {};
   for (const name of variants) {
     process.stderr.write(`${name} ${alg} ...\n`);
-    results[alg][name] = await wrk(urls[name], tokens[alg]);
+    results[alg][name] = await wrk(urls[name] + "orders", tokens[alg], seconds);
   }
 }
 await mf.dispose();

@@ -59,6 +59,17 @@ async fn through(stack: &Stack, base: &str, headers: &HeaderMap) -> Answer {
     .await
 }
 
+/// `GET /orders` through the filter on a connection of its own, so that successive calls land
+/// on different worker threads (different VMs).
+async fn on_a_new_connection(stack: &Stack, token: &str) -> Answer {
+    send(
+        reqwest::Client::new()
+            .get(format!("{}/orders", stack.edge))
+            .bearer_auth(token),
+    )
+    .await
+}
+
 /// The same tokens through the filter and through `jwt_authn`, configured alike (issuer,
 /// audience, 30 s leeway, `exp` required, lifetime at most an hour, the origin's JWKS through the
 /// same relay): the same accept or reject for every case both support. The cases where they
@@ -237,13 +248,7 @@ async fn one_vm_fetches_for_all_and_every_vm_decides_alike() {
     let token = stack.login().await;
     // New connections land on both worker threads.
     for _ in 0..12 {
-        let client = reqwest::Client::new();
-        let answer = send(
-            client
-                .get(format!("{}/orders", stack.edge))
-                .bearer_auth(&token),
-        )
-        .await;
+        let answer = on_a_new_connection(&stack, &token).await;
         assert_eq!(answer.status, 200, "{:?}", answer.json);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -261,13 +266,7 @@ async fn one_vm_fetches_for_all_and_every_vm_decides_alike() {
     stack.logout(&token).await;
     tokio::time::sleep(Edge::Envoy.revocation_bound()).await;
     for _ in 0..12 {
-        let client = reqwest::Client::new();
-        let answer = send(
-            client
-                .get(format!("{}/orders", stack.edge))
-                .bearer_auth(&token),
-        )
-        .await;
+        let answer = on_a_new_connection(&stack, &token).await;
         assert_eq!(answer.json["reason"], "token_revoked");
     }
     // Request counters reach Envoy's stats on the VMs' next tick.
@@ -324,13 +323,7 @@ async fn hostile_header_bytes_are_refused_and_never_trap_the_vm() {
     }
     // Every worker thread's VM still answers, and none of them failed or trapped.
     for _ in 0..8 {
-        let answer = send(
-            reqwest::Client::new()
-                .get(format!("{}/orders", stack.edge))
-                .bearer_auth(&token),
-        )
-        .await;
-        assert_eq!(answer.status, 200);
+        assert_eq!(on_a_new_connection(&stack, &token).await.status, 200);
     }
     let log = stack.edge_log();
     for sign in ["panicked", "Wasm VM failed", "wasm trap", "internal_error"] {

@@ -65,7 +65,9 @@ pub use key_cache::{freshness_seconds, KeyCache};
 pub use key_ring::{
     thumbprint_hex, JwksError, KeyRing, PublicKey, RingKey, SkipReason, SkippedKey, Thumbprint,
 };
-pub use revocation::{verify_revocation, Revocation, RevocationError, REVOCATION_TYPE};
+pub use revocation::{
+    verify_revocation, FeedEntry, FeedPage, Revocation, RevocationError, REVOCATION_TYPE,
+};
 pub use rules::RouteRule;
 pub use token::{Claims, SignatureChecked, TokenHeader, VerifiedToken};
 pub use verdict::{Allowed, Denial, DenyReason, HeaderChanges, Verdict};

@@ -6,7 +6,7 @@
 //! payload `{"iss", "seq", "jti", "exp", "iat"}`: the access token `jti` is revoked until `exp`,
 //! the revoked token's own expiry, after which the entry is of no use.
 
-use alloc::string::String;
+use alloc::{string::String, vec::Vec};
 
 use crate::{
     config::Policy,
@@ -17,6 +17,26 @@ use crate::{
 
 /// The `typ` of a revocation message.
 pub const REVOCATION_TYPE: &str = "edgeauth-revocation+jwt";
+
+/// One page of the origin's revocation feed (`GET /v1/revocations?after=<cursor>&limit=<n>`), as
+/// every edge reads it: the entries after the cursor, oldest first, and the cursor to ask from
+/// next. Each entry's message is checked with [`verify_revocation`] before it is believed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct FeedPage {
+    /// The entries, in `seq` order.
+    pub entries: Vec<FeedEntry>,
+    /// The cursor after this page.
+    pub next: u64,
+}
+
+/// One entry of the feed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct FeedEntry {
+    /// Its position in the feed.
+    pub seq: u64,
+    /// The signed revocation message.
+    pub jws: String,
+}
 
 /// A revocation the origin signed.
 #[derive(Debug, Clone, PartialEq, Eq)]

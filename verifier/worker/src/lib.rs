@@ -17,7 +17,7 @@ use std::{cell::RefCell, rc::Rc, time::Duration};
 
 use edgeauth_core::{
     authorize_deferred, freshness_seconds, verify_revocation, Allowed, Deferred, Denial,
-    DenyListStatus, DenyReason, KeyCache, KeyRing, RevocationAnswer, RevocationCheck,
+    DenyListStatus, DenyReason, FeedPage, KeyCache, KeyRing, RevocationAnswer, RevocationCheck,
     RevocationError, SignatureCheck, Step, TokenCache, Verdict, WatermarkStatus,
 };
 use futures_util::future::{select, Either};
@@ -780,18 +780,6 @@ async fn pull_feed(env: &Env) -> Result<serde_json::Value, String> {
         }
     }
     Ok(json!({"event": "feed_pull", "stored": stored, "rejected": rejected, "cursor": cursor}))
-}
-
-#[derive(serde::Deserialize)]
-struct FeedPage {
-    entries: Vec<FeedEntry>,
-    next: u64,
-}
-
-#[derive(serde::Deserialize)]
-struct FeedEntry {
-    seq: u64,
-    jws: String,
 }
 
 #[cfg(test)]
