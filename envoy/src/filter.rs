@@ -26,11 +26,12 @@ use proxy_wasm::{
 };
 
 use crate::{
+    deny_list::{DenyList, SharedData},
     host_crypto::{
         host_hash, host_signature, spki_der, verify_arguments, verify_result, SELF_TEST,
     },
     settings::{OriginRoute, Settings},
-    shared::{self, decode_version, DenyList, KeysRecord, Lease, LEASE_SECONDS},
+    shared::{self, decode_version, KeysRecord, Lease, LEASE_SECONDS},
 };
 
 /// How often every VM wakes: to sync keys and revocations from shared data, and (the fetcher)
@@ -157,7 +158,6 @@ struct Vm {
     keys: KeyCache,
     keys_version: u64,
     deny_list: DenyList,
-    deny_list_version: u64,
     tokens: TokenCache,
     metrics: Metrics,
     /// Algorithms Envoy's BoringSSL verifies for this VM (its self-test passed).
@@ -196,7 +196,7 @@ impl Vm {
     }
 
     /// Copies the keys and the deny-list from shared data if another VM changed them.
-    fn sync(&mut self) {
+    fn sync(&mut self, now: i64) {
         let version = shared_version(&self.shared.keys_version);
         if version != self.keys_version {
             if let Ok((Some(bytes), _)) = hostcalls::get_shared_data(&self.shared.keys) {
@@ -208,15 +208,7 @@ impl Vm {
             }
             self.keys_version = version;
         }
-        let version = shared_version(&self.shared.deny_list_version);
-        if version != self.deny_list_version {
-            if let Ok((Some(bytes), _)) = hostcalls::get_shared_data(&self.shared.deny_list) {
-                if let Some(list) = DenyList::decode(&bytes) {
-                    self.deny_list = list;
-                }
-            }
-            self.deny_list_version = version;
-        }
+        self.deny_list.sync(&Host, &self.shared, now);
     }
 
     fn usable_keys(&self, now: i64) -> Option<Rc<KeyRing>> {
@@ -348,6 +340,22 @@ fn host_self_test() -> Vec<Algorithm> {
         }
     }
     passed
+}
+
+/// Envoy's shared data, through the host calls.
+struct Host;
+
+impl SharedData for Host {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), cas)) => Some((value, cas)),
+            _ => None,
+        }
+    }
+
+    fn set(&self, key: &str, value: Option<&[u8]>, cas: Option<u32>) -> bool {
+        hostcalls::set_shared_data(key, value, cas).is_ok()
+    }
 }
 
 /// The version stored under `key`; 0 when there is none.
@@ -511,14 +519,14 @@ impl Root {
         if feed_due && !self.calling(Call::Feed) && vm.usable_keys(now).is_some() {
             self.poll_feed(vm, now);
         }
-        let since = match vm.deny_list.read_at {
+        let since = match vm.deny_list.read_at() {
             0 => 0,
             at => now.saturating_sub(at),
         };
         record(vm.metrics.feed_lag_seconds, since);
         record(
             vm.metrics.revoked_tokens,
-            i64::try_from(vm.deny_list.revoked.len()).unwrap_or(i64::MAX),
+            i64::try_from(vm.deny_list.len()).unwrap_or(i64::MAX),
         );
     }
 
@@ -527,7 +535,8 @@ impl Root {
         let separator = if route.path.contains('?') { '&' } else { '?' };
         let path = format!(
             "{}{separator}after={}&limit={FEED_PAGE}",
-            route.path, vm.deny_list.cursor
+            route.path,
+            vm.deny_list.cursor()
         );
         if let Some(token) = call_origin(route, &path, vm.settings.fetch_timeout_ms) {
             self.calls.insert(token, Call::Feed);
@@ -544,17 +553,13 @@ impl Root {
         let keys = vm
             .usable_keys(now)
             .ok_or_else(|| "no key set to check the feed with".to_string())?;
-        // Read-modify-write under compare-and-swap: a second fetcher's write is never lost.
-        let (stored, cas) = hostcalls::get_shared_data(&vm.shared.deny_list)
-            .map_err(|status| format!("shared data: {status:?}"))?;
-        let mut list = stored
-            .as_deref()
-            .and_then(DenyList::decode)
-            .unwrap_or_else(|| vm.deny_list.clone());
+        vm.deny_list.sync(&Host, &vm.shared, now);
+        let mut cursor = vm.deny_list.cursor();
+        let mut revoked = Vec::new();
         let full = page.entries.len() >= FEED_PAGE;
         let mut finished = true;
         for entry in &page.entries {
-            if entry.seq <= list.cursor {
+            if entry.seq <= cursor {
                 continue;
             }
             match verify_revocation(&entry.jws, now, &keys, &vm.settings.policy) {
@@ -562,7 +567,7 @@ impl Root {
                     let until = revocation
                         .expires_at
                         .saturating_add(vm.settings.policy.leeway_seconds());
-                    list.insert(revocation.jti, until);
+                    revoked.push((revocation.jti, until));
                 }
                 Err(RevocationError::Expired) => {}
                 Err(RevocationError::Invalid(denial))
@@ -585,22 +590,14 @@ impl Root {
                     );
                 }
             }
-            list.cursor = list.cursor.max(entry.seq);
+            cursor = cursor.max(entry.seq);
         }
         if finished {
-            list.cursor = list.cursor.max(page.next);
+            cursor = cursor.max(page.next);
         }
-        list.read_at = now;
-        list.prune(now);
-        publish(
-            &vm.shared.deny_list,
-            &vm.shared.deny_list_version,
-            &list.encode(),
-            cas,
-        )
-        .map_err(|()| "another VM wrote the deny-list first".to_string())?;
-        vm.deny_list = list;
-        vm.deny_list_version = shared_version(&vm.shared.deny_list_version);
+        vm.deny_list
+            .publish(&Host, &vm.shared, revoked, cursor, now)
+            .map_err(|e| e.to_string())?;
         Ok(full && finished)
     }
 }
@@ -688,10 +685,9 @@ impl RootContext for Root {
             keys: KeyCache::default(),
             keys_version: 0,
             deny_list: DenyList::default(),
-            deny_list_version: 0,
             metrics: Metrics::define(),
         };
-        vm.sync();
+        vm.sync(now().unwrap_or(0));
         self.vm = Some(Rc::new(RefCell::new(vm)));
         hostcalls::set_tick_period(TICK).is_ok()
     }
@@ -702,7 +698,7 @@ impl RootContext for Root {
         };
         let mut vm = vm.borrow_mut();
         vm.metrics.flush();
-        vm.sync();
+        vm.sync(now);
         if self.is_fetcher(&vm.shared, now) {
             self.fetch(&mut vm, now);
         }
@@ -763,9 +759,10 @@ impl Exchange {
         };
         let mut vm = self.vm.borrow_mut();
         let vm = &mut *vm;
-        if vm.keys.usable(now, vm.settings.keys_max_stale).is_none() || vm.deny_list.read_at == 0 {
+        if vm.keys.usable(now, vm.settings.keys_max_stale).is_none() || vm.deny_list.read_at() == 0
+        {
             // A VM that has not ticked yet still sees what the fetcher has published.
-            vm.sync();
+            vm.sync(now);
         }
         let keys = vm.usable_keys(now);
         let before = vm.tokens.stats();

@@ -16,9 +16,10 @@
 //! - **Failure is closed.** A bad configuration makes Envoy refuse the plugin; a host call that
 //!   fails on the request path answers a JSON 500; nothing traps the VM.
 //!
-//! [`settings`], [`shared`] and [`host_crypto`] are plain data and run natively in tests; the proxy-wasm glue is
+//! [`settings`], [`shared`], [`deny_list`] and [`host_crypto`] are plain data and run natively in tests; the proxy-wasm glue is
 //! compiled for Wasm only.
 
+pub mod deny_list;
 pub mod host_crypto;
 pub mod settings;
 pub mod shared;

@@ -8,19 +8,13 @@
 //!   the worker count.
 //! - [`KeysRecord`]: the last good JWKS and until when it is fresh. Every VM parses it into its
 //!   own key ring when its version changes.
-//! - [`DenyList`]: the live revocations and the feed cursor. Every VM keeps a copy in memory, so a
-//!   request's deny-list lookup is a hash-map read, not a host call.
+//! - the deny-list, a log of segments with a head ([`crate::deny_list`]). Every VM keeps a copy in
+//!   memory, so a request's deny-list lookup is a hash-map read, not a host call.
 //!
-//! Each record has a small version key beside it, bumped after every write: a VM checks the
+//! The key set has a small version key beside it, bumped after every write: a VM checks the
 //! version on its tick and copies the record only when it changed.
 
-use std::{
-    collections::HashMap,
-    hash::{DefaultHasher, Hash, Hasher},
-};
-
-use edgeauth_core::DenyListStatus;
-use serde::{Deserialize, Serialize};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 /// How long a fetcher's lease lasts without renewal, in seconds: three ticks, so a fetcher that
 /// misses one tick under load keeps its place, and a VM that is gone is replaced within seconds.
@@ -39,10 +33,9 @@ pub struct Keys {
     pub keys_version: String,
     /// When a refetch for an unknown `kid` last started, in seconds (shared rate limit).
     pub forced_fetch: String,
-    /// The [`DenyList`].
-    pub deny_list: String,
-    /// The [`DenyList`]'s version.
-    pub deny_list_version: String,
+    /// The deny-list's head ([`crate::deny_list::Head`]).
+    pub deny_list_head: String,
+    prefix: String,
 }
 
 impl Keys {
@@ -57,9 +50,14 @@ impl Keys {
             keys: format!("{prefix}.keys"),
             keys_version: format!("{prefix}.keys.version"),
             forced_fetch: format!("{prefix}.keys.forced"),
-            deny_list: format!("{prefix}.deny_list"),
-            deny_list_version: format!("{prefix}.deny_list.version"),
+            deny_list_head: format!("{prefix}.deny_list.head"),
+            prefix,
         }
+    }
+
+    /// Segment `n` of the deny-list.
+    pub fn deny_list_segment(&self, n: u64) -> String {
+        format!("{}.deny_list.segment.{n}", self.prefix)
     }
 }
 
@@ -134,53 +132,6 @@ pub fn decode_version(bytes: Option<&[u8]>) -> u64 {
         .unwrap_or(0)
 }
 
-/// The revocations still in force and how far the feed has been read.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DenyList {
-    /// Every feed entry up to this sequence number has been applied.
-    pub cursor: u64,
-    /// When the feed was last read successfully (seconds since the epoch); 0 = never.
-    pub read_at: i64,
-    /// Revoked `jti` → until when it must be refused (its token's `exp` plus leeway).
-    pub revoked: HashMap<String, i64>,
-}
-
-impl DenyList {
-    /// Records a revocation; a later `until` for the same `jti` wins.
-    pub fn insert(&mut self, jti: String, until: i64) {
-        let entry = self.revoked.entry(jti).or_insert(until);
-        *entry = (*entry).max(until);
-    }
-
-    /// Drops revocations whose tokens can no longer pass anyway.
-    pub fn prune(&mut self, now: i64) {
-        self.revoked.retain(|_, until| now < *until);
-    }
-
-    /// The answer about `jti` at `now`. A listed `jti` is listed however old the list; otherwise,
-    /// a list never read or not read for `max_stale` seconds cannot vouch for a token.
-    pub fn status(&self, jti: Option<&str>, now: i64, max_stale: u32) -> DenyListStatus {
-        if jti.is_some_and(|jti| self.revoked.get(jti).is_some_and(|until| now < *until)) {
-            return DenyListStatus::Listed;
-        }
-        if self.read_at == 0 || now.saturating_sub(self.read_at) > i64::from(max_stale) {
-            return DenyListStatus::Unavailable;
-        }
-        DenyListStatus::NotListed
-    }
-
-    /// As stored in shared data.
-    pub fn encode(&self) -> Vec<u8> {
-        // A map of strings and integers always serialises.
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// `None` for anything else.
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
-        serde_json::from_slice(bytes).ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,56 +169,14 @@ mod tests {
         assert_eq!(decode_version(Some(b"42")), 42);
         assert_eq!(decode_version(Some(b"\xff")), 0);
         assert_eq!(decode_version(None), 0);
-
-        let mut list = DenyList {
-            cursor: 9,
-            read_at: 1000,
-            ..DenyList::default()
-        };
-        list.insert("a".into(), 1600);
-        assert_eq!(DenyList::decode(&list.encode()), Some(list));
-        assert_eq!(DenyList::decode(b"[]"), None);
-    }
-
-    #[test]
-    fn the_deny_list_answers_listed_not_listed_or_unavailable() {
-        let mut list = DenyList::default();
-        list.insert("revoked".into(), 1600);
-        list.insert("revoked".into(), 1500);
-        assert_eq!(list.revoked["revoked"], 1600, "the later expiry wins");
-        assert_eq!(
-            list.status(Some("other"), 1000, 300),
-            DenyListStatus::Unavailable,
-            "never read"
-        );
-        assert_eq!(
-            list.status(Some("revoked"), 1000, 300),
-            DenyListStatus::Listed
-        );
-        list.read_at = 1000;
-        assert_eq!(
-            list.status(Some("other"), 1300, 300),
-            DenyListStatus::NotListed
-        );
-        assert_eq!(list.status(None, 1300, 300), DenyListStatus::NotListed);
-        assert_eq!(
-            list.status(Some("other"), 1301, 300),
-            DenyListStatus::Unavailable,
-            "stale"
-        );
-        assert_eq!(
-            list.status(Some("revoked"), 1599, 300),
-            DenyListStatus::Listed
-        );
-        list.prune(1600);
-        assert!(list.revoked.is_empty());
     }
 
     #[test]
     fn configurations_get_their_own_keys() {
         let a = Keys::for_configuration(b"{\"a\":1}");
         let b = Keys::for_configuration(b"{\"a\":2}");
-        assert_ne!(a.deny_list, b.deny_list);
+        assert_ne!(a.deny_list_head, b.deny_list_head);
+        assert_ne!(a.deny_list_segment(1), b.deny_list_segment(1));
         assert_eq!(a.keys, Keys::for_configuration(b"{\"a\":1}").keys);
     }
 }
