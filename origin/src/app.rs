@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::{
     extract::{DefaultBodyLimit, State},
     http::{header, HeaderValue},
+    middleware::from_fn_with_state,
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -19,6 +20,7 @@ use crate::{
     http,
     keys::KeySet,
     password::PasswordHasher,
+    rate_limit::{self, Endpoint, RateLimiter},
     store::{profile_cache::ProfileCache, DenyList, RefreshStore, RevocationFeed, UserStore},
 };
 
@@ -46,15 +48,29 @@ pub struct AppState {
     pub verifier: Arc<SelfVerifier>,
     /// Sends each revocation to the edges at once.
     pub edge_push: EdgePush,
+    /// Per-client budgets of the credential endpoints.
+    pub rate_limiter: Arc<dyn RateLimiter>,
 }
 
 /// The origin's routes.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
+    // The budget is taken before the body is read or a password hashed.
+    let limited =
+        |endpoint: Endpoint| from_fn_with_state((state.clone(), endpoint), rate_limit::limit);
     Router::new()
-        .route("/v1/register", post(http::register))
-        .route("/v1/login", post(http::login))
-        .route("/v1/token/refresh", post(http::refresh))
+        .route(
+            "/v1/register",
+            post(http::register).route_layer(limited(Endpoint::Register)),
+        )
+        .route(
+            "/v1/login",
+            post(http::login).route_layer(limited(Endpoint::Login)),
+        )
+        .route(
+            "/v1/token/refresh",
+            post(http::refresh).route_layer(limited(Endpoint::Refresh)),
+        )
         .route("/v1/me", get(http::me).patch(http::update_me))
         .route("/v1/logout", post(http::logout))
         .route("/v1/revocations", get(http::revocations))

@@ -12,11 +12,16 @@ use crate::{
     edge_push::EdgePush,
     keys::KeySet,
     password::PasswordHasher,
+    rate_limit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter},
     store::deny::{MemoryDenyList, RedisDenyList},
     store::dynamo::{client_for_endpoint, client_from_env, create_tables, DynamoStore, TableNames},
     store::profile_cache::{MemoryProfileCache, ProfileCache, RedisProfileCache},
+    store::redis_connection::RedisConnection,
     store::DenyList,
 };
+
+/// A rate-limit decision waits this long for Redis before the request goes through unlimited.
+const RATE_LIMIT_REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// File name of the embedded database under `data_dir`.
 pub const EMBEDDED_DB_FILE: &str = "dynamodb.sqlite";
@@ -77,12 +82,22 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         Some(url) => Arc::new(RedisDenyList::new(url)?),
         None => Arc::new(MemoryDenyList::default()),
     };
+    // Rate limits are security state every instance must share, like the deny-list: they live
+    // in the same Redis, or in-process when the deny-list is.
+    let rate_limiter: Arc<dyn RateLimiter> = match &config.redis_denylist_url {
+        Some(url) => Arc::new(RedisRateLimiter::new(
+            RedisConnection::new(url, RATE_LIMIT_REDIS_TIMEOUT)?,
+            &config.table_prefix,
+        )),
+        None => Arc::new(MemoryRateLimiter::default()),
+    };
     let profile_cache: Arc<dyn ProfileCache> = match &config.redis_cache_url {
         Some(url) => Arc::new(RedisProfileCache::new(url)?),
         None => Arc::new(MemoryProfileCache::default()),
     };
     let edge_push = EdgePush::new(&config.edge_push_urls)?;
     Ok(AppState {
+        rate_limiter,
         edge_push,
         feed: store.clone(),
         deny_list,

@@ -8,7 +8,11 @@ use std::{net::SocketAddr, path::PathBuf};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::{keys::SigningAlgorithm, password::Argon2Cost};
+use crate::{
+    keys::SigningAlgorithm,
+    password::Argon2Cost,
+    rate_limit::{ClientIpSource, RateLimits},
+};
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +93,10 @@ struct RawConfig {
     hashing_concurrency: Option<usize>,
     #[serde(default)]
     edge_push_urls: Vec<String>,
+    #[serde(default)]
+    rate_limits: RateLimits,
+    #[serde(default)]
+    client_ip: ClientIpSource,
 }
 
 fn default_listen() -> SocketAddr {
@@ -174,11 +182,17 @@ pub struct Config {
     pub hashing_concurrency: usize,
     /// Edge endpoints each revocation is pushed to (checked by `EdgePush::new`).
     pub edge_push_urls: Vec<String>,
+    /// Per-client budgets of login, register and refresh.
+    pub rate_limits: RateLimits,
+    /// Where a request's client address comes from.
+    pub client_ip: ClientIpSource,
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 20] = [
+const FIELDS: [&str; 22] = [
     "edge_push_urls",
+    "rate_limits",
+    "client_ip",
     "redis_cache_url",
     "profile_cache_ttl_seconds",
     "redis_denylist_url",
@@ -309,6 +323,15 @@ impl Config {
                 "must be between 1 s and 1 day",
             ));
         }
+        raw.rate_limits
+            .validate()
+            .map_err(|problem| invalid("rate_limits", &problem))?;
+        if raw.client_ip == (ClientIpSource::XForwardedFor { trusted_proxies: 0 }) {
+            return Err(invalid(
+                "client_ip",
+                "x_forwarded_for needs at least one trusted proxy (the one that appends the client)",
+            ));
+        }
         if raw.storage == Storage::Embedded && raw.dynamodb_endpoint.is_some() {
             return Err(invalid(
                 "dynamodb_endpoint",
@@ -343,6 +366,8 @@ impl Config {
             argon2: raw.argon2,
             hashing_concurrency: raw.hashing_concurrency.unwrap_or(cores).max(1),
             edge_push_urls: raw.edge_push_urls,
+            rate_limits: raw.rate_limits,
+            client_ip: raw.client_ip,
         })
     }
 }
@@ -411,6 +436,26 @@ mod tests {
         assert_eq!(
             field(build(None, &[("EDGEAUTH_TABLE_PREFIX", "bad prefix")])),
             "table_prefix"
+        );
+        assert_eq!(
+            field(build(
+                None,
+                &[(
+                    "EDGEAUTH_RATE_LIMITS",
+                    r#"{"login":{"count":0,"per_seconds":60}}"#
+                )]
+            )),
+            "rate_limits"
+        );
+        assert_eq!(
+            field(build(
+                None,
+                &[(
+                    "EDGEAUTH_CLIENT_IP",
+                    r#"{"source":"x_forwarded_for","trusted_proxies":0}"#
+                )]
+            )),
+            "client_ip"
         );
         assert_eq!(
             field(build(

@@ -52,6 +52,12 @@ pub enum ApiError {
         /// The core's JSON body.
         body: String,
     },
+    /// 429: the client's budget for this endpoint is spent (`rate_limit`).
+    #[error("too many requests; retry later")]
+    RateLimited {
+        /// Seconds until the next request is allowed (`Retry-After`).
+        retry_after_seconds: u64,
+    },
     /// 503: a dependency is down; says which for the log, not the client.
     #[error("{0} unavailable")]
     Unavailable(String),
@@ -89,6 +95,7 @@ impl ApiError {
             Self::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
             Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             Self::InvalidGrant => (StatusCode::UNAUTHORIZED, "invalid_grant"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
             Self::Token { .. } => (StatusCode::UNAUTHORIZED, "invalid_token"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
@@ -138,6 +145,12 @@ impl IntoResponse for ApiError {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        if let Self::RateLimited {
+            retry_after_seconds,
+        } = self
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

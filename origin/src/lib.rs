@@ -14,4 +14,5 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod password;
+pub mod rate_limit;
 pub mod store;

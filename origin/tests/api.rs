@@ -1055,3 +1055,155 @@ fn push_urls_must_be_http_urls() {
         assert!(refused, "{bad} accepted");
     }
 }
+
+/// A request from a client behind the one trusted proxy of these tests' configuration.
+fn from_client(path: &str, body: Value, forwarded_for: &str) -> Request<Body> {
+    Request::post(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-forwarded-for", forwarded_for)
+        .body(Body::from(body.to_string()))
+        .expect("request")
+}
+
+const BEHIND_ONE_PROXY: (&str, &str) = (
+    "EDGEAUTH_CLIENT_IP",
+    r#"{"source":"x_forwarded_for","trusted_proxies":1}"#,
+);
+
+#[tokio::test]
+async fn logins_past_the_budget_are_refused_with_retry_after() {
+    let o = origin_with(&[
+        BEHIND_ONE_PROXY,
+        (
+            "EDGEAUTH_RATE_LIMITS",
+            r#"{"login":{"count":3,"per_seconds":60}}"#,
+        ),
+    ])
+    .await;
+    let guess =
+        |n: u32| json!({"email": "victim@example.com", "password": format!("guess number {n}")});
+    for n in 0..3 {
+        let r = o
+            .send(from_client(
+                "/v1/login",
+                guess(n),
+                "198.51.100.9, 203.0.113.7",
+            ))
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let r = o
+        .send(from_client(
+            "/v1/login",
+            guess(3),
+            "198.51.100.9, 203.0.113.7",
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.body["error"], "rate_limited");
+    // Three a minute: the next one is 20 s away.
+    let retry_after: u64 = r.headers[header::RETRY_AFTER]
+        .to_str()
+        .expect("text")
+        .parse()
+        .expect("seconds");
+    assert!((19..=20).contains(&retry_after), "{retry_after}");
+
+    // What the client writes left of the trusted proxy's entry buys nothing.
+    let r = o
+        .send(from_client("/v1/login", guess(4), "10.9.9.9, 203.0.113.7"))
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    // Another client, and another endpoint of the same client, have budgets of their own.
+    let r = o
+        .send(from_client("/v1/login", guess(5), "203.0.113.8"))
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = o
+        .send(from_client(
+            "/v1/register",
+            json!({"email": "new@example.com", "password": "a fine passphrase"}),
+            "203.0.113.7",
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn register_and_refresh_have_budgets_of_their_own() {
+    let o = origin_with(&[
+        BEHIND_ONE_PROXY,
+        (
+            "EDGEAUTH_RATE_LIMITS",
+            r#"{"register":{"count":2,"per_seconds":3600},"refresh":{"count":1,"per_seconds":60}}"#,
+        ),
+    ])
+    .await;
+    for (n, expected) in [
+        (0, StatusCode::CREATED),
+        (1, StatusCode::CREATED),
+        (2, StatusCode::TOO_MANY_REQUESTS),
+    ] {
+        let r = o
+            .send(from_client(
+                "/v1/register",
+                json!({"email": format!("user{n}@example.com"), "password": "a fine passphrase"}),
+                "203.0.113.7",
+            ))
+            .await;
+        assert_eq!(r.status, expected, "registration {n}");
+    }
+    let refresh = json!({"refresh_token": "not a token"});
+    let r = o
+        .send(from_client(
+            "/v1/token/refresh",
+            refresh.clone(),
+            "203.0.113.7",
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = o
+        .send(from_client("/v1/token/refresh", refresh, "203.0.113.7"))
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+}
+
+#[tokio::test]
+async fn without_a_trusted_proxy_the_peer_address_counts_and_headers_do_not() {
+    let o = origin_with(&[(
+        "EDGEAUTH_RATE_LIMITS",
+        r#"{"login":{"count":1,"per_seconds":60}}"#,
+    )])
+    .await;
+    let peer = |last: u8| {
+        o.router
+            .clone()
+            .layer(axum::extract::connect_info::MockConnectInfo(
+                std::net::SocketAddr::from(([192, 0, 2, last], 40_000)),
+            ))
+    };
+    let login = |forwarded_for: &str| {
+        from_client(
+            "/v1/login",
+            json!({"email": "victim@example.com", "password": "a wrong guess"}),
+            forwarded_for,
+        )
+    };
+    let status = |router: Router, request: Request<Body>| async move {
+        router.oneshot(request).await.expect("infallible").status()
+    };
+    assert_eq!(
+        status(peer(1), login("203.0.113.1")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // A new X-Forwarded-For value each time changes nothing: the header is not trusted.
+    assert_eq!(
+        status(peer(1), login("203.0.113.2")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        status(peer(2), login("203.0.113.2")).await,
+        StatusCode::UNAUTHORIZED
+    );
+}

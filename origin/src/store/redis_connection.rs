@@ -40,6 +40,20 @@ impl RedisConnection {
         })
     }
 
+    /// Runs a Lua script (`EVALSHA`, loading it on first use), under the same bounds as [`Self::run`].
+    pub async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(self.timeout * 2, invocation.invoke_async(&mut connection)).await
+        {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("Redis: {e}"))),
+            Err(_) => Err(StoreError::Unavailable("Redis: timed out".into())),
+        }
+    }
+
     /// Runs one command; any failure or a wait past twice the timeout is `Unavailable`.
     pub async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         let mut connection = self.connection.clone();
