@@ -21,6 +21,7 @@ use crate::{
     keys::KeySet,
     password::PasswordHasher,
     rate_limit::{self, Endpoint, RateLimiter},
+    soft_lock::LoginGuard,
     store::{profile_cache::ProfileCache, DenyList, RefreshStore, RevocationFeed, UserStore},
 };
 
@@ -50,6 +51,8 @@ pub struct AppState {
     pub edge_push: EdgePush,
     /// Per-client budgets of the credential endpoints.
     pub rate_limiter: Arc<dyn RateLimiter>,
+    /// Soft lock of emails under attack.
+    pub login_guard: LoginGuard,
 }
 
 /// The origin's routes.

@@ -13,6 +13,9 @@ use crate::{
     keys::KeySet,
     password::PasswordHasher,
     rate_limit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter},
+    soft_lock::{
+        CaptchaVerifier, FailureCounter, LoginGuard, MemoryFailureCounter, RedisFailureCounter,
+    },
     store::deny::{MemoryDenyList, RedisDenyList},
     store::dynamo::{client_for_endpoint, client_from_env, create_tables, DynamoStore, TableNames},
     store::profile_cache::{MemoryProfileCache, ProfileCache, RedisProfileCache},
@@ -91,12 +94,25 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         )),
         None => Arc::new(MemoryRateLimiter::default()),
     };
+    let failures: Arc<dyn FailureCounter> = match &config.redis_denylist_url {
+        Some(url) => Arc::new(RedisFailureCounter::new(
+            RedisConnection::new(url, RATE_LIMIT_REDIS_TIMEOUT)?,
+            &config.table_prefix,
+        )),
+        None => Arc::new(MemoryFailureCounter::default()),
+    };
+    let captcha = match &config.captcha {
+        Some(captcha) => Some(CaptchaVerifier::new(captcha).context("captcha")?),
+        None => None,
+    };
+    let login_guard = LoginGuard::new(failures, captcha, config.soft_lock);
     let profile_cache: Arc<dyn ProfileCache> = match &config.redis_cache_url {
         Some(url) => Arc::new(RedisProfileCache::new(url)?),
         None => Arc::new(MemoryProfileCache::default()),
     };
     let edge_push = EdgePush::new(&config.edge_push_urls)?;
     Ok(AppState {
+        login_guard,
         rate_limiter,
         edge_push,
         feed: store.clone(),

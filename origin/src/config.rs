@@ -12,6 +12,7 @@ use crate::{
     keys::SigningAlgorithm,
     password::Argon2Cost,
     rate_limit::{ClientIpSource, RateLimits},
+    soft_lock::{Captcha, SoftLock},
 };
 
 /// Why the configuration was refused.
@@ -97,6 +98,10 @@ struct RawConfig {
     rate_limits: RateLimits,
     #[serde(default)]
     client_ip: ClientIpSource,
+    #[serde(default)]
+    soft_lock: SoftLock,
+    #[serde(default)]
+    captcha: Option<Captcha>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -186,11 +191,17 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// Where a request's client address comes from.
     pub client_ip: ClientIpSource,
+    /// When failed logins soft-lock an email.
+    pub soft_lock: SoftLock,
+    /// The CAPTCHA service that unlocks it; none: no soft lock.
+    pub captcha: Option<Captcha>,
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 22] = [
+const FIELDS: [&str; 24] = [
     "edge_push_urls",
+    "soft_lock",
+    "captcha",
     "rate_limits",
     "client_ip",
     "redis_cache_url",
@@ -326,6 +337,14 @@ impl Config {
         raw.rate_limits
             .validate()
             .map_err(|problem| invalid("rate_limits", &problem))?;
+        raw.soft_lock
+            .validate()
+            .map_err(|problem| invalid("soft_lock", &problem))?;
+        if let Some(captcha) = &raw.captcha {
+            captcha
+                .validate()
+                .map_err(|problem| invalid("captcha", &problem))?;
+        }
         if raw.client_ip == (ClientIpSource::XForwardedFor { trusted_proxies: 0 }) {
             return Err(invalid(
                 "client_ip",
@@ -368,6 +387,8 @@ impl Config {
             edge_push_urls: raw.edge_push_urls,
             rate_limits: raw.rate_limits,
             client_ip: raw.client_ip,
+            soft_lock: raw.soft_lock,
+            captcha: raw.captcha,
         })
     }
 }

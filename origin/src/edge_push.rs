@@ -9,13 +9,11 @@ use std::{sync::Arc, time::Duration};
 
 use http_body_util::Full;
 use hyper::{body::Bytes, header, Method, Request, Uri};
-use hyper_rustls::HttpsConnector;
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
-};
 
-use crate::store::FeedEntry;
+use crate::{
+    outbound::{self, OutboundClient, OutboundError},
+    store::FeedEntry,
+};
 
 /// How long one push may take before it is abandoned (the pull repairs it).
 const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,14 +23,8 @@ pub const PUSH_CONTENT_TYPE: &str = "application/jose";
 
 /// Why the push configuration was refused at start-up.
 #[derive(Debug, thiserror::Error)]
-pub enum EdgePushError {
-    /// Not an absolute http(s) URL.
-    #[error("edge_push_urls: `{0}` is not an http:// or https:// URL")]
-    InvalidUrl(String),
-    /// The system's root certificates could not be loaded.
-    #[error("edge_push_urls: cannot load the system's root certificates: {0}")]
-    Roots(std::io::Error),
-}
+#[error("edge_push_urls: {0}")]
+pub struct EdgePushError(#[from] OutboundError);
 
 /// The edges' push endpoints and one pooled HTTPS client for them.
 #[derive(Clone, Debug)]
@@ -40,7 +32,7 @@ pub struct EdgePush {
     urls: Arc<Vec<Uri>>,
     /// Built only when there is somewhere to push: loading the system's root certificates is
     /// start-up work (and a start-up failure) an origin without edges should not have.
-    client: Option<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>,
+    client: Option<OutboundClient>,
 }
 
 impl EdgePush {
@@ -53,19 +45,13 @@ impl EdgePush {
                     .ok()
                     .filter(|uri| matches!(uri.scheme_str(), Some("http" | "https")))
                     .filter(|uri| uri.host().is_some())
-                    .ok_or_else(|| EdgePushError::InvalidUrl(url.clone()))
+                    .ok_or_else(|| OutboundError::InvalidUrl(url.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let client = if urls.is_empty() {
             None
         } else {
-            let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-                .map_err(EdgePushError::Roots)?
-                .https_or_http()
-                .enable_http1()
-                .build();
-            Some(Client::builder(TokioExecutor::new()).build(connector))
+            Some(outbound::client()?)
         };
         Ok(Self {
             urls: Arc::new(urls),

@@ -52,6 +52,9 @@ pub enum ApiError {
         /// The core's JSON body.
         body: String,
     },
+    /// 401: this email is soft-locked after failed logins; send a solved CAPTCHA (`soft_lock`).
+    #[error("solve the CAPTCHA and send its token as captcha_token")]
+    CaptchaRequired,
     /// 429: the client's budget for this endpoint is spent (`rate_limit`).
     #[error("too many requests; retry later")]
     RateLimited {
@@ -95,6 +98,7 @@ impl ApiError {
             Self::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
             Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             Self::InvalidGrant => (StatusCode::UNAUTHORIZED, "invalid_grant"),
+            Self::CaptchaRequired => (StatusCode::UNAUTHORIZED, "captcha_required"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
             Self::Token { .. } => (StatusCode::UNAUTHORIZED, "invalid_token"),

@@ -5,7 +5,7 @@ use axum::{
     extract::{rejection::JsonRejection, FromRequest, Request, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    Json,
+    Extension, Json,
 };
 use base64ct::{Base64UrlUnpadded, Encoding};
 use rand_core::{OsRng, RngCore};
@@ -20,6 +20,8 @@ use crate::{
     error::ApiError,
     keys::{AccessClaims, REVOCATION_TYPE},
     password::Verification,
+    rate_limit::ClientAddress,
+    soft_lock::account_key,
     store::{profile_cache::Profile, RefreshRecord, StoreError, User, UserId},
 };
 
@@ -69,6 +71,9 @@ pub struct Credentials {
     /// Login only: also return the refresh token in the body (non-browser clients).
     #[serde(default)]
     pub refresh_token_in_body: bool,
+    /// Login only: a solved CAPTCHA's token, needed once the email is soft-locked.
+    #[serde(default)]
+    pub captcha_token: Option<String>,
 }
 
 /// Trims and case-folds an email and checks it looks like one. Deliverability is the
@@ -160,13 +165,25 @@ fn refresh_cookie(token: &str, max_age: u32) -> Result<HeaderValue, ApiError> {
 /// when asked). An unknown email and a wrong password cost the same and read the same.
 pub async fn login(
     State(state): State<AppState>,
+    client: Option<Extension<ClientAddress>>,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Response, ApiError> {
     let email = normalise_email(&body.email)?;
-    check_password(&body.password).map_err(|_| ApiError::InvalidCredentials)?;
+    let account = account_key(&email);
+    let client_ip = client.and_then(|Extension(ClientAddress(ip))| ip);
+    state
+        .login_guard
+        .admit(&account, body.captcha_token.as_deref(), client_ip)
+        .await?;
+    if check_password(&body.password).is_err() {
+        state.login_guard.failed(&account).await;
+        return Err(ApiError::InvalidCredentials);
+    }
     let user = state.users.find_by_email(&email).await?;
     let Some(user) = user else {
         state.passwords.verify_unknown(body.password).await?;
+        // Counted like a wrong password, so a soft lock never tells which emails exist.
+        state.login_guard.failed(&account).await;
         tracing::info!(event = "login_failed", "unknown account");
         return Err(ApiError::InvalidCredentials);
     };
@@ -176,6 +193,7 @@ pub async fn login(
         .await?
     {
         Verification::Mismatch => {
+            state.login_guard.failed(&account).await;
             tracing::info!(event = "login_failed", user_id = %user.id, "wrong password");
             return Err(ApiError::InvalidCredentials);
         }
@@ -187,6 +205,7 @@ pub async fn login(
             }
         }
     }
+    state.login_guard.succeeded(&account).await;
     let now = now();
     let (refresh_token, record) = new_refresh_record(&state, user.id, uuid::Uuid::new_v4(), now);
     state.refresh.insert(&record).await?;

@@ -13,6 +13,8 @@ pub mod edge_push;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod outbound;
 pub mod password;
 pub mod rate_limit;
+pub mod soft_lock;
 pub mod store;

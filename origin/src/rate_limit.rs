@@ -325,16 +325,21 @@ impl Endpoint {
     }
 }
 
+/// The client's address as the trusted source gave it, for handlers (a request extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub Option<IpAddr>);
+
 /// Middleware: takes one request from the client's budget for `endpoint`, or answers 429 with
-/// `Retry-After`.
+/// `Retry-After`. Leaves the client's address to the handler as [`ClientAddress`].
 pub async fn limit(
     State((state, endpoint)): State<(AppState, Endpoint)>,
     peer: Result<ConnectInfo<SocketAddr>, ExtensionRejection>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let peer = peer.ok().map(|ConnectInfo(addr)| addr.ip());
     let ip = client_ip(state.config.client_ip, request.headers()).or(peer);
+    request.extensions_mut().insert(ClientAddress(ip));
     // Without an address (only in-process tests drive the router without a socket) every such
     // request shares one budget.
     let client = ip.map_or_else(|| "unknown".to_string(), bucket);

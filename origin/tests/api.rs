@@ -1207,3 +1207,131 @@ async fn without_a_trusted_proxy_the_peer_address_counts_and_headers_do_not() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// A stand-in for Turnstile's siteverify (an outside SaaS): `solved` is the one good token for
+/// the secret `test-secret`. Returns its URL and every request it received.
+async fn captcha_service() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let router = Router::new().route(
+        "/siteverify",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let log = log.clone();
+            async move {
+                let success = body["secret"] == "test-secret" && body["response"] == "solved";
+                log.lock().expect("not poisoned").push(body);
+                axum::Json(json!({"success": success, "error-codes": []}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{address}/siteverify"), seen)
+}
+
+fn captcha_config(verify_url: &str) -> String {
+    json!({"verify_url": verify_url, "secret": "test-secret"}).to_string()
+}
+
+#[tokio::test]
+async fn failed_logins_soft_lock_an_email_until_a_captcha_is_solved() {
+    let (url, seen) = captcha_service().await;
+    let captcha = captcha_config(&url);
+    let o = origin_with(&[
+        BEHIND_ONE_PROXY,
+        ("EDGEAUTH_CAPTCHA", &captcha),
+        ("EDGEAUTH_SOFT_LOCK", r#"{"failures":3}"#),
+    ])
+    .await;
+    o.register("quinn@example.com", "quinn's passphrase").await;
+    let login = |password: &str, captcha: Option<&str>| {
+        let mut body = json!({"email": "quinn@example.com", "password": password});
+        if let Some(token) = captcha {
+            body["captcha_token"] = json!(token);
+        }
+        from_client("/v1/login", body, "203.0.113.7")
+    };
+    for n in 0..3 {
+        let r = o.send(login(&format!("guess number {n}"), None)).await;
+        assert_eq!(r.body["error"], "invalid_credentials");
+    }
+    // Locked: even the right password needs a solved CAPTCHA now, and a bad token is no help.
+    let r = o.send(login("quinn's passphrase", None)).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("captcha_required"))
+    );
+    let r = o.send(login("quinn's passphrase", Some("made up"))).await;
+    assert_eq!(r.body["error"], "captcha_required");
+    let r = o.send(login("quinn's passphrase", Some("solved"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    // The service was asked with the site's secret and the client's address.
+    let last = seen
+        .lock()
+        .expect("not poisoned")
+        .last()
+        .cloned()
+        .expect("a call");
+    assert_eq!(
+        (last["secret"].as_str(), last["remoteip"].as_str()),
+        (Some("test-secret"), Some("203.0.113.7"))
+    );
+    // A successful login clears the count: no CAPTCHA next time.
+    let r = o.send(login("quinn's passphrase", None)).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // An email no account has locks the same way, so the answers never tell which exist;
+    // another email is untouched.
+    let stranger = |email: &str| {
+        from_client(
+            "/v1/login",
+            json!({"email": email, "password": "some guess"}),
+            "198.51.100.4",
+        )
+    };
+    for _ in 0..3 {
+        let r = o.send(stranger("nobody@example.com")).await;
+        assert_eq!(r.body["error"], "invalid_credentials");
+    }
+    let r = o.send(stranger("nobody@example.com")).await;
+    assert_eq!(r.body["error"], "captcha_required");
+    let r = o.send(stranger("somebody@example.com")).await;
+    assert_eq!(r.body["error"], "invalid_credentials");
+}
+
+#[tokio::test]
+async fn a_soft_lock_needs_a_captcha_service_to_exist() {
+    // Without one there would be nothing to unlock with: no soft lock, only the rate limits.
+    let o = origin_with(&[("EDGEAUTH_SOFT_LOCK", r#"{"failures":2}"#)]).await;
+    o.register("ruth@example.com", "ruth's passphrase").await;
+    for _ in 0..4 {
+        let r = o.login("ruth@example.com", "a wrong guess").await;
+        assert_eq!(r.body["error"], "invalid_credentials");
+    }
+    let r = o.login("ruth@example.com", "ruth's passphrase").await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // A CAPTCHA service that cannot be reached is the origin's problem, not the user's: 503.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address")
+    };
+    let captcha = captcha_config(&format!("http://{closed}/siteverify"));
+    let o = origin_with(&[
+        ("EDGEAUTH_CAPTCHA", &captcha),
+        ("EDGEAUTH_SOFT_LOCK", r#"{"failures":1}"#),
+    ])
+    .await;
+    o.login("sam@example.com", "a wrong guess").await;
+    let r = o
+        .post(
+            "/v1/login",
+            json!({"email": "sam@example.com", "password": "a wrong guess", "captcha_token": "solved"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+}

@@ -46,18 +46,29 @@ impl RedisConnection {
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         let mut connection = self.connection.clone();
-        match tokio::time::timeout(self.timeout * 2, invocation.invoke_async(&mut connection)).await
-        {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!("Redis: {e}"))),
-            Err(_) => Err(StoreError::Unavailable("Redis: timed out".into())),
-        }
+        self.bounded(invocation.invoke_async(&mut connection)).await
+    }
+
+    /// Runs a pipeline (`MULTI`/`EXEC` when atomic), under the same bounds as [`Self::run`].
+    pub async fn run_pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipeline: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.connection.clone();
+        self.bounded(pipeline.query_async(&mut connection)).await
     }
 
     /// Runs one command; any failure or a wait past twice the timeout is `Unavailable`.
     pub async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         let mut connection = self.connection.clone();
-        match tokio::time::timeout(self.timeout * 2, cmd.query_async(&mut connection)).await {
+        self.bounded(cmd.query_async(&mut connection)).await
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout * 2, call).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(StoreError::Unavailable(format!("Redis: {e}"))),
             Err(_) => Err(StoreError::Unavailable("Redis: timed out".into())),
