@@ -13,6 +13,7 @@ use axum::{
 use serde_json::json;
 
 use crate::{
+    audit::{self, Audit},
     auth::SelfVerifier,
     config::Config,
     edge_push::EdgePush,
@@ -53,6 +54,8 @@ pub struct AppState {
     pub rate_limiter: Arc<dyn RateLimiter>,
     /// Soft lock of emails under attack.
     pub login_guard: LoginGuard,
+    /// Security events.
+    pub audit: Audit,
 }
 
 /// The origin's routes.
@@ -75,6 +78,7 @@ pub fn app(state: AppState) -> Router {
             post(http::refresh).route_layer(limited(Endpoint::Refresh)),
         )
         .route("/v1/me", get(http::me).patch(http::update_me))
+        .route("/v1/me/audit", get(http::my_audit))
         .route("/v1/logout", post(http::logout))
         .route("/v1/revocations", get(http::revocations))
         .route("/healthz", get(healthz))
@@ -82,6 +86,8 @@ pub fn app(state: AppState) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(body_limit))
+        // Outermost: the request id and client address every other layer and handler reads.
+        .layer(from_fn_with_state(state.clone(), audit::request_context))
         .with_state(state)
 }
 

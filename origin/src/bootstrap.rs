@@ -7,6 +7,7 @@ use anyhow::Context;
 
 use crate::{
     app::AppState,
+    audit::Audit,
     auth::SelfVerifier,
     config::{Config, Storage},
     edge_push::EdgePush,
@@ -112,6 +113,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     };
     let edge_push = EdgePush::new(&config.edge_push_urls)?;
     Ok(AppState {
+        audit: Audit::new(store.clone()),
         login_guard,
         rate_limiter,
         edge_push,

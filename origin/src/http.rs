@@ -5,7 +5,7 @@ use axum::{
     extract::{rejection::JsonRejection, FromRequest, Request, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    Extension, Json,
+    Json,
 };
 use base64ct::{Base64UrlUnpadded, Encoding};
 use rand_core::{OsRng, RngCore};
@@ -15,12 +15,12 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     app::AppState,
+    audit::{email_subject, RequestFacts},
     auth::Caller,
     clock::now,
     error::ApiError,
     keys::{AccessClaims, REVOCATION_TYPE},
     password::Verification,
-    rate_limit::ClientAddress,
     soft_lock::account_key,
     store::{profile_cache::Profile, RefreshRecord, StoreError, User, UserId},
 };
@@ -165,38 +165,45 @@ fn refresh_cookie(token: &str, max_age: u32) -> Result<HeaderValue, ApiError> {
 /// when asked). An unknown email and a wrong password cost the same and read the same.
 pub async fn login(
     State(state): State<AppState>,
-    client: Option<Extension<ClientAddress>>,
+    facts: RequestFacts,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Response, ApiError> {
     let email = normalise_email(&body.email)?;
     let account = account_key(&email);
-    let client_ip = client.and_then(|Extension(ClientAddress(ip))| ip);
+    // Looked up first so that every event, the soft lock's included, names the account.
+    let user = state.users.find_by_email(&email).await?;
+    let subject = user
+        .as_ref()
+        .map_or_else(|| email_subject(&account), |u| u.id.to_string());
+    let audit = |event: &'static str| state.audit.record(event, &subject, &facts);
     state
         .login_guard
-        .admit(&account, body.captcha_token.as_deref(), client_ip)
+        .admit(
+            &account,
+            body.captcha_token.as_deref(),
+            facts.client_ip,
+            &audit,
+        )
         .await?;
+    let failed = || async {
+        state.login_guard.failed(&account, &audit).await;
+        audit("login_failed");
+        ApiError::InvalidCredentials
+    };
     if check_password(&body.password).is_err() {
-        state.login_guard.failed(&account).await;
-        return Err(ApiError::InvalidCredentials);
+        return Err(failed().await);
     }
-    let user = state.users.find_by_email(&email).await?;
     let Some(user) = user else {
         state.passwords.verify_unknown(body.password).await?;
         // Counted like a wrong password, so a soft lock never tells which emails exist.
-        state.login_guard.failed(&account).await;
-        tracing::info!(event = "login_failed", "unknown account");
-        return Err(ApiError::InvalidCredentials);
+        return Err(failed().await);
     };
     match state
         .passwords
         .verify(body.password, user.password_hash.clone())
         .await?
     {
-        Verification::Mismatch => {
-            state.login_guard.failed(&account).await;
-            tracing::info!(event = "login_failed", user_id = %user.id, "wrong password");
-            return Err(ApiError::InvalidCredentials);
-        }
+        Verification::Mismatch => return Err(failed().await),
         Verification::Match => {}
         Verification::MatchRehashed(new_hash) => {
             // Upgrading is best effort: the login stands even if the write fails.
@@ -209,7 +216,7 @@ pub async fn login(
     let now = now();
     let (refresh_token, record) = new_refresh_record(&state, user.id, uuid::Uuid::new_v4(), now);
     state.refresh.insert(&record).await?;
-    tracing::info!(event = "login", user_id = %user.id, "logged in");
+    audit("login");
     token_response(
         &state,
         &user,
@@ -310,6 +317,7 @@ fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 /// two tabs refreshing together do not log the user out.
 pub async fn refresh(
     State(state): State<AppState>,
+    facts: RequestFacts,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -360,6 +368,9 @@ pub async fn refresh(
                 Err(StoreError::Conflict) => {
                     let revoked = state.refresh.revoke_family(record.family_id).await?;
                     tracing::warn!(event = "refresh_reuse", user_id = %user.id, family_id = %record.family_id, revoked, "refresh token reused: session revoked");
+                    state
+                        .audit
+                        .record("refresh_reuse", &user.id.to_string(), &facts);
                     return Err(ApiError::InvalidGrant);
                 }
                 Err(e) => return Err(e.into()),
@@ -373,7 +384,11 @@ pub async fn refresh(
 /// `POST /v1/logout`: ends the caller's session at once. The access token's `jti` goes on the
 /// deny-list until its `exp`, and every refresh token of its session (`sid`) is deleted. Success
 /// is reported only when both are recorded; otherwise 503 and the client retries.
-pub async fn logout(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    facts: RequestFacts,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     let now = now();
     let claims = caller.token.claims();
     let (Some(jti), Some(exp)) = (claims.jti.as_deref(), claims.exp) else {
@@ -397,6 +412,9 @@ pub async fn logout(State(state): State<AppState>, caller: Caller) -> Result<Res
         state.refresh.revoke_family(sid).await?;
     }
     tracing::info!(event = "logout", user_id = %caller.user_id, seq = entry.seq, "logged out");
+    state
+        .audit
+        .record("logout", &caller.user_id.to_string(), &facts);
     let mut response = StatusCode::NO_CONTENT.into_response();
     let headers = response.headers_mut();
     headers.insert(header::SET_COOKIE, refresh_cookie("", 0)?);
@@ -529,6 +547,23 @@ pub async fn update_me(
         tracing::warn!(user_id = %caller.user_id, error = %e, "profile cache not invalidated");
     }
     me(State(state), caller).await
+}
+
+/// Most events `GET /v1/me/audit` returns.
+const AUDIT_PAGE: u32 = 50;
+
+/// `GET /v1/me/audit`: the caller's own security events, newest first (logins, failed logins,
+/// soft locks, CAPTCHAs, refresh-token reuse, logouts), with the address and request id of each.
+pub async fn my_audit(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let events = state
+        .audit
+        .for_user(&caller.user_id.to_string(), AUDIT_PAGE)
+        .await?;
+    let mut response = Json(json!({ "events": events })).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! instances scale out behind a load balancer.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod clock;

@@ -17,13 +17,13 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv6Addr},
     sync::Mutex,
     time::Duration,
 };
 
 use axum::{
-    extract::{rejection::ExtensionRejection, ConnectInfo, Request, State},
+    extract::{Request, State},
     http::HeaderMap,
     middleware::Next,
     response::{IntoResponse, Response},
@@ -330,16 +330,16 @@ impl Endpoint {
 pub struct ClientAddress(pub Option<IpAddr>);
 
 /// Middleware: takes one request from the client's budget for `endpoint`, or answers 429 with
-/// `Retry-After`. Leaves the client's address to the handler as [`ClientAddress`].
+/// `Retry-After`. The address is the [`ClientAddress`] that `audit::request_context` found.
 pub async fn limit(
     State((state, endpoint)): State<(AppState, Endpoint)>,
-    peer: Result<ConnectInfo<SocketAddr>, ExtensionRejection>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
-    let peer = peer.ok().map(|ConnectInfo(addr)| addr.ip());
-    let ip = client_ip(state.config.client_ip, request.headers()).or(peer);
-    request.extensions_mut().insert(ClientAddress(ip));
+    let ip = request
+        .extensions()
+        .get::<ClientAddress>()
+        .and_then(|ClientAddress(ip)| *ip);
     // Without an address (only in-process tests drive the router without a socket) every such
     // request shares one budget.
     let client = ip.map_or_else(|| "unknown".to_string(), bucket);

@@ -302,11 +302,13 @@ impl LoginGuard {
     }
 
     /// Before the password is checked: an email past its failures needs a solved CAPTCHA.
+    /// `audit` hears `captcha_solved` and `captcha_failed`.
     pub async fn admit(
         &self,
         account: &str,
         captcha_token: Option<&str>,
         remote_ip: Option<IpAddr>,
+        audit: &(dyn Fn(&'static str) + Sync),
     ) -> Result<(), ApiError> {
         let Some(captcha) = &self.captcha else {
             return Ok(());
@@ -327,16 +329,17 @@ impl LoginGuard {
             return Err(ApiError::CaptchaRequired);
         };
         if captcha.verify(token, remote_ip).await? {
-            tracing::info!(event = "captcha_solved");
+            audit("captcha_solved");
             Ok(())
         } else {
-            tracing::info!(event = "captcha_failed");
+            audit("captcha_failed");
             Err(ApiError::CaptchaRequired)
         }
     }
 
-    /// After a wrong password, or an email no account has.
-    pub async fn failed(&self, account: &str) {
+    /// After a wrong password, or an email no account has. `audit` hears `soft_locked` when this
+    /// failure locks the email.
+    pub async fn failed(&self, account: &str, audit: &(dyn Fn(&'static str) + Sync)) {
         if self.captcha.is_none() {
             return;
         }
@@ -345,9 +348,7 @@ impl LoginGuard {
             .record(account, self.settings.window_seconds)
             .await
         {
-            Ok(n) if n == self.settings.failures => {
-                tracing::info!(event = "soft_locked", failures = n);
-            }
+            Ok(n) if n == self.settings.failures => audit("soft_locked"),
             Ok(_) => {}
             Err(error) => tracing::warn!(event = "failure_counter_unavailable", %error),
         }

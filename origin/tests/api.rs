@@ -1282,6 +1282,37 @@ async fn failed_logins_soft_lock_an_email_until_a_captcha_is_solved() {
     // A successful login clears the count: no CAPTCHA next time.
     let r = o.send(login("quinn's passphrase", None)).await;
     assert_eq!(r.status, StatusCode::OK);
+    // The lock and both CAPTCHA answers are in the user's security events.
+    let token = r.body["access_token"].as_str().expect("token").to_string();
+    let mut names: Vec<String> = Vec::new();
+    for _ in 0..50 {
+        let events = o.with_bearer("GET", "/v1/me/audit", &token, None).await;
+        names = events.body["events"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["event"].as_str())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if names.len() >= 8 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    for expected in [
+        "soft_locked",
+        "captcha_failed",
+        "captcha_solved",
+        "login_failed",
+        "login",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
 
     // An email no account has locks the same way, so the answers never tell which exist;
     // another email is untouched.
@@ -1334,4 +1365,103 @@ async fn a_soft_lock_needs_a_captcha_service_to_exist() {
         .await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.headers.contains_key(header::RETRY_AFTER));
+}
+
+#[tokio::test]
+async fn security_events_are_recorded_and_readable_by_their_user() {
+    let o = origin_with(&[BEHIND_ONE_PROXY]).await;
+    o.register("tara@example.com", "tara's passphrase").await;
+    let login = |password: &str, request_id: &str| {
+        let mut request = from_client(
+            "/v1/login",
+            json!({"email": "tara@example.com", "password": password, "refresh_token_in_body": true}),
+            "203.0.113.7",
+        );
+        request
+            .headers_mut()
+            .insert("x-request-id", request_id.parse().expect("header"));
+        request
+    };
+    let r = o.send(login("not tara's passphrase", "req-failed-1")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // The caller's request id comes back, and a made-up one with spaces is replaced.
+    assert_eq!(r.headers["x-request-id"], "req-failed-1");
+    let r = o.send(login("tara's passphrase", "req-login-2")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let token = r.body["access_token"].as_str().expect("token").to_string();
+    let mut logout = Request::post("/v1/logout")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header("x-forwarded-for", "198.51.100.3")
+        .body(Body::empty())
+        .expect("request");
+    logout
+        .headers_mut()
+        .insert("x-request-id", "not a plain id".parse().expect("header"));
+    let r = o.send(logout).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let generated = r.headers["x-request-id"]
+        .to_str()
+        .expect("text")
+        .to_string();
+    assert_ne!(generated, "not a plain id");
+
+    // Read back with a fresh token (the first one is revoked); stored after the response, so
+    // poll briefly.
+    let r = o.send(login("tara's passphrase", "req-login-3")).await;
+    let token = r.body["access_token"].as_str().expect("token").to_string();
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        let r = o
+            .send(
+                Request::get("/v1/me/audit")
+                    .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        events = r.body["events"].as_array().cloned().unwrap_or_default();
+        if events.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    let seen: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap_or(""),
+                e["request_id"].as_str().unwrap_or(""),
+                e["client_ip"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("login", "req-login-3", "203.0.113.7"),
+            ("logout", generated.as_str(), "198.51.100.3"),
+            ("login", "req-login-2", "203.0.113.7"),
+            ("login_failed", "req-failed-1", "203.0.113.7"),
+        ],
+        "newest first"
+    );
+    // Another user sees none of them.
+    o.register("uma@example.com", "uma's passphrase").await;
+    let other = o.login("uma@example.com", "uma's passphrase").await;
+    let other_token = other.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let r = o
+        .send(
+            Request::get("/v1/me/audit")
+                .header(header::AUTHORIZATION, format!("Bearer {other_token}"))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    let theirs = r.body["events"].as_array().cloned().unwrap_or_default();
+    assert!(theirs.iter().all(|e| e["event"] == "login"), "{theirs:?}");
 }

@@ -7,6 +7,9 @@
 //!   cannot enforce uniqueness; guards have no `email` attribute, so the sparse GSI skips them.
 //! - `RefreshTokens`: PK `token_hash` (S, base64url SHA-256). GSI `family-index` on `family_id`.
 //!   TTL on `expires_at`; TTL deletion runs up to days late, so every read checks it too.
+//! - `RevocationFeed`: PK `stream` (S), SK `seq` (N); TTL on `expires_at`.
+//! - `AuditEvents`: PK `user_id` (S), SK `at` (N, milliseconds × 1000 + a tie-breaker); TTL on
+//!   `expires_at`, a year after the event.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -25,8 +28,8 @@ use aws_sdk_dynamodb::{
 use base64ct::{Base64UrlUnpadded, Encoding};
 
 use super::{
-    FeedEntry, MakeEntry, RefreshRecord, RefreshStore, RevocationFeed, StoreError, User, UserId,
-    UserStore,
+    AuditEvent, AuditLog, FeedEntry, MakeEntry, RefreshRecord, RefreshStore, RevocationFeed,
+    StoreError, User, UserId, UserStore,
 };
 
 const EMAIL_INDEX: &str = "email-index";
@@ -44,6 +47,8 @@ pub struct TableNames {
     pub refresh: String,
     /// The revocation feed and its sequence counter.
     pub feed: String,
+    /// Security events by user.
+    pub audit: String,
 }
 
 impl TableNames {
@@ -53,6 +58,7 @@ impl TableNames {
             users: format!("{prefix}Users"),
             refresh: format!("{prefix}RefreshTokens"),
             feed: format!("{prefix}RevocationFeed"),
+            audit: format!("{prefix}AuditEvents"),
         }
     }
 }
@@ -677,8 +683,73 @@ pub async fn create_tables(client: &Client, tables: &TableNames) -> Result<(), S
     )
     .await?;
     create_table(client, &tables.feed, "stream", Some("seq"), None).await?;
+    create_table(client, &tables.audit, "user_id", Some("at"), None).await?;
     enable_ttl(client, &tables.refresh).await?;
-    enable_ttl(client, &tables.feed).await
+    enable_ttl(client, &tables.feed).await?;
+    enable_ttl(client, &tables.audit).await
+}
+
+/// How long security events are kept (DynamoDB TTL): a year.
+const AUDIT_RETENTION_SECONDS: i64 = 365 * 24 * 3600;
+
+/// Events under `user_id`, sorted by `at` = milliseconds × 1000 plus a random tie-breaker, so two
+/// events of one user in the same millisecond are both kept.
+#[async_trait::async_trait]
+impl AuditLog for DynamoStore {
+    async fn record(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let tie = i64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 1000);
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.tables.audit)
+            .item("user_id", s(event.user_id.clone()))
+            .item(
+                "at",
+                n(event.at_ms.saturating_mul(1000).saturating_add(tie)),
+            )
+            .item("event", s(event.event.clone()))
+            .item(
+                "expires_at",
+                n(event.at_ms / 1000 + AUDIT_RETENTION_SECONDS),
+            );
+        if let Some(ip) = &event.client_ip {
+            put = put.item("client_ip", s(ip.clone()));
+        }
+        if let Some(id) = &event.request_id {
+            put = put.item("request_id", s(id.clone()));
+        }
+        put.send().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn for_user(&self, user_id: &str, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
+        let answer = self
+            .client
+            .query()
+            .table_name(&self.tables.audit)
+            .key_condition_expression("user_id = :u")
+            .expression_attribute_values(":u", s(user_id))
+            .scan_index_forward(false)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        answer
+            .items()
+            .iter()
+            .map(|item| {
+                Ok(AuditEvent {
+                    user_id: user_id.to_owned(),
+                    at_ms: get_n(item, "at").ok_or_else(|| corrupt("audit event"))? / 1000,
+                    event: get_s(item, "event")
+                        .ok_or_else(|| corrupt("audit event"))?
+                        .to_owned(),
+                    client_ip: get_s(item, "client_ip").map(str::to_owned),
+                    request_id: get_s(item, "request_id").map(str::to_owned),
+                })
+            })
+            .collect()
+    }
 }
 
 const FEED_STREAM: &str = "revocations";

@@ -143,6 +143,31 @@ pub trait RevocationFeed: Send + Sync {
     ) -> Result<(Vec<FeedEntry>, u64), StoreError>;
 }
 
+/// One security event: what happened, to whom, from where, in which request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEvent {
+    /// The account's id, or `email:<sha256 of the email>` when no account has the email.
+    pub user_id: String,
+    /// When, in milliseconds since the epoch.
+    pub at_ms: i64,
+    /// `login`, `login_failed`, `soft_locked`, `captcha_solved`, `captcha_failed`,
+    /// `refresh_reuse`, `logout`.
+    pub event: String,
+    /// The client's address from the trusted source, if known.
+    pub client_ip: Option<String>,
+    /// The request's id (`x-request-id`).
+    pub request_id: Option<String>,
+}
+
+/// The security events, queryable per user.
+#[async_trait::async_trait]
+pub trait AuditLog: Send + Sync {
+    /// Stores one event.
+    async fn record(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    /// A user's newest events first, at most `limit`.
+    async fn for_user(&self, user_id: &str, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
 /// Revoked access tokens, by `jti`, until they expire.
 #[async_trait::async_trait]
 pub trait DenyList: Send + Sync {

@@ -1,0 +1,161 @@
+//! Security events (login, failed login, soft lock, CAPTCHA, refresh-token reuse, logout): one
+//! structured log line each (target `audit`, with the user id, client address and request id),
+//! and a copy in DynamoDB that a user reads back as their own recent activity
+//! (`GET /v1/me/audit`).
+//!
+//! The DynamoDB write runs after the response, so an audit store that is slow or down never
+//! fails a login; the log line is written first and is the record of last resort.
+
+use std::{net::IpAddr, sync::Arc};
+
+use axum::{
+    extract::{rejection::ExtensionRejection, ConnectInfo, FromRequestParts, Request, State},
+    http::{request::Parts, HeaderValue},
+    middleware::Next,
+    response::Response,
+};
+use tracing::Instrument as _;
+
+use crate::{
+    app::AppState,
+    clock,
+    rate_limit::{client_ip, ClientAddress},
+    store::{AuditEvent, AuditLog},
+};
+
+/// The request's id: the caller's `x-request-id` when it is a plain token (a load balancer's),
+/// else a new UUID. Echoed in the response and carried by every log line of the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+const REQUEST_ID: &str = "x-request-id";
+
+fn acceptable_request_id(value: &str) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+/// Middleware for every route: the request id and the client's address (from the trusted source,
+/// [`crate::rate_limit::client_ip`]) as request extensions, and a tracing span with the id.
+pub async fn request_context(
+    State(state): State<AppState>,
+    peer: Result<ConnectInfo<std::net::SocketAddr>, ExtensionRejection>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| acceptable_request_id(v))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let peer = peer.ok().map(|ConnectInfo(addr)| addr.ip());
+    let ip = client_ip(state.config.client_ip, request.headers()).or(peer);
+    request.extensions_mut().insert(ClientAddress(ip));
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = next.run(request).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// Who did what, from where: what a handler knows of its request for the audit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestFacts {
+    /// `x-request-id`.
+    pub request_id: Option<String>,
+    /// The client's address from the trusted source.
+    pub client_ip: Option<IpAddr>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestFacts {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            request_id: parts.extensions.get::<RequestId>().map(|r| r.0.clone()),
+            client_ip: parts
+                .extensions
+                .get::<ClientAddress>()
+                .and_then(|ClientAddress(ip)| *ip),
+        })
+    }
+}
+
+/// Records security events.
+#[derive(Clone)]
+pub struct Audit {
+    log: Arc<dyn AuditLog>,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit").finish_non_exhaustive()
+    }
+}
+
+impl Audit {
+    /// Events go to `log` (DynamoDB).
+    pub fn new(log: Arc<dyn AuditLog>) -> Self {
+        Self { log }
+    }
+
+    /// Logs `event` for `subject` (a user id, or `email:<hash>`) and stores it in the background.
+    pub fn record(&self, event: &'static str, subject: &str, facts: &RequestFacts) {
+        let record = AuditEvent {
+            user_id: subject.to_owned(),
+            at_ms: clock::now_millis(),
+            event: event.to_owned(),
+            client_ip: facts.client_ip.map(|ip| ip.to_string()),
+            request_id: facts.request_id.clone(),
+        };
+        tracing::info!(
+            target: "audit",
+            event,
+            user_id = %record.user_id,
+            client_ip = record.client_ip.as_deref().unwrap_or("-"),
+            request_id = record.request_id.as_deref().unwrap_or("-"),
+        );
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            if let Err(error) = log.record(&record).await {
+                tracing::warn!(target: "audit", event = record.event, %error, "audit event not stored");
+            }
+        });
+    }
+
+    /// A user's newest events first.
+    pub async fn for_user(
+        &self,
+        user_id: &str,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, crate::store::StoreError> {
+        self.log.for_user(user_id, limit).await
+    }
+}
+
+/// An event's subject before or without an account: the email's hash, never the address.
+pub fn email_subject(account_key: &str) -> String {
+    format!("email:{account_key}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_request_ids_are_taken_from_the_caller() {
+        assert!(acceptable_request_id(
+            "b7c1e0f2-1a2b-4c3d-8e9f-001122334455"
+        ));
+        assert!(acceptable_request_id("lb.req:42"));
+        assert!(!acceptable_request_id(""));
+        assert!(!acceptable_request_id("two words"));
+        assert!(!acceptable_request_id("x\r\nset-cookie: a=b"));
+        assert!(!acceptable_request_id(&"a".repeat(129)));
+    }
+}
