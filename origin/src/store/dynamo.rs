@@ -20,8 +20,9 @@ use aws_sdk_dynamodb::{
     operation::transact_write_items::TransactWriteItemsError,
     types::{
         AttributeDefinition, AttributeValue, BillingMode, Delete, GlobalSecondaryIndex,
-        KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType,
-        TableStatus, TimeToLiveSpecification, TransactWriteItem, Update,
+        KeySchemaElement, KeyType, Projection, ProjectionType, Put, PutRequest,
+        ScalarAttributeType, TableStatus, TimeToLiveSpecification, TransactWriteItem, Update,
+        WriteRequest,
     },
     Client,
 };
@@ -696,30 +697,61 @@ const AUDIT_RETENTION_SECONDS: i64 = 365 * 24 * 3600;
 /// events of one user in the same millisecond are both kept.
 #[async_trait::async_trait]
 impl AuditLog for DynamoStore {
-    async fn record(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        let tie = i64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 1000);
-        let mut put = self
-            .client
-            .put_item()
-            .table_name(&self.tables.audit)
-            .item("user_id", s(event.user_id.clone()))
-            .item(
-                "at",
-                n(event.at_ms.saturating_mul(1000).saturating_add(tie)),
-            )
-            .item("event", s(event.event.clone()))
-            .item(
-                "expires_at",
-                n(event.at_ms / 1000 + AUDIT_RETENTION_SECONDS),
-            );
-        if let Some(ip) = &event.client_ip {
-            put = put.item("client_ip", s(ip.clone()));
+    async fn record(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        let mut requests = Vec::with_capacity(events.len());
+        for event in events {
+            let tie = i64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 1000);
+            let mut item: Item = HashMap::from([
+                ("user_id".to_owned(), s(event.user_id.clone())),
+                (
+                    "at".to_owned(),
+                    n(event.at_ms.saturating_mul(1000).saturating_add(tie)),
+                ),
+                ("event".to_owned(), s(event.event.clone())),
+                (
+                    "expires_at".to_owned(),
+                    n(event.at_ms / 1000 + AUDIT_RETENTION_SECONDS),
+                ),
+            ]);
+            if let Some(ip) = &event.client_ip {
+                item.insert("client_ip".to_owned(), s(ip.clone()));
+            }
+            if let Some(id) = &event.request_id {
+                item.insert("request_id".to_owned(), s(id.clone()));
+            }
+            let put = PutRequest::builder()
+                .set_item(Some(item))
+                .build()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            requests.push(WriteRequest::builder().put_request(put).build());
         }
-        if let Some(id) = &event.request_id {
-            put = put.item("request_id", s(id.clone()));
+        // What DynamoDB leaves unprocessed (throttling) is sent once more, then reported.
+        let mut pending = requests;
+        for _ in 0..2 {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let answer = self
+                .client
+                .batch_write_item()
+                .request_items(&self.tables.audit, pending)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            pending = answer
+                .unprocessed_items()
+                .and_then(|items| items.get(&self.tables.audit))
+                .cloned()
+                .unwrap_or_default();
         }
-        put.send().await.map_err(unavailable)?;
-        Ok(())
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!(
+                "{} audit events left unprocessed",
+                pending.len()
+            )))
+        }
     }
 
     async fn for_user(&self, user_id: &str, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {

@@ -162,8 +162,8 @@ pub struct AuditEvent {
 /// The security events, queryable per user.
 #[async_trait::async_trait]
 pub trait AuditLog: Send + Sync {
-    /// Stores one event.
-    async fn record(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    /// Stores a batch of events (at most 25, DynamoDB's batch size).
+    async fn record(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
     /// A user's newest events first, at most `limit`.
     async fn for_user(&self, user_id: &str, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
 }
