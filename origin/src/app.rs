@@ -79,6 +79,8 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/me", get(http::me).patch(http::update_me))
         .route("/v1/me/audit", get(http::my_audit))
+        .route("/v1/me/mfa/totp", post(http::start_totp))
+        .route("/v1/me/mfa/totp/confirm", post(http::confirm_totp))
         .route("/v1/logout", post(http::logout))
         .route("/v1/revocations", get(http::revocations))
         .route("/healthz", get(healthz))

@@ -1,4 +1,5 @@
-//! Security events (login, failed login, soft lock, CAPTCHA, refresh-token reuse, logout): one
+//! Security events (login, failed login, soft lock, CAPTCHA, second-factor enrolment and use,
+//! refresh-token reuse, logout): one
 //! structured log line each (target `audit`, with the user id, client address and request id),
 //! and a copy in DynamoDB that a user reads back as their own recent activity
 //! (`GET /v1/me/audit`).

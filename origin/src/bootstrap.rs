@@ -149,6 +149,26 @@ pub fn rotate_key_command(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `origin set-scopes <email> <scope>...`: replaces an account's scopes (an operator grants
+/// `admin` this way; the scopes in `mfa_scopes` reach a token only after a second factor).
+/// In the embedded mode, with the server stopped (it holds the database file).
+pub async fn set_scopes_command(
+    config: Config,
+    email: &str,
+    scopes: &[String],
+) -> anyhow::Result<()> {
+    let email = crate::http::normalise_email(email).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let state = build_state(config).await?;
+    let user = state
+        .users
+        .find_by_email(&email)
+        .await?
+        .with_context(|| format!("no account has the email {email}"))?;
+    state.users.set_scopes(user.id, scopes).await?;
+    println!("{} {}", user.id, scopes.join(" "));
+    Ok(())
+}
+
 /// `origin create-tables`: idempotent.
 pub async fn create_tables_command(config: &Config) -> anyhow::Result<()> {
     let tables = TableNames::new(&config.table_prefix);

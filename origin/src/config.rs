@@ -102,8 +102,13 @@ struct RawConfig {
     soft_lock: SoftLock,
     #[serde(default)]
     captcha: Option<Captcha>,
+    #[serde(default = "default_mfa_scopes")]
+    mfa_scopes: Vec<String>,
 }
 
+fn default_mfa_scopes() -> Vec<String> {
+    vec!["admin".into()]
+}
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -195,11 +200,14 @@ pub struct Config {
     pub soft_lock: SoftLock,
     /// The CAPTCHA service that unlocks it; none: no soft lock.
     pub captcha: Option<Captcha>,
+    /// Scopes granted only in sessions that passed a second factor.
+    pub mfa_scopes: Vec<String>,
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 24] = [
+const FIELDS: [&str; 25] = [
     "edge_push_urls",
+    "mfa_scopes",
     "soft_lock",
     "captcha",
     "rate_limits",
@@ -389,6 +397,7 @@ impl Config {
             client_ip: raw.client_ip,
             soft_lock: raw.soft_lock,
             captcha: raw.captcha,
+            mfa_scopes: raw.mfa_scopes,
         })
     }
 }

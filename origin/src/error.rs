@@ -52,6 +52,16 @@ pub enum ApiError {
         /// The core's JSON body.
         body: String,
     },
+    /// 401: the password was right; the account has a second factor: send `otp` or
+    /// `recovery_code` (`mfa`).
+    #[error("this account needs a second factor: send otp or recovery_code")]
+    MfaRequired,
+    /// 409: the account's second factor is confirmed already; it is not replaced this way.
+    #[error("a second factor is enabled already")]
+    MfaAlreadyEnabled,
+    /// 401: the one-time code or recovery code is wrong, or was used already.
+    #[error("the one-time code is wrong or was used already")]
+    InvalidOtp,
     /// 401: this email is soft-locked after failed logins; send a solved CAPTCHA (`soft_lock`).
     #[error("solve the CAPTCHA and send its token as captcha_token")]
     CaptchaRequired,
@@ -99,6 +109,9 @@ impl ApiError {
             Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             Self::InvalidGrant => (StatusCode::UNAUTHORIZED, "invalid_grant"),
             Self::CaptchaRequired => (StatusCode::UNAUTHORIZED, "captcha_required"),
+            Self::MfaRequired => (StatusCode::UNAUTHORIZED, "mfa_required"),
+            Self::MfaAlreadyEnabled => (StatusCode::CONFLICT, "mfa_already_enabled"),
+            Self::InvalidOtp => (StatusCode::UNAUTHORIZED, "invalid_otp"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
             Self::Token { .. } => (StatusCode::UNAUTHORIZED, "invalid_token"),

@@ -20,6 +20,7 @@ use crate::{
     clock::now,
     error::ApiError,
     keys::{AccessClaims, REVOCATION_TYPE},
+    mfa,
     password::Verification,
     soft_lock::account_key,
     store::{profile_cache::Profile, RefreshRecord, StoreError, User, UserId},
@@ -60,6 +61,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A JSON answer about one caller: never stored by a cache on the way.
+fn private_json(body: impl serde::Serialize) -> Response {
+    let mut response = Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 /// `POST /v1/register` and `POST /v1/login` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,6 +84,12 @@ pub struct Credentials {
     /// Login only: a solved CAPTCHA's token, needed once the email is soft-locked.
     #[serde(default)]
     pub captcha_token: Option<String>,
+    /// Login only: the TOTP code, for an account with a second factor.
+    #[serde(default)]
+    pub otp: Option<String>,
+    /// Login only: a recovery code instead of the TOTP code (each works once).
+    #[serde(default)]
+    pub recovery_code: Option<String>,
 }
 
 /// Trims and case-folds an email and checks it looks like one. Deliverability is the
@@ -134,6 +150,7 @@ pub async fn register(
         password_hash,
         scopes: DEFAULT_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
         display_name: None,
+        totp: None,
         created_at: now(),
     };
     state.users.create_user(&user).await?;
@@ -212,9 +229,40 @@ pub async fn login(
             }
         }
     }
-    state.login_guard.succeeded(&account).await;
     let now = now();
-    let (refresh_token, record) = new_refresh_record(&state, user.id, uuid::Uuid::new_v4(), now);
+    // The second factor, for accounts that confirmed one. Asked only after the password was
+    // right, so `mfa_required` says nothing to someone without it.
+    let mfa = match user.totp.as_ref().filter(|t| t.confirmed) {
+        None => false,
+        Some(totp) => {
+            let passed = match (body.otp.as_deref(), body.recovery_code.as_deref()) {
+                (Some(code), _) => match mfa::matching_step(&totp.secret, code, now) {
+                    Some(step) => state.users.use_totp_step(user.id, step).await?,
+                    None => false,
+                },
+                (None, Some(code)) => {
+                    let used = state
+                        .users
+                        .use_recovery_code(user.id, &mfa::recovery_code_hash(code))
+                        .await?;
+                    if used {
+                        audit("recovery_code_used");
+                    }
+                    used
+                }
+                (None, None) => return Err(ApiError::MfaRequired),
+            };
+            if !passed {
+                state.login_guard.failed(&account, &audit).await;
+                audit("mfa_failed");
+                return Err(ApiError::InvalidOtp);
+            }
+            true
+        }
+    };
+    state.login_guard.succeeded(&account).await;
+    let (refresh_token, record) =
+        new_refresh_record(&state, user.id, uuid::Uuid::new_v4(), now, mfa);
     state.refresh.insert(&record).await?;
     audit("login");
     token_response(
@@ -228,11 +276,13 @@ pub async fn login(
 }
 
 /// A new refresh token for `user` in session `family_id`, and the record that stores its hash.
+/// `mfa`: the session's login passed a second factor.
 fn new_refresh_record(
     state: &AppState,
     user: UserId,
     family_id: uuid::Uuid,
     now: i64,
+    mfa: bool,
 ) -> (String, RefreshRecord) {
     let (token, token_hash) = new_refresh_token();
     let record = RefreshRecord {
@@ -242,6 +292,7 @@ fn new_refresh_record(
         expires_at: now + i64::from(state.config.refresh_token_ttl_seconds),
         consumed_at: None,
         replaced_by: None,
+        mfa,
     };
     (token, record)
 }
@@ -261,12 +312,23 @@ fn token_response(
         iss: config.issuer.clone(),
         aud: config.audience.clone(),
         sub: user.id.to_string(),
-        scope: user.scopes.join(" "),
+        // Scopes that need a second factor only in sessions that passed one.
+        scope: user
+            .scopes
+            .iter()
+            .filter(|scope| session.mfa || !config.mfa_scopes.contains(scope))
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" "),
         iat: now,
         exp: now + i64::from(config.access_token_ttl_seconds),
         jti: uuid::Uuid::new_v4().to_string(),
         sid: session.family_id.to_string(),
-        amr: vec!["pwd".into()],
+        amr: if session.mfa {
+            vec!["pwd".into(), "otp".into()]
+        } else {
+            vec!["pwd".into()]
+        },
     };
     let access_token = state
         .keys
@@ -348,7 +410,8 @@ pub async fn refresh(
         state.refresh.revoke_family(record.family_id).await?;
         return Err(ApiError::InvalidGrant);
     };
-    let (new_token, new_record) = new_refresh_record(&state, user.id, record.family_id, now);
+    let (new_token, new_record) =
+        new_refresh_record(&state, user.id, record.family_id, now, record.mfa);
     let rotated = match record.consumed_at {
         None => state.refresh.rotate(&hash, &new_record, now).await,
         Some(_) => Err(StoreError::Conflict),
@@ -460,11 +523,7 @@ pub async fn revocations(
         .iter()
         .map(|e| json!({"seq": e.seq, "jws": e.jws, "expires_at": e.expires_at}))
         .collect();
-    let mut response = Json(json!({"entries": entries, "next": next})).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(private_json(json!({"entries": entries, "next": next})))
 }
 
 /// Longest display name, in characters.
@@ -501,11 +560,7 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Respons
             profile
         }
     };
-    let mut response = Json(profile).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(private_json(profile))
 }
 
 /// `PATCH /v1/me` body: only what a user may change about themselves.
@@ -559,11 +614,73 @@ pub async fn my_audit(State(state): State<AppState>, caller: Caller) -> Result<R
         .audit
         .for_user(&caller.user_id.to_string(), AUDIT_PAGE)
         .await?;
-    let mut response = Json(json!({ "events": events })).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(private_json(json!({ "events": events })))
+}
+
+/// The caller's account; a token for an account that no longer exists is refused.
+async fn caller_account(state: &AppState, caller: &Caller) -> Result<User, ApiError> {
+    state
+        .users
+        .get_user(caller.user_id)
+        .await?
+        .ok_or(ApiError::InvalidCredentials)
+}
+
+/// `POST /v1/me/mfa/totp`: starts TOTP enrolment: a new secret, shown once as an `otpauth://`
+/// URI (and in base32 for manual entry). Login does not ask for it until it is confirmed.
+pub async fn start_totp(
+    State(state): State<AppState>,
+    facts: RequestFacts,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let user = caller_account(&state, &caller).await?;
+    let secret = mfa::new_secret();
+    match state.users.start_totp(user.id, &secret).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict) => return Err(ApiError::MfaAlreadyEnabled),
+        Err(e) => return Err(e.into()),
+    }
+    state
+        .audit
+        .record("mfa_enrolment_started", &user.id.to_string(), &facts);
+    Ok(private_json(json!({
+        "secret": mfa::base32(&secret),
+        "otpauth_uri": mfa::key_uri(&state.config.issuer, &user.email, &secret),
+    })))
+}
+
+/// `POST /v1/me/mfa/totp/confirm` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmTotp {
+    /// The authenticator's current code.
+    pub code: String,
+}
+
+/// `POST /v1/me/mfa/totp/confirm`: the first code proves the authenticator holds the secret;
+/// from then on login asks for a code. Answers the recovery codes, shown this once.
+pub async fn confirm_totp(
+    State(state): State<AppState>,
+    facts: RequestFacts,
+    caller: Caller,
+    ApiJson(body): ApiJson<ConfirmTotp>,
+) -> Result<Response, ApiError> {
+    let user = caller_account(&state, &caller).await?;
+    let Some(totp) = user.totp.filter(|t| !t.confirmed) else {
+        return Err(ApiError::InvalidField {
+            field: "code".into(),
+            message: "no enrolment is pending: POST /v1/me/mfa/totp first".into(),
+        });
+    };
+    let step = mfa::matching_step(&totp.secret, &body.code, now()).ok_or(ApiError::InvalidOtp)?;
+    let (codes, hashes) = mfa::new_recovery_codes();
+    if !state.users.confirm_totp(user.id, step, &hashes).await? {
+        return Err(ApiError::InvalidOtp);
+    }
+    state
+        .audit
+        .record("mfa_enabled", &user.id.to_string(), &facts);
+    Ok(private_json(json!({ "recovery_codes": codes })))
 }
 
 #[cfg(test)]

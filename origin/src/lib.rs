@@ -14,6 +14,7 @@ pub mod edge_push;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod mfa;
 pub mod outbound;
 pub mod password;
 pub mod rate_limit;

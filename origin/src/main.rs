@@ -1,5 +1,5 @@
 //! `origin`: serve (default), or one of the admin commands `create-tables`, `generate-key`,
-//! `rotate-key`. Configuration comes from `EDGEAUTH_*`
+//! `rotate-key`, `set-scopes`. Configuration comes from `EDGEAUTH_*`
 //! variables and an optional `EDGEAUTH_CONFIG` file; see the README.
 
 use std::process::ExitCode;
@@ -9,7 +9,7 @@ use edgeauth_origin::{app::app, bootstrap, config::Config};
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str =
-    "usage: origin [serve | create-tables | generate-key | rotate-key]  (configuration: EDGEAUTH_* variables, see README)";
+    "usage: origin [serve | create-tables | generate-key | rotate-key | set-scopes <email> <scope>...]  (configuration: EDGEAUTH_* variables, see README)";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -32,6 +32,16 @@ async fn main() -> ExitCode {
         Some("create-tables") => bootstrap::create_tables_command(&config).await,
         Some("generate-key") => bootstrap::generate_key_command(&config),
         Some("rotate-key") => bootstrap::rotate_key_command(&config),
+        Some("set-scopes") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            match args.split_first() {
+                Some((email, scopes)) => bootstrap::set_scopes_command(config, email, scopes).await,
+                None => {
+                    eprintln!("origin: set-scopes needs an email and its scopes\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         Some("-h" | "--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

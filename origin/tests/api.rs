@@ -932,6 +932,7 @@ async fn imported_bcrypt_accounts_log_in_and_are_upgraded_to_argon2id() {
         scopes: vec!["profile".into()],
         display_name: None,
         created_at: 0,
+        totp: None,
     };
     o.state.users.create_user(&user).await.expect("imported");
     assert_eq!(
@@ -1464,4 +1465,120 @@ async fn security_events_are_recorded_and_readable_by_their_user() {
         .await;
     let theirs = r.body["events"].as_array().cloned().unwrap_or_default();
     assert!(theirs.iter().all(|e| e["event"] == "login"), "{theirs:?}");
+}
+
+/// A token's claims, read without verification (the test trusts its own origin).
+fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("a compact JWS");
+    let bytes = base64ct::Base64UrlUnpadded::decode_vec(payload).expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+#[tokio::test]
+async fn admin_scopes_need_a_second_factor_and_codes_work_once() {
+    let o = origin().await;
+    o.register("vic@example.com", "vic's passphrase").await;
+    let user = o
+        .state
+        .users
+        .find_by_email("vic@example.com")
+        .await
+        .expect("store")
+        .expect("account");
+    o.state
+        .users
+        .set_scopes(user.id, &["profile".to_string(), "admin".to_string()])
+        .await
+        .expect("scopes");
+    let login = |extra: Value| {
+        let mut body = json!({"email": "vic@example.com", "password": "vic's passphrase", "refresh_token_in_body": true});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        o.post("/v1/login", body)
+    };
+
+    // No second factor yet: a token, without the admin scope.
+    let r = login(json!({})).await;
+    let token = r.body["access_token"].as_str().expect("token").to_string();
+    let claims = claims_of(&token);
+    assert_eq!(
+        (claims["scope"].as_str(), claims["amr"].clone()),
+        (Some("profile"), json!(["pwd"]))
+    );
+
+    // Enrolment: a secret as a key URI, confirmed by a first code; ten recovery codes.
+    let started = o.with_bearer("POST", "/v1/me/mfa/totp", &token, None).await;
+    assert_eq!(started.status, StatusCode::OK);
+    let uri = started.body["otpauth_uri"].as_str().expect("uri");
+    assert!(uri.starts_with("otpauth://totp/"), "{uri}");
+    let secret = base32::decode(
+        base32::Alphabet::Rfc4648 { padding: false },
+        started.body["secret"].as_str().expect("secret"),
+    )
+    .expect("base32");
+    let now = u64::try_from(edgeauth_origin::clock::now()).expect("time");
+    let code = |offset: u64| edgeauth_origin::mfa::code_at(&secret, now + offset);
+    let confirmed = o
+        .with_bearer(
+            "POST",
+            "/v1/me/mfa/totp/confirm",
+            &token,
+            Some(json!({"code": code(0)})),
+        )
+        .await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{:?}", confirmed.body);
+    let recovery: Vec<String> = confirmed.body["recovery_codes"]
+        .as_array()
+        .expect("codes")
+        .iter()
+        .map(|c| c.as_str().expect("text").to_string())
+        .collect();
+    assert_eq!(recovery.len(), 10);
+    // A confirmed factor is not replaced by whoever holds an access token.
+    let again = o.with_bearer("POST", "/v1/me/mfa/totp", &token, None).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+
+    // Login now needs the second factor; a wrong one is refused.
+    let r = login(json!({})).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("mfa_required"))
+    );
+    let r = login(json!({"otp": "000000"})).await;
+    assert_eq!(r.body["error"], "invalid_otp");
+    // The code of the next step (within the one-step skew) passes: admin scope, amr otp.
+    let r = login(json!({"otp": code(30)})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let claims = claims_of(r.body["access_token"].as_str().expect("token"));
+    assert_eq!(claims["scope"], "profile admin");
+    assert_eq!(claims["amr"], json!(["pwd", "otp"]));
+    // The session keeps its second factor across refreshes.
+    let refreshed = o
+        .post(
+            "/v1/token/refresh",
+            json!({"refresh_token": r.body["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{:?}", refreshed.body);
+    let claims = claims_of(refreshed.body["access_token"].as_str().expect("token"));
+    assert_eq!(
+        (claims["scope"].as_str(), claims["amr"].clone()),
+        (Some("profile admin"), json!(["pwd", "otp"]))
+    );
+    // The same code again is a replay, and so is the confirming one.
+    for replay in [code(30), code(0)] {
+        let r = login(json!({ "otp": replay })).await;
+        assert_eq!(r.body["error"], "invalid_otp");
+    }
+    // A recovery code works once, in any case and with spaces.
+    let spaced = recovery[0].to_uppercase().replace('-', " ");
+    let r = login(json!({ "recovery_code": spaced })).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        claims_of(r.body["access_token"].as_str().expect("token"))["amr"],
+        json!(["pwd", "otp"])
+    );
+    let r = login(json!({ "recovery_code": recovery[0] })).await;
+    assert_eq!(r.body["error"], "invalid_otp");
 }

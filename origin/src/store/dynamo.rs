@@ -30,7 +30,7 @@ use base64ct::{Base64UrlUnpadded, Encoding};
 
 use super::{
     AuditEvent, AuditLog, FeedEntry, MakeEntry, RefreshRecord, RefreshStore, RevocationFeed,
-    StoreError, User, UserId, UserStore,
+    StoreError, Totp, User, UserId, UserStore,
 };
 
 const EMAIL_INDEX: &str = "email-index";
@@ -182,7 +182,43 @@ fn user_item(user: &User) -> Item {
     if let Some(name) = &user.display_name {
         item.insert("display_name".into(), s(name));
     }
+    if let Some(totp) = &user.totp {
+        item.insert(
+            "totp_secret".into(),
+            s(Base64UrlUnpadded::encode_string(&totp.secret)),
+        );
+        item.insert(
+            "totp_confirmed".into(),
+            AttributeValue::Bool(totp.confirmed),
+        );
+        item.insert(
+            "totp_last_step".into(),
+            n(i64::try_from(totp.last_step).unwrap_or(i64::MAX)),
+        );
+        item.insert(
+            "recovery_codes".into(),
+            AttributeValue::L(totp.recovery_codes.iter().map(s).collect()),
+        );
+    }
     item
+}
+
+fn totp_from(item: &Item) -> Option<Totp> {
+    let secret = Base64UrlUnpadded::decode_vec(get_s(item, "totp_secret")?).ok()?;
+    let recovery_codes = match item.get("recovery_codes") {
+        Some(AttributeValue::L(list)) => {
+            list.iter().filter_map(|v| v.as_s().ok().cloned()).collect()
+        }
+        _ => Vec::new(),
+    };
+    Some(Totp {
+        secret,
+        confirmed: matches!(item.get("totp_confirmed"), Some(AttributeValue::Bool(true))),
+        last_step: get_n(item, "totp_last_step")
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0),
+        recovery_codes,
+    })
 }
 
 fn user_from(item: &Item) -> Result<User, StoreError> {
@@ -203,6 +239,7 @@ fn user_from(item: &Item) -> Result<User, StoreError> {
         scopes,
         display_name: get_s(item, "display_name").map(str::to_owned),
         created_at: get_n(item, "created_at").unwrap_or(0),
+        totp: totp_from(item),
     })
 }
 
@@ -219,6 +256,9 @@ fn refresh_item(record: &RefreshRecord) -> Item {
     if let Some(next) = &record.replaced_by {
         item.insert("replaced_by".into(), s(hash_key(next)));
     }
+    if record.mfa {
+        item.insert("mfa".into(), AttributeValue::Bool(true));
+    }
     item
 }
 
@@ -232,6 +272,7 @@ fn refresh_from(item: &Item) -> Result<RefreshRecord, StoreError> {
         expires_at: get_n(item, "expires_at").ok_or_else(|| corrupt("expiry"))?,
         consumed_at: get_n(item, "consumed_at"),
         replaced_by: get_s(item, "replaced_by").and_then(parse_hash),
+        mfa: matches!(item.get("mfa"), Some(AttributeValue::Bool(true))),
     })
 }
 
@@ -438,6 +479,127 @@ impl UserStore for DynamoStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn set_scopes(&self, id: UserId, scopes: &[String]) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.tables.users)
+            .key("user_id", s(id.to_string()))
+            .condition_expression("attribute_exists(user_id)")
+            .update_expression("SET scopes = :s")
+            .expression_attribute_values(":s", AttributeValue::L(scopes.iter().map(s).collect()))
+            .send()
+            .await
+            .map_err(|e| condition_failed_as(e, StoreError::NotFound))?;
+        Ok(())
+    }
+
+    async fn start_totp(&self, id: UserId, secret: &[u8]) -> Result<(), StoreError> {
+        // A confirmed factor is never replaced this way: a stolen access token must not be able
+        // to swap the owner's authenticator for the thief's.
+        self.client
+            .update_item()
+            .table_name(&self.tables.users)
+            .key("user_id", s(id.to_string()))
+            .condition_expression(
+                "attribute_exists(user_id) AND (attribute_not_exists(totp_confirmed) OR totp_confirmed = :no)",
+            )
+            .update_expression(
+                "SET totp_secret = :secret, totp_confirmed = :no, totp_last_step = :zero, recovery_codes = :none",
+            )
+            .expression_attribute_values(":secret", s(Base64UrlUnpadded::encode_string(secret)))
+            .expression_attribute_values(":no", AttributeValue::Bool(false))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":none", AttributeValue::L(Vec::new()))
+            .send()
+            .await
+            .map_err(|e| condition_failed_as(e, StoreError::Conflict))?;
+        Ok(())
+    }
+
+    async fn confirm_totp(
+        &self,
+        id: UserId,
+        step: u64,
+        recovery_codes: &[String],
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.tables.users)
+            .key("user_id", s(id.to_string()))
+            .condition_expression("totp_confirmed = :no")
+            .update_expression(
+                "SET totp_confirmed = :yes, totp_last_step = :step, recovery_codes = :codes",
+            )
+            .expression_attribute_values(":no", AttributeValue::Bool(false))
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .expression_attribute_values(":step", n(i64::try_from(step).unwrap_or(i64::MAX)))
+            .expression_attribute_values(
+                ":codes",
+                AttributeValue::L(recovery_codes.iter().map(s).collect()),
+            )
+            .send()
+            .await;
+        conditional(result)
+    }
+
+    async fn use_totp_step(&self, id: UserId, step: u64) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.tables.users)
+            .key("user_id", s(id.to_string()))
+            .condition_expression("totp_confirmed = :yes AND totp_last_step < :step")
+            .update_expression("SET totp_last_step = :step")
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .expression_attribute_values(":step", n(i64::try_from(step).unwrap_or(i64::MAX)))
+            .send()
+            .await;
+        conditional(result)
+    }
+
+    async fn use_recovery_code(&self, id: UserId, hash: &str) -> Result<bool, StoreError> {
+        let Some(user) = self.get_user(id).await? else {
+            return Ok(false);
+        };
+        let Some(index) = user
+            .totp
+            .as_ref()
+            .and_then(|t| t.recovery_codes.iter().position(|c| c == hash))
+        else {
+            return Ok(false);
+        };
+        // Removed by position, on condition it is still this code there: two logins racing
+        // with one code cannot both use it.
+        let path = format!("recovery_codes[{index}]");
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.tables.users)
+            .key("user_id", s(id.to_string()))
+            .condition_expression(format!("{path} = :code"))
+            .update_expression(format!("REMOVE {path}"))
+            .expression_attribute_values(":code", s(hash))
+            .send()
+            .await;
+        conditional(result)
+    }
+}
+
+/// An update whose condition decides: `true` when applied, `false` when the condition failed.
+fn conditional<E, R>(result: Result<impl Sized, SdkError<E, R>>) -> Result<bool, StoreError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) => match condition_failed_as(e, StoreError::Conflict) {
+            StoreError::Conflict => Ok(false),
+            other => Err(other),
+        },
     }
 }
 

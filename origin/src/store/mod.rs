@@ -33,6 +33,21 @@ pub struct User {
     pub display_name: Option<String>,
     /// Seconds since the epoch.
     pub created_at: i64,
+    /// The TOTP second factor, once enrolment has started.
+    pub totp: Option<Totp>,
+}
+
+/// A user's TOTP second factor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Totp {
+    /// The shared secret.
+    pub secret: Vec<u8>,
+    /// Whether a first code confirmed it (only then does login require it).
+    pub confirmed: bool,
+    /// The last time step used: a code of this step or an earlier one is a replay.
+    pub last_step: u64,
+    /// SHA-256 (hex) of each unused recovery code.
+    pub recovery_codes: Vec<String>,
 }
 
 /// One refresh token, stored by the SHA-256 of its text.
@@ -50,6 +65,8 @@ pub struct RefreshRecord {
     pub consumed_at: Option<i64>,
     /// The token that replaced it.
     pub replaced_by: Option<[u8; 32]>,
+    /// Whether the session's login passed a second factor (`amr` `otp`).
+    pub mfa: bool,
 }
 
 /// Storage failures, in terms the HTTP layer can answer.
@@ -84,6 +101,22 @@ pub trait UserStore: Send + Sync {
     async fn update_display_name(&self, id: UserId, name: Option<&str>) -> Result<(), StoreError>;
     /// A cheap readiness check.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Replaces the account's scopes (an operator's action).
+    async fn set_scopes(&self, id: UserId, scopes: &[String]) -> Result<(), StoreError>;
+    /// Stores a new, unconfirmed TOTP secret; `Conflict` if a confirmed one exists.
+    async fn start_totp(&self, id: UserId, secret: &[u8]) -> Result<(), StoreError>;
+    /// Confirms the pending secret with the step of its first code and stores the recovery-code
+    /// hashes; `false` if there is no pending secret.
+    async fn confirm_totp(
+        &self,
+        id: UserId,
+        step: u64,
+        recovery_codes: &[String],
+    ) -> Result<bool, StoreError>;
+    /// Records `step` as used if it is later than the last one; `false` for a replay.
+    async fn use_totp_step(&self, id: UserId, step: u64) -> Result<bool, StoreError>;
+    /// Removes a recovery code's hash if it is there; `false` if it was not (used or wrong).
+    async fn use_recovery_code(&self, id: UserId, hash: &str) -> Result<bool, StoreError>;
 }
 
 /// Refresh tokens.
@@ -151,6 +184,7 @@ pub struct AuditEvent {
     /// When, in milliseconds since the epoch.
     pub at_ms: i64,
     /// `login`, `login_failed`, `soft_locked`, `captcha_solved`, `captcha_failed`,
+    /// `mfa_enrolment_started`, `mfa_enabled`, `mfa_failed`, `recovery_code_used`,
     /// `refresh_reuse`, `logout`.
     pub event: String,
     /// The client's address from the trusted source, if known.
