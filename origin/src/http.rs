@@ -230,36 +230,8 @@ pub async fn login(
         }
     }
     let now = now();
-    // The second factor, for accounts that confirmed one. Asked only after the password was
-    // right, so `mfa_required` says nothing to someone without it.
-    let mfa = match user.totp.as_ref().filter(|t| t.confirmed) {
-        None => false,
-        Some(totp) => {
-            let passed = match (body.otp.as_deref(), body.recovery_code.as_deref()) {
-                (Some(code), _) => match mfa::matching_step(&totp.secret, code, now) {
-                    Some(step) => state.users.use_totp_step(user.id, step).await?,
-                    None => false,
-                },
-                (None, Some(code)) => {
-                    let used = state
-                        .users
-                        .use_recovery_code(user.id, &mfa::recovery_code_hash(code))
-                        .await?;
-                    if used {
-                        audit("recovery_code_used");
-                    }
-                    used
-                }
-                (None, None) => return Err(ApiError::MfaRequired),
-            };
-            if !passed {
-                state.login_guard.failed(&account, &audit).await;
-                audit("mfa_failed");
-                return Err(ApiError::InvalidOtp);
-            }
-            true
-        }
-    };
+    let codes = (body.otp.as_deref(), body.recovery_code.as_deref());
+    let mfa = second_factor(&state, &user, codes, now, &account, &audit).await?;
     state.login_guard.succeeded(&account).await;
     let (refresh_token, record) =
         new_refresh_record(&state, user.id, uuid::Uuid::new_v4(), now, mfa);
@@ -273,6 +245,44 @@ pub async fn login(
         now,
         body.refresh_token_in_body,
     )
+}
+
+/// The second factor, for accounts that confirmed one: whether the login passed it. Asked only
+/// after the password was right, so `mfa_required` says nothing to someone without it. A wrong
+/// code counts toward the soft lock like a wrong password.
+/// `codes`: the request's `otp` and `recovery_code`.
+async fn second_factor(
+    state: &AppState,
+    user: &User,
+    codes: (Option<&str>, Option<&str>),
+    now: i64,
+    account: &str,
+    audit: &(dyn Fn(&'static str) + Sync),
+) -> Result<bool, ApiError> {
+    let Some(totp) = user.totp.as_ref().filter(|t| t.confirmed) else {
+        return Ok(false);
+    };
+    let passed = match codes {
+        (Some(code), _) => match mfa::matching_step(&totp.secret, code, now) {
+            Some(step) => state.users.use_totp_step(user.id, step).await?,
+            None => false,
+        },
+        (None, Some(code)) => {
+            let hash = mfa::recovery_code_hash(code);
+            let used = state.users.use_recovery_code(user.id, &hash).await?;
+            if used {
+                audit("recovery_code_used");
+            }
+            used
+        }
+        (None, None) => return Err(ApiError::MfaRequired),
+    };
+    if !passed {
+        state.login_guard.failed(account, audit).await;
+        audit("mfa_failed");
+        return Err(ApiError::InvalidOtp);
+    }
+    Ok(true)
 }
 
 /// A new refresh token for `user` in session `family_id`, and the record that stores its hash.
