@@ -214,28 +214,42 @@ pub trait RateLimiter: Send + Sync {
     async fn acquire(&self, key: &str, limit: Limit) -> Result<Decision, StoreError>;
 }
 
-/// Past this many keys the in-process limiter drops those whose budget is whole again.
+/// Past this many entries an in-process map is swept of the ones that no longer matter.
 const MEMORY_SWEEP_AT: usize = 10_000;
+
+/// Drops the entries `keep` refuses, once `map` has grown past [`MEMORY_SWEEP_AT`] and again
+/// each time it doubles from what survived: sweeping costs O(n), so it must not run on every
+/// request of a map full of live entries.
+pub(crate) fn sweep_when_large<V>(
+    map: &mut HashMap<String, V>,
+    sweep_at: &mut usize,
+    keep: impl FnMut(&String, &mut V) -> bool,
+) {
+    if map.len() < (*sweep_at).max(MEMORY_SWEEP_AT) {
+        return;
+    }
+    map.retain(keep);
+    *sweep_at = map.len().saturating_mul(2);
+}
 
 /// One instance's limiter (the embedded mode).
 #[derive(Debug, Default)]
 pub struct MemoryRateLimiter {
-    /// key → theoretical arrival time (ms).
-    arrivals: Mutex<HashMap<String, i64>>,
+    /// key → theoretical arrival time (ms), and the size that triggers the next sweep.
+    arrivals: Mutex<(HashMap<String, i64>, usize)>,
 }
 
 #[async_trait::async_trait]
 impl RateLimiter for MemoryRateLimiter {
     async fn acquire(&self, key: &str, limit: Limit) -> Result<Decision, StoreError> {
         let now_ms = crate::clock::now_millis();
-        let mut arrivals = self
+        let mut guard = self
             .arrivals
             .lock()
             .map_err(|_| StoreError::Unavailable("rate-limit lock poisoned".into()))?;
-        if arrivals.len() >= MEMORY_SWEEP_AT {
-            // An arrival time in the past is a full budget: the same as no entry.
-            arrivals.retain(|_, tat| *tat > now_ms);
-        }
+        let (arrivals, sweep_at) = &mut *guard;
+        // An arrival time in the past is a full budget: the same as no entry.
+        sweep_when_large(arrivals, sweep_at, |_, tat| *tat > now_ms);
         let (decision, store) = gcra(arrivals.get(key).copied(), now_ms, limit);
         if let Some(tat) = store {
             arrivals.insert(key.to_owned(), tat);
@@ -452,6 +466,24 @@ mod tests {
         assert_eq!(bucket(a), "2001:db8:1:2::/64");
         let mapped: IpAddr = "::ffff:203.0.113.7".parse().expect("ip");
         assert_eq!(bucket(mapped), "203.0.113.7");
+    }
+
+    #[test]
+    fn in_process_maps_are_swept_only_when_they_have_grown() {
+        let mut map: HashMap<String, i64> = (0..MEMORY_SWEEP_AT as i64)
+            .map(|i| (format!("k{i}"), i))
+            .collect();
+        let mut sweep_at = 0;
+        // Half the entries are live: the sweep keeps them and waits for twice as many.
+        sweep_when_large(&mut map, &mut sweep_at, |_, v| *v % 2 == 0);
+        assert_eq!(
+            (map.len(), sweep_at),
+            (MEMORY_SWEEP_AT / 2, MEMORY_SWEEP_AT)
+        );
+        map.insert("new".into(), 1);
+        let before = map.len();
+        sweep_when_large(&mut map, &mut sweep_at, |_, _| false);
+        assert_eq!(map.len(), before, "below the next threshold: untouched");
     }
 
     #[test]

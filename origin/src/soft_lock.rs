@@ -20,6 +20,7 @@ use crate::{
     clock,
     error::ApiError,
     outbound::{self, OutboundClient},
+    rate_limit::sweep_when_large,
     store::{redis_connection::RedisConnection, StoreError},
 };
 
@@ -104,8 +105,8 @@ pub trait FailureCounter: Send + Sync {
     async fn clear(&self, account: &str) -> Result<(), StoreError>;
 }
 
-/// Email hash → (failures, end of the window in seconds).
-type Counts = HashMap<String, (u32, i64)>;
+/// Email hash → (failures, end of the window in seconds), and the size of the next sweep.
+type Counts = (HashMap<String, (u32, i64)>, usize);
 
 /// One instance's counter (the embedded mode).
 #[derive(Debug, Default)]
@@ -127,6 +128,7 @@ impl FailureCounter for MemoryFailureCounter {
         let now = clock::now();
         Ok(self
             .lock()?
+            .0
             .get(account)
             .filter(|(_, until)| now < *until)
             .map_or(0, |(count, _)| *count))
@@ -134,17 +136,21 @@ impl FailureCounter for MemoryFailureCounter {
 
     async fn record(&self, account: &str, window_seconds: u32) -> Result<u32, StoreError> {
         let now = clock::now();
-        let mut counts = self.lock()?;
-        counts.retain(|_, (_, until)| now < *until);
-        let entry = counts
-            .entry(account.to_owned())
-            .or_insert((0, now + i64::from(window_seconds)));
+        let mut guard = self.lock()?;
+        let (counts, sweep_at) = &mut *guard;
+        sweep_when_large(counts, sweep_at, |_, (_, until)| now < *until);
+        let window_end = now + i64::from(window_seconds);
+        let entry = counts.entry(account.to_owned()).or_insert((0, window_end));
+        if entry.1 <= now {
+            // The last window is over: this failure starts a new one.
+            *entry = (0, window_end);
+        }
         entry.0 += 1;
         Ok(entry.0)
     }
 
     async fn clear(&self, account: &str) -> Result<(), StoreError> {
-        self.lock()?.remove(account);
+        self.lock()?.0.remove(account);
         Ok(())
     }
 }
@@ -382,6 +388,7 @@ mod tests {
         counter
             .lock()
             .expect("lock")
+            .0
             .insert("c".into(), (9, clock::now() - 1));
         assert_eq!(counter.failures("c").await.ok(), Some(0));
         assert_eq!(counter.record("c", 60).await.ok(), Some(1));
