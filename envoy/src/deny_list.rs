@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use edgeauth_core::DenyListStatus;
+use edgeauth_core::{DenyListStatus, Revocation, WatermarkStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::shared::Keys;
@@ -64,11 +64,14 @@ impl Head {
     }
 }
 
-/// One segment: revoked `jti` → until when it must be refused.
+/// One segment: revoked `jti` → until when it must be refused; and revoke-all watermarks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
     /// The revocations.
     pub revoked: HashMap<String, i64>,
+    /// User `sub` → (tokens issued through this time are revoked, until when it matters).
+    #[serde(default)]
+    pub users: HashMap<String, (i64, i64)>,
 }
 
 impl Segment {
@@ -98,6 +101,7 @@ pub enum PublishError {
 #[derive(Debug, Default)]
 pub struct DenyList {
     revoked: HashMap<String, i64>,
+    users: HashMap<String, (i64, i64)>,
     read_at: i64,
     cursor: u64,
     /// The first segment this copy has not read.
@@ -120,6 +124,20 @@ impl DenyList {
         DenyListStatus::NotListed
     }
 
+    /// The user's revoke-all watermark at `now`, with the same staleness rule as [`Self::status`].
+    pub fn watermark(&self, subject: Option<&str>, now: i64, max_stale: u32) -> WatermarkStatus {
+        let listed = subject
+            .and_then(|s| self.users.get(s))
+            .filter(|(_, until)| now < *until);
+        if let Some((through, _)) = listed {
+            return WatermarkStatus::RevokedThrough(*through);
+        }
+        if self.read_at == 0 || now.saturating_sub(self.read_at) > i64::from(max_stale) {
+            return WatermarkStatus::Unavailable;
+        }
+        WatermarkStatus::None
+    }
+
     /// When the feed was last read (0: never).
     pub fn read_at(&self) -> i64 {
         self.read_at
@@ -140,16 +158,21 @@ impl DenyList {
         self.revoked.is_empty()
     }
 
-    fn merge(&mut self, revoked: impl IntoIterator<Item = (String, i64)>) {
-        for (jti, until) in revoked {
+    fn merge(&mut self, segment: Segment) {
+        for (jti, until) in segment.revoked {
             let entry = self.revoked.entry(jti).or_insert(until);
             *entry = (*entry).max(until);
+        }
+        for (subject, (through, until)) in segment.users {
+            let entry = self.users.entry(subject).or_insert((through, until));
+            *entry = (entry.0.max(through), entry.1.max(until));
         }
     }
 
     fn sweep(&mut self, now: i64) {
         if now.saturating_sub(self.swept_at) >= SWEEP_INTERVAL {
             self.revoked.retain(|_, until| now < *until);
+            self.users.retain(|_, (_, until)| now < *until);
             self.swept_at = now;
         }
     }
@@ -165,7 +188,7 @@ impl DenyList {
                 .get(&keys.deny_list_segment(n))
                 .and_then(|(bytes, _)| Segment::decode(&bytes));
             if let Some(segment) = segment {
-                self.merge(segment.revoked);
+                self.merge(segment);
             }
         }
         self.next_segment = head.next;
@@ -186,24 +209,48 @@ impl DenyList {
         self.sweep(now);
     }
 
-    /// The fetcher's part: appends what one feed read revoked (`jti`, until when) as a new
-    /// segment, clears segments that have wholly expired, and moves the head to `cursor` and
-    /// `now`, with compare-and-swap.
+    /// The fetcher's part: appends what one feed read revoked as a new segment (each kept until
+    /// its expiry plus `leeway`), clears segments that have wholly expired, and moves the head to
+    /// `cursor` and `now`, with compare-and-swap.
     pub fn publish(
         &mut self,
         shared: &impl SharedData,
         keys: &Keys,
-        revoked: Vec<(String, i64)>,
+        revocations: Vec<Revocation>,
+        leeway: i64,
         cursor: u64,
         now: i64,
     ) -> Result<(), PublishError> {
         let (bytes, cas) = shared.get(&keys.deny_list_head).unwrap_or_default();
         let mut head = Head::decode(&bytes).unwrap_or_default();
         self.catch_up(shared, keys, &head);
-        if let Some(until) = revoked.iter().map(|(_, until)| *until).max() {
-            let segment = Segment {
-                revoked: revoked.iter().cloned().collect(),
-            };
+        let mut segment = Segment::default();
+        for revocation in revocations {
+            let until = revocation.expires_at().saturating_add(leeway);
+            match revocation {
+                Revocation::Token { jti, .. } => {
+                    segment.revoked.insert(jti, until);
+                }
+                Revocation::User {
+                    subject,
+                    revoked_through,
+                    ..
+                } => {
+                    let entry = segment
+                        .users
+                        .entry(subject)
+                        .or_insert((revoked_through, until));
+                    *entry = (entry.0.max(revoked_through), entry.1.max(until));
+                }
+            }
+        }
+        let latest = segment
+            .revoked
+            .values()
+            .chain(segment.users.values().map(|(_, until)| until))
+            .max()
+            .copied();
+        if let Some(until) = latest {
             let key = keys.deny_list_segment(head.next);
             if !shared.set(&key, Some(&segment.encode()), None) {
                 return Err(PublishError::Refused);
@@ -223,7 +270,7 @@ impl DenyList {
         if !shared.set(&keys.deny_list_head, Some(&encoded), cas) {
             return Err(PublishError::Conflict);
         }
-        self.merge(revoked);
+        self.merge(segment);
         self.catch_up(shared, keys, &head);
         self.head_bytes = encoded;
         self.sweep(now);
@@ -275,8 +322,13 @@ mod tests {
         Keys::for_configuration(b"test")
     }
 
-    fn revoked(jtis: &[&str], until: i64) -> Vec<(String, i64)> {
-        jtis.iter().map(|j| ((*j).to_string(), until)).collect()
+    fn revoked(jtis: &[&str], until: i64) -> Vec<Revocation> {
+        jtis.iter()
+            .map(|j| Revocation::Token {
+                jti: (*j).to_string(),
+                expires_at: until,
+            })
+            .collect()
     }
 
     #[test]
@@ -291,7 +343,7 @@ mod tests {
         );
 
         fetcher
-            .publish(&shared, &keys, revoked(&["a", "b"], 1900), 2, 1000)
+            .publish(&shared, &keys, revoked(&["a", "b"], 1900), 0, 2, 1000)
             .expect("published");
         assert_eq!(fetcher.status(Some("a"), 1000, 300), DenyListStatus::Listed);
         other.sync(&shared, &keys, 1001);
@@ -304,10 +356,10 @@ mod tests {
 
         // A read with nothing new moves the head only; a VM that joins late sees everything.
         fetcher
-            .publish(&shared, &keys, Vec::new(), 2, 1005)
+            .publish(&shared, &keys, Vec::new(), 0, 2, 1005)
             .expect("published");
         fetcher
-            .publish(&shared, &keys, revoked(&["c"], 1950), 3, 1010)
+            .publish(&shared, &keys, revoked(&["c"], 1950), 0, 3, 1010)
             .expect("published");
         let mut late = DenyList::default();
         late.sync(&shared, &keys, 1011);
@@ -328,12 +380,12 @@ mod tests {
         let many: Vec<String> = (0..1000).map(|i| format!("jti-{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         fetcher
-            .publish(&shared, &keys, revoked(&many, 1900), 1000, 1000)
+            .publish(&shared, &keys, revoked(&many, 1900), 0, 1000, 1000)
             .expect("published");
         let mut other = DenyList::default();
         other.sync(&shared, &keys, 1000);
         fetcher
-            .publish(&shared, &keys, revoked(&["new"], 1900), 1001, 1001)
+            .publish(&shared, &keys, revoked(&["new"], 1900), 0, 1001, 1001)
             .expect("published");
         // The new segment is a few bytes; the first one, already read, is not read again.
         let head = Head::decode(&shared.get(&keys.deny_list_head).expect("head").0).expect("head");
@@ -349,13 +401,13 @@ mod tests {
         let (shared, keys) = (Map::default(), keys());
         let mut fetcher = DenyList::default();
         fetcher
-            .publish(&shared, &keys, revoked(&["old"], 1100), 1, 1000)
+            .publish(&shared, &keys, revoked(&["old"], 1100), 0, 1, 1000)
             .expect("published");
         fetcher
-            .publish(&shared, &keys, revoked(&["young"], 2000), 2, 1050)
+            .publish(&shared, &keys, revoked(&["young"], 2000), 0, 2, 1050)
             .expect("published");
         fetcher
-            .publish(&shared, &keys, Vec::new(), 2, 1100)
+            .publish(&shared, &keys, Vec::new(), 0, 2, 1100)
             .expect("published");
         let head = Head::decode(&shared.get(&keys.deny_list_head).expect("head").0).expect("head");
         assert_eq!((head.first, head.next, head.untils), (1, 2, vec![2000]));
@@ -380,12 +432,12 @@ mod tests {
         let (shared, keys) = (Map::default(), keys());
         let mut first = DenyList::default();
         first
-            .publish(&shared, &keys, revoked(&["a"], 1900), 1, 1000)
+            .publish(&shared, &keys, revoked(&["a"], 1900), 0, 1, 1000)
             .expect("published");
         // A head moved between another fetcher's read and write is refused, not overwritten.
         let (bytes, cas) = shared.get(&keys.deny_list_head).expect("head");
         first
-            .publish(&shared, &keys, revoked(&["b"], 1900), 2, 1001)
+            .publish(&shared, &keys, revoked(&["b"], 1900), 0, 2, 1001)
             .expect("published");
         assert!(!shared.set(&keys.deny_list_head, Some(&bytes), cas));
         let mut vm = DenyList::default();
@@ -396,8 +448,12 @@ mod tests {
     #[test]
     fn the_list_answers_listed_not_listed_or_unavailable() {
         let mut list = DenyList::default();
-        list.merge(revoked(&["revoked"], 1600));
-        list.merge(revoked(&["revoked"], 1500));
+        let segment = |until: i64| Segment {
+            revoked: HashMap::from([("revoked".to_string(), until)]),
+            ..Segment::default()
+        };
+        list.merge(segment(1600));
+        list.merge(segment(1500));
         assert_eq!(list.revoked["revoked"], 1600, "the later expiry wins");
         assert_eq!(
             list.status(Some("other"), 1000, 300),
@@ -421,6 +477,33 @@ mod tests {
             list.status(Some("revoked"), 1599, 300),
             DenyListStatus::Listed
         );
+    }
+
+    #[test]
+    fn a_revoke_all_reaches_every_vm_as_a_watermark() {
+        let (shared, keys) = (Map::default(), keys());
+        let mut fetcher = DenyList::default();
+        let user = vec![Revocation::User {
+            subject: "u".into(),
+            revoked_through: 1000,
+            expires_at: 1900,
+        }];
+        fetcher
+            .publish(&shared, &keys, user, 30, 1, 1000)
+            .expect("published");
+        let mut vm = DenyList::default();
+        vm.sync(&shared, &keys, 1001);
+        assert_eq!(
+            vm.watermark(Some("u"), 1001, 300),
+            WatermarkStatus::RevokedThrough(1000)
+        );
+        assert_eq!(vm.watermark(Some("v"), 1001, 300), WatermarkStatus::None);
+        // Until the last token it revokes has expired, leeway included, even from a stale list.
+        assert_eq!(
+            vm.watermark(Some("u"), 1929, 300),
+            WatermarkStatus::RevokedThrough(1000)
+        );
+        assert_eq!(vm.users["u"], (1000, 1930));
     }
 
     #[test]

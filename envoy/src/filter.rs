@@ -17,7 +17,7 @@ use base64ct::{Base64UrlUnpadded, Encoding as _};
 use edgeauth_core::{
     authorize_deferred, freshness_seconds, verify_revocation, Algorithm, Allowed, Deferred, Denial,
     DenyReason, FeedPage, KeyCache, KeyRing, Policy, Request, RevocationAnswer, RevocationError,
-    SignatureCheck, Step, Thumbprint, TokenCache, Verdict, WatermarkStatus,
+    SignatureCheck, Step, Thumbprint, TokenCache, Verdict,
 };
 use proxy_wasm::{
     hostcalls,
@@ -563,12 +563,7 @@ impl Root {
                 continue;
             }
             match verify_revocation(&entry.jws, now, &keys, &vm.settings.policy) {
-                Ok(revocation) => {
-                    let until = revocation
-                        .expires_at
-                        .saturating_add(vm.settings.policy.leeway_seconds());
-                    revoked.push((revocation.jti, until));
-                }
+                Ok(revocation) => revoked.push(revocation),
                 Err(RevocationError::Expired) => {}
                 Err(RevocationError::Invalid(denial))
                     if denial.reason == DenyReason::UnknownKey && vm.claim_forced_fetch(now) =>
@@ -595,8 +590,9 @@ impl Root {
         if finished {
             cursor = cursor.max(page.next);
         }
+        let leeway = vm.settings.policy.leeway_seconds();
         vm.deny_list
-            .publish(&Host, &vm.shared, revoked, cursor, now)
+            .publish(&Host, &vm.shared, revoked, leeway, cursor, now)
             .map_err(|e| e.to_string())?;
         Ok(full && finished)
     }
@@ -791,12 +787,10 @@ impl Exchange {
         let verdict = match step {
             Step::Done(verdict) => verdict,
             Step::CheckRevocation(check) => {
+                let max_stale = vm.settings.feed_max_stale;
                 let answer = RevocationAnswer {
-                    jti: vm
-                        .deny_list
-                        .status(check.jti(), now, vm.settings.feed_max_stale),
-                    // The origin's feed carries `jti` revocations only.
-                    user: WatermarkStatus::None,
+                    jti: vm.deny_list.status(check.jti(), now, max_stale),
+                    user: vm.deny_list.watermark(check.subject(), now, max_stale),
                 };
                 check.finish(answer, &vm.settings.policy)
             }

@@ -93,11 +93,18 @@ impl FromRequestParts<AppState> for Caller {
                         }
                     },
                 };
-                // Revoke-all watermarks come with session management (issue 6).
-                let answer = RevocationAnswer {
-                    jti,
-                    user: WatermarkStatus::None,
+                let user = match check.subject() {
+                    None => WatermarkStatus::None,
+                    Some(sub) => match state.deny_list.user_watermark(sub, now).await {
+                        Ok(Some(through)) => WatermarkStatus::RevokedThrough(through),
+                        Ok(None) => WatermarkStatus::None,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "deny-list unavailable");
+                            WatermarkStatus::Unavailable
+                        }
+                    },
                 };
+                let answer = RevocationAnswer { jti, user };
                 check.finish(answer, &verifier.policy)
             }
         };

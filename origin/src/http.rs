@@ -151,6 +151,7 @@ pub async fn register(
         scopes: DEFAULT_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
         display_name: None,
         totp: None,
+        sessions_revoked_at: None,
         created_at: now(),
     };
     state.users.create_user(&user).await?;
@@ -233,8 +234,7 @@ pub async fn login(
     let codes = (body.otp.as_deref(), body.recovery_code.as_deref());
     let mfa = second_factor(&state, &user, codes, now, &account, &audit).await?;
     state.login_guard.succeeded(&account).await;
-    let (refresh_token, record) =
-        new_refresh_record(&state, user.id, uuid::Uuid::new_v4(), now, mfa);
+    let (refresh_token, record) = new_refresh_record(&state, &user, uuid::Uuid::new_v4(), now, mfa);
     state.refresh.insert(&record).await?;
     audit("login");
     token_response(
@@ -285,11 +285,18 @@ async fn second_factor(
     Ok(true)
 }
 
+/// When a token for `user` is issued at `now`: never in the second of the user's last
+/// revoke-all, which revokes everything issued through that second. At most a second later
+/// than the clock, well within any edge's leeway.
+fn issue_time(user: &User, now: i64) -> i64 {
+    user.sessions_revoked_at.map_or(now, |at| now.max(at + 1))
+}
+
 /// A new refresh token for `user` in session `family_id`, and the record that stores its hash.
 /// `mfa`: the session's login passed a second factor.
 fn new_refresh_record(
     state: &AppState,
-    user: UserId,
+    user: &User,
     family_id: uuid::Uuid,
     now: i64,
     mfa: bool,
@@ -297,12 +304,13 @@ fn new_refresh_record(
     let (token, token_hash) = new_refresh_token();
     let record = RefreshRecord {
         token_hash,
-        user_id: user,
+        user_id: user.id,
         family_id,
         expires_at: now + i64::from(state.config.refresh_token_ttl_seconds),
         consumed_at: None,
         replaced_by: None,
         mfa,
+        issued_at: issue_time(user, now),
     };
     (token, record)
 }
@@ -318,6 +326,7 @@ fn token_response(
     refresh_in_body: bool,
 ) -> Result<Response, ApiError> {
     let config = &state.config;
+    let now = issue_time(user, now);
     let claims = AccessClaims {
         iss: config.issuer.clone(),
         aud: config.audience.clone(),
@@ -420,8 +429,16 @@ pub async fn refresh(
         state.refresh.revoke_family(record.family_id).await?;
         return Err(ApiError::InvalidGrant);
     };
+    // A session issued before the user's last revoke-all has ended.
+    if user
+        .sessions_revoked_at
+        .is_some_and(|at| record.issued_at <= at)
+    {
+        state.refresh.revoke_family(record.family_id).await?;
+        return Err(ApiError::InvalidGrant);
+    }
     let (new_token, new_record) =
-        new_refresh_record(&state, user.id, record.family_id, now, record.mfa);
+        new_refresh_record(&state, &user, record.family_id, now, record.mfa);
     let rotated = match record.consumed_at {
         None => state.refresh.rotate(&hash, &new_record, now).await,
         Some(_) => Err(StoreError::Conflict),
@@ -634,6 +651,44 @@ async fn caller_account(state: &AppState, caller: &Caller) -> Result<User, ApiEr
         .get_user(caller.user_id)
         .await?
         .ok_or(ApiError::InvalidCredentials)
+}
+
+/// `POST /v1/sessions/revoke-all`: ends every session of the caller at once, everywhere: their
+/// refresh tokens stop working, and every access token issued until now is refused by the
+/// origin (the deny-list's watermark) and by the edges (a signed feed entry without `jti`,
+/// pushed and pulled like a logout). Tokens from later logins are unaffected.
+pub async fn revoke_all(
+    State(state): State<AppState>,
+    facts: RequestFacts,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let now = now();
+    let subject = caller.user_id.to_string();
+    // Every token issued through `now` expires by then: the entry matters no longer.
+    let expires_at = now + i64::from(state.config.access_token_ttl_seconds);
+    let issuer = state.config.issuer.clone();
+    let keys = state.keys.clone();
+    let sub = subject.clone();
+    let make = move |seq: u64| {
+        let entry = json!({"iss": issuer, "seq": seq, "sub": sub, "iat": now, "exp": expires_at});
+        keys.current()
+            .sign_jws(REVOCATION_TYPE, &entry)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    };
+    // As logout: the durable feed entry first, then the deny-list, then the sessions.
+    let entry = state.feed.append(&make, expires_at).await?;
+    state.edge_push.push(&entry);
+    state
+        .deny_list
+        .revoke_user(&subject, now, expires_at, now)
+        .await?;
+    state.users.revoke_sessions(caller.user_id, now).await?;
+    state.audit.record("revoke_all", &subject, &facts);
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 /// `POST /v1/me/mfa/totp`: starts TOTP enrolment: a new secret, shown once as an `otpauth://`

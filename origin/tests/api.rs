@@ -867,9 +867,12 @@ async fn logout_is_published_in_the_signed_revocation_feed() {
         .expect("signed by the origin");
     let revoked =
         edgeauth_core::check_signature(&access, &ring, &edge_policy()).expect("access token");
-    assert_eq!(Some(revocation.jti), revoked.claims.jti);
-    assert_eq!(Some(revocation.expires_at), revoked.claims.exp);
-    assert_eq!(entry["expires_at"], revocation.expires_at);
+    let edgeauth_core::Revocation::Token { jti, expires_at } = revocation else {
+        panic!("a logout revokes one token: {revocation:?}");
+    };
+    assert_eq!(Some(jti), revoked.claims.jti);
+    assert_eq!(Some(expires_at), revoked.claims.exp);
+    assert_eq!(entry["expires_at"], expires_at);
     // Explicitly typed: an edge never takes a feed entry for an access token.
     let refused = edgeauth_core::check_signature(jws, &ring, &edge_policy())
         .expect_err("not an access token");
@@ -933,6 +936,7 @@ async fn imported_bcrypt_accounts_log_in_and_are_upgraded_to_argon2id() {
         display_name: None,
         created_at: 0,
         totp: None,
+        sessions_revoked_at: None,
     };
     o.state.users.create_user(&user).await.expect("imported");
     assert_eq!(
@@ -1030,7 +1034,10 @@ async fn logout_pushes_the_signed_entry_to_every_edge() {
             &edge_policy(),
         )
         .expect("a signed revocation");
-        assert_eq!(Some(revocation.jti), revoked.claims.jti);
+        assert!(
+            matches!(&revocation, edgeauth_core::Revocation::Token { jti, .. } if Some(jti) == revoked.claims.jti.as_ref()),
+            "{revocation:?}"
+        );
     }
     // The pushed entry is the feed entry.
     let feed = o.get("/v1/revocations").await;
@@ -1581,4 +1588,65 @@ async fn admin_scopes_need_a_second_factor_and_codes_work_once() {
     );
     let r = login(json!({ "recovery_code": recovery[0] })).await;
     assert_eq!(r.body["error"], "invalid_otp");
+}
+
+#[tokio::test]
+async fn revoke_all_ends_every_session_everywhere_and_later_logins_work() {
+    let o = origin().await;
+    o.register("wes@example.com", "wes's passphrase").await;
+    let login = || {
+        o.post(
+            "/v1/login",
+            json!({"email": "wes@example.com", "password": "wes's passphrase", "refresh_token_in_body": true}),
+        )
+    };
+    let laptop = login().await;
+    let phone = login().await;
+    let token = |r: &Reply| r.body["access_token"].as_str().expect("token").to_string();
+    let r = o
+        .with_bearer("POST", "/v1/sessions/revoke-all", &token(&phone), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+
+    // Both sessions' access tokens are refused by the origin, and their refresh tokens too.
+    for session in [&laptop, &phone] {
+        let me = o.with_bearer("GET", "/v1/me", &token(session), None).await;
+        assert_eq!(me.status, StatusCode::UNAUTHORIZED, "{:?}", me.body);
+        assert_eq!(me.body["reason"], "user_tokens_revoked");
+        let refreshed = o
+            .post(
+                "/v1/token/refresh",
+                json!({"refresh_token": session.body["refresh_token"]}),
+            )
+            .await;
+        assert_eq!(refreshed.body["error"], "invalid_grant");
+    }
+    // The edges hear of it through the feed: a signed entry for the user, without a jti.
+    let feed = o.get("/v1/revocations").await;
+    let jws = feed.body["entries"][0]["jws"].as_str().expect("an entry");
+    let jwks = o.get("/.well-known/jwks.json").await.body.to_string();
+    let (ring, _) = KeyRing::from_jwks(jwks.as_bytes(), &edge_policy()).expect("ring");
+    let revocation =
+        edgeauth_core::verify_revocation(jws, edgeauth_origin::clock::now(), &ring, &edge_policy())
+            .expect("signed by the origin");
+    let edgeauth_core::Revocation::User { subject, .. } = revocation else {
+        panic!("a user-wide entry: {revocation:?}");
+    };
+    assert_eq!(
+        Some(subject.as_str()),
+        claims_of(&token(&laptop))["sub"].as_str()
+    );
+
+    // A login after it, even within the same second, is a new session that works.
+    let later = login().await;
+    assert_eq!(later.status, StatusCode::OK);
+    let me = o.with_bearer("GET", "/v1/me", &token(&later), None).await;
+    assert_eq!(me.status, StatusCode::OK, "{:?}", me.body);
+    let refreshed = o
+        .post(
+            "/v1/token/refresh",
+            json!({"refresh_token": later.body["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(refreshed.status, StatusCode::OK);
 }

@@ -1,8 +1,9 @@
 // The comparison Worker for scripts/bench: the same checks as edgeauth's Worker, written the way
 // a JavaScript team would, with the `jose` library (workerd's native WebCrypto underneath):
 // Bearer token, signature against the JWKS (cached in the isolate), typ/iss/aud/exp/nbf with 30 s
-// leeway, required sub and jti, a lifetime bound, the KV deny-list read, identity headers
-// replaced, a JSON log line, then the request forwarded upstream.
+// leeway, required sub and jti, a lifetime bound, the KV deny-list reads (the token's jti and
+// the user's revoke-all watermark, in parallel), identity headers replaced, a JSON log line,
+// then the request forwarded upstream.
 import { createLocalJWKSet, jwtVerify } from "jose";
 
 let keys;
@@ -37,7 +38,12 @@ export default {
     } catch {
       return deny(401, "invalid_token");
     }
-    if ((await env.DENYLIST.get(`jti:${payload.jti}`)) !== null) return deny(401, "invalid_token");
+    const [revoked, watermark] = await Promise.all([
+      env.DENYLIST.get(`jti:${payload.jti}`),
+      env.DENYLIST.get(`user:${payload.sub}`),
+    ]);
+    if (revoked !== null) return deny(401, "invalid_token");
+    if (watermark !== null && !(payload.iat > Number(watermark))) return deny(401, "invalid_token");
     // One structured line per request, as edgeauth's Worker writes.
     console.log(JSON.stringify({ event: "request", verdict: "allow", kid: payload.kid, path: new URL(request.url).pathname }));
     const headers = new Headers(request.headers);

@@ -42,6 +42,8 @@ use nix::{
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
+/// The password of every account a stack registers.
+const PASSWORD: &str = "correct horse battery staple";
 /// The issuer and audience every stack uses.
 pub const ISSUER: &str = "https://auth.e2e.test";
 pub const AUDIENCE: &str = "api.e2e.test";
@@ -461,8 +463,14 @@ impl Stack {
 
     /// Registers and logs in a fresh account; returns its access token.
     pub async fn login(&self) -> String {
+        let email = self.register().await;
+        self.login_as(&email).await
+    }
+
+    /// Registers a fresh account; returns its email (the password is the same for all).
+    pub async fn register(&self) -> String {
         let email = format!("e2e-{}@example.com", uuid::Uuid::new_v4().simple());
-        let credentials = json!({"email": email, "password": "correct horse battery staple"});
+        let credentials = json!({"email": email, "password": PASSWORD});
         let registered = self
             .client
             .post(format!("{}/v1/register", self.origin))
@@ -471,6 +479,36 @@ impl Stack {
             .await
             .expect("origin answers");
         assert_eq!(registered.status(), 201);
+        email
+    }
+
+    /// Logs the token's session out at the origin.
+    pub async fn logout(&self, token: &str) {
+        let answer = self
+            .client
+            .post(format!("{}/v1/logout", self.origin))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("origin answers");
+        assert_eq!(answer.status(), 204);
+    }
+
+    /// Ends every session of the token's user at the origin (`POST /v1/sessions/revoke-all`).
+    pub async fn revoke_all(&self, token: &str) {
+        let answer = self
+            .client
+            .post(format!("{}/v1/sessions/revoke-all", self.origin))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("origin answers");
+        assert_eq!(answer.status(), 204);
+    }
+
+    /// Logs in as the account registered under `email`; returns a new session's access token.
+    pub async fn login_as(&self, email: &str) -> String {
+        let credentials = json!({"email": email, "password": PASSWORD});
         let login: Value = self
             .client
             .post(format!("{}/v1/login", self.origin))
@@ -485,18 +523,6 @@ impl Stack {
             .as_str()
             .expect("an access token")
             .to_string()
-    }
-
-    /// Logs the token's session out at the origin.
-    pub async fn logout(&self, token: &str) {
-        let answer = self
-            .client
-            .post(format!("{}/v1/logout", self.origin))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("origin answers");
-        assert_eq!(answer.status(), 204);
     }
 
     /// `GET path` through the edge with `token` as a bearer token (if any).

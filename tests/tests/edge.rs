@@ -32,6 +32,7 @@ on_every_edge!(
     a_key_rotation_is_picked_up_without_restarting_the_edge,
     cached_keys_outlive_a_jwks_outage,
     a_fresh_edge_without_keys_answers_503,
+    revoke_all_is_refused_at_the_edge_for_every_session,
 );
 
 async fn a_valid_token_reaches_the_upstream_with_verified_identity_only(edge: Edge) {
@@ -239,4 +240,35 @@ async fn a_fresh_edge_without_keys_answers_503(edge: Edge) {
             answer.json
         );
     }
+}
+
+async fn revoke_all_is_refused_at_the_edge_for_every_session(edge: Edge) {
+    let stack = Stack::start_on(edge).await;
+    let email = stack.register().await;
+    let laptop = stack.login_as(&email).await;
+    let phone = stack.login_as(&email).await;
+    for token in [&laptop, &phone] {
+        assert_eq!(stack.get("/orders", Some(token)).await.status, 200);
+    }
+    stack.revoke_all(&phone).await;
+    let revoked = Instant::now();
+    let bound = edge.revocation_bound();
+    for token in [&laptop, &phone] {
+        loop {
+            let answer = stack.get("/orders", Some(token)).await;
+            if answer.status == 401 {
+                assert_eq!(answer.json["reason"], "user_tokens_revoked");
+                break;
+            }
+            assert!(revoked.elapsed() < bound, "still accepted after {bound:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    println!(
+        "{edge:?}: every session refused {} ms after revoke-all returned",
+        revoked.elapsed().as_millis()
+    );
+    // A login after it starts a session the edge accepts.
+    let later = stack.login_as(&email).await;
+    assert_eq!(stack.get("/orders", Some(&later)).await.status, 200);
 }

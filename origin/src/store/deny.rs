@@ -10,6 +10,8 @@ use super::{redis_connection::RedisConnection, DenyList, StoreError};
 pub struct MemoryDenyList {
     /// `jti` → expiry (seconds).
     entries: Mutex<HashMap<String, i64>>,
+    /// `sub` → (revoked through, expiry).
+    users: Mutex<HashMap<String, (i64, i64)>>,
 }
 
 #[async_trait::async_trait]
@@ -33,6 +35,36 @@ impl DenyList for MemoryDenyList {
         Ok(entries.get(jti).is_some_and(|exp| *exp > now))
     }
 
+    async fn revoke_user(
+        &self,
+        subject: &str,
+        revoked_through: i64,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut users = self
+            .users
+            .lock()
+            .map_err(|_| StoreError::Unavailable("deny-list lock poisoned".into()))?;
+        users.retain(|_, (_, exp)| *exp > now);
+        let entry = users
+            .entry(subject.to_owned())
+            .or_insert((revoked_through, expires_at));
+        *entry = (entry.0.max(revoked_through), entry.1.max(expires_at));
+        Ok(())
+    }
+
+    async fn user_watermark(&self, subject: &str, now: i64) -> Result<Option<i64>, StoreError> {
+        let users = self
+            .users
+            .lock()
+            .map_err(|_| StoreError::Unavailable("deny-list lock poisoned".into()))?;
+        Ok(users
+            .get(subject)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(through, _)| *through))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -41,6 +73,7 @@ impl DenyList for MemoryDenyList {
 /// Redis commands get this long before the deny-list counts as unavailable.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 const KEY_PREFIX: &str = "edgeauth:deny:jti:";
+const USER_KEY_PREFIX: &str = "edgeauth:deny:user:";
 
 /// The deny-list in Redis: `SET edgeauth:deny:jti:<jti> 1 EX <remaining life>`.
 #[derive(Debug, Clone)]
@@ -73,6 +106,30 @@ impl DenyList for RedisDenyList {
         let mut cmd = redis::cmd("EXISTS");
         cmd.arg(format!("{KEY_PREFIX}{jti}"));
         self.redis.run::<i64>(&cmd).await.map(|n| n > 0)
+    }
+
+    async fn revoke_user(
+        &self,
+        subject: &str,
+        revoked_through: i64,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        // A revoke-all's watermark is the moment it happened, so the latest one is the one to
+        // keep; it lives until the last token it revokes has expired.
+        let ttl = (expires_at - now).max(1);
+        let mut set = redis::cmd("SET");
+        set.arg(format!("{USER_KEY_PREFIX}{subject}"))
+            .arg(revoked_through)
+            .arg("EX")
+            .arg(ttl);
+        self.redis.run::<()>(&set).await
+    }
+
+    async fn user_watermark(&self, subject: &str, _now: i64) -> Result<Option<i64>, StoreError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(format!("{USER_KEY_PREFIX}{subject}"));
+        self.redis.run(&cmd).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

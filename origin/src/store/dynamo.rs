@@ -182,6 +182,9 @@ fn user_item(user: &User) -> Item {
     if let Some(name) = &user.display_name {
         item.insert("display_name".into(), s(name));
     }
+    if let Some(at) = user.sessions_revoked_at {
+        item.insert("sessions_revoked_at".into(), n(at));
+    }
     if let Some(totp) = &user.totp {
         item.insert(
             "totp_secret".into(),
@@ -240,6 +243,7 @@ fn user_from(item: &Item) -> Result<User, StoreError> {
         display_name: get_s(item, "display_name").map(str::to_owned),
         created_at: get_n(item, "created_at").unwrap_or(0),
         totp: totp_from(item),
+        sessions_revoked_at: get_n(item, "sessions_revoked_at"),
     })
 }
 
@@ -259,6 +263,7 @@ fn refresh_item(record: &RefreshRecord) -> Item {
     if record.mfa {
         item.insert("mfa".into(), AttributeValue::Bool(true));
     }
+    item.insert("issued_at".into(), n(record.issued_at));
     item
 }
 
@@ -273,6 +278,7 @@ fn refresh_from(item: &Item) -> Result<RefreshRecord, StoreError> {
         consumed_at: get_n(item, "consumed_at"),
         replaced_by: get_s(item, "replaced_by").and_then(parse_hash),
         mfa: matches!(item.get("mfa"), Some(AttributeValue::Bool(true))),
+        issued_at: get_n(item, "issued_at").unwrap_or(0),
     })
 }
 
@@ -478,6 +484,20 @@ impl UserStore for DynamoStore {
             .send()
             .await
             .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn revoke_sessions(&self, id: UserId, at: i64) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.tables.users)
+            .key("user_id", s(id.to_string()))
+            .condition_expression("attribute_exists(user_id)")
+            .update_expression("SET sessions_revoked_at = :at")
+            .expression_attribute_values(":at", n(at))
+            .send()
+            .await
+            .map_err(|e| condition_failed_as(e, StoreError::NotFound))?;
         Ok(())
     }
 

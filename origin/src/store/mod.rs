@@ -35,6 +35,8 @@ pub struct User {
     pub created_at: i64,
     /// The TOTP second factor, once enrolment has started.
     pub totp: Option<Totp>,
+    /// The last revoke-all: sessions (refresh tokens) issued at or before it are refused.
+    pub sessions_revoked_at: Option<i64>,
 }
 
 /// A user's TOTP second factor.
@@ -67,6 +69,8 @@ pub struct RefreshRecord {
     pub replaced_by: Option<[u8; 32]>,
     /// Whether the session's login passed a second factor (`amr` `otp`).
     pub mfa: bool,
+    /// When this token was issued (seconds); 0 for tokens stored before it was recorded.
+    pub issued_at: i64,
 }
 
 /// Storage failures, in terms the HTTP layer can answer.
@@ -101,6 +105,8 @@ pub trait UserStore: Send + Sync {
     async fn update_display_name(&self, id: UserId, name: Option<&str>) -> Result<(), StoreError>;
     /// A cheap readiness check.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Records a revoke-all at `at`: every session issued at or before it ends.
+    async fn revoke_sessions(&self, id: UserId, at: i64) -> Result<(), StoreError>;
     /// Replaces the account's scopes (an operator's action).
     async fn set_scopes(&self, id: UserId, scopes: &[String]) -> Result<(), StoreError>;
     /// Stores a new, unconfirmed TOTP secret; `Conflict` if a confirmed one exists.
@@ -209,6 +215,17 @@ pub trait DenyList: Send + Sync {
     async fn revoke_jti(&self, jti: &str, expires_at: i64, now: i64) -> Result<(), StoreError>;
     /// Whether `jti` is listed at `now`.
     async fn is_revoked(&self, jti: &str, now: i64) -> Result<bool, StoreError>;
+    /// Revokes every access token of `subject` issued at or before `revoked_through`, until
+    /// `expires_at` (when the last of them has expired).
+    async fn revoke_user(
+        &self,
+        subject: &str,
+        revoked_through: i64,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// The user's revoke-all watermark at `now`, if one is in force.
+    async fn user_watermark(&self, subject: &str, now: i64) -> Result<Option<i64>, StoreError>;
     /// A cheap readiness check.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -2,9 +2,12 @@
 //! holds for access tokens, so pushing a revocation to an edge needs no shared secret.
 //!
 //! A message is a compact JWS with `typ: edgeauth-revocation+jwt` (RFC 8725 §3.11: its own type,
-//! so a message can never pass as an access token, nor an access token as a message) and the
-//! payload `{"iss", "seq", "jti", "exp", "iat"}`: the access token `jti` is revoked until `exp`,
-//! the revoked token's own expiry, after which the entry is of no use.
+//! so a message can never pass as an access token, nor an access token as a message). Two kinds:
+//! - `{"iss", "seq", "jti", "exp", "iat"}` (logout): the access token `jti` is revoked until `exp`,
+//!   the revoked token's own expiry, after which the entry is of no use;
+//! - `{"iss", "seq", "sub", "iat", "exp"}` without `jti` (revoke-all): every access token of `sub`
+//!   issued at or before `iat` is revoked; the entry matters until `exp`, when the last of them
+//!   has expired.
 
 use alloc::{string::String, vec::Vec};
 
@@ -40,11 +43,33 @@ pub struct FeedEntry {
 
 /// A revocation the origin signed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Revocation {
-    /// The revoked access token's `jti`.
-    pub jti: String,
-    /// Until when it must be refused (the token's `exp`), seconds since the epoch.
-    pub expires_at: i64,
+pub enum Revocation {
+    /// One access token.
+    Token {
+        /// Its `jti`.
+        jti: String,
+        /// Until when it must be refused (the token's `exp`), seconds since the epoch.
+        expires_at: i64,
+    },
+    /// Every access token of one user issued at or before a moment: the answer to
+    /// [`crate::WatermarkStatus::RevokedThrough`].
+    User {
+        /// The user's `sub`.
+        subject: String,
+        /// Tokens with `iat` up to this (seconds) are revoked.
+        revoked_through: i64,
+        /// When the last such token has expired: the entry matters until then.
+        expires_at: i64,
+    },
+}
+
+impl Revocation {
+    /// Until when the entry matters, seconds since the epoch (before leeway).
+    pub fn expires_at(&self) -> i64 {
+        match self {
+            Self::Token { expires_at, .. } | Self::User { expires_at, .. } => *expires_at,
+        }
+    }
 }
 
 /// Why a message was not accepted. The [`Denial`] says what failed, in the same terms as an
@@ -81,15 +106,25 @@ pub fn verify_revocation(
     {
         return Err(invalid(DenyReason::IssuerNotAllowed, "iss"));
     }
-    let Some(jti) = claims.jti.filter(|jti| is_header_safe(jti)) else {
-        return Err(invalid(DenyReason::InvalidClaim, "jti"));
-    };
     let Some(expires_at) = claims.exp else {
         return Err(invalid(DenyReason::MissingClaim, "exp"));
     };
-    // The token it revokes is refused by its own `exp` from here on (leeway included).
+    let revocation = match (claims.jti, claims.sub, claims.iat) {
+        (Some(jti), _, _) if is_header_safe(&jti) => Revocation::Token { jti, expires_at },
+        (Some(_), _, _) => return Err(invalid(DenyReason::InvalidClaim, "jti")),
+        (None, Some(subject), Some(revoked_through)) if is_header_safe(&subject) => {
+            Revocation::User {
+                subject,
+                revoked_through,
+                expires_at,
+            }
+        }
+        (None, Some(_), Some(_)) => return Err(invalid(DenyReason::InvalidClaim, "sub")),
+        (None, _, _) => return Err(invalid(DenyReason::MissingClaim, "jti")),
+    };
+    // What it revokes is refused by its own `exp` from here on (leeway included).
     if expires_at.saturating_add(policy.leeway) <= now {
         return Err(RevocationError::Expired);
     }
-    Ok(Revocation { jti, expires_at })
+    Ok(revocation)
 }

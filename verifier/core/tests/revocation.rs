@@ -43,7 +43,7 @@ fn a_message_signed_with_a_published_key_is_accepted() {
     let signed = good_message();
     assert_eq!(
         verify_revocation(&signed, NOW, &ring, &policy),
-        Ok(Revocation {
+        Ok(Revocation::Token {
             jti: "jti-0001".into(),
             expires_at: NOW + 840
         })
@@ -56,6 +56,52 @@ fn a_message_signed_with_a_published_key_is_accepted() {
         &message_payload(),
     );
     assert!(verify_revocation(&previous, NOW, &ring, &policy).is_ok());
+}
+
+#[test]
+fn a_message_without_jti_revokes_every_token_of_its_user_through_iat() {
+    let policy = policy("");
+    let ring = standard_ring(&policy);
+    let payload = json!({"iss": ISSUER, "seq": 8, "sub": "3f1c2a9e-7b4d-4c1a-9e2f-0a1b2c3d4e5f", "iat": NOW, "exp": NOW + 900});
+    let signed = message(
+        &Signer::ed25519(1),
+        "current",
+        Some(REVOCATION_TYPE),
+        &payload,
+    );
+    assert_eq!(
+        verify_revocation(&signed, NOW, &ring, &policy),
+        Ok(Revocation::User {
+            subject: "3f1c2a9e-7b4d-4c1a-9e2f-0a1b2c3d4e5f".into(),
+            revoked_through: NOW,
+            expires_at: NOW + 900
+        })
+    );
+    // Neither a token nor a user: nothing to revoke.
+    let mut neither = payload.clone();
+    neither.as_object_mut().expect("object").remove("sub");
+    let signed = message(
+        &Signer::ed25519(1),
+        "current",
+        Some(REVOCATION_TYPE),
+        &neither,
+    );
+    assert_eq!(
+        reason(verify_revocation(&signed, NOW, &ring, &policy)),
+        DenyReason::MissingClaim
+    );
+    let mut unsafe_sub = payload;
+    unsafe_sub["sub"] = json!("a\nb");
+    let signed = message(
+        &Signer::ed25519(1),
+        "current",
+        Some(REVOCATION_TYPE),
+        &unsafe_sub,
+    );
+    assert_eq!(
+        reason(verify_revocation(&signed, NOW, &ring, &policy)),
+        DenyReason::InvalidClaim
+    );
 }
 
 #[test]

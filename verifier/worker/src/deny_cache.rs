@@ -1,41 +1,45 @@
-//! The isolate's memory of Workers KV answers about `jti`s, so the hot path does not pay a KV
-//! round trip on every request. A "revoked" answer holds until the token expires (revocation is
-//! final); a "not revoked" answer holds for `DENY_CACHE_SECONDS`, which is what this cache adds
-//! to the revocation bound (README, "Revocation bound").
+//! The isolate's memory of Workers KV answers about deny-list keys (`jti:<jti>`,
+//! `user:<sub>`), so the hot path does not pay a KV round trip on every request. A listed token
+//! holds until it expires (revocation is final); anything else (nothing listed, a user's
+//! revoke-all watermark, which a later revoke-all may raise) holds for `DENY_CACHE_SECONDS`,
+//! which is what this cache adds to the revocation bound (README, "Revocation bound").
 
 use std::collections::HashMap;
 
 /// Most entries held; past this, expired ones are dropped, then everything.
 const MAX_ENTRIES: usize = 10_000;
 
-/// `jti` → (revoked, trusted until).
+/// KV key → (the value found: `None` when there was none, trusted until).
 #[derive(Debug, Default)]
 pub struct DenyCache {
-    entries: HashMap<String, (bool, i64)>,
+    entries: HashMap<String, (Option<i64>, i64)>,
 }
 
 impl DenyCache {
-    /// The remembered answer for `jti` at `now`, if still trusted.
-    pub fn get(&self, jti: &str, now: i64) -> Option<bool> {
+    /// The remembered answer for `key` at `now`, if still trusted: `Some(None)` means "not
+    /// listed".
+    pub fn get(&self, key: &str, now: i64) -> Option<Option<i64>> {
         self.entries
-            .get(jti)
+            .get(key)
             .filter(|(_, until)| now < *until)
-            .map(|(revoked, _)| *revoked)
+            .map(|(value, _)| *value)
     }
 
-    /// Remembers an answer until `until`. A revocation is never overwritten by a stale "not
-    /// revoked" read.
-    pub fn insert(&mut self, jti: &str, revoked: bool, until: i64, now: i64) {
-        if !revoked && self.get(jti, now) == Some(true) {
-            return;
+    /// Remembers an answer until `until`. Something listed is never overwritten by a stale
+    /// "nothing" read, nor a watermark by a lower one.
+    pub fn insert(&mut self, key: &str, value: Option<i64>, until: i64, now: i64) {
+        if let Some(Some(known)) = self.get(key, now) {
+            if value.is_none_or(|v| v < known) {
+                return;
+            }
         }
-        if self.entries.len() >= MAX_ENTRIES && !self.entries.contains_key(jti) {
+        if self.entries.len() >= MAX_ENTRIES && !self.entries.contains_key(key) {
             self.entries.retain(|_, (_, until)| now < *until);
             if self.entries.len() >= MAX_ENTRIES {
                 self.entries.clear();
             }
         }
-        self.entries.insert(jti.to_string(), (revoked, until));
+        self.entries.insert(key.to_string(), (value, until));
     }
 }
 
@@ -46,22 +50,28 @@ mod tests {
     #[test]
     fn answers_expire_and_revocations_stick() {
         let mut cache = DenyCache::default();
-        cache.insert("a", false, 105, 100);
-        assert_eq!(cache.get("a", 104), Some(false));
-        assert_eq!(cache.get("a", 105), None);
-        cache.insert("a", true, 1000, 101);
-        cache.insert("a", false, 106, 102);
-        assert_eq!(cache.get("a", 103), Some(true));
+        cache.insert("jti:a", None, 105, 100);
+        assert_eq!(cache.get("jti:a", 104), Some(None));
+        assert_eq!(cache.get("jti:a", 105), None);
+        cache.insert("jti:a", Some(0), 1000, 101);
+        cache.insert("jti:a", None, 106, 102);
+        assert_eq!(cache.get("jti:a", 103), Some(Some(0)));
+        // A watermark is raised by a later revoke-all, never lowered by a stale read.
+        cache.insert("user:u", Some(500), 110, 100);
+        cache.insert("user:u", Some(400), 110, 101);
+        assert_eq!(cache.get("user:u", 102), Some(Some(500)));
+        cache.insert("user:u", Some(600), 110, 103);
+        assert_eq!(cache.get("user:u", 104), Some(Some(600)));
     }
 
     #[test]
     fn a_full_cache_makes_room() {
         let mut cache = DenyCache::default();
         for i in 0..MAX_ENTRIES {
-            cache.insert(&i.to_string(), false, 10, 0);
+            cache.insert(&i.to_string(), None, 10, 0);
         }
-        cache.insert("new", true, 100, 20);
-        assert_eq!(cache.get("new", 21), Some(true));
+        cache.insert("new", Some(0), 100, 20);
+        assert_eq!(cache.get("new", 21), Some(Some(0)));
         assert!(cache.entries.len() < MAX_ENTRIES);
     }
 }

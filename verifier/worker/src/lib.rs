@@ -17,8 +17,8 @@ use std::{cell::RefCell, rc::Rc, time::Duration};
 
 use edgeauth_core::{
     authorize_deferred, freshness_seconds, verify_revocation, Allowed, Deferred, Denial,
-    DenyListStatus, DenyReason, FeedPage, KeyCache, KeyRing, RevocationAnswer, RevocationCheck,
-    RevocationError, SignatureCheck, Step, TokenCache, Verdict, WatermarkStatus,
+    DenyListStatus, DenyReason, FeedPage, KeyCache, KeyRing, Revocation, RevocationAnswer,
+    RevocationCheck, RevocationError, SignatureCheck, Step, TokenCache, Verdict, WatermarkStatus,
 };
 use futures_util::future::{select, Either};
 use serde_json::json;
@@ -43,6 +43,10 @@ const DENYLIST_BINDING: &str = "DENYLIST";
 /// KV key of a revoked `jti`.
 fn jti_key(jti: &str) -> String {
     format!("jti:{jti}")
+}
+/// KV key of a user's revoke-all watermark.
+fn user_key(subject: &str) -> String {
+    format!("user:{subject}")
 }
 /// KV key of the feed cursor the Cron Trigger resumes from.
 const CURSOR_KEY: &str = "feed:cursor";
@@ -398,52 +402,76 @@ async fn revocation_answer(
     check: &RevocationCheck,
     now: i64,
 ) -> RevocationAnswer {
-    // The origin publishes `jti` revocations only; user-wide watermarks are not in the feed.
-    let answer = |jti| RevocationAnswer {
-        jti,
-        user: WatermarkStatus::None,
+    let jti = check.jti().map(jti_key);
+    let user = check.subject().map(user_key);
+    // A listed token stays listed until it expires; the rest is trusted for the cache time.
+    let token_exp = check.token().claims().exp.unwrap_or(now);
+    let (jti, user) = futures_util::future::join(
+        deny_list_entry(env, settings, jti.as_deref(), now, token_exp),
+        deny_list_entry(env, settings, user.as_deref(), now, now),
+    )
+    .await;
+    RevocationAnswer {
+        jti: match jti {
+            Ok(None) => DenyListStatus::NotListed,
+            Ok(Some(_)) => DenyListStatus::Listed,
+            Err(()) => DenyListStatus::Unavailable,
+        },
+        user: match user {
+            Ok(None) => WatermarkStatus::None,
+            Ok(Some(through)) => WatermarkStatus::RevokedThrough(through),
+            Err(()) => WatermarkStatus::Unavailable,
+        },
+    }
+}
+
+/// The deny-list's value under `key` (none: nothing listed), from the isolate's memory or KV.
+/// A `jti:` entry reads as `Some(0)`, a `user:` entry as its watermark. A listed value is
+/// remembered until `listed_until` if that is later than the cache time.
+async fn deny_list_entry(
+    env: &Env,
+    settings: &Settings,
+    key: Option<&str>,
+    now: i64,
+    listed_until: i64,
+) -> Result<Option<i64>, ()> {
+    let Some(key) = key else {
+        return Ok(None);
     };
-    let Some(jti) = check.jti() else {
-        return answer(DenyListStatus::NotListed);
-    };
-    if let Some(revoked) = with_isolate(env, |i| i.denied.get(jti, now)) {
-        return answer(listed(revoked));
+    if let Some(value) = with_isolate(env, |i| i.denied.get(key, now)) {
+        return Ok(value);
     }
     let read = match deny_list(env) {
-        Ok(kv) => kv
-            .get(&jti_key(jti))
-            .text()
-            .await
-            .map_err(|e| e.to_string()),
+        Ok(kv) => kv.get(key).text().await.map_err(|e| e.to_string()),
         Err(e) => Err(e),
     };
-    match read {
-        Ok(value) => {
-            let revoked = value.is_some();
-            let until = if revoked {
-                check.token().claims().exp.unwrap_or(now)
-            } else {
-                now + i64::from(settings.deny_cache_seconds)
-            };
-            with_isolate(env, |i| i.denied.insert(jti, revoked, until, now));
-            answer(listed(revoked))
-        }
+    let value = match read {
+        Ok(None) => None,
+        // A revoked jti is stored as "1"; a watermark as its time.
+        Ok(Some(_)) if key.starts_with("jti:") => Some(0),
+        Ok(Some(text)) => match text.trim().parse::<i64>() {
+            Ok(through) => Some(through),
+            Err(_) => {
+                console_error!("{}", json!({"event": "denylist_unreadable", "key": key}));
+                return Err(());
+            }
+        },
         Err(error) => {
             console_error!(
                 "{}",
                 json!({"event": "denylist_unavailable", "error": error})
             );
-            answer(DenyListStatus::Unavailable)
+            return Err(());
         }
-    }
-}
-
-fn listed(revoked: bool) -> DenyListStatus {
-    if revoked {
-        DenyListStatus::Listed
+    };
+    let cached_until = now + i64::from(settings.deny_cache_seconds);
+    let until = if value.is_some() {
+        listed_until.max(cached_until)
     } else {
-        DenyListStatus::NotListed
-    }
+        cached_until
+    };
+    with_isolate(env, |i| i.denied.insert(key, value, until, now));
+    Ok(value)
 }
 
 /// The keys for this request. Keys past freshness but still usable answer at once while their
@@ -627,17 +655,28 @@ async fn store_revocation(
         Err(RevocationError::Invalid(denial)) => return Ok(StoreOutcome::Invalid(denial.reason)),
     };
     let kv = deny_list(env)?;
-    // Kept in KV for as long as the token could still pass, leeway included.
-    let ttl = (revocation.expires_at + settings.policy.leeway_seconds() - now).max(KV_MIN_TTL);
-    kv.put(&jti_key(&revocation.jti), "1")
+    // Kept in KV for as long as what it revokes could still pass, leeway included.
+    let ttl = (revocation.expires_at() + settings.policy.leeway_seconds() - now).max(KV_MIN_TTL);
+    let (key, value, remembered) = match &revocation {
+        Revocation::Token { jti, .. } => (jti_key(jti), "1".to_string(), 0),
+        Revocation::User {
+            subject,
+            revoked_through,
+            ..
+        } => (
+            user_key(subject),
+            revoked_through.to_string(),
+            *revoked_through,
+        ),
+    };
+    kv.put(&key, value)
         .map_err(|e| e.to_string())?
         .expiration_ttl(ttl as u64)
         .execute()
         .await
         .map_err(|e| e.to_string())?;
     with_isolate(env, |i| {
-        i.denied
-            .insert(&revocation.jti, true, revocation.expires_at + ttl, now)
+        i.denied.insert(&key, Some(remembered), now + ttl, now)
     });
     Ok(StoreOutcome::Stored)
 }
