@@ -82,7 +82,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/me/mfa/totp", post(http::start_totp))
         .route("/v1/me/mfa/totp/confirm", post(http::confirm_totp))
         .route("/v1/logout", post(http::logout))
+        .route("/v1/sessions", get(http::sessions))
         .route("/v1/sessions/revoke-all", post(http::revoke_all))
+        .route(
+            "/v1/sessions/{id}",
+            axum::routing::delete(http::revoke_session),
+        )
         .route("/v1/revocations", get(http::revocations))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

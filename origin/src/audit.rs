@@ -1,5 +1,5 @@
 //! Security events (login, failed login, soft lock, CAPTCHA, second-factor enrolment and use,
-//! refresh-token reuse, logout): one
+//! refresh-token reuse, logout, ending one session or all): one
 //! structured log line each (target `audit`, with the user id, client address and request id),
 //! and a copy in DynamoDB that a user reads back as their own recent activity
 //! (`GET /v1/me/audit`).

@@ -56,6 +56,9 @@ pub enum ApiError {
     /// `recovery_code` (`mfa`).
     #[error("this account needs a second factor: send otp or recovery_code")]
     MfaRequired,
+    /// 404: no live session of the caller has this id.
+    #[error("no such session")]
+    SessionNotFound,
     /// 409: the account's second factor is confirmed already; it is not replaced this way.
     #[error("a second factor is enabled already")]
     MfaAlreadyEnabled,
@@ -111,6 +114,7 @@ impl ApiError {
             Self::CaptchaRequired => (StatusCode::UNAUTHORIZED, "captcha_required"),
             Self::MfaRequired => (StatusCode::UNAUTHORIZED, "mfa_required"),
             Self::MfaAlreadyEnabled => (StatusCode::CONFLICT, "mfa_already_enabled"),
+            Self::SessionNotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::InvalidOtp => (StatusCode::UNAUTHORIZED, "invalid_otp"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),

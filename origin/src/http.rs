@@ -2,7 +2,7 @@
 
 use axum::{
     body::Bytes,
-    extract::{rejection::JsonRejection, FromRequest, Request, State},
+    extract::{rejection::JsonRejection, FromRequest, Path, Request, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
@@ -10,7 +10,7 @@ use axum::{
 use base64ct::{Base64UrlUnpadded, Encoding};
 use rand_core::{OsRng, RngCore};
 use serde::{de::DeserializeOwned, Deserialize};
-use serde_json::json;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::{
@@ -59,6 +59,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             Err(other) => Err(ApiError::InvalidBody(other.body_text())),
         }
     }
+}
+
+/// 204 to a caller's change: nothing to store on the way either.
+fn no_content() -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// A JSON answer about one caller: never stored by a cache on the way.
@@ -653,6 +662,52 @@ async fn caller_account(state: &AppState, caller: &Caller) -> Result<User, ApiEr
         .ok_or(ApiError::InvalidCredentials)
 }
 
+/// `GET /v1/sessions`: the caller's live sessions (one per login, kept by its refresh tokens),
+/// most recently active first, with the one the caller's token belongs to marked `current`.
+pub async fn sessions(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let sessions = state.refresh.sessions(caller.user_id, now()).await?;
+    let sessions: Vec<Value> = sessions
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.family_id,
+                "last_active_at": s.issued_at,
+                "expires_at": s.expires_at,
+                "mfa": s.mfa,
+                "current": caller.session == Some(s.family_id),
+            })
+        })
+        .collect();
+    Ok(private_json(json!({ "sessions": sessions })))
+}
+
+/// `DELETE /v1/sessions/{id}`: ends one of the caller's sessions: its refresh tokens stop
+/// working at once. Its current access token, whose `jti` the origin does not keep, lasts until
+/// it expires (`access_token_ttl_seconds`); revoke-all or logout from that session end it too.
+pub async fn revoke_session(
+    State(state): State<AppState>,
+    facts: RequestFacts,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let family = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::SessionNotFound)?;
+    // Only the caller's own sessions: the id alone proves nothing.
+    let owned = state
+        .refresh
+        .sessions(caller.user_id, now())
+        .await?
+        .iter()
+        .any(|s| s.family_id == family);
+    if !owned {
+        return Err(ApiError::SessionNotFound);
+    }
+    state.refresh.revoke_family(family).await?;
+    state
+        .audit
+        .record("session_revoked", &caller.user_id.to_string(), &facts);
+    Ok(no_content())
+}
+
 /// `POST /v1/sessions/revoke-all`: ends every session of the caller at once, everywhere: their
 /// refresh tokens stop working, and every access token issued until now is refused by the
 /// origin (the deny-list's watermark) and by the edges (a signed feed entry without `jti`,
@@ -684,11 +739,7 @@ pub async fn revoke_all(
         .await?;
     state.users.revoke_sessions(caller.user_id, now).await?;
     state.audit.record("revoke_all", &subject, &facts);
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(no_content())
 }
 
 /// `POST /v1/me/mfa/totp`: starts TOTP enrolment: a new secret, shown once as an `otpauth://`

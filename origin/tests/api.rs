@@ -1650,3 +1650,83 @@ async fn revoke_all_ends_every_session_everywhere_and_later_logins_work() {
         .await;
     assert_eq!(refreshed.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_user_lists_their_sessions_and_ends_one() {
+    let o = origin().await;
+    o.register("xia@example.com", "xia's passphrase").await;
+    let login = || {
+        o.post(
+            "/v1/login",
+            json!({"email": "xia@example.com", "password": "xia's passphrase", "refresh_token_in_body": true}),
+        )
+    };
+    let laptop = login().await;
+    let phone = login().await;
+    let token = |r: &Reply| r.body["access_token"].as_str().expect("token").to_string();
+    let sid = |r: &Reply| {
+        claims_of(&token(r))["sid"]
+            .as_str()
+            .expect("sid")
+            .to_string()
+    };
+
+    let listed = o
+        .with_bearer("GET", "/v1/sessions", &token(&laptop), None)
+        .await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let sessions = listed.body["sessions"]
+        .as_array()
+        .cloned()
+        .expect("sessions");
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    let current: Vec<&str> = sessions
+        .iter()
+        .filter(|s| s["current"] == true)
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(current, vec![sid(&laptop).as_str()]);
+
+    // A rotation keeps the session one session.
+    let rotated = o
+        .post(
+            "/v1/token/refresh",
+            json!({"refresh_token": phone.body["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK);
+    let listed = o
+        .with_bearer("GET", "/v1/sessions", &token(&laptop), None)
+        .await;
+    assert_eq!(listed.body["sessions"].as_array().map(Vec::len), Some(2));
+
+    // The laptop ends the phone's session: its refresh token stops working.
+    let path = format!("/v1/sessions/{}", sid(&phone));
+    let r = o.with_bearer("DELETE", &path, &token(&laptop), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let refreshed = o
+        .post(
+            "/v1/token/refresh",
+            json!({"refresh_token": rotated.body["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(refreshed.body["error"], "invalid_grant");
+    let listed = o
+        .with_bearer("GET", "/v1/sessions", &token(&laptop), None)
+        .await;
+    assert_eq!(listed.body["sessions"].as_array().map(Vec::len), Some(1));
+    // Ended, unknown or someone else's: all the same 404.
+    let r = o.with_bearer("DELETE", &path, &token(&laptop), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    o.register("yan@example.com", "yan's passphrase").await;
+    let other = o.login("yan@example.com", "yan's passphrase").await;
+    let laptop_path = format!("/v1/sessions/{}", sid(&laptop));
+    let r = o
+        .with_bearer("DELETE", &laptop_path, &token(&other), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = o
+        .with_bearer("DELETE", "/v1/sessions/not-a-uuid", &token(&laptop), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}

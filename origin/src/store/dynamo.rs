@@ -19,10 +19,10 @@ use aws_sdk_dynamodb::{
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
     operation::transact_write_items::TransactWriteItemsError,
     types::{
-        AttributeDefinition, AttributeValue, BillingMode, Delete, GlobalSecondaryIndex,
-        KeySchemaElement, KeyType, Projection, ProjectionType, Put, PutRequest,
-        ScalarAttributeType, TableStatus, TimeToLiveSpecification, TransactWriteItem, Update,
-        WriteRequest,
+        AttributeDefinition, AttributeValue, BillingMode, CreateGlobalSecondaryIndexAction, Delete,
+        GlobalSecondaryIndex, GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType,
+        Projection, ProjectionType, Put, PutRequest, ScalarAttributeType, TableStatus,
+        TimeToLiveSpecification, TransactWriteItem, Update, WriteRequest,
     },
     Client,
 };
@@ -34,6 +34,8 @@ use super::{
 };
 
 const EMAIL_INDEX: &str = "email-index";
+/// Refresh tokens by owner, for listing a user's sessions.
+const USER_INDEX: &str = "user-index";
 const FAMILY_INDEX: &str = "family-index";
 const GUARD_PREFIX: &str = "EMAIL#";
 /// Attempts for a transaction that lost a race with another (TransactionConflict).
@@ -695,6 +697,44 @@ impl RefreshStore for DynamoStore {
         self.consume_and_store(claim, new).await
     }
 
+    async fn sessions(&self, user: UserId, now: i64) -> Result<Vec<RefreshRecord>, StoreError> {
+        let mut newest: HashMap<uuid::Uuid, RefreshRecord> = HashMap::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.tables.refresh)
+                .index_name(USER_INDEX)
+                .key_condition_expression("user_id = :u")
+                .expression_attribute_values(":u", s(user.to_string()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in out.items() {
+                let record = refresh_from(item)?;
+                if record.consumed_at.is_some() || record.expires_at <= now {
+                    continue;
+                }
+                let family = record.family_id;
+                match newest.get(&family) {
+                    Some(known) if known.issued_at >= record.issued_at => {}
+                    _ => {
+                        newest.insert(family, record);
+                    }
+                }
+            }
+            match out.last_evaluated_key() {
+                Some(key) => start = Some(key.clone()),
+                None => break,
+            }
+        }
+        let mut sessions: Vec<RefreshRecord> = newest.into_values().collect();
+        sessions.sort_by_key(|r| std::cmp::Reverse(r.issued_at));
+        Ok(sessions)
+    }
+
     async fn revoke_family(&self, family_id: uuid::Uuid) -> Result<u32, StoreError> {
         let mut deleted = 0u32;
         let mut start: Option<Item> = None;
@@ -819,6 +859,63 @@ async fn create_table(
 }
 
 /// Turns on TTL on `expires_at`; running again is fine.
+/// Adds the GSI `index` on `attribute` (all attributes projected) to `table` unless it has it, and
+/// waits until it can be queried.
+async fn ensure_index(
+    client: &Client,
+    table: &str,
+    index: &str,
+    attribute: &str,
+) -> Result<(), StoreError> {
+    let has_index = |out: &aws_sdk_dynamodb::operation::describe_table::DescribeTableOutput| {
+        out.table()
+            .map(|t| t.global_secondary_indexes())
+            .unwrap_or_default()
+            .iter()
+            .find(|i| i.index_name() == Some(index))
+            .map(|i| i.index_status() == Some(&IndexStatus::Active))
+    };
+    for attempt in 0..120 {
+        let out = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        match has_index(&out) {
+            Some(true) => return Ok(()),
+            Some(false) => {}
+            None if attempt == 0 => {
+                let create = CreateGlobalSecondaryIndexAction::builder()
+                    .index_name(index)
+                    .key_schema(key(attribute, KeyType::Hash)?)
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::All)
+                            .build(),
+                    )
+                    .build()
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                client
+                    .update_table()
+                    .table_name(table)
+                    .attribute_definitions(string_attribute(attribute)?)
+                    .global_secondary_index_updates(
+                        GlobalSecondaryIndexUpdate::builder().create(create).build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+            }
+            None => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(StoreError::Unavailable(format!(
+        "index {index} on {table} did not become active"
+    )))
+}
+
 async fn enable_ttl(client: &Client, table: &str) -> Result<(), StoreError> {
     let ttl = TimeToLiveSpecification::builder()
         .attribute_name("expires_at")
@@ -865,6 +962,8 @@ pub async fn create_tables(client: &Client, tables: &TableNames) -> Result<(), S
         Some((family_index, "family_id")),
     )
     .await?;
+    // Added to tables made before it existed, too.
+    ensure_index(client, &tables.refresh, USER_INDEX, "user_id").await?;
     create_table(client, &tables.feed, "stream", Some("seq"), None).await?;
     create_table(client, &tables.audit, "user_id", Some("at"), None).await?;
     enable_ttl(client, &tables.refresh).await?;

@@ -149,6 +149,8 @@ pub trait RefreshStore: Send + Sync {
         new: &RefreshRecord,
         consumed_after: i64,
     ) -> Result<(), StoreError>;
+    /// The user's live sessions: for each, its newest unconsumed, unexpired token.
+    async fn sessions(&self, user: UserId, now: i64) -> Result<Vec<RefreshRecord>, StoreError>;
     /// Deletes every token of a session; returns how many.
     async fn revoke_family(&self, family_id: uuid::Uuid) -> Result<u32, StoreError>;
 }
@@ -191,7 +193,7 @@ pub struct AuditEvent {
     pub at_ms: i64,
     /// `login`, `login_failed`, `soft_locked`, `captcha_solved`, `captcha_failed`,
     /// `mfa_enrolment_started`, `mfa_enabled`, `mfa_failed`, `recovery_code_used`,
-    /// `refresh_reuse`, `logout`.
+    /// `refresh_reuse`, `logout`, `session_revoked`, `revoke_all`.
     pub event: String,
     /// The client's address from the trusted source, if known.
     pub client_ip: Option<String>,
