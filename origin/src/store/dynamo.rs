@@ -19,7 +19,7 @@ use aws_sdk_dynamodb::{
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
     operation::transact_write_items::TransactWriteItemsError,
     types::{
-        AttributeDefinition, AttributeValue, BillingMode, CreateGlobalSecondaryIndexAction, Delete,
+        AttributeDefinition, AttributeValue, BillingMode, CreateGlobalSecondaryIndexAction,
         GlobalSecondaryIndex, GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType,
         Projection, ProjectionType, Put, PutRequest, ScalarAttributeType, TableStatus,
         TimeToLiveSpecification, TransactWriteItem, Update, WriteRequest,
@@ -699,35 +699,19 @@ impl RefreshStore for DynamoStore {
 
     async fn sessions(&self, user: UserId, now: i64) -> Result<Vec<RefreshRecord>, StoreError> {
         let mut newest: HashMap<uuid::Uuid, RefreshRecord> = HashMap::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.tables.refresh)
-                .index_name(USER_INDEX)
-                .key_condition_expression("user_id = :u")
-                .expression_attribute_values(":u", s(user.to_string()))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in out.items() {
-                let record = refresh_from(item)?;
-                if record.consumed_at.is_some() || record.expires_at <= now {
-                    continue;
-                }
-                let family = record.family_id;
-                match newest.get(&family) {
-                    Some(known) if known.issued_at >= record.issued_at => {}
-                    _ => {
-                        newest.insert(family, record);
-                    }
-                }
+        for item in self
+            .refresh_by(USER_INDEX, "user_id", user.to_string())
+            .await?
+        {
+            let record = refresh_from(&item)?;
+            if record.consumed_at.is_some() || record.expires_at <= now {
+                continue;
             }
-            match out.last_evaluated_key() {
-                Some(key) => start = Some(key.clone()),
-                None => break,
+            match newest.get(&record.family_id) {
+                Some(known) if known.issued_at >= record.issued_at => {}
+                _ => {
+                    newest.insert(record.family_id, record);
+                }
             }
         }
         let mut sessions: Vec<RefreshRecord> = newest.into_values().collect();
@@ -737,40 +721,53 @@ impl RefreshStore for DynamoStore {
 
     async fn revoke_family(&self, family_id: uuid::Uuid) -> Result<u32, StoreError> {
         let mut deleted = 0u32;
+        for item in self
+            .refresh_by(FAMILY_INDEX, "family_id", family_id.to_string())
+            .await?
+        {
+            let Some(hash) = get_s(&item, "token_hash") else {
+                continue;
+            };
+            self.client
+                .delete_item()
+                .table_name(&self.tables.refresh)
+                .key("token_hash", s(hash))
+                .send()
+                .await
+                .map_err(unavailable)?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+}
+
+impl DynamoStore {
+    /// Every refresh-token item whose `attribute` is `value`, through the GSI `index`, all pages.
+    async fn refresh_by(
+        &self,
+        index: &str,
+        attribute: &str,
+        value: String,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
         let mut start: Option<Item> = None;
         loop {
             let out = self
                 .client
                 .query()
                 .table_name(&self.tables.refresh)
-                .index_name(FAMILY_INDEX)
-                .key_condition_expression("family_id = :f")
-                .expression_attribute_values(":f", s(family_id.to_string()))
+                .index_name(index)
+                .key_condition_expression("#k = :v")
+                .expression_attribute_names("#k", attribute)
+                .expression_attribute_values(":v", s(value.clone()))
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
                 .map_err(unavailable)?;
-            for item in out.items() {
-                let Some(hash) = get_s(item, "token_hash") else {
-                    continue;
-                };
-                let delete = Delete::builder()
-                    .table_name(&self.tables.refresh)
-                    .key("token_hash", s(hash))
-                    .build()
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                self.client
-                    .delete_item()
-                    .table_name(delete.table_name())
-                    .set_key(Some(delete.key().clone()))
-                    .send()
-                    .await
-                    .map_err(unavailable)?;
-                deleted += 1;
-            }
+            items.extend(out.items().iter().cloned());
             match out.last_evaluated_key() {
                 Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return Ok(deleted),
+                _ => return Ok(items),
             }
         }
     }
