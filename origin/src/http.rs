@@ -495,17 +495,8 @@ pub async fn logout(
     };
     // The feed entry is the durable record (DynamoDB) the edges read; the deny-list makes the
     // origin itself refuse the token at once. Both, or no success.
-    let issuer = state.config.issuer.clone();
-    let keys = state.keys.clone();
-    let jti_owned = jti.to_owned();
-    let make = move |seq: u64| {
-        let entry = json!({"iss": issuer, "seq": seq, "jti": jti_owned, "exp": exp, "iat": now});
-        keys.current()
-            .sign_jws(REVOCATION_TYPE, &entry)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
-    };
-    let entry = state.feed.append(&make, exp).await?;
-    state.edge_push.push(&entry);
+    let entry =
+        publish_revocation(&state, json!({"jti": jti, "exp": exp, "iat": now}), exp).await?;
     state.deny_list.revoke_jti(jti, exp, now).await?;
     if let Some(sid) = caller.session {
         state.refresh.revoke_family(sid).await?;
@@ -708,6 +699,29 @@ pub async fn revoke_session(
     Ok(no_content())
 }
 
+/// Appends a revocation to the feed, signed with the current key under the feed's next `seq`
+/// (`claims` gets `iss` and `seq`), and pushes it to the edges. The entry is kept until
+/// `expires_at`, when what it revokes has expired.
+async fn publish_revocation(
+    state: &AppState,
+    claims: Value,
+    expires_at: i64,
+) -> Result<crate::store::FeedEntry, ApiError> {
+    let issuer = state.config.issuer.clone();
+    let keys = state.keys.clone();
+    let make = move |seq: u64| {
+        let mut entry = claims.clone();
+        entry["iss"] = json!(issuer);
+        entry["seq"] = json!(seq);
+        keys.current()
+            .sign_jws(REVOCATION_TYPE, &entry)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    };
+    let entry = state.feed.append(&make, expires_at).await?;
+    state.edge_push.push(&entry);
+    Ok(entry)
+}
+
 /// `POST /v1/sessions/revoke-all`: ends every session of the caller at once, everywhere: their
 /// refresh tokens stop working, and every access token issued until now is refused by the
 /// origin (the deny-list's watermark) and by the edges (a signed feed entry without `jti`,
@@ -721,18 +735,9 @@ pub async fn revoke_all(
     let subject = caller.user_id.to_string();
     // Every token issued through `now` expires by then: the entry matters no longer.
     let expires_at = now + i64::from(state.config.access_token_ttl_seconds);
-    let issuer = state.config.issuer.clone();
-    let keys = state.keys.clone();
-    let sub = subject.clone();
-    let make = move |seq: u64| {
-        let entry = json!({"iss": issuer, "seq": seq, "sub": sub, "iat": now, "exp": expires_at});
-        keys.current()
-            .sign_jws(REVOCATION_TYPE, &entry)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
-    };
     // As logout: the durable feed entry first, then the deny-list, then the sessions.
-    let entry = state.feed.append(&make, expires_at).await?;
-    state.edge_push.push(&entry);
+    let claims = json!({"sub": subject, "iat": now, "exp": expires_at});
+    publish_revocation(&state, claims, expires_at).await?;
     state
         .deny_list
         .revoke_user(&subject, now, expires_at, now)
