@@ -243,10 +243,7 @@ pub struct MemoryRateLimiter {
 impl RateLimiter for MemoryRateLimiter {
     async fn acquire(&self, key: &str, limit: Limit) -> Result<Decision, StoreError> {
         let now_ms = crate::clock::now_millis();
-        let mut guard = self
-            .arrivals
-            .lock()
-            .map_err(|_| StoreError::Unavailable("rate-limit lock poisoned".into()))?;
+        let mut guard = crate::store::lock(&self.arrivals, "rate-limit")?;
         let (arrivals, sweep_at) = &mut *guard;
         // An arrival time in the past is a full budget: the same as no entry.
         sweep_when_large(arrivals, sweep_at, |_, tat| *tat > now_ms);

@@ -116,9 +116,7 @@ pub struct MemoryFailureCounter {
 
 impl MemoryFailureCounter {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Counts>, StoreError> {
-        self.counts
-            .lock()
-            .map_err(|_| StoreError::Unavailable("failure counter lock poisoned".into()))
+        crate::store::lock(&self.counts, "failure counter")
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
-use super::{redis_connection::RedisConnection, DenyList, StoreError};
+use super::{lock, redis_connection::RedisConnection, DenyList, StoreError};
 
 /// An in-process deny-list for one instance (the embedded mode).
 #[derive(Debug, Default)]
@@ -17,10 +17,7 @@ pub struct MemoryDenyList {
 #[async_trait::async_trait]
 impl DenyList for MemoryDenyList {
     async fn revoke_jti(&self, jti: &str, expires_at: i64, now: i64) -> Result<(), StoreError> {
-        let mut entries = self
-            .entries
-            .lock()
-            .map_err(|_| StoreError::Unavailable("deny-list lock poisoned".into()))?;
+        let mut entries = lock(&self.entries, "deny-list")?;
         // Expired entries are dropped on each write, which bounds the map by live tokens.
         entries.retain(|_, exp| *exp > now);
         entries.insert(jti.to_owned(), expires_at);
@@ -28,10 +25,7 @@ impl DenyList for MemoryDenyList {
     }
 
     async fn is_revoked(&self, jti: &str, now: i64) -> Result<bool, StoreError> {
-        let entries = self
-            .entries
-            .lock()
-            .map_err(|_| StoreError::Unavailable("deny-list lock poisoned".into()))?;
+        let entries = lock(&self.entries, "deny-list")?;
         Ok(entries.get(jti).is_some_and(|exp| *exp > now))
     }
 
@@ -42,10 +36,7 @@ impl DenyList for MemoryDenyList {
         expires_at: i64,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut users = self
-            .users
-            .lock()
-            .map_err(|_| StoreError::Unavailable("deny-list lock poisoned".into()))?;
+        let mut users = lock(&self.users, "deny-list")?;
         users.retain(|_, (_, exp)| *exp > now);
         let entry = users
             .entry(subject.to_owned())
@@ -55,10 +46,7 @@ impl DenyList for MemoryDenyList {
     }
 
     async fn user_watermark(&self, subject: &str, now: i64) -> Result<Option<i64>, StoreError> {
-        let users = self
-            .users
-            .lock()
-            .map_err(|_| StoreError::Unavailable("deny-list lock poisoned".into()))?;
+        let users = lock(&self.users, "deny-list")?;
         Ok(users
             .get(subject)
             .filter(|(_, exp)| *exp > now)

@@ -231,3 +231,14 @@ pub trait DenyList: Send + Sync {
     /// A cheap readiness check.
     async fn ping(&self) -> Result<(), StoreError>;
 }
+
+/// Locks an in-process store's state. A poisoned lock (a panic while it was held) makes the store
+/// `Unavailable`, like a backend that stopped answering: `what` names it in the error.
+pub fn lock<'a, T>(
+    mutex: &'a std::sync::Mutex<T>,
+    what: &str,
+) -> Result<std::sync::MutexGuard<'a, T>, StoreError> {
+    mutex
+        .lock()
+        .map_err(|_| StoreError::Unavailable(format!("{what} lock poisoned")))
+}

@@ -67,9 +67,7 @@ pub struct MemoryProfileCache {
 
 impl MemoryProfileCache {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Entries>, StoreError> {
-        self.entries
-            .lock()
-            .map_err(|_| StoreError::Unavailable("cache lock poisoned".into()))
+        super::lock(&self.entries, "cache")
     }
 }
 
