@@ -52,16 +52,20 @@ pub struct TableNames {
     pub feed: String,
     /// Security events by user.
     pub audit: String,
+    /// The signing keys every instance shares, private parts encrypted.
+    pub signing_keys: String,
 }
 
 impl TableNames {
-    /// `<prefix>Users`, `<prefix>RefreshTokens`.
+    /// `<prefix>Users`, `<prefix>RefreshTokens`, `<prefix>RevocationFeed`, `<prefix>AuditEvents`,
+    /// `<prefix>SigningKeys`.
     pub fn new(prefix: &str) -> Self {
         Self {
             users: format!("{prefix}Users"),
             refresh: format!("{prefix}RefreshTokens"),
             feed: format!("{prefix}RevocationFeed"),
             audit: format!("{prefix}AuditEvents"),
+            signing_keys: format!("{prefix}SigningKeys"),
         }
     }
 }
@@ -855,7 +859,6 @@ async fn create_table(
     )))
 }
 
-/// Turns on TTL on `expires_at`; running again is fine.
 /// Adds the GSI `index` on `attribute` (all attributes projected) to `table` unless it has it, and
 /// waits until it can be queried.
 async fn ensure_index(
@@ -913,6 +916,7 @@ async fn ensure_index(
     )))
 }
 
+/// Turns on TTL on `expires_at`; running again is fine.
 async fn enable_ttl(client: &Client, table: &str) -> Result<(), StoreError> {
     let ttl = TimeToLiveSpecification::builder()
         .attribute_name("expires_at")
@@ -963,6 +967,7 @@ pub async fn create_tables(client: &Client, tables: &TableNames) -> Result<(), S
     ensure_index(client, &tables.refresh, USER_INDEX, "user_id").await?;
     create_table(client, &tables.feed, "stream", Some("seq"), None).await?;
     create_table(client, &tables.audit, "user_id", Some("at"), None).await?;
+    create_table(client, &tables.signing_keys, "key_set", Some("generation"), None).await?;
     enable_ttl(client, &tables.refresh).await?;
     enable_ttl(client, &tables.feed).await?;
     enable_ttl(client, &tables.audit).await
