@@ -19,7 +19,7 @@ use crate::{
     edge_push::EdgePush,
     error::ApiError,
     http,
-    keys::KeySet,
+    key_rotation::SigningKeys,
     password::PasswordHasher,
     rate_limit::{self, Endpoint, RateLimiter},
     soft_lock::LoginGuard,
@@ -32,8 +32,8 @@ use crate::{
 pub struct AppState {
     /// Validated configuration.
     pub config: Arc<Config>,
-    /// Signing keys.
-    pub keys: Arc<KeySet>,
+    /// Signing keys, reread from the table in the background.
+    pub keys: SigningKeys,
     /// Users.
     pub users: Arc<dyn UserStore>,
     /// Refresh tokens.
@@ -111,9 +111,12 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: DynamoDB and the deny-list answer; a load balancer takes the instance out
-/// otherwise.
+/// Readiness: the signing keys are loaded, and DynamoDB and the deny-list answer; a load
+/// balancer takes the instance out otherwise.
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if state.keys.snapshot().is_none() {
+        return Err(ApiError::Unavailable("signing keys".into()));
+    }
     state.users.ping().await?;
     state.deny_list.ping().await?;
     Ok(Json(json!({"status": "ready"})))
@@ -121,11 +124,15 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
 
 /// The public keys, current first. Cacheable: edges and clients refetch after `max-age`, and
 /// keys are published well before they sign, so a cached set is never missing a signing key.
-async fn jwks(State(state): State<AppState>) -> Response {
-    let mut response = Json(state.keys.jwks()).into_response();
+async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let keys = state
+        .keys
+        .snapshot()
+        .ok_or_else(|| ApiError::Unavailable("signing keys".into()))?;
+    let mut response = Json(keys.set.jwks(crate::clock::now())).into_response();
     let max_age = format!("public, max-age={}", state.config.jwks_max_age_seconds);
     if let Ok(value) = HeaderValue::from_str(&max_age) {
         response.headers_mut().insert(header::CACHE_CONTROL, value);
     }
-    response
+    Ok(response)
 }

@@ -1,5 +1,6 @@
 //! Security events (login, failed login, soft lock, CAPTCHA, second-factor enrolment and use,
-//! refresh-token reuse, logout, ending one session or all): one
+//! refresh-token reuse, logout, ending one session or all, signing keys made, rotated and
+//! retired): one
 //! structured log line each (target `audit`, with the user id, client address and request id),
 //! and a copy in DynamoDB that a user reads back as their own recent activity
 //! (`GET /v1/me/audit`).
@@ -120,22 +121,18 @@ impl Audit {
 
     /// Logs `event` for `subject` (a user id, or `email:<hash>`) and stores it in the background.
     pub fn record(&self, event: &'static str, subject: &str, facts: &RequestFacts) {
-        let record = AuditEvent {
-            user_id: subject.to_owned(),
-            at_ms: clock::now_millis(),
-            event: event.to_owned(),
-            client_ip: facts.client_ip.map(|ip| ip.to_string()),
-            request_id: facts.request_id.clone(),
-        };
-        tracing::info!(
-            target: "audit",
-            event,
-            user_id = %record.user_id,
-            client_ip = record.client_ip.as_deref().unwrap_or("-"),
-            request_id = record.request_id.as_deref().unwrap_or("-"),
-        );
+        let record = logged(event, subject, facts);
         if self.queue.try_send(record).is_err() {
             tracing::warn!(target: "audit", event, "audit queue full: event only logged");
+        }
+    }
+
+    /// Logs and stores `event` before returning: for rare events of short-lived processes (an
+    /// operator's command), which could exit before the background writer's next batch.
+    pub async fn record_and_wait(&self, event: &'static str, subject: &str, facts: &RequestFacts) {
+        let record = logged(event, subject, facts);
+        if let Err(error) = self.log.record(&[record]).await {
+            tracing::warn!(target: "audit", event, %error, "audit event not stored");
         }
     }
 
@@ -147,6 +144,25 @@ impl Audit {
     ) -> Result<Vec<AuditEvent>, crate::store::StoreError> {
         self.log.for_user(user_id, limit).await
     }
+}
+
+/// The event, written to the log (target `audit`) first.
+fn logged(event: &'static str, subject: &str, facts: &RequestFacts) -> AuditEvent {
+    let record = AuditEvent {
+        user_id: subject.to_owned(),
+        at_ms: clock::now_millis(),
+        event: event.to_owned(),
+        client_ip: facts.client_ip.map(|ip| ip.to_string()),
+        request_id: facts.request_id.clone(),
+    };
+    tracing::info!(
+        target: "audit",
+        event,
+        user_id = %record.user_id,
+        client_ip = record.client_ip.as_deref().unwrap_or("-"),
+        request_id = record.request_id.as_deref().unwrap_or("-"),
+    );
+    record
 }
 
 /// The writer: waits for an event, gathers what follows for up to [`BATCH_WAIT`] or [`BATCH`]

@@ -3,27 +3,31 @@
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use edgeauth_core::{
-    authorize, DenyListStatus, KeyRing, Policy, Request, RevocationAnswer, Step, TokenCache,
-    Verdict, VerifiedToken, WatermarkStatus,
+    authorize, DenyListStatus, Policy, Request, RevocationAnswer, Step, TokenCache, Verdict,
+    VerifiedToken, WatermarkStatus,
 };
 
-use crate::{app::AppState, clock::now, error::ApiError, keys::KeySet, store::UserId};
+use crate::{app::AppState, clock::now, error::ApiError, store::UserId};
 
-/// The edge policy the origin applies to itself: its own issuer and audience, defaults otherwise.
+/// The edge policy the origin applies to itself: its own issuer and audience, defaults
+/// otherwise. The keys are the origin's own published ones ([`crate::key_rotation`]).
 #[derive(Debug)]
 pub struct SelfVerifier {
     policy: Policy,
-    ring: KeyRing,
 }
 
 impl SelfVerifier {
-    /// Built once at start-up from the configuration and the key set.
-    pub fn new(issuer: &str, audience: &str, keys: &KeySet) -> Result<Self, anyhow::Error> {
+    /// Built once at start-up from the configuration.
+    pub fn new(issuer: &str, audience: &str) -> Result<Self, anyhow::Error> {
         let policy = Policy::from_json(
             &serde_json::json!({"issuers": [issuer], "audiences": [audience], "cache": {"max_entries": 0}}).to_string(),
         )?;
-        let (ring, _) = KeyRing::from_jwks(keys.jwks().to_string().as_bytes(), &policy)?;
-        Ok(Self { policy, ring })
+        Ok(Self { policy })
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 }
 
@@ -73,10 +77,12 @@ impl FromRequestParts<AppState> for Caller {
         // The cache is off in this policy, so a throwaway one costs nothing.
         let mut cache = TokenCache::new(0);
         let now = now();
+        // Before the first keys are read the core answers 503, as an edge without keys does.
+        let keys = state.keys.snapshot();
         let verdict = match authorize(
             &request,
             now,
-            Some(&verifier.ring),
+            keys.as_ref().map(|k| &k.ring),
             &verifier.policy,
             &mut cache,
         ) {

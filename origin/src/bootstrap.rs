@@ -11,7 +11,8 @@ use crate::{
     auth::SelfVerifier,
     config::{Config, Storage},
     edge_push::EdgePush,
-    keys::KeySet,
+    key_encryption::{KeyEncryption, LocalKek, Sealer},
+    key_rotation::{KeyContext, SigningKeys},
     password::PasswordHasher,
     rate_limit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter},
     soft_lock::{
@@ -29,8 +30,9 @@ const RATE_LIMIT_REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_
 
 /// File name of the embedded database under `data_dir`.
 pub const EMBEDDED_DB_FILE: &str = "dynamodb.sqlite";
-/// File name of the embedded signing keys under `data_dir`.
-pub const KEY_FILE: &str = "signing-keys.json";
+/// The key file of earlier versions under `data_dir`, imported into an empty `SigningKeys`
+/// table.
+pub const LEGACY_KEY_FILE: &str = "signing-keys.json";
 
 /// Starts dynoxide in-process on a loopback port over a file in `data_dir`, returning its
 /// endpoint URL. Accounts survive restarts because the file does.
@@ -67,21 +69,33 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         }
         (Storage::Dynamodb, None) => client_from_env(&config.dynamodb_region).await,
     };
-    let key_file = config.data_dir.join(KEY_FILE);
-    let keys = match config.storage {
-        Storage::Embedded => KeySet::load_or_create(&key_file, config.signing_algorithm),
-        // Instances behind one load balancer must sign with one key set: never generate here.
-        Storage::Dynamodb => KeySet::load(&key_file),
-    }
-    .with_context(|| {
-        format!(
-            "signing keys at {} (make them once with `origin generate-key` and give every instance the same file)",
-            key_file.display()
-        )
-    })?;
     let passwords = PasswordHasher::new(config.argon2, config.hashing_concurrency)?;
     let store = Arc::new(DynamoStore::new(client, &tables));
-    let verifier = SelfVerifier::new(&config.issuer, &config.audience, &keys)?;
+    let verifier = SelfVerifier::new(&config.issuer, &config.audience)?;
+    let audit = Audit::new(store.clone());
+    let sealer = match &config.signing_keys.encryption {
+        Some(KeyEncryption::Local { key }) => Sealer::local(key),
+        // Only the embedded mode may leave it unset (checked with the configuration).
+        None => Sealer::local(&LocalKek::load_or_create_embedded(&config.data_dir)?),
+    };
+    let keys = SigningKeys::new(
+        store.clone(),
+        sealer,
+        KeyContext {
+            settings: config.signing_keys.clone(),
+            algorithm: config.signing_algorithm,
+            access_ttl_seconds: config.access_token_ttl_seconds,
+            verifier_policy: verifier.policy().clone(),
+            legacy_key_file: config.data_dir.join(LEGACY_KEY_FILE),
+        },
+        audit.clone(),
+    );
+    // An instance that cannot read its keys yet still starts: it answers 503 and is not ready
+    // until the background refresh reads them.
+    if let Err(error) = keys.refresh(crate::clock::now()).await {
+        tracing::warn!(%error, "signing keys not read at start; retrying every second");
+    }
+    keys.spawn_refresh();
     let deny_list: Arc<dyn DenyList> = match &config.redis_denylist_url {
         Some(url) => Arc::new(RedisDenyList::new(url)?),
         None => Arc::new(MemoryDenyList::default()),
@@ -113,7 +127,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     };
     let edge_push = EdgePush::new(&config.edge_push_urls)?;
     Ok(AppState {
-        audit: Audit::new(store.clone()),
+        audit,
         login_guard,
         rate_limiter,
         edge_push,
@@ -122,30 +136,33 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         profile_cache,
         verifier: Arc::new(verifier),
         config: Arc::new(config),
-        keys: Arc::new(keys),
+        keys,
         users: store.clone(),
         refresh: store,
         passwords,
     })
 }
 
-/// `origin generate-key`: writes the key file under `data_dir` if there is none, and prints the
-/// current key's `kid`. Idempotent.
-pub fn generate_key_command(config: &Config) -> anyhow::Result<()> {
-    let keys = KeySet::load_or_create(&config.data_dir.join(KEY_FILE), config.signing_algorithm)?;
-    println!("{}", keys.current().kid());
+/// `origin keys rotate`: adds a next key, published now and signing after the propagation
+/// window; running instances pick it up on their next refresh. Prints the key as JSON. In the
+/// embedded mode, with the server stopped (it holds the database file); the server rotates on
+/// schedule by itself.
+pub async fn rotate_keys_command(config: Config) -> anyhow::Result<()> {
+    let state = build_state(config).await?;
+    let added = state.keys.rotate(crate::clock::now()).await?;
+    println!(
+        "{}",
+        serde_json::json!({"generation": added.generation, "kid": added.kid, "signs_from": added.signs_from})
+    );
     Ok(())
 }
 
-/// `origin rotate-key`: a fresh key becomes current and the old current key is kept as the
-/// previous one, so tokens it signed keep verifying until they expire. Prints the new `kid`.
-/// Instances read the key file at start: restart them (one at a time) to sign with the new key.
-pub fn rotate_key_command(config: &Config) -> anyhow::Result<()> {
-    let path = config.data_dir.join(KEY_FILE);
-    let keys = KeySet::load(&path)?.rotated(config.signing_algorithm)?;
-    keys.save(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    println!("{}", keys.current().kid());
+/// `origin keys list`: every key with its state, one JSON object a line.
+pub async fn list_keys_command(config: Config) -> anyhow::Result<()> {
+    let state = build_state(config).await?;
+    for key in state.keys.list(crate::clock::now()).await? {
+        println!("{}", serde_json::to_string(&key)?);
+    }
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::{
+    key_rotation::KeyRotationSettings,
     keys::SigningAlgorithm,
     password::Argon2Cost,
     rate_limit::{ClientIpSource, RateLimits},
@@ -104,6 +105,8 @@ struct RawConfig {
     captcha: Option<Captcha>,
     #[serde(default = "default_mfa_scopes")]
     mfa_scopes: Vec<String>,
+    #[serde(default)]
+    signing_keys: KeyRotationSettings,
 }
 
 fn default_mfa_scopes() -> Vec<String> {
@@ -166,7 +169,9 @@ pub struct Config {
     pub refresh_grace_seconds: u32,
     /// Algorithm of newly generated signing keys.
     pub signing_algorithm: SigningAlgorithm,
-    /// Embedded database and key file.
+    /// Rotation schedule and encryption of the signing keys.
+    pub signing_keys: KeyRotationSettings,
+    /// Embedded database and key-encryption key.
     pub data_dir: PathBuf,
     /// `Cache-Control: max-age` of the JWKS.
     pub jwks_max_age_seconds: u32,
@@ -205,7 +210,8 @@ pub struct Config {
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 25] = [
+const FIELDS: [&str; 26] = [
+    "signing_keys",
     "edge_push_urls",
     "mfa_scopes",
     "soft_lock",
@@ -359,6 +365,15 @@ impl Config {
                 "x_forwarded_for needs at least one trusted proxy (the one that appends the client)",
             ));
         }
+        raw.signing_keys
+            .validate(raw.jwks_max_age_seconds, raw.access_token_ttl_seconds)
+            .map_err(|problem| invalid("signing_keys", &problem))?;
+        if raw.storage == Storage::Dynamodb && raw.signing_keys.encryption.is_none() {
+            return Err(invalid(
+                "signing_keys",
+                "needs `encryption` with storage `dynamodb`: every instance must hold the same key-encryption key",
+            ));
+        }
         if raw.storage == Storage::Embedded && raw.dynamodb_endpoint.is_some() {
             return Err(invalid(
                 "dynamodb_endpoint",
@@ -380,6 +395,7 @@ impl Config {
             refresh_token_ttl_seconds: raw.refresh_token_ttl_seconds,
             refresh_grace_seconds: raw.refresh_grace_seconds,
             signing_algorithm: raw.signing_algorithm,
+            signing_keys: raw.signing_keys,
             data_dir: raw.data_dir,
             jwks_max_age_seconds: raw.jwks_max_age_seconds,
             max_body_bytes: raw.max_body_bytes,

@@ -360,7 +360,10 @@ fn token_response(
     };
     let access_token = state
         .keys
-        .mint_access_token(&claims)
+        .snapshot()
+        .ok_or_else(|| ApiError::Unavailable("signing keys".into()))?
+        .set
+        .mint_access_token(&claims, now)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut body = json!({
         "access_token": access_token,
@@ -708,12 +711,16 @@ async fn publish_revocation(
     expires_at: i64,
 ) -> Result<crate::store::FeedEntry, ApiError> {
     let issuer = state.config.issuer.clone();
-    let keys = state.keys.clone();
+    let keys = state
+        .keys
+        .snapshot()
+        .ok_or_else(|| ApiError::Unavailable("signing keys".into()))?;
     let make = move |seq: u64| {
         let mut entry = claims.clone();
         entry["iss"] = json!(issuer);
         entry["seq"] = json!(seq);
-        keys.current()
+        keys.set
+            .current(crate::clock::now())
             .sign_jws(REVOCATION_TYPE, &entry)
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     };

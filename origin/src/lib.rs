@@ -13,6 +13,8 @@ pub mod config;
 pub mod edge_push;
 pub mod error;
 pub mod http;
+pub mod key_encryption;
+pub mod key_rotation;
 pub mod keys;
 pub mod mfa;
 pub mod outbound;

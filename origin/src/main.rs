@@ -1,5 +1,5 @@
-//! `origin`: serve (default), or one of the admin commands `create-tables`, `generate-key`,
-//! `rotate-key`, `set-scopes`. Configuration comes from `EDGEAUTH_*`
+//! `origin`: serve (default), or one of the admin commands `create-tables`, `keys rotate`,
+//! `keys list`, `set-scopes`. Configuration comes from `EDGEAUTH_*`
 //! variables and an optional `EDGEAUTH_CONFIG` file; see the README.
 
 use std::process::ExitCode;
@@ -9,7 +9,7 @@ use edgeauth_origin::{app::app, bootstrap, config::Config};
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str =
-    "usage: origin [serve | create-tables | generate-key | rotate-key | set-scopes <email> <scope>...]  (configuration: EDGEAUTH_* variables, see README)";
+    "usage: origin [serve | create-tables | keys rotate | keys list | set-scopes <email> <scope>...]  (configuration: EDGEAUTH_* variables, see README)";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -30,8 +30,14 @@ async fn main() -> ExitCode {
     let result = match command.as_deref() {
         None | Some("serve") => serve(config).await,
         Some("create-tables") => bootstrap::create_tables_command(&config).await,
-        Some("generate-key") => bootstrap::generate_key_command(&config),
-        Some("rotate-key") => bootstrap::rotate_key_command(&config),
+        Some("keys") => match std::env::args().nth(2).as_deref() {
+            Some("rotate") => bootstrap::rotate_keys_command(config).await,
+            Some("list") => bootstrap::list_keys_command(config).await,
+            _ => {
+                eprintln!("origin: keys needs `rotate` or `list`\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
         Some("set-scopes") => {
             let args: Vec<String> = std::env::args().skip(2).collect();
             match args.split_first() {

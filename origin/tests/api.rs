@@ -11,7 +11,7 @@ use base64ct::Encoding as _;
 use edgeauth_core::{verify_token, KeyRing, Policy};
 use edgeauth_origin::{
     app::app,
-    bootstrap::{build_state, create_tables_command, generate_key_command},
+    bootstrap::{build_state, create_tables_command},
     config::{Config, Storage},
 };
 use http_body_util::BodyExt;
@@ -22,6 +22,17 @@ struct Origin {
     router: Router,
     state: edgeauth_origin::app::AppState,
     data_dir: std::path::PathBuf,
+}
+
+/// `signing_keys` with `fields` and, on shared storage, the test KEK every instance must hold.
+fn signing_keys(mut fields: Value) -> String {
+    if std::env::var("EDGEAUTH_TEST_DYNAMODB_ENDPOINT").is_ok() {
+        fields["encryption"] = json!({
+            "backend": "local",
+            "key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+        });
+    }
+    fields.to_string()
 }
 
 /// The backend under test: the embedded default, or, when `EDGEAUTH_TEST_DYNAMODB_ENDPOINT` is
@@ -44,6 +55,7 @@ fn test_env(data_dir: &std::path::Path, extra: &[(&str, &str)]) -> HashMap<Strin
         env.insert("EDGEAUTH_STORAGE".into(), "dynamodb".into());
         env.insert("EDGEAUTH_DYNAMODB_ENDPOINT".into(), endpoint);
         env.insert("EDGEAUTH_TABLE_PREFIX".into(), format!("{prefix}-"));
+        env.insert("EDGEAUTH_SIGNING_KEYS".into(), signing_keys(json!({})));
     }
     if let Ok(url) = std::env::var("EDGEAUTH_TEST_REDIS_URL") {
         // Two separately configured connections, here to one server, as in development.
@@ -62,7 +74,6 @@ async fn start(data_dir: std::path::PathBuf, extra: &[(&str, &str)]) -> Origin {
     if config.storage == Storage::Dynamodb {
         // What an operator does once before starting instances.
         create_tables_command(&config).await.expect("tables");
-        generate_key_command(&config).expect("key file");
     }
     let state = build_state(config).await.expect("origin starts");
     Origin {
@@ -500,6 +511,10 @@ fn dead_dynamodb_config(dir: &std::path::Path) -> Config {
         &[
             ("EDGEAUTH_STORAGE", "dynamodb"),
             ("EDGEAUTH_DYNAMODB_ENDPOINT", "http://127.0.0.1:1"),
+            (
+                "EDGEAUTH_SIGNING_KEYS",
+                r#"{"encryption":{"backend":"local","key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}}"#,
+            ),
         ],
     );
     Config::from_sources(None, |k| env.get(k).cloned()).expect("configuration")
@@ -510,7 +525,6 @@ async fn dynamodb_down_is_503_with_retry_after_never_500() {
     // Nothing listens on port 1: every call fails to connect. (No create-tables: it would fail.)
     let dir = fresh_dir();
     let config = dead_dynamodb_config(&dir);
-    generate_key_command(&config).expect("key file");
     let state = build_state(config)
         .await
         .expect("starts without touching the store");
@@ -966,16 +980,94 @@ async fn imported_bcrypt_accounts_log_in_and_are_upgraded_to_argon2id() {
 }
 
 #[tokio::test]
-async fn instances_on_shared_storage_never_invent_their_own_keys() {
-    let dir = fresh_dir();
-    let config = dead_dynamodb_config(&dir);
-    let Err(error) = build_state(config).await else {
-        panic!("started without a key file");
+async fn a_rotation_is_published_before_it_signs_and_audited() {
+    // Keys reach the edges within 1 s (JWKS max-age) + 1 s (reread); a 5 s window leaves room
+    // for a loaded machine.
+    let keys = signing_keys(json!({"propagation_seconds": 5, "refresh_seconds": 1}));
+    let o = start(
+        fresh_dir(),
+        &[
+            ("EDGEAUTH_JWKS_MAX_AGE_SECONDS", "1"),
+            ("EDGEAUTH_SIGNING_KEYS", keys.as_str()),
+        ],
+    )
+    .await;
+    let kid_of = |token: &str| {
+        use base64ct::{Base64UrlUnpadded, Encoding};
+        let header =
+            Base64UrlUnpadded::decode_vec(token.split('.').next().unwrap_or("")).expect("b64");
+        serde_json::from_slice::<Value>(&header).expect("json")["kid"].clone()
     };
-    assert!(format!("{error:#}").contains("generate-key"), "{error:#}");
+    o.register("rosa@example.com", "rosa's passphrase").await;
+    let before = o.login("rosa@example.com", "rosa's passphrase").await;
+    let old_kid = kid_of(before.body["access_token"].as_str().expect("token"));
+
+    let added = o
+        .state
+        .keys
+        .rotate(edgeauth_origin::clock::now())
+        .await
+        .expect("rotated");
+    // The background reread publishes it, after the current key, well before it signs.
+    let mut kids = Vec::new();
+    for _ in 0..30 {
+        let jwks = o.get("/.well-known/jwks.json").await.body;
+        kids = jwks["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .map(|k| k["kid"].clone())
+            .collect();
+        if kids.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert!(
-        !dir.join("signing-keys.json").exists(),
-        "a key was generated anyway"
+        edgeauth_origin::clock::now() < added.signs_from,
+        "published too late"
+    );
+    assert_eq!(
+        kids,
+        [old_kid.clone(), json!(added.kid)],
+        "current first, then next"
+    );
+    let during = o.login("rosa@example.com", "rosa's passphrase").await;
+    if edgeauth_origin::clock::now() < added.signs_from {
+        assert_eq!(
+            kid_of(during.body["access_token"].as_str().expect("token")),
+            old_kid
+        );
+    }
+
+    while edgeauth_origin::clock::now() < added.signs_from {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let after = o.login("rosa@example.com", "rosa's passphrase").await;
+    let token = after.body["access_token"].as_str().expect("token");
+    assert_eq!(kid_of(token), json!(added.kid));
+    // The origin's own endpoints take tokens of both keys.
+    for token in [&before, &after] {
+        let token = token.body["access_token"].as_str().expect("token");
+        let me = o.with_bearer("GET", "/v1/me", token, None).await;
+        assert_eq!(me.status, StatusCode::OK);
+    }
+    let events: Vec<String> = o
+        .state
+        .audit
+        .for_user("system:signing-keys", 10)
+        .await
+        .expect("audit")
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert!(
+        events.contains(&"signing_key_rotated".to_string()),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&"signing_key_created".to_string()),
+        "{events:?}"
     );
 }
 

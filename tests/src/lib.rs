@@ -1,7 +1,9 @@
 //! # edgeauth-e2e
 //!
 //! Starts the real parts on loopback and drives them over HTTP, as a client would:
-//! - the origin binary on its embedded default store (dynoxide in-process);
+//! - one or more instances of the origin binary on shared storage: dynoxide, run in this process,
+//!   reached over HTTP through the AWS SDK as production reaches DynamoDB, with the keys' KEK
+//!   from the configuration;
 //! - an edge in front of it, either the Worker in workerd, through `wrangler dev --local` (local
 //!   Workers KV, Cron Triggers fired through `/__scheduled`), or real Envoy with the edgeauth
 //!   filter, beside a second listener with Envoy's native `jwt_authn` configured alike;
@@ -20,7 +22,7 @@ use std::{
     path::{Path, PathBuf},
     process::Stdio,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -34,7 +36,7 @@ use axum::{
     Router,
 };
 use base64ct::{Base64UrlUnpadded, Encoding as _};
-use edgeauth_origin::keys::{AccessClaims, KeySet};
+use edgeauth_origin::keys::{AccessClaims, KeySet, SigningAlgorithm, SigningKey};
 use nix::{
     sys::signal::{killpg, Signal},
     unistd::Pid,
@@ -128,12 +130,16 @@ pub struct Switches {
     pub jwks_down: AtomicBool,
     /// Pushes from the origin to the Worker are dropped (answered 200, never delivered).
     pub drop_pushes: AtomicBool,
+    /// Every JWKS the edge was served: when (Unix milliseconds), and the document.
+    pub jwks_served: std::sync::Mutex<Vec<(i64, String)>>,
 }
 
 #[derive(Clone)]
 struct RelayState {
     switches: Arc<Switches>,
-    origin: String,
+    /// Origin instances, taken in turn, as a load balancer would.
+    origins: Vec<String>,
+    turn: Arc<AtomicUsize>,
     worker: Arc<std::sync::Mutex<Option<String>>>,
     client: reqwest::Client,
 }
@@ -160,7 +166,8 @@ async fn relay(State(state): State<RelayState>, request: Request) -> Response {
         {
             return StatusCode::SERVICE_UNAVAILABLE.into_response();
         }
-        format!("{}{path}", state.origin)
+        let turn = state.turn.fetch_add(1, Ordering::Relaxed);
+        format!("{}{path}", state.origins[turn % state.origins.len()])
     };
     let method = request.method().clone();
     let headers = request.headers().clone();
@@ -183,6 +190,18 @@ async fn relay(State(state): State<RelayState>, request: Request) -> Response {
                 }
             }
             let body = answer.bytes().await.unwrap_or_default();
+            if path.starts_with("/.well-known/jwks.json") {
+                let served = (
+                    edgeauth_origin::clock::now_millis(),
+                    String::from_utf8_lossy(&body).into_owned(),
+                );
+                state
+                    .switches
+                    .jwks_served
+                    .lock()
+                    .expect("not poisoned")
+                    .push(served);
+            }
             (status, headers, body).into_response()
         }
         Err(_) => StatusCode::BAD_GATEWAY.into_response(),
@@ -245,6 +264,12 @@ pub struct StackOptions {
     pub edge: Edge,
     /// Envoy only: whether the filter and `jwt_authn` keep their verified-token caches.
     pub token_caches: bool,
+    /// Origin instances on the one shared store.
+    pub origin_instances: usize,
+    /// The origins' access-token lifetime.
+    pub access_ttl: u32,
+    /// Seconds a superseded key stays published beyond the token lifetime.
+    pub retire_margin: u32,
 }
 
 impl Default for StackOptions {
@@ -256,17 +281,22 @@ impl Default for StackOptions {
             jwks_down_at_start: false,
             edge: Edge::Worker,
             token_caches: true,
+            origin_instances: 1,
+            access_ttl: 900,
+            retire_margin: 120,
         }
     }
 }
 
-/// One origin, relay, upstream and edge, stopped when dropped.
+/// Origins, relay, upstream and edge, stopped when dropped.
 #[derive(Debug)]
 pub struct Stack {
     _turn: tokio::sync::MutexGuard<'static, ()>,
     dir: PathBuf,
     origin_settings: OriginSettings,
-    origin_child: Child,
+    origin_children: Vec<Child>,
+    /// The origins' first signing key, which the stack made and the origins imported.
+    first_key: KeySet,
     edge_child: Child,
     /// Which edge this is.
     pub edge_kind: Edge,
@@ -276,8 +306,10 @@ pub struct Stack {
     pub native: Option<String>,
     /// Envoy only: its admin interface (`/stats`).
     pub admin: Option<String>,
-    /// The origin's URL (log in, log out here).
+    /// The first origin's URL (log in, log out here).
     pub origin: String,
+    /// Every origin instance's URL.
+    pub origins: Vec<String>,
     /// Outage and lost-push switches.
     pub switches: Arc<Switches>,
     /// For requests.
@@ -315,12 +347,20 @@ impl Stack {
             .store(options.jwks_down_at_start, Ordering::SeqCst);
         let upstream = serve(Router::new().fallback(echo)).await;
 
-        let origin_port = free_port();
-        let origin = format!("http://127.0.0.1:{origin_port}");
+        let dynamodb = start_dynamodb(&dir).await;
+        let ports: Vec<u16> = (0..options.origin_instances.max(1))
+            .map(|_| free_port())
+            .collect();
+        let origins: Vec<String> = ports
+            .iter()
+            .map(|port| format!("http://127.0.0.1:{port}"))
+            .collect();
+        let origin = origins[0].clone();
         let worker_slot = Arc::new(std::sync::Mutex::new(None));
         let relay_address = serve(Router::new().fallback(relay).with_state(RelayState {
             switches: switches.clone(),
-            origin: origin.clone(),
+            origins: origins.clone(),
+            turn: Arc::default(),
             worker: worker_slot.clone(),
             client: client.clone(),
         }))
@@ -333,11 +373,28 @@ impl Stack {
             Edge::Envoy => "[]".to_string(),
         };
         let origin_settings = OriginSettings {
-            port: origin_port,
+            port: ports[0],
             push_urls,
             jwks_max_age: options.jwks_max_age,
+            dynamodb,
+            access_ttl: options.access_ttl,
+            retire_margin: options.retire_margin,
         };
-        let origin_child = start_origin(&dir, &origin_settings).await;
+        // The origins import this key file into the empty table: the stack knows their key.
+        let first_key = SigningKey::generate(SigningAlgorithm::EdDsa).expect("a key");
+        let key_file = json!({"current": first_key.private_jwk()}).to_string();
+        std::fs::create_dir_all(dir.join("data")).expect("data directory");
+        std::fs::write(dir.join("data").join("signing-keys.json"), key_file).expect("key file");
+        let first_key = KeySet::single(first_key);
+        run_origin_command(&dir, &origin_settings, &["create-tables"]).await;
+        let mut origin_children = Vec::new();
+        for port in &ports {
+            let settings = OriginSettings {
+                port: *port,
+                ..origin_settings.clone()
+            };
+            origin_children.push(start_origin(&dir, &settings).await);
+        }
 
         let policy = format!(
             r#"{{"issuers":["{ISSUER}"],"audiences":["{AUDIENCE}"]{}}}"#,
@@ -349,13 +406,15 @@ impl Stack {
                 _turn: turn,
                 dir,
                 origin_settings,
-                origin_child,
+                origin_children,
+                first_key,
                 edge_child: envoy.child,
                 edge_kind: Edge::Envoy,
                 edge: envoy.filter,
                 native: Some(envoy.native),
                 admin: Some(envoy.admin),
                 origin,
+                origins,
                 switches,
                 client,
             };
@@ -392,13 +451,15 @@ impl Stack {
             _turn: turn,
             dir,
             origin_settings,
-            origin_child,
+            origin_children,
+            first_key,
             edge_child: worker_child,
             edge_kind: Edge::Worker,
             edge: worker,
             native: None,
             admin: None,
             origin,
+            origins,
             switches,
             client,
         }
@@ -437,28 +498,21 @@ impl Stack {
             .and_then(|value| value.trim().parse().ok())
     }
 
-    /// Restarts the origin on the same data (accounts, keys), as after `origin rotate-key`.
-    pub async fn restart_origin(&mut self) {
-        let _ = self.origin_child.kill().await;
-        self.origin_child = start_origin(&self.dir, &self.origin_settings).await;
+    /// Rotates the origins' signing key the way an operator does (`origin keys rotate`, while
+    /// they serve). Returns the new key's `kid` and when it starts signing.
+    pub async fn rotate_origin_key(&self) -> (String, i64) {
+        let output =
+            run_origin_command(&self.dir, &self.origin_settings, &["keys", "rotate"]).await;
+        let added: Value = serde_json::from_slice(&output).expect("keys rotate prints JSON");
+        (
+            added["kid"].as_str().expect("kid").to_string(),
+            added["signs_from"].as_i64().expect("signs_from"),
+        )
     }
 
-    /// Rotates the origin's signing key the way an operator does, then restarts it.
-    pub async fn rotate_origin_key(&mut self) -> String {
-        let output = Command::new(origin_binary())
-            .arg("rotate-key")
-            .envs(origin_env(&self.dir, &self.origin_settings))
-            .output()
-            .await
-            .expect("origin rotate-key runs");
-        assert!(output.status.success(), "{output:?}");
-        self.restart_origin().await;
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
-    }
-
-    /// The origin's signing keys, read from its key file.
-    pub fn origin_keys(&self) -> KeySet {
-        KeySet::load(&self.dir.join("data").join("signing-keys.json")).expect("origin key file")
+    /// The origins' first signing key (imported from the stack's key file).
+    pub fn origin_keys(&self) -> &KeySet {
+        &self.first_key
     }
 
     /// Registers and logs in a fresh account; returns its access token.
@@ -559,7 +613,7 @@ impl Stack {
         }
         let claims: AccessClaims = serde_json::from_value(claims).expect("access claims");
         self.origin_keys()
-            .mint_access_token(&claims)
+            .mint_access_token(&claims, now)
             .expect("signed")
     }
 
@@ -604,7 +658,9 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let _ = self.origin_child.start_kill();
+        for child in &mut self.origin_children {
+            let _ = child.start_kill();
+        }
         // wrangler runs workerd as its child: the process group (led by wrangler) takes both;
         // Envoy leads a group of its own. (Never through the `kill` command: procps reads
         // `kill -TERM -<pgid>` as "every process" on this machine.)
@@ -626,12 +682,42 @@ fn origin_binary() -> PathBuf {
     )
 }
 
-/// How the origin of a stack runs (kept for restarts).
+/// How an origin of a stack runs.
 #[derive(Debug, Clone)]
 struct OriginSettings {
     port: u16,
     push_urls: String,
     jwks_max_age: u32,
+    dynamodb: String,
+    access_ttl: u32,
+    retire_margin: u32,
+}
+
+/// The key-encryption key of every stack's origins.
+const TEST_KEK: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// dynoxide on a loopback port over a file in `dir`, served by this process.
+async fn start_dynamodb(dir: &Path) -> String {
+    let path = dir.join("dynamodb.sqlite");
+    let db = dynoxide::Database::new(&path.to_string_lossy()).expect("dynoxide database");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(dynoxide::server::serve_on(listener, db));
+    format!("http://{address}")
+}
+
+/// Runs an admin command of the origin with the stack's configuration; returns its stdout.
+async fn run_origin_command(dir: &Path, settings: &OriginSettings, args: &[&str]) -> Vec<u8> {
+    let output = Command::new(origin_binary())
+        .args(args)
+        .envs(origin_env(dir, settings))
+        .output()
+        .await
+        .expect("the origin runs");
+    assert!(output.status.success(), "origin {args:?}: {output:?}");
+    output.stdout
 }
 
 fn origin_env(dir: &Path, settings: &OriginSettings) -> Vec<(String, String)> {
@@ -644,6 +730,25 @@ fn origin_env(dir: &Path, settings: &OriginSettings) -> Vec<(String, String)> {
         (
             "EDGEAUTH_JWKS_MAX_AGE_SECONDS",
             settings.jwks_max_age.to_string(),
+        ),
+        ("EDGEAUTH_STORAGE", "dynamodb".to_string()),
+        ("EDGEAUTH_DYNAMODB_ENDPOINT", settings.dynamodb.clone()),
+        ("EDGEAUTH_TABLE_PREFIX", "e2e-".to_string()),
+        (
+            "EDGEAUTH_ACCESS_TOKEN_TTL_SECONDS",
+            settings.access_ttl.to_string(),
+        ),
+        // Reread every second; a new key is published for the JWKS max-age plus five seconds
+        // before it signs. The origin accepts max-age plus one; the rest is for a loaded machine.
+        (
+            "EDGEAUTH_SIGNING_KEYS",
+            json!({
+                "refresh_seconds": 1,
+                "propagation_seconds": settings.jwks_max_age + 5,
+                "retire_margin_seconds": settings.retire_margin,
+                "encryption": {"backend": "local", "key": TEST_KEK},
+            })
+            .to_string(),
         ),
         ("RUST_LOG", "warn".to_string()),
     ]

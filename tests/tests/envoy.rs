@@ -35,7 +35,7 @@ fn claims(changes: Value) -> Value {
 fn signed(stack: &Stack, typ: &str, changes: Value) -> String {
     stack
         .origin_keys()
-        .current()
+        .current(0)
         .sign_jws(typ, &claims(changes))
         .expect("signed")
 }

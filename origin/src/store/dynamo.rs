@@ -10,6 +10,8 @@
 //! - `RevocationFeed`: PK `stream` (S), SK `seq` (N); TTL on `expires_at`.
 //! - `AuditEvents`: PK `user_id` (S), SK `at` (N, milliseconds × 1000 + a tie-breaker); TTL on
 //!   `expires_at`, a year after the event.
+//! - `SigningKeys`: PK `key_set` (S, always `signing`), SK `generation` (N); the private key
+//!   sealed in `sealed` (B). Retired keys are deleted.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -30,7 +32,7 @@ use base64ct::{Base64UrlUnpadded, Encoding};
 
 use super::{
     AuditEvent, AuditLog, FeedEntry, MakeEntry, RefreshRecord, RefreshStore, RevocationFeed,
-    StoreError, Totp, User, UserId, UserStore,
+    SigningKeyStore, StoreError, StoredKey, Totp, User, UserId, UserStore,
 };
 
 const EMAIL_INDEX: &str = "email-index";
@@ -967,7 +969,14 @@ pub async fn create_tables(client: &Client, tables: &TableNames) -> Result<(), S
     ensure_index(client, &tables.refresh, USER_INDEX, "user_id").await?;
     create_table(client, &tables.feed, "stream", Some("seq"), None).await?;
     create_table(client, &tables.audit, "user_id", Some("at"), None).await?;
-    create_table(client, &tables.signing_keys, "key_set", Some("generation"), None).await?;
+    create_table(
+        client,
+        &tables.signing_keys,
+        "key_set",
+        Some("generation"),
+        None,
+    )
+    .await?;
     enable_ttl(client, &tables.refresh).await?;
     enable_ttl(client, &tables.feed).await?;
     enable_ttl(client, &tables.audit).await
@@ -1175,5 +1184,101 @@ impl RevocationFeed for DynamoStore {
             }
         }
         Ok((entries, next))
+    }
+}
+
+/// The one partition of the signing-keys table: the keys are few and always read together.
+const SIGNING_KEY_SET: &str = "signing";
+
+fn stored_key(item: &Item) -> Result<StoredKey, StoreError> {
+    let text = |name: &str| {
+        get_s(item, name)
+            .map(str::to_owned)
+            .ok_or_else(|| corrupt("signing key"))
+    };
+    let number = |name: &str| get_n(item, name).ok_or_else(|| corrupt("signing key"));
+    Ok(StoredKey {
+        generation: u64::try_from(number("generation")?).map_err(|_| corrupt("signing key"))?,
+        kid: text("kid")?,
+        alg: text("alg")?,
+        signs_from: number("signs_from")?,
+        created_at: number("created_at")?,
+        scheme: text("scheme")?,
+        sealed: item
+            .get("sealed")
+            .and_then(|v| v.as_b().ok())
+            .map(|b| b.as_ref().to_vec())
+            .ok_or_else(|| corrupt("signing key"))?,
+    })
+}
+
+#[async_trait::async_trait]
+impl SigningKeyStore for DynamoStore {
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        let mut keys = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.tables.signing_keys)
+                .key_condition_expression("key_set = :set")
+                .expression_attribute_values(":set", s(SIGNING_KEY_SET))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in page.items() {
+                keys.push(stored_key(item)?);
+            }
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+
+    async fn add_signing_key(&self, key: &StoredKey) -> Result<(), StoreError> {
+        let generation = i64::try_from(key.generation).map_err(|_| corrupt("signing key"))?;
+        self.client
+            .put_item()
+            .table_name(&self.tables.signing_keys)
+            .item("key_set", s(SIGNING_KEY_SET))
+            .item("generation", n(generation))
+            .item("kid", s(&key.kid))
+            .item("alg", s(&key.alg))
+            .item("signs_from", n(key.signs_from))
+            .item("created_at", n(key.created_at))
+            .item("scheme", s(&key.scheme))
+            .item(
+                "sealed",
+                AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(key.sealed.clone())),
+            )
+            .condition_expression("attribute_not_exists(generation)")
+            .send()
+            .await
+            .map_err(|e| condition_failed_as(e, StoreError::Conflict))?;
+        Ok(())
+    }
+
+    async fn delete_signing_key(&self, generation: u64) -> Result<bool, StoreError> {
+        let generation = i64::try_from(generation).map_err(|_| corrupt("signing key"))?;
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.tables.signing_keys)
+            .key("key_set", s(SIGNING_KEY_SET))
+            .key("generation", n(generation))
+            .condition_expression("attribute_exists(generation)")
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(true),
+            Err(e) => match condition_failed_as(e, StoreError::NotFound) {
+                StoreError::NotFound => Ok(false),
+                other => Err(other),
+            },
+        }
     }
 }

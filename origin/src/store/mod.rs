@@ -193,7 +193,9 @@ pub struct AuditEvent {
     pub at_ms: i64,
     /// `login`, `login_failed`, `soft_locked`, `captcha_solved`, `captcha_failed`,
     /// `mfa_enrolment_started`, `mfa_enabled`, `mfa_failed`, `recovery_code_used`,
-    /// `refresh_reuse`, `logout`, `session_revoked`, `revoke_all`.
+    /// `refresh_reuse`, `logout`, `session_revoked`, `revoke_all`; under `system:signing-keys`:
+    /// `signing_key_created`, `signing_key_imported`, `signing_key_rotated`,
+    /// `signing_key_retired`.
     pub event: String,
     /// The client's address from the trusted source, if known.
     pub client_ip: Option<String>,
@@ -208,6 +210,37 @@ pub trait AuditLog: Send + Sync {
     async fn record(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
     /// A user's newest events first, at most `limit`.
     async fn for_user(&self, user_id: &str, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
+/// A signing key as stored: its schedule in the clear, its private JWK sealed
+/// ([`crate::key_encryption`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// 1, 2, 3, …: the key's place in the rotation.
+    pub generation: u64,
+    /// Its `kid` (the public key's thumbprint).
+    pub kid: String,
+    /// Its JWS `alg`.
+    pub alg: String,
+    /// When it starts signing.
+    pub signs_from: i64,
+    /// When it was made.
+    pub created_at: i64,
+    /// How `sealed` was encrypted, e.g. `local-aes256gcm`.
+    pub scheme: String,
+    /// The private JWK, encrypted.
+    pub sealed: Vec<u8>,
+}
+
+/// The signing keys every instance shares.
+#[async_trait::async_trait]
+pub trait SigningKeyStore: Send + Sync {
+    /// Every stored key, by generation, read consistently.
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+    /// Stores a key under a generation no key has; `Conflict` if another instance took it.
+    async fn add_signing_key(&self, key: &StoredKey) -> Result<(), StoreError>;
+    /// Deletes a retired key; `false` if it was gone already (another instance deleted it).
+    async fn delete_signing_key(&self, generation: u64) -> Result<bool, StoreError>;
 }
 
 /// Revoked access tokens, by `jti`, until they expire.
