@@ -116,3 +116,25 @@ build_envoy_filter() {
     cargo build --locked --release -p edgeauth-envoy --target wasm32-wasip1
     export ENVOY_WASM="$CARGO_TARGET_DIR/wasm32-wasip1/release/edgeauth_envoy.wasm"
 }
+
+# >>> ops (ops/check): promtool >>>
+# promtool checks and unit-tests the Prometheus rules in ops/prometheus. Prometheus's release
+# tarballs are downloads from GitHub, which these machines cannot reach; Debian's `prometheus`
+# package ships promtool, so its .deb is fetched with apt and only promtool is unpacked into the
+# tools cache (no service is installed or started). Exports PROMTOOL_BIN.
+ensure_promtool() {
+    PROMTOOL_BIN="$HOME/.cache/edgeauth-tools/promtool/promtool"
+    if ! "$PROMTOOL_BIN" --version >/dev/null 2>&1; then
+        local tmp
+        tmp=$(mktemp -d)
+        # apt's package lists may be missing on a new machine: update once and try again.
+        (cd "$tmp" && { apt-get download -qq prometheus 2>/dev/null ||
+            { apt-get update -qq && apt-get download -qq prometheus 2>/dev/null; }; })
+        dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
+        mkdir -p "$(dirname "$PROMTOOL_BIN")"
+        install -m 0755 "$tmp/root/usr/bin/promtool" "$PROMTOOL_BIN"
+        rm -rf "$tmp"
+    fi
+    export PROMTOOL_BIN
+}
+# <<< ops <<<
