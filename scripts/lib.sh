@@ -138,3 +138,18 @@ ensure_promtool() {
     export PROMTOOL_BIN
 }
 # <<< ops <<<
+
+# >>> deploy (deploy/check): cfn-lint >>>
+# cfn-lint, AWS's CloudFormation linter (PyPI), checks deploy/cloudformation against AWS's resource
+# and IAM schemas, which it ships: no AWS account or network. In a venv outside the clone, once
+# per machine. Exports CFN_LINT_BIN.
+CFN_LINT_VERSION=1.58.0
+ensure_cfn_lint() {
+    local venv="$HOME/.cache/edgeauth-tools/cfn-lint-$CFN_LINT_VERSION"
+    if ! "$venv/bin/cfn-lint" --version >/dev/null 2>&1; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "cfn-lint==$CFN_LINT_VERSION"
+    fi
+    export CFN_LINT_BIN="$venv/bin/cfn-lint"
+}
+# <<< deploy <<<
