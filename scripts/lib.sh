@@ -116,3 +116,40 @@ build_envoy_filter() {
     cargo build --locked --release -p edgeauth-envoy --target wasm32-wasip1
     export ENVOY_WASM="$CARGO_TARGET_DIR/wasm32-wasip1/release/edgeauth_envoy.wasm"
 }
+
+# >>> ops (ops/check): promtool >>>
+# promtool checks and unit-tests the Prometheus rules in ops/prometheus. Prometheus's release
+# tarballs are downloads from GitHub, which these machines cannot reach; Debian's `prometheus`
+# package ships promtool, so its .deb is fetched with apt and only promtool is unpacked into the
+# tools cache (no service is installed or started). Exports PROMTOOL_BIN.
+ensure_promtool() {
+    PROMTOOL_BIN="$HOME/.cache/edgeauth-tools/promtool/promtool"
+    if ! "$PROMTOOL_BIN" --version >/dev/null 2>&1; then
+        local tmp
+        tmp=$(mktemp -d)
+        # apt's package lists may be missing on a new machine: update once and try again.
+        (cd "$tmp" && { apt-get download -qq prometheus 2>/dev/null ||
+            { apt-get update -qq && apt-get download -qq prometheus 2>/dev/null; }; })
+        dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
+        mkdir -p "$(dirname "$PROMTOOL_BIN")"
+        install -m 0755 "$tmp/root/usr/bin/promtool" "$PROMTOOL_BIN"
+        rm -rf "$tmp"
+    fi
+    export PROMTOOL_BIN
+}
+# <<< ops <<<
+
+# >>> deploy (deploy/check): cfn-lint >>>
+# cfn-lint, AWS's CloudFormation linter (PyPI), checks deploy/cloudformation against AWS's resource
+# and IAM schemas, which it ships: no AWS account or network. In a venv outside the clone, once
+# per machine. Exports CFN_LINT_BIN.
+CFN_LINT_VERSION=1.58.0
+ensure_cfn_lint() {
+    local venv="$HOME/.cache/edgeauth-tools/cfn-lint-$CFN_LINT_VERSION"
+    if ! "$venv/bin/cfn-lint" --version >/dev/null 2>&1; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "cfn-lint==$CFN_LINT_VERSION"
+    fi
+    export CFN_LINT_BIN="$venv/bin/cfn-lint"
+}
+# <<< deploy <<<
