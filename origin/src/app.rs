@@ -93,10 +93,41 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_limit))
+        // Each route's own answers, with its template (`MatchedPath`) as the label.
+        .layer(axum::middleware::from_fn(observe))
         // Outermost: the request id and client address every other layer and handler reads.
         .layer(from_fn_with_state(state.clone(), audit::request_context))
         .with_state(state)
+}
+
+/// Records every answer in the metrics: its route template (never the raw path, so a session
+/// id never becomes a series), method, status and latency to the response headers.
+async fn observe(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    crate::metrics::METRICS.request(
+        route.as_deref(),
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Prometheus scrapes this (`ops/metrics.md`). It holds no user data: counts and latencies by
+/// route, and store health.
+async fn metrics() -> Result<Response, ApiError> {
+    let text = crate::metrics::METRICS
+        .encode(crate::clock::now())
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 /// The API description, written by hand and checked against the router by the tests.

@@ -100,18 +100,19 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         Some(url) => Arc::new(RedisDenyList::new(url)?),
         None => Arc::new(MemoryDenyList::default()),
     };
+    spawn_deny_list_count(deny_list.clone());
     // Rate limits are security state every instance must share, like the deny-list: they live
     // in the same Redis, or in-process when the deny-list is.
     let rate_limiter: Arc<dyn RateLimiter> = match &config.redis_denylist_url {
         Some(url) => Arc::new(RedisRateLimiter::new(
-            RedisConnection::new(url, RATE_LIMIT_REDIS_TIMEOUT)?,
+            RedisConnection::new(url, RATE_LIMIT_REDIS_TIMEOUT, "rate_limit")?,
             &config.table_prefix,
         )),
         None => Arc::new(MemoryRateLimiter::default()),
     };
     let failures: Arc<dyn FailureCounter> = match &config.redis_denylist_url {
         Some(url) => Arc::new(RedisFailureCounter::new(
-            RedisConnection::new(url, RATE_LIMIT_REDIS_TIMEOUT)?,
+            RedisConnection::new(url, RATE_LIMIT_REDIS_TIMEOUT, "soft_lock")?,
             &config.table_prefix,
         )),
         None => Arc::new(MemoryFailureCounter::default()),
@@ -141,6 +142,23 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         refresh: store,
         passwords,
     })
+}
+
+/// How often the deny-list's live entries are counted for the metrics.
+const DENY_LIST_COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Counts the deny-list's live entries into the metrics every [`DENY_LIST_COUNT_EVERY`].
+fn spawn_deny_list_count(deny_list: Arc<dyn DenyList>) {
+    tokio::spawn(async move {
+        loop {
+            match deny_list.live_entries(crate::clock::now()).await {
+                Ok(count) => crate::metrics::METRICS
+                    .deny_list_entries(i64::try_from(count).unwrap_or(i64::MAX)),
+                Err(error) => tracing::warn!(%error, "deny-list entries not counted"),
+            }
+            tokio::time::sleep(DENY_LIST_COUNT_EVERY).await;
+        }
+    });
 }
 
 /// `origin keys rotate`: adds a next key, published now and signing after the propagation

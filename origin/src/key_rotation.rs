@@ -421,6 +421,13 @@ impl SigningKeys {
         let jwks = set.jwks(now).to_string();
         let (ring, _) = KeyRing::from_jwks(jwks.as_bytes(), &self.inner.verifier_policy)
             .map_err(|e| KeyError::Invalid(e.to_string()))?;
+        if let Some((current, _, _)) = set
+            .states(now)
+            .into_iter()
+            .find(|(_, state, _)| *state == KeyState::Current)
+        {
+            crate::metrics::METRICS.signing_key_since(current.signs_from);
+        }
         let snapshot = Arc::new(KeySnapshot { set, ring });
         *self
             .inner

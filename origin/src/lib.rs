@@ -16,6 +16,7 @@ pub mod http;
 pub mod key_encryption;
 pub mod key_rotation;
 pub mod keys;
+pub mod metrics;
 pub mod mfa;
 pub mod outbound;
 pub mod password;

@@ -16,6 +16,8 @@ use argon2::{
 use rand_core::OsRng;
 use tokio::sync::oneshot;
 
+use crate::metrics::METRICS;
+
 /// argon2id cost. Defaults are OWASP's minimum for argon2id: 19 MiB, 2 passes, 1 lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,12 +180,18 @@ impl PasswordHasher {
         work: impl FnOnce() -> Result<T, PasswordError> + Send + 'static,
     ) -> Result<T, PasswordError> {
         let (done, result) = oneshot::channel();
+        // Waiting from here until a thread takes it: the queue depth in the metrics.
+        METRICS.hash_queue(1);
         self.jobs
             .send(Box::new(move || {
+                METRICS.hash_queue(-1);
                 // The caller may have gone (client disconnected); the answer is then dropped.
                 let _ = done.send(work());
             }))
-            .map_err(|_| PasswordError::Task)?;
+            .map_err(|_| {
+                METRICS.hash_queue(-1);
+                PasswordError::Task
+            })?;
         result.await.map_err(|_| PasswordError::Task)?
     }
 

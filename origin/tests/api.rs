@@ -103,6 +103,8 @@ struct Reply {
     status: StatusCode,
     headers: axum::http::HeaderMap,
     body: Value,
+    /// The body as text, for the answers that are not JSON.
+    text: String,
 }
 
 impl Origin {
@@ -126,6 +128,7 @@ impl Origin {
             status,
             headers,
             body,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
         }
     }
 
@@ -1821,4 +1824,73 @@ async fn a_user_lists_their_sessions_and_ends_one() {
         .with_bearer("DELETE", "/v1/sessions/not-a-uuid", &token(&laptop), None)
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+/// The value of the sample `series` (name and labels, exactly as exposed), if exposed.
+fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.split(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template_and_time_the_stores() {
+    let o = origin().await;
+    o.register("mo@example.com", "mo's passphrase").await;
+    let login = o.login("mo@example.com", "mo's passphrase").await;
+    let token = login.body["access_token"].as_str().expect("token");
+    let gone = o
+        .with_bearer(
+            "DELETE",
+            &format!("/v1/sessions/{}", uuid::Uuid::new_v4()),
+            token,
+            None,
+        )
+        .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    o.get("/no/such/route").await;
+
+    let scrape = o.get("/metrics").await;
+    assert_eq!(scrape.status, StatusCode::OK);
+    assert!(scrape.headers[header::CONTENT_TYPE]
+        .to_str()
+        .expect("ascii")
+        .starts_with("application/openmetrics-text"));
+    let text = &scrape.text;
+    // Other tests share the process's registry: counts are at least this test's own.
+    let at_least_one = |series: &str| {
+        let value = sample(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        assert!(value >= 1.0, "{series} = {value}");
+    };
+    at_least_one(r#"edgeauth_http_requests_total{route="/v1/login",method="POST",status="200"}"#);
+    at_least_one(
+        r#"edgeauth_http_requests_total{route="/v1/sessions/{id}",method="DELETE",status="404"}"#,
+    );
+    at_least_one(r#"edgeauth_http_requests_total{route="unmatched",method="GET",status="404"}"#);
+    at_least_one(
+        r#"edgeauth_http_request_duration_seconds_bucket{le="0.8",route="/v1/login",method="POST"}"#,
+    );
+    at_least_one(r#"edgeauth_dynamodb_request_duration_seconds_count{operation="PutItem"}"#);
+    at_least_one(r#"edgeauth_dynamodb_request_duration_seconds_count{operation="Query"}"#);
+    assert!(!text.contains(
+        &gone.headers["x-request-id"]
+            .to_str()
+            .expect("ascii")
+            .to_string()
+    ));
+    assert!(sample(text, "edgeauth_password_hash_queue_depth").is_some());
+    assert!(sample(text, "edgeauth_deny_list_entries").is_some());
+    let age = sample(text, "edgeauth_signing_key_age_seconds").expect("key age");
+    assert!((0.0..86_400.0).contains(&age), "{age}");
+    if std::env::var("EDGEAUTH_TEST_REDIS_URL").is_ok() {
+        at_least_one(r#"edgeauth_redis_request_duration_seconds_count{connection="rate_limit"}"#);
+    }
+    // No raw path, user or address is ever a label.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(
+            !line.contains("mo@example.com") && !line.contains("/v1/sessions/0"),
+            "{line}"
+        );
+    }
 }

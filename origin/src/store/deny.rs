@@ -56,6 +56,18 @@ impl DenyList for MemoryDenyList {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    async fn live_entries(&self, now: i64) -> Result<u64, StoreError> {
+        let tokens = lock(&self.entries, "deny-list")?
+            .values()
+            .filter(|exp| **exp > now)
+            .count();
+        let users = lock(&self.users, "deny-list")?
+            .values()
+            .filter(|(_, exp)| *exp > now)
+            .count();
+        Ok((tokens + users) as u64)
+    }
 }
 
 /// Redis commands get this long before the deny-list counts as unavailable.
@@ -73,7 +85,7 @@ impl RedisDenyList {
     /// A deny-list on the Redis at `url` (connected on first use).
     pub fn new(url: &str) -> Result<Self, StoreError> {
         Ok(Self {
-            redis: RedisConnection::new(url, REDIS_TIMEOUT)?,
+            redis: RedisConnection::new(url, REDIS_TIMEOUT, "deny_list")?,
         })
     }
 }
@@ -125,5 +137,26 @@ impl DenyList for RedisDenyList {
             .run::<String>(&redis::cmd("PING"))
             .await
             .map(drop)
+    }
+
+    /// Counted with `SCAN` in pages of 1000: never a blocking `KEYS`. Redis expires entries, so
+    /// every key found is live.
+    async fn live_entries(&self, _now: i64) -> Result<u64, StoreError> {
+        let mut cursor = 0u64;
+        let mut count = 0u64;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg("edgeauth:deny:*")
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) = self.redis.run(&scan).await?;
+            count += keys.len() as u64;
+            if next == 0 {
+                return Ok(count);
+            }
+            cursor = next;
+        }
     }
 }

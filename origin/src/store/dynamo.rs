@@ -30,6 +30,8 @@ use aws_sdk_dynamodb::{
 };
 use base64ct::{Base64UrlUnpadded, Encoding};
 
+use crate::metrics::{DynamoFailure, METRICS};
+
 use super::{
     AuditEvent, AuditLog, FeedEntry, MakeEntry, RefreshRecord, RefreshStore, RevocationFeed,
     SigningKeyStore, StoreError, StoredKey, Totp, User, UserId, UserStore,
@@ -107,12 +109,91 @@ pub async fn client_for_endpoint(endpoint_url: &str, region: &str) -> Client {
         ))
         .load()
         .await;
-    Client::new(&config)
+    observed_client(&config)
 }
 
 /// A client for AWS: the standard credential chain, no endpoint override.
 pub async fn client_from_env(region: &str) -> Client {
-    Client::new(&loader(region).load().await)
+    observed_client(&loader(region).load().await)
+}
+
+/// A client whose every call is timed and classified into the metrics.
+fn observed_client(config: &aws_config::SdkConfig) -> Client {
+    Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(config)
+            .interceptor(ObserveCalls)
+            .build(),
+    )
+}
+
+/// When a call started, kept in the call's config bag.
+#[derive(Debug, Clone, Copy)]
+struct CallStarted(std::time::Instant);
+
+impl aws_smithy_types::config_bag::Storable for CallStarted {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
+}
+
+/// Times every DynamoDB call (retries included) and counts failures: throttling by its error
+/// code, and a call left without an answer (no response, or a 5xx). Modelled answers such as a
+/// failed condition are outcomes, not failures.
+#[derive(Debug)]
+struct ObserveCalls;
+
+/// The error codes DynamoDB refuses for capacity with.
+const THROTTLING_CODES: [&str; 3] = [
+    "ThrottlingException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+];
+
+impl aws_sdk_dynamodb::config::Intercept for ObserveCalls {
+    fn name(&self) -> &'static str {
+        "edgeauth-metrics"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef<
+            '_,
+        >,
+        cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        cfg.interceptor_state()
+            .store_put(CallStarted(std::time::Instant::now()));
+        Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::FinalizerInterceptorContextRef<'_>,
+        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let took = cfg
+            .load::<CallStarted>()
+            .map_or(Duration::ZERO, |started| started.0.elapsed());
+        let operation = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map_or("unknown", |m| m.name());
+        let failure = match context.output_or_error() {
+            Some(Err(_)) => {
+                let response = context.response();
+                let body = response.and_then(|r| r.body().bytes()).unwrap_or_default();
+                let throttled = THROTTLING_CODES
+                    .iter()
+                    .any(|code| body.windows(code.len()).any(|w| w == code.as_bytes()));
+                match response.map(|r| r.status().as_u16()) {
+                    _ if throttled => Some(DynamoFailure::Throttled),
+                    Some(status) if status < 500 => None,
+                    _ => Some(DynamoFailure::Unavailable),
+                }
+            }
+            _ => None,
+        };
+        METRICS.dynamodb(operation, took, failure);
+        Ok(())
+    }
 }
 
 fn unavailable<E, R>(e: SdkError<E, R>) -> StoreError

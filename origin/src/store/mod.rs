@@ -263,6 +263,8 @@ pub trait DenyList: Send + Sync {
     async fn user_watermark(&self, subject: &str, now: i64) -> Result<Option<i64>, StoreError>;
     /// A cheap readiness check.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Live entries (tokens and users), for the metrics.
+    async fn live_entries(&self, now: i64) -> Result<u64, StoreError>;
 }
 
 /// Locks an in-process store's state. A poisoned lock (a panic while it was held) makes the store

@@ -120,7 +120,7 @@ impl RedisProfileCache {
     /// A cache on the Redis at `url` (connected on first use).
     pub fn new(url: &str) -> Result<Self, StoreError> {
         Ok(Self {
-            redis: RedisConnection::new(url, CACHE_TIMEOUT)?,
+            redis: RedisConnection::new(url, CACHE_TIMEOUT, "profile_cache")?,
         })
     }
 }

@@ -12,12 +12,15 @@ use super::StoreError;
 pub struct RedisConnection {
     connection: ConnectionManager,
     timeout: Duration,
+    /// Its `connection` label in the metrics.
+    role: &'static str,
 }
 
 impl std::fmt::Debug for RedisConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConnection")
             .field("timeout", &self.timeout)
+            .field("role", &self.role)
             .finish_non_exhaustive()
     }
 }
@@ -25,7 +28,8 @@ impl std::fmt::Debug for RedisConnection {
 impl RedisConnection {
     /// Connects on first use: a Redis that is down at start-up makes requests fail (or, for the
     /// cache, fall back to DynamoDB); it does not keep the origin from starting.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+    /// `role` names it in the metrics: `deny_list`, `profile_cache`, `rate_limit`, `soft_lock`.
+    pub fn new(url: &str, timeout: Duration, role: &'static str) -> Result<Self, StoreError> {
         let client =
             redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("Redis: {e}")))?;
         let config = ConnectionManagerConfig::new()
@@ -37,6 +41,7 @@ impl RedisConnection {
         Ok(Self {
             connection,
             timeout,
+            role,
         })
     }
 
@@ -68,10 +73,13 @@ impl RedisConnection {
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout * 2, call).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.timeout * 2, call).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(StoreError::Unavailable(format!("Redis: {e}"))),
             Err(_) => Err(StoreError::Unavailable("Redis: timed out".into())),
-        }
+        };
+        crate::metrics::METRICS.redis(self.role, started.elapsed(), result.is_err());
+        result
     }
 }
