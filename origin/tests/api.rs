@@ -1886,6 +1886,26 @@ async fn metrics_count_requests_by_route_template_and_time_the_stores() {
     if std::env::var("EDGEAUTH_TEST_REDIS_URL").is_ok() {
         at_least_one(r#"edgeauth_redis_request_duration_seconds_count{connection="rate_limit"}"#);
     }
+    // Every metric of the contract the rules and the dashboard read is exposed, with its type.
+    let contract =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/metrics.md"))
+            .expect("ops/metrics.md");
+    let mut named = 0;
+    for row in contract.lines().filter(|l| l.starts_with("| `edgeauth_")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (name, kind) = (cells[1].trim_matches('`'), cells[2]);
+        // OpenMetrics names a counter's family without `_total`.
+        let family = name
+            .strip_suffix("_total")
+            .filter(|_| kind == "counter")
+            .unwrap_or(name);
+        assert!(
+            text.lines().any(|l| l == format!("# TYPE {family} {kind}")),
+            "{name} ({kind}) is not exposed:\n{text}"
+        );
+        named += 1;
+    }
+    assert_eq!(named, 9, "the contract's table was not read");
     // No raw path, user or address is ever a label.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         assert!(
