@@ -102,7 +102,14 @@ const QUEUE: usize = 10_000;
 #[derive(Clone)]
 pub struct Audit {
     log: Arc<dyn AuditLog>,
-    queue: tokio::sync::mpsc::Sender<AuditEvent>,
+    queue: tokio::sync::mpsc::Sender<Queued>,
+}
+
+/// What the writer receives: an event, or a request to store what it holds now.
+#[derive(Debug)]
+enum Queued {
+    Event(AuditEvent),
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 impl std::fmt::Debug for Audit {
@@ -122,7 +129,7 @@ impl Audit {
     /// Logs `event` for `subject` (a user id, or `email:<hash>`) and stores it in the background.
     pub fn record(&self, event: &'static str, subject: &str, facts: &RequestFacts) {
         let record = logged(event, subject, facts);
-        if self.queue.try_send(record).is_err() {
+        if self.queue.try_send(Queued::Event(record)).is_err() {
             tracing::warn!(target: "audit", event, "audit queue full: event only logged");
         }
     }
@@ -133,6 +140,16 @@ impl Audit {
         let record = logged(event, subject, facts);
         if let Err(error) = self.log.record(&[record]).await {
             tracing::warn!(target: "audit", event, %error, "audit event not stored");
+        }
+    }
+
+    /// Returns once every event recorded so far has been stored (or failed to be): a Lambda
+    /// environment is frozen between invocations, so its answer must not go out before the
+    /// events of its request are written.
+    pub async fn flush(&self) {
+        let (done, stored) = tokio::sync::oneshot::channel();
+        if self.queue.send(Queued::Flush(done)).await.is_ok() {
+            let _ = stored.await;
         }
     }
 
@@ -166,22 +183,30 @@ fn logged(event: &'static str, subject: &str, facts: &RequestFacts) -> AuditEven
 }
 
 /// The writer: waits for an event, gathers what follows for up to [`BATCH_WAIT`] or [`BATCH`]
-/// events, and stores them in one call.
-async fn write_batches(
-    log: Arc<dyn AuditLog>,
-    mut events: tokio::sync::mpsc::Receiver<AuditEvent>,
-) {
-    while let Some(first) = events.recv().await {
-        let mut batch = vec![first];
+/// events, and stores them in one call; a flush request stores the batch at once.
+async fn write_batches(log: Arc<dyn AuditLog>, mut queue: tokio::sync::mpsc::Receiver<Queued>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = Vec::new();
+        let mut flushed = Vec::new();
+        match first {
+            Queued::Event(event) => batch.push(event),
+            Queued::Flush(done) => flushed.push(done),
+        }
         let deadline = tokio::time::Instant::now() + BATCH_WAIT;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(event)) => batch.push(event),
+        while flushed.is_empty() && batch.len() < BATCH {
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(Queued::Event(event))) => batch.push(event),
+                Ok(Some(Queued::Flush(done))) => flushed.push(done),
                 Ok(None) | Err(_) => break,
             }
         }
-        if let Err(error) = log.record(&batch).await {
-            tracing::warn!(target: "audit", events = batch.len(), %error, "audit events not stored");
+        if !batch.is_empty() {
+            if let Err(error) = log.record(&batch).await {
+                tracing::warn!(target: "audit", events = batch.len(), %error, "audit events not stored");
+            }
+        }
+        for done in flushed {
+            let _ = done.send(());
         }
     }
 }
@@ -194,6 +219,44 @@ pub fn email_subject(account_key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Default)]
+    struct Stored(std::sync::Mutex<Vec<AuditEvent>>);
+
+    #[async_trait::async_trait]
+    impl AuditLog for Stored {
+        async fn record(&self, events: &[AuditEvent]) -> Result<(), crate::store::StoreError> {
+            self.0.lock().expect("lock").extend_from_slice(events);
+            Ok(())
+        }
+        async fn for_user(
+            &self,
+            _: &str,
+            _: u32,
+        ) -> Result<Vec<AuditEvent>, crate::store::StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flush_stores_what_was_recorded_before_it_returns() {
+        let log = Arc::new(Stored::default());
+        let audit = Audit::new(log.clone());
+        audit.record("login", "u-1", &RequestFacts::default());
+        audit.record("logout", "u-1", &RequestFacts::default());
+        // Without the flush the batch would wait up to BATCH_WAIT for more events.
+        audit.flush().await;
+        let events: Vec<String> = log
+            .0
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|e| e.event.clone())
+            .collect();
+        assert_eq!(events, ["login", "logout"]);
+        // A flush with nothing pending returns too.
+        audit.flush().await;
+    }
 
     #[test]
     fn only_plain_request_ids_are_taken_from_the_caller() {

@@ -28,6 +28,10 @@ async fn main() -> ExitCode {
         }
     };
     let result = match command.as_deref() {
+        // The Lambda runtime sets AWS_LAMBDA_RUNTIME_API: the same origin, behind API Gateway.
+        None | Some("serve") if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => {
+            serve_lambda(config).await
+        }
         None | Some("serve") => serve(config).await,
         Some("create-tables") => bootstrap::create_tables_command(&config).await,
         Some("keys") => match std::env::args().nth(2).as_deref() {
@@ -81,6 +85,51 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     .with_graceful_shutdown(shutdown_signal())
     .await
     .context("server failed")
+}
+
+/// As an AWS Lambda function behind API Gateway (REST or HTTP API) or an ALB: each invocation's
+/// event becomes a request to the same router. API Gateway's source address stands in for the
+/// TCP peer (`client_ip: peer`), and the audit events of a request are stored before its answer
+/// goes, since the environment may be frozen right after.
+async fn serve_lambda(config: Config) -> anyhow::Result<()> {
+    use lambda_http::{request::RequestContext, RequestExt};
+    use tower::ServiceExt as _;
+
+    let state = bootstrap::build_state(config).await?;
+    let audit = state.audit.clone();
+    let router = app(state);
+    tracing::info!("origin serving Lambda invocations");
+    let handler = lambda_http::service_fn(move |request: lambda_http::Request| {
+        let (router, audit) = (router.clone(), audit.clone());
+        async move {
+            let source = match request.request_context_ref() {
+                Some(RequestContext::ApiGatewayV2(context)) => context.http.source_ip.clone(),
+                Some(RequestContext::ApiGatewayV1(context)) => context.identity.source_ip.clone(),
+                _ => None,
+            };
+            let (mut parts, body) = request.into_parts();
+            if let Some(ip) = source.and_then(|ip| ip.parse::<std::net::IpAddr>().ok()) {
+                parts
+                    .extensions
+                    .insert(axum::extract::ConnectInfo(std::net::SocketAddr::new(ip, 0)));
+            }
+            let request =
+                axum::http::Request::from_parts(parts, axum::body::Body::from(body.to_vec()));
+            let response = router.oneshot(request).await?;
+            let (parts, body) = response.into_parts();
+            let bytes = http_body_util::BodyExt::collect(body).await?.to_bytes();
+            audit.flush().await;
+            let body = match String::from_utf8(bytes.to_vec()) {
+                Ok(text) if text.is_empty() => lambda_http::Body::Empty,
+                Ok(text) => lambda_http::Body::Text(text),
+                Err(binary) => lambda_http::Body::Binary(binary.into_bytes()),
+            };
+            Ok::<_, lambda_http::Error>(lambda_http::Response::from_parts(parts, body))
+        }
+    });
+    lambda_http::run(handler)
+        .await
+        .map_err(|e| anyhow::anyhow!("Lambda runtime: {e}"))
 }
 
 /// Ctrl-C, or SIGTERM: what container runtimes, Kubernetes and ECS send to stop a task. In-flight

@@ -44,6 +44,8 @@ use nix::{
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
+pub mod lambda;
+
 /// The password of every account a stack registers.
 const PASSWORD: &str = "correct horse battery staple";
 /// The issuer and audience every stack uses.
@@ -673,7 +675,8 @@ impl Drop for Stack {
     }
 }
 
-fn origin_binary() -> PathBuf {
+/// The origin binary `scripts/test` built (`EDGEAUTH_E2E_ORIGIN_BIN`).
+pub fn origin_binary() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| repo_root().join("target"), PathBuf::from);
     artefact(
@@ -694,10 +697,10 @@ struct OriginSettings {
 }
 
 /// The key-encryption key of every stack's origins.
-const TEST_KEK: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+pub(crate) const TEST_KEK: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 /// dynoxide on a loopback port over a file in `dir`, served by this process.
-async fn start_dynamodb(dir: &Path) -> String {
+pub(crate) async fn start_dynamodb(dir: &Path) -> String {
     let path = dir.join("dynamodb.sqlite");
     let db = dynoxide::Database::new(&path.to_string_lossy()).expect("dynoxide database");
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))

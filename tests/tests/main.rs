@@ -2,4 +2,5 @@
 
 mod edge;
 mod envoy;
+mod lambda;
 mod worker;
