@@ -66,13 +66,13 @@ async fn main() {
         server.push(server_cold_start(&origin).await);
     }
     let (lambda, server) = (median(lambda), median(server));
-    println!("| mode | process start to first answer (median of {runs}) |");
+    println!("| mode | process start to first answer, ms (median of {runs}) |");
     println!("|---|---:|");
     println!(
-        "| long-running server (first `/healthz` answer, polled every 1 ms) | {server:.1} ms |"
+        "| long-running server (first `/healthz` answer, polled every 1 ms) | {server:.1} |"
     );
     println!(
-        "| Lambda function (first invocation answered through the Runtime API) | {lambda:.1} ms |"
+        "| Lambda function (first invocation answered through the Runtime API) | {lambda:.1} |"
     );
     println!();
     println!("Lambda ÷ server: **{:.2}**", lambda / server);
