@@ -60,8 +60,16 @@ pub async fn request_context(
     let ip = client_ip(state.config.client_ip, request.headers()).or(peer);
     request.extensions_mut().insert(ClientAddress(ip));
     request.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!("request", request_id = %id);
-    let mut response = next.run(request).instrument(span).await;
+    // Field names follow OpenTelemetry's HTTP conventions, so a trace backend reads them as such.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        "http.request.method" = %request.method(),
+        "url.path" = request.uri().path(),
+        "http.response.status_code" = tracing::field::Empty,
+    );
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }

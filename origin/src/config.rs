@@ -107,6 +107,8 @@ struct RawConfig {
     mfa_scopes: Vec<String>,
     #[serde(default)]
     signing_keys: KeyRotationSettings,
+    #[serde(default)]
+    otlp_traces_endpoint: Option<String>,
 }
 
 fn default_mfa_scopes() -> Vec<String> {
@@ -171,6 +173,8 @@ pub struct Config {
     pub signing_algorithm: SigningAlgorithm,
     /// Rotation schedule and encryption of the signing keys.
     pub signing_keys: KeyRotationSettings,
+    /// OTLP/HTTP traces endpoint (`…/v1/traces`); `None`: no traces.
+    pub otlp_traces_endpoint: Option<String>,
     /// Embedded database and key-encryption key.
     pub data_dir: PathBuf,
     /// `Cache-Control: max-age` of the JWKS.
@@ -210,7 +214,8 @@ pub struct Config {
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 26] = [
+const FIELDS: [&str; 27] = [
+    "otlp_traces_endpoint",
     "signing_keys",
     "edge_push_urls",
     "mfa_scopes",
@@ -365,6 +370,16 @@ impl Config {
                 "x_forwarded_for needs at least one trusted proxy (the one that appends the client)",
             ));
         }
+        if raw
+            .otlp_traces_endpoint
+            .as_ref()
+            .is_some_and(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+        {
+            return Err(invalid(
+                "otlp_traces_endpoint",
+                "must be an http(s) URL, e.g. http://localhost:4318/v1/traces",
+            ));
+        }
         raw.signing_keys
             .validate(raw.jwks_max_age_seconds, raw.access_token_ttl_seconds)
             .map_err(|problem| invalid("signing_keys", &problem))?;
@@ -396,6 +411,7 @@ impl Config {
             refresh_grace_seconds: raw.refresh_grace_seconds,
             signing_algorithm: raw.signing_algorithm,
             signing_keys: raw.signing_keys,
+            otlp_traces_endpoint: raw.otlp_traces_endpoint,
             data_dir: raw.data_dir,
             jwks_max_age_seconds: raw.jwks_max_age_seconds,
             max_body_bytes: raw.max_body_bytes,

@@ -23,3 +23,4 @@ pub mod password;
 pub mod rate_limit;
 pub mod soft_lock;
 pub mod store;
+pub mod telemetry;

@@ -5,20 +5,12 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use edgeauth_origin::{app::app, bootstrap, config::Config};
-use tracing_subscriber::EnvFilter;
+use edgeauth_origin::{app::app, bootstrap, config::Config, telemetry};
 
 const USAGE: &str =
     "usage: origin [serve | create-tables | keys rotate | keys list | set-scopes <email> <scope>...]  (configuration: EDGEAUTH_* variables, see README)";
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+fn main() -> ExitCode {
     let command = std::env::args().nth(1);
     let config = match Config::from_env() {
         Ok(c) => c,
@@ -27,6 +19,29 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Logging and the span exporter start before the runtime and stop after it (see telemetry).
+    let telemetry = match telemetry::init(config.otlp_traces_endpoint.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("origin: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(command, config)),
+        Err(e) => {
+            eprintln!("origin: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    telemetry.shutdown();
+    code
+}
+
+async fn run(command: Option<String>, config: Config) -> ExitCode {
     let result = match command.as_deref() {
         // The Lambda runtime sets AWS_LAMBDA_RUNTIME_API: the same origin, behind API Gateway.
         None | Some("serve") if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => {

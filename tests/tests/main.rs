@@ -3,4 +3,5 @@
 mod edge;
 mod envoy;
 mod lambda;
+mod telemetry;
 mod worker;

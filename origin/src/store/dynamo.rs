@@ -126,9 +126,10 @@ fn observed_client(config: &aws_config::SdkConfig) -> Client {
     )
 }
 
-/// When a call started, kept in the call's config bag.
-#[derive(Debug, Clone, Copy)]
-struct CallStarted(std::time::Instant);
+/// When a call started, and its span, kept in the call's config bag; the span closes when the
+/// bag is dropped, as the call returns.
+#[derive(Debug, Clone)]
+struct CallStarted(std::time::Instant, tracing::Span);
 
 impl aws_smithy_types::config_bag::Storable for CallStarted {
     type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
@@ -159,8 +160,16 @@ impl aws_sdk_dynamodb::config::Intercept for ObserveCalls {
         >,
         cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        // A child of the request's span: the SDK's future runs inside it. The operation is
+        // recorded at the end, when the SDK's metadata is in the bag.
+        let span = tracing::info_span!(
+            "dynamodb",
+            "db.system" = "dynamodb",
+            "db.operation" = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
         cfg.interceptor_state()
-            .store_put(CallStarted(std::time::Instant::now()));
+            .store_put(CallStarted(std::time::Instant::now(), span));
         Ok(())
     }
 
@@ -191,6 +200,12 @@ impl aws_sdk_dynamodb::config::Intercept for ObserveCalls {
             }
             _ => None,
         };
+        if let Some(started) = cfg.load::<CallStarted>() {
+            started.1.record("db.operation", operation);
+            if let Some(failure) = failure {
+                started.1.record("error", tracing::field::debug(failure));
+            }
+        }
         METRICS.dynamodb(operation, took, failure);
         Ok(())
     }

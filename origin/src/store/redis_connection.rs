@@ -74,6 +74,8 @@ impl RedisConnection {
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
         let started = std::time::Instant::now();
+        let span = tracing::info_span!("redis", "db.system" = "redis", connection = self.role);
+        let call = tracing::Instrument::instrument(call, span);
         let result = match tokio::time::timeout(self.timeout * 2, call).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(StoreError::Unavailable(format!("Redis: {e}"))),
