@@ -68,9 +68,7 @@ async fn main() {
     let (lambda, server) = (median(lambda), median(server));
     println!("| mode | process start to first answer, ms (median of {runs}) |");
     println!("|---|---:|");
-    println!(
-        "| long-running server (first `/healthz` answer, polled every 1 ms) | {server:.1} |"
-    );
+    println!("| long-running server (first `/healthz` answer, polled every 1 ms) | {server:.1} |");
     println!(
         "| Lambda function (first invocation answered through the Runtime API) | {lambda:.1} |"
     );
