@@ -231,6 +231,7 @@ pub fn http_api_event(
 /// The origin binary as a Lambda function, on its own dynoxide, behind a Runtime API.
 #[derive(Debug)]
 pub struct LambdaOrigin {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
     /// The Runtime API the function polls.
     pub api: LambdaRuntimeApi,
     child: tokio::process::Child,
@@ -281,6 +282,7 @@ pub async fn shared_storage(
 impl LambdaOrigin {
     /// Creates the tables, then starts the function: it initialises and polls for events.
     pub async fn start(origin: &std::path::Path) -> Self {
+        let turn = crate::exclusive().await;
         let dir = std::env::temp_dir().join(format!("edgeauth-lambda-{}", uuid::Uuid::new_v4()));
         let env = shared_storage(&dir, origin).await;
         let api = LambdaRuntimeApi::start().await;
@@ -295,6 +297,7 @@ impl LambdaOrigin {
             .spawn()
             .expect("the origin starts");
         Self {
+            _turn: turn,
             api,
             child,
             dir,

@@ -125,6 +125,12 @@ async fn wait_until_listening(port: u16, child: &mut Child, what: &str, log: &Pa
 /// Serialises stacks across test threads.
 static ONE_STACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The machine for this test alone: every test that starts processes holds it, so none of them
+/// runs beside another on the two cores (a loaded machine delays Envoy's ticks, for one).
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_STACK_AT_A_TIME.lock().await
+}
+
 /// Switches shared by the relay and the test.
 #[derive(Debug, Default)]
 pub struct Switches {

@@ -47,6 +47,7 @@ fn spans(batches: &[Value]) -> Vec<(String, String, serde_json::Map<String, Valu
 
 #[tokio::test]
 async fn requests_and_their_store_calls_are_one_trace_over_otlp() {
+    let _turn = edgeauth_e2e::exclusive().await;
     // The collector: OTLP/HTTP with JSON bodies.
     let received: Arc<Mutex<Vec<Value>>> = Arc::default();
     let collector = Router::new()
