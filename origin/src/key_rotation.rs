@@ -607,15 +607,18 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn instances_share_one_key_and_a_rotation_is_published_before_it_signs() {
-        let (table, kek, audit) = (
-            Arc::default(),
-            LocalKek::generate().expect("kek"),
-            Arc::default(),
-        );
+    /// Two instances on one fresh table, with its audit log.
+    fn two_instances() -> (Arc<MemoryKeys>, Arc<MemoryAudit>, SigningKeys, SigningKeys) {
+        let (table, audit) = (Arc::default(), Arc::default());
+        let kek = LocalKek::generate().expect("kek");
         let a = instance(&table, &kek, &audit, no_file());
         let b = instance(&table, &kek, &audit, no_file());
+        (table, audit, a, b)
+    }
+
+    #[tokio::test]
+    async fn instances_share_one_key_and_a_rotation_is_published_before_it_signs() {
+        let (table, audit, a, b) = two_instances();
         let first = a
             .refresh(NOW)
             .await
@@ -675,13 +678,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_scheduled_rotation_is_made_once_so_the_next_key_signs_on_the_day() {
-        let (table, kek, audit) = (
-            Arc::default(),
-            LocalKek::generate().expect("kek"),
-            Arc::default(),
-        );
-        let a = instance(&table, &kek, &audit, no_file());
-        let b = instance(&table, &kek, &audit, no_file());
+        let (_, _, a, b) = two_instances();
         a.refresh(NOW).await.expect("keys");
         let due = NOW + 90 * DAY - 600;
         assert_eq!(a.refresh(due - 1).await.expect("keys").ring.keys().len(), 1);

@@ -571,20 +571,26 @@ impl Stack {
     /// Logs in as the account registered under `email`; returns a new session's access token.
     pub async fn login_as(&self, email: &str) -> String {
         let credentials = json!({"email": email, "password": PASSWORD});
-        let login: Value = self
-            .client
-            .post(format!("{}/v1/login", self.origin))
-            .json(&credentials)
+        let login = self
+            .post_json(&format!("{}/v1/login", self.origin), &credentials)
+            .await;
+        login["access_token"]
+            .as_str()
+            .expect("an access token")
+            .to_string()
+    }
+
+    /// `POST url` with a JSON body; the JSON answer.
+    pub async fn post_json(&self, url: &str, body: &Value) -> Value {
+        self.client
+            .post(url)
+            .json(body)
             .send()
             .await
             .expect("origin answers")
             .json()
             .await
-            .expect("json");
-        login["access_token"]
-            .as_str()
-            .expect("an access token")
-            .to_string()
+            .expect("json")
     }
 
     /// `GET path` through the edge with `token` as a bearer token (if any).

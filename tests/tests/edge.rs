@@ -182,16 +182,12 @@ fn kid_of(token: &str) -> String {
 async fn refresh_each(stack: &Stack, sessions: &mut [(String, String)]) -> Vec<String> {
     let mut fresh = Vec::new();
     for (origin, refresh_token) in sessions.iter_mut() {
-        let answer: serde_json::Value = stack
-            .client
-            .post(format!("{origin}/v1/token/refresh"))
-            .json(&json!({"refresh_token": refresh_token}))
-            .send()
-            .await
-            .expect("origin answers")
-            .json()
-            .await
-            .expect("json");
+        let answer = stack
+            .post_json(
+                &format!("{origin}/v1/token/refresh"),
+                &json!({"refresh_token": refresh_token}),
+            )
+            .await;
         *refresh_token = answer["refresh_token"]
             .as_str()
             .expect("refresh token")
@@ -223,16 +219,12 @@ async fn a_key_rotation_across_origins_under_traffic_refuses_no_valid_token(edge
     let mut sessions = Vec::new();
     for origin in &stack.origins {
         let email = stack.register().await;
-        let login: serde_json::Value = stack
-            .client
-            .post(format!("{origin}/v1/login"))
-            .json(&json!({"email": email, "password": "correct horse battery staple", "refresh_token_in_body": true}))
-            .send()
-            .await
-            .expect("origin answers")
-            .json()
-            .await
-            .expect("json");
+        let login = stack
+            .post_json(
+                &format!("{origin}/v1/login"),
+                &json!({"email": email, "password": "correct horse battery staple", "refresh_token_in_body": true}),
+            )
+            .await;
         sessions.push((
             origin.clone(),
             login["refresh_token"]
