@@ -407,27 +407,21 @@ impl SigningKeys {
             }
             set = self.load_or_create(now).await?;
         }
-        for generation in set.retired(now) {
-            let kid = set
-                .states(now)
-                .into_iter()
-                .find(|(k, _, _)| k.generation == generation)
-                .map(|(k, _, _)| k.key.kid().to_owned())
-                .unwrap_or_default();
-            if self.inner.store.delete_signing_key(generation).await? {
-                self.audit("signing_key_retired", &kid).await;
+        // One pass over the states: retired keys are deleted, the current one dates the metric.
+        for (key, state, _) in set.states(now) {
+            match state {
+                KeyState::Retired => {
+                    if self.inner.store.delete_signing_key(key.generation).await? {
+                        self.audit("signing_key_retired", key.key.kid()).await;
+                    }
+                }
+                KeyState::Current => crate::metrics::METRICS.signing_key_since(key.signs_from),
+                KeyState::Next | KeyState::Previous => {}
             }
         }
         let jwks = set.jwks(now).to_string();
         let (ring, _) = KeyRing::from_jwks(jwks.as_bytes(), &self.inner.verifier_policy)
             .map_err(|e| KeyError::Invalid(e.to_string()))?;
-        if let Some((current, _, _)) = set
-            .states(now)
-            .into_iter()
-            .find(|(_, state, _)| *state == KeyState::Current)
-        {
-            crate::metrics::METRICS.signing_key_since(current.signs_from);
-        }
         let snapshot = Arc::new(KeySnapshot { set, ring });
         *self
             .inner

@@ -357,15 +357,6 @@ impl KeySet {
         &self.keys[self.keys.len() - 1]
     }
 
-    /// Generations that are retired at `now`.
-    pub fn retired(&self, now: i64) -> Vec<u64> {
-        self.states(now)
-            .into_iter()
-            .filter(|(_, state, _)| *state == KeyState::Retired)
-            .map(|(key, _, _)| key.generation)
-            .collect()
-    }
-
     /// Signs an access token with the key current at `now`.
     pub fn mint_access_token(
         &self,
@@ -550,7 +541,6 @@ mod tests {
         );
 
         assert_eq!(state_of(NOW + 1060), [KeyState::Retired, KeyState::Current]);
-        assert_eq!(set.retired(NOW + 1060), [1]);
         assert_eq!(published_kids(&set, NOW + 1060), [kid(1)]);
         assert_eq!(
             set.states(NOW)[0].2,

@@ -155,7 +155,7 @@ impl LambdaRuntimeApi {
             .expect("not poisoned")
             .waiting
             .push_back((id, event, answer));
-        self.runtime.arrived.notify_waiters();
+        // One poller: a permit is kept if it is not waiting yet.
         self.runtime.arrived.notify_one();
         tokio::time::timeout(timeout, answered).await.ok()?.ok()
     }
