@@ -262,7 +262,7 @@ async fn serve(router: Router) -> SocketAddr {
 pub struct StackOptions {
     /// The Worker policy's extra fields (JSON object members, with a leading comma).
     pub policy_extra: String,
-    /// Extra Worker `[vars]`.
+    /// Extra Worker `[vars]`, each replacing the default of its name.
     pub vars: Vec<(String, String)>,
     /// The origin's JWKS `max-age`.
     pub jwks_max_age: u32,
@@ -451,6 +451,7 @@ impl Stack {
             ),
             ("KEYS_REFETCH_INTERVAL".to_string(), "1".to_string()),
         ];
+        vars.retain(|(name, _)| options.vars.iter().all(|(extra, _)| extra != name));
         vars.extend(options.vars);
         let worker_child = start_worker(&dir, worker_port, &vars).await;
         *worker_slot.lock().expect("not poisoned") = Some(worker.clone());

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use edgeauth_e2e::{send, Stack, DENY_CACHE_SECONDS};
+use edgeauth_e2e::{send, Stack, StackOptions, DENY_CACHE_SECONDS};
 
 #[tokio::test]
 async fn a_lost_push_is_repaired_by_the_cron_pull() {
@@ -54,4 +54,29 @@ async fn pushes_must_be_signed_by_the_origin() {
     assert_eq!((answer.status, answer.header("allow")), (405, Some("POST")));
     // None of that revoked anything.
     assert_eq!(stack.get("/orders", Some(&token)).await.status, 200);
+}
+
+/// The Worker hands the upstream's answer to the runtime unawaited; when there is none, the
+/// client still gets the Worker's JSON answer, not the runtime's exception page.
+#[tokio::test]
+async fn an_unreachable_upstream_gets_a_json_502() {
+    let stack = Stack::start_with(StackOptions {
+        // The discard port: nothing listens there.
+        vars: vec![("UPSTREAM_URL".to_string(), "http://127.0.0.1:9".to_string())],
+        ..StackOptions::default()
+    })
+    .await;
+    let token = stack.login().await;
+    let answer = stack.get("/orders", Some(&token)).await;
+    assert_eq!(
+        (answer.status, answer.json["error"].as_str()),
+        (502, Some("bad_gateway")),
+        "{}",
+        stack.edge_log()
+    );
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    stack.expect_edge_log("\"event\":\"upstream_error\"").await;
+    // The isolate's one handler serves every failure, and the Worker keeps answering.
+    assert_eq!(stack.get("/orders", Some(&token)).await.status, 502);
+    assert_eq!(stack.get("/orders", None).await.status, 401);
 }

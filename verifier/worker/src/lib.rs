@@ -23,16 +23,19 @@ use edgeauth_core::{
 use futures_util::future::{select, Either};
 use serde_json::json;
 use worker::{
-    console_error, console_log, event, js_sys, wasm_bindgen::JsCast as _,
-    wasm_bindgen_futures::JsFuture, web_sys, Cache, Context, Date, Delay, Env, Fetch, Headers,
-    KvStore, Method, Request, RequestInit, Response, ScheduleContext, ScheduledEvent,
+    console_error, console_log, event, js_sys,
+    wasm_bindgen::{intern, prelude::*},
+    web_sys, Cache, Context, Date, Delay, Env, Fetch, Headers, KvStore, Method, Request,
+    RequestInit, Response, ScheduleContext, ScheduledEvent,
 };
 
 pub mod deny_cache;
+mod kv_read;
 pub mod settings;
 mod webcrypto;
 
 use deny_cache::DenyCache;
+use kv_read::KvNamespace;
 use settings::Settings;
 
 /// Where the origin pushes signed revocations. Reachable from anywhere: only a message signed
@@ -80,10 +83,11 @@ struct Isolate {
     keys: KeyCache,
     tokens: TokenCache,
     denied: DenyCache,
-    crypto_keys: webcrypto::ImportedKeys,
-    /// The `DENYLIST` binding, looked up once: `env.kv` walks five properties across the
-    /// boundary each time it is called.
-    deny_list: Option<KvStore>,
+    web_crypto: webcrypto::WebCrypto,
+    /// The `DENYLIST` binding as the hot path reads it, looked up once.
+    deny_list: Option<KvNamespace>,
+    /// The one rejection handler every forwarded request's promise gets (`upstream_failed()`).
+    upstream_failed: Closure<dyn FnMut(JsValue) -> Result<JsValue, JsError>>,
 }
 
 thread_local! {
@@ -108,22 +112,18 @@ fn with_isolate<T>(env: &Env, f: impl FnOnce(&mut Isolate) -> T) -> T {
                 keys: KeyCache::default(),
                 tokens: TokenCache::new(cache_entries),
                 denied: DenyCache::default(),
-                crypto_keys: webcrypto::ImportedKeys::new(),
+                web_crypto: webcrypto::WebCrypto::default(),
                 deny_list: None,
+                upstream_failed: upstream_failed(),
             }
         });
         f(isolate)
     })
 }
 
-/// The deny-list's KV namespace.
+/// The deny-list's KV namespace, for writes and the cron's cursor.
 fn deny_list(env: &Env) -> Result<KvStore, String> {
-    if let Some(kv) = with_isolate(env, |i| i.deny_list.clone()) {
-        return Ok(kv);
-    }
-    let kv = env.kv(DENYLIST_BINDING).map_err(|e| e.to_string())?;
-    with_isolate(env, |i| i.deny_list = Some(kv.clone()));
-    Ok(kv)
+    env.kv(DENYLIST_BINDING).map_err(|e| e.to_string())
 }
 
 fn now_seconds() -> i64 {
@@ -131,8 +131,30 @@ fn now_seconds() -> i64 {
 }
 
 /// One JSON log line; never token contents.
-fn log(line: serde_json::Value) {
-    console_log!("{line}");
+fn log(line: impl serde::Serialize) {
+    match serde_json::to_string(&line) {
+        Ok(line) => console_log!("{line}"),
+        Err(e) => console_error!(
+            "{}",
+            json!({"event": "log_unwritable", "error": e.to_string()})
+        ),
+    }
+}
+
+/// The line every request leaves in the Workers log (ops/metrics.md), written straight from
+/// borrowed fields: the hot path builds no JSON tree for it.
+#[derive(Debug, serde::Serialize)]
+struct RequestLine<'a> {
+    event: &'static str,
+    verdict: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kid: Option<&'a str>,
+    method: &'a str,
+    path: &'a str,
 }
 
 fn json_response(status: u16, body: &serde_json::Value) -> worker::Result<Response> {
@@ -160,26 +182,52 @@ fn unreachable_response() -> Response {
     Response::builder().with_status(500).empty()
 }
 
-// The runtime's own Request and Response types, not workers-rs's wrappers: the hot path never
-// converts a request or re-wraps the upstream's response (each a walk over headers across the
-// Rust/JS boundary). Local answers are built with workers-rs and converted once.
-#[event(fetch)]
-async fn fetch(
-    request: web_sys::Request,
-    env: Env,
-    ctx: Context,
-) -> worker::Result<web_sys::Response> {
-    match handle(request, &env, &ctx).await {
-        Ok(response) => Ok(response),
-        Err(e) => Ok(internal_error("fetch", &e).into()),
+/// What the fetch handler answers: a response made here, or the upstream's, still on its way.
+#[derive(Debug)]
+enum Answer {
+    Here(web_sys::Response),
+    /// Handed to the runtime as a promise, which it follows, instead of awaited in Rust: one trip
+    /// fewer through wasm-bindgen's executor per request (bench-results/worker.md).
+    Upstream(js_sys::Promise),
+}
+
+impl From<Response> for Answer {
+    fn from(response: Response) -> Self {
+        Answer::Here(response.into())
     }
 }
 
-async fn handle(
+impl From<Answer> for JsValue {
+    fn from(answer: Answer) -> Self {
+        match answer {
+            Answer::Here(response) => response.into(),
+            Answer::Upstream(promise) => promise.into(),
+        }
+    }
+}
+
+// What `#[event(fetch)]` generates, written out so that it can answer with a promise. The
+// runtime's own Request and Response types, not workers-rs's wrappers: the hot path never
+// converts a request or re-wraps the upstream's response (each a walk over headers across the
+// Rust/JS boundary). Local answers are built with workers-rs and converted once.
+#[wasm_bindgen(
+    wasm_bindgen = worker::wasm_bindgen,
+    wasm_bindgen_futures = worker::wasm_bindgen_futures,
+    js_sys = worker::js_sys
+)]
+pub async fn fetch(
     request: web_sys::Request,
-    env: &Env,
-    ctx: &Context,
-) -> worker::Result<web_sys::Response> {
+    env: Env,
+    ctx: worker::worker_sys::Context,
+) -> Result<JsValue, JsValue> {
+    let ctx = Context::new(ctx);
+    Ok(match handle(request, &env, &ctx).await {
+        Ok(answer) => answer.into(),
+        Err(e) => Answer::from(internal_error("fetch", &e)).into(),
+    })
+}
+
+async fn handle(request: web_sys::Request, env: &Env, ctx: &Context) -> worker::Result<Answer> {
     let settings = match with_isolate(env, |i| i.settings.clone()) {
         Ok(settings) => settings,
         Err(problem) => return Ok(internal_error("configuration", &problem).into()),
@@ -226,19 +274,31 @@ async fn handle(
     };
     match verdict {
         Verdict::Deny(denial) => {
-            log(json!({
-                "event": "request", "verdict": "deny", "reason": denial.reason.code(),
-                "status": denial.status(), "method": method, "path": path_only,
-            }));
+            log(RequestLine {
+                event: "request",
+                verdict: "deny",
+                reason: Some(denial.reason.code()),
+                status: Some(denial.status()),
+                kid: None,
+                method: &method,
+                path: &path_only,
+            });
             deny_response(&denial, &settings).map(Into::into)
         }
         Verdict::Allow(allowed) => {
-            log(json!({
-                "event": "request", "verdict": "allow",
-                "kid": allowed.token.as_ref().and_then(|t| t.header().kid.clone()),
-                "method": method, "path": path_only,
-            }));
-            forward(request, &allowed, &settings, &path).await
+            log(RequestLine {
+                event: "request",
+                verdict: "allow",
+                reason: None,
+                status: None,
+                kid: allowed
+                    .token
+                    .as_ref()
+                    .and_then(|t| t.header().kid.as_deref()),
+                method: &method,
+                path: &path_only,
+            });
+            forward(env, request, &method, &allowed, &settings, &path)
         }
     }
 }
@@ -313,22 +373,18 @@ async fn verify_natively(
     check: &SignatureCheck,
     keys: &KeyRing,
 ) -> Result<bool, String> {
-    let id = (*check.key_thumbprint(), check.algorithm());
-    let key = match with_isolate(env, |i| i.crypto_keys.get(&id).cloned()) {
-        Some(key) => key,
+    let started = match with_isolate(env, |i| i.web_crypto.start_verify(check)) {
+        Some(started) => started,
         None => {
             let key = webcrypto::import(check, keys).await?;
             with_isolate(env, |i| {
-                // A rotation's worth of keys at most: past that, old imports are dropped.
-                if i.crypto_keys.len() >= 16 {
-                    i.crypto_keys.clear();
-                }
-                i.crypto_keys.insert(id, key.clone());
-            });
-            key
+                i.web_crypto.insert(check, key);
+                i.web_crypto.start_verify(check)
+            })
+            .ok_or("the imported key is not kept")?
         }
     };
-    webcrypto::verify(check, &key).await
+    webcrypto::verified(started?).await
 }
 
 fn deny_response(denial: &Denial, settings: &Settings) -> worker::Result<Response> {
@@ -343,28 +399,30 @@ fn deny_response(denial: &Denial, settings: &Settings) -> worker::Result<Respons
 
 /// Proxies an allowed request: client-supplied identity removed, verified identity set, the body
 /// streamed through untouched, the upstream's answer returned as it is.
-async fn forward(
+fn forward(
+    env: &Env,
     request: web_sys::Request,
+    method: &str,
     allowed: &Allowed,
     settings: &Settings,
     path: &str,
-) -> worker::Result<web_sys::Response> {
+) -> worker::Result<Answer> {
     let changes = &allowed.header_changes;
-    // A copy made by the runtime in one call; only the few changes cross from Wasm.
+    // A copy made by the runtime in one call; only the few changes cross from Wasm, their names
+    // interned (sent once, then reused).
     let headers = web_sys::Headers::new_with_headers(&request.headers())?;
     for name in HOP_BY_HOP
         .iter()
         .copied()
         .chain(changes.remove.iter().map(String::as_str))
     {
-        headers.delete(name)?;
+        headers.delete(intern(name))?;
     }
     for (name, value) in &changes.set {
-        headers.set(name, value)?;
+        headers.set(intern(name), value)?;
     }
-    let method = request.method();
     let init = web_sys::RequestInit::new();
-    init.set_method(&method);
+    init.set_method(intern(method));
     init.set_headers(&headers);
     init.set_redirect(web_sys::RequestRedirect::Manual);
     if method != "GET" && method != "HEAD" {
@@ -372,27 +430,28 @@ async fn forward(
             init.set_body(&body);
         }
     }
-    let upstream = web_sys::Request::new_with_str_and_init(
-        &format!("{}{path}", settings.upstream_url),
-        &init,
-    )?;
+    // `fetch(url, init)`, not `fetch(new Request(url, init))`: the runtime builds one request
+    // and copies the headers once.
     let sent = js_sys::global()
         .unchecked_into::<web_sys::WorkerGlobalScope>()
-        .fetch_with_request(&upstream);
-    match JsFuture::from(sent).await {
-        Ok(response) => Ok(response.unchecked_into()),
-        Err(e) => {
-            console_error!(
-                "{}",
-                json!({"event": "upstream_error", "error": format!("{e:?}")})
-            );
-            json_response(
-                502,
-                &json!({"error": "bad_gateway", "error_description": "The upstream did not answer"}),
-            )
-            .map(Into::into)
-        }
-    }
+        .fetch_with_str_and_init(&format!("{}{path}", settings.upstream_url), &init);
+    Ok(Answer::Upstream(with_isolate(env, |i| {
+        sent.catch_map(&i.upstream_failed)
+    })))
+}
+
+/// The answer when the upstream could not be reached, made once per isolate.
+fn upstream_failed() -> Closure<dyn FnMut(JsValue) -> Result<JsValue, JsError>> {
+    Closure::new(|error: JsValue| {
+        console_error!(
+            "{}",
+            json!({"event": "upstream_error", "error": format!("{error:?}")})
+        );
+        let body =
+            json!({"error": "bad_gateway", "error_description": "The upstream did not answer"});
+        let response = json_response(502, &body).unwrap_or_else(|_| unreachable_response());
+        Ok(web_sys::Response::from(response).into())
+    })
 }
 
 /// The deny-list's answer for a valid token: the isolate's memory, else Workers KV.
@@ -406,9 +465,11 @@ async fn revocation_answer(
     let user = check.subject().map(user_key);
     // A listed token stays listed until it expires; the rest is trusted for the cache time.
     let token_exp = check.token().claims().exp.unwrap_or(now);
-    let (jti, user) = futures_util::future::join(
-        deny_list_entry(env, settings, jti.as_deref(), now, token_exp),
-        deny_list_entry(env, settings, user.as_deref(), now, now),
+    let [jti, user] = deny_list_entries(
+        env,
+        settings,
+        [(jti.as_deref(), token_exp), (user.as_deref(), now)],
+        now,
     )
     .await;
     RevocationAnswer {
@@ -425,53 +486,81 @@ async fn revocation_answer(
     }
 }
 
-/// The deny-list's value under `key` (none: nothing listed), from the isolate's memory or KV.
-/// A `jti:` entry reads as `Some(0)`, a `user:` entry as its watermark. A listed value is
-/// remembered until `listed_until` if that is later than the cache time.
-async fn deny_list_entry(
+/// The deny-list's values under `keys` (none: nothing listed), each with the time a listed value
+/// is remembered until if that is later than the cache time. A `jti:` entry reads as `Some(0)`, a
+/// `user:` entry as its watermark. What the isolate does not remember comes from one KV bulk read:
+/// one round trip, billed per key like single reads.
+async fn deny_list_entries<const N: usize>(
     env: &Env,
     settings: &Settings,
-    key: Option<&str>,
+    keys: [(Option<&str>, i64); N],
     now: i64,
-    listed_until: i64,
-) -> Result<Option<i64>, ()> {
-    let Some(key) = key else {
-        return Ok(None);
-    };
-    if let Some(value) = with_isolate(env, |i| i.denied.get(key, now)) {
-        return Ok(value);
+) -> [Result<Option<i64>, ()>; N] {
+    let mut values = keys.map(|(key, _)| match key {
+        None => Some(Ok(None)),
+        Some(key) => with_isolate(env, |i| i.denied.get(key, now)).map(Ok),
+    });
+    let missing: Vec<&str> = keys
+        .iter()
+        .zip(&values)
+        .filter(|(_, value)| value.is_none())
+        .filter_map(|((key, _), _)| *key)
+        .collect();
+    if missing.is_empty() {
+        return values.map(|value| value.unwrap_or(Err(())));
     }
-    let read = match deny_list(env) {
-        Ok(kv) => kv.get(key).text().await.map_err(|e| e.to_string()),
+    let kv = match with_isolate(env, |i| i.deny_list.clone()) {
+        Some(kv) => Ok(kv),
+        None => KvNamespace::from_env(env, DENYLIST_BINDING)
+            .inspect(|kv| with_isolate(env, |i| i.deny_list = Some(kv.clone()))),
+    };
+    let read = match kv {
+        Ok(kv) => kv.read(&missing).await,
         Err(e) => Err(e),
     };
-    let value = match read {
-        Ok(None) => None,
-        // A revoked jti is stored as "1"; a watermark as its time.
-        Ok(Some(_)) if key.starts_with("jti:") => Some(0),
-        Ok(Some(text)) => match text.trim().parse::<i64>() {
-            Ok(through) => Some(through),
-            Err(_) => {
-                console_error!("{}", json!({"event": "denylist_unreadable", "key": key}));
-                return Err(());
-            }
-        },
+    let read = match read {
+        Ok(read) => read,
         Err(error) => {
             console_error!(
                 "{}",
                 json!({"event": "denylist_unavailable", "error": error})
             );
-            return Err(());
+            return values.map(|value| value.unwrap_or(Err(())));
         }
     };
     let cached_until = now + i64::from(settings.deny_cache_seconds);
-    let until = if value.is_some() {
-        listed_until.max(cached_until)
-    } else {
-        cached_until
-    };
-    with_isolate(env, |i| i.denied.insert(key, value, until, now));
-    Ok(value)
+    let mut read = read.into_iter();
+    for ((key, listed_until), value) in keys.iter().zip(values.iter_mut()) {
+        let (Some(key), None) = (key, value.as_ref()) else {
+            continue;
+        };
+        let entry = deny_list_value(key, read.next().flatten());
+        if let Ok(entry) = entry {
+            let until = if entry.is_some() {
+                (*listed_until).max(cached_until)
+            } else {
+                cached_until
+            };
+            // With no cache time (DENY_CACHE_SECONDS = 0) only a revoked jti is remembered.
+            if until > now {
+                with_isolate(env, |i| i.denied.insert(key, entry, until, now));
+            }
+        }
+        *value = Some(entry);
+    }
+    values.map(|value| value.unwrap_or(Err(())))
+}
+
+/// What a deny-list entry's stored text means: a revoked `jti` is stored as "1", a watermark as
+/// its time.
+fn deny_list_value(key: &str, text: Option<String>) -> Result<Option<i64>, ()> {
+    match text {
+        None => Ok(None),
+        Some(_) if key.starts_with("jti:") => Ok(Some(0)),
+        Some(text) => text.trim().parse::<i64>().map(Some).map_err(|_| {
+            console_error!("{}", json!({"event": "denylist_unreadable", "key": key}));
+        }),
+    }
 }
 
 /// The keys for this request. Keys past freshness but still usable answer at once while their

@@ -13,14 +13,70 @@ use base64ct::{Base64UrlUnpadded, Encoding as _};
 use edgeauth_core::{Algorithm, KeyRing, PublicKey, SignatureCheck, Thumbprint};
 use web_sys::{CryptoKey, SubtleCrypto, WorkerGlobalScope};
 use worker::{
-    js_sys::{self, Array, Object, Reflect, Uint8Array},
+    js_sys::{self, Array, Object, Promise, Reflect, Uint8Array},
     wasm_bindgen::{JsCast as _, JsValue},
     wasm_bindgen_futures::JsFuture,
 };
 
-/// Imported keys of this isolate, by key and algorithm (an RSA key may serve RS256 and PS256,
-/// and WebCrypto binds each imported key to one).
-pub type ImportedKeys = HashMap<(Thumbprint, Algorithm), CryptoKey>;
+/// What an isolate keeps of WebCrypto: `crypto.subtle`, each algorithm's parameters and the
+/// imported keys, each looked up or built once. A verification is started while the isolate's
+/// state is borrowed (no handle is cloned out, which would cost a call into JavaScript each) and
+/// awaited after.
+#[derive(Debug, Default)]
+pub struct WebCrypto {
+    subtle: Option<SubtleCrypto>,
+    parameters: HashMap<Algorithm, Object>,
+    /// By key and algorithm: an RSA key may serve RS256 and PS256, and WebCrypto binds each
+    /// imported key to one.
+    keys: HashMap<(Thumbprint, Algorithm), CryptoKey>,
+}
+
+/// A rotation's worth of keys at most: past that, old imports are dropped.
+const MAX_IMPORTED_KEYS: usize = 16;
+
+impl WebCrypto {
+    /// Starts checking `check`'s signature; `None` when its key is not imported yet.
+    pub fn start_verify(&mut self, check: &SignatureCheck) -> Option<Result<Promise, String>> {
+        let key = self.keys.get(&key_id(check))?;
+        let subtle = match &self.subtle {
+            Some(subtle) => subtle,
+            None => match subtle() {
+                Ok(subtle) => self.subtle.insert(subtle),
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        let alg = check.algorithm();
+        let parameters = match self.parameters.get(&alg) {
+            Some(parameters) => parameters,
+            None => match parameters(alg) {
+                Ok(parameters) => self.parameters.entry(alg).or_insert(parameters),
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        Some(
+            subtle
+                .verify_with_object_and_u8_array_and_u8_array(
+                    parameters,
+                    key,
+                    check.signature(),
+                    check.signing_input(),
+                )
+                .map_err(describe),
+        )
+    }
+
+    /// Keeps the key imported for `check`.
+    pub fn insert(&mut self, check: &SignatureCheck, key: CryptoKey) {
+        if self.keys.len() >= MAX_IMPORTED_KEYS {
+            self.keys.clear();
+        }
+        self.keys.insert(key_id(check), key);
+    }
+}
+
+fn key_id(check: &SignatureCheck) -> (Thumbprint, Algorithm) {
+    (*check.key_thumbprint(), check.algorithm())
+}
 
 fn subtle() -> Result<SubtleCrypto, String> {
     js_sys::global()
@@ -30,7 +86,8 @@ fn subtle() -> Result<SubtleCrypto, String> {
         .map_err(describe)
 }
 
-fn describe(error: JsValue) -> String {
+/// A JavaScript exception's message, for logs.
+pub(crate) fn describe(error: JsValue) -> String {
     error
         .as_string()
         .or_else(|| {
@@ -113,16 +170,8 @@ pub async fn import(check: &SignatureCheck, keys: &KeyRing) -> Result<CryptoKey,
     import_key(&subtle()?, &public, check.algorithm()).await
 }
 
-/// Whether the signature verifies under `key`.
-pub async fn verify(check: &SignatureCheck, key: &CryptoKey) -> Result<bool, String> {
-    let promise = subtle()?
-        .verify_with_object_and_u8_array_and_u8_array(
-            &parameters(check.algorithm())?,
-            key,
-            check.signature(),
-            check.signing_input(),
-        )
-        .map_err(describe)?;
+/// Whether the signature verifies, once WebCrypto answers a started verification.
+pub async fn verified(promise: Promise) -> Result<bool, String> {
     let answer = JsFuture::from(promise).await.map_err(describe)?;
     answer
         .as_bool()
