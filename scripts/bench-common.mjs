@@ -1,6 +1,7 @@
 // What the Worker and Envoy benchmarks share: keys and one token per algorithm as the origin
 // would issue them, and a wrk run against one URL.
-import { execFile } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
+import { availableParallelism } from "node:os";
 import { promisify } from "node:util";
 import { SignJWT, exportJWK, generateKeyPair } from "jose";
 
@@ -30,15 +31,28 @@ export async function issueTokens(issuer, audience) {
 
 // wrk, 1 thread, 8 connections, for `seconds`, with `token` as a bearer token: requests per
 // second and the count of non-2xx answers. Asynchronous: a benchmark's Node process may be
-// serving part of the runtime (Miniflare's KV) while wrk runs.
-export async function wrk(url, token, seconds) {
-  const { stdout: output } = await promisify(execFile)(
-    "wrk",
-    ["-t1", "-c8", `-d${seconds}s`, "-H", `authorization: Bearer ${token}`, url],
-    { encoding: "utf8" },
-  );
+// serving part of the runtime (Miniflare's KV) while wrk runs. With `cpu`, wrk runs on that CPU
+// alone (see pinServer).
+export async function wrk(url, token, seconds, cpu) {
+  const command = ["wrk", "-t1", "-c8", `-d${seconds}s`, "-H", `authorization: Bearer ${token}`, url];
+  const pinned = cpu === undefined ? command : ["taskset", "-c", String(cpu), ...command];
+  const { stdout: output } = await promisify(execFile)(pinned[0], pinned.slice(1), {
+    encoding: "utf8",
+  });
   const rps = Number(/Requests\/sec:\s+([0-9.]+)/.exec(output)?.[1]);
   const errors = /Non-2xx or 3xx responses: (\d+)/.exec(output)?.[1] ?? "0";
   if (!Number.isFinite(rps)) throw new Error(`wrk printed no rate:\n${output}`);
   return { rps, errors: Number(errors) };
+}
+
+// On a machine of two or more CPUs, moves the server process `pid` (every thread) to the last
+// CPU and this Node process to the first, and returns the first for wrk: the load generator and
+// the server then stop taking turns on one core, which otherwise moves figures by ±10% from run
+// to run. Returns undefined (nothing pinned) on one CPU.
+export function pinServer(pid) {
+  const cpus = availableParallelism();
+  if (cpus < 2) return undefined;
+  execFileSync("taskset", ["-a", "-p", "-c", String(cpus - 1), String(pid)], { stdio: "ignore" });
+  execFileSync("taskset", ["-a", "-p", "-c", "0", String(process.pid)], { stdio: "ignore" });
+  return 0;
 }
