@@ -136,6 +136,8 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
 pub struct Switches {
     /// The origin's JWKS answers 503.
     pub jwks_down: AtomicBool,
+    /// The origin's JWKS answers nothing for a minute (a hung origin).
+    pub jwks_hangs: AtomicBool,
     /// Pushes from the origin to the Worker are dropped (answered 200, never delivered).
     pub drop_pushes: AtomicBool,
     /// Every JWKS the edge was served: when (Unix milliseconds), and the document.
@@ -169,6 +171,11 @@ async fn relay(State(state): State<RelayState>, request: Request) -> Response {
             None => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
         }
     } else {
+        if path.starts_with("/.well-known/jwks.json")
+            && state.switches.jwks_hangs.load(Ordering::SeqCst)
+        {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
         if path.starts_with("/.well-known/jwks.json")
             && state.switches.jwks_down.load(Ordering::SeqCst)
         {

@@ -1,7 +1,10 @@
 //! What only the Worker has: the push route for revocations and the Cron Trigger that repairs a
 //! lost push. The scenarios every edge shares are in `edge.rs`.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
 
 use edgeauth_e2e::{send, Stack, StackOptions, DENY_CACHE_SECONDS};
 
@@ -10,10 +13,7 @@ async fn a_lost_push_is_repaired_by_the_cron_pull() {
     let stack = Stack::start().await;
     let token = stack.login().await;
     assert_eq!(stack.get("/orders", Some(&token)).await.status, 200);
-    stack
-        .switches
-        .drop_pushes
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    stack.switches.drop_pushes.store(true, Ordering::SeqCst);
     stack.logout(&token).await;
     tokio::time::sleep(Duration::from_secs(DENY_CACHE_SECONDS + 1)).await;
     // The push was lost: nothing told the edge yet.
@@ -79,4 +79,35 @@ async fn an_unreachable_upstream_gets_a_json_502() {
     // The isolate's one handler serves every failure, and the Worker keeps answering.
     assert_eq!(stack.get("/orders", Some(&token)).await.status, 502);
     assert_eq!(stack.get("/orders", None).await.status, 401);
+}
+
+/// A JWKS fetch that gets no answer is given up at `FETCH_TIMEOUT_MS`: a fresh Worker answers
+/// 503 with `Retry-After` then, instead of holding the client until the origin answers.
+#[tokio::test]
+async fn a_hung_jwks_fetch_is_given_up_at_the_deadline() {
+    let stack = Stack::start_with(StackOptions {
+        jwks_down_at_start: true,
+        vars: vec![("FETCH_TIMEOUT_MS".to_string(), "1000".to_string())],
+        ..StackOptions::default()
+    })
+    .await;
+    let token = stack.login().await;
+    stack.switches.jwks_hangs.store(true, Ordering::SeqCst);
+    stack.switches.jwks_down.store(false, Ordering::SeqCst);
+    let started = Instant::now();
+    let answer = stack.get("/orders", Some(&token)).await;
+    let waited = started.elapsed();
+    assert_eq!(
+        (answer.status, answer.json["reason"].as_str()),
+        (503, Some("keys_unavailable")),
+        "{}",
+        stack.edge_log()
+    );
+    assert!(answer.header("retry-after").is_some());
+    // The deadline, not the origin's minute; generous above it for a loaded machine.
+    assert!(
+        waited < Duration::from_secs(20),
+        "answered after {waited:?}"
+    );
+    stack.expect_edge_log("no answer within 1000 ms").await;
 }

@@ -13,19 +13,23 @@
 //! `revocation.on_unavailable`) or an internal error answers with a JSON 5xx and a log line, and
 //! the Worker never calls `pass_through_on_exception`.
 
-use std::{cell::RefCell, rc::Rc, time::Duration};
+use std::{
+    cell::RefCell,
+    future::Future as _,
+    rc::Rc,
+    task::{Poll, Waker},
+};
 
 use edgeauth_core::{
     authorize_deferred, freshness_seconds, verify_revocation, Allowed, Deferred, Denial,
     DenyListStatus, DenyReason, FeedPage, KeyCache, KeyRing, Revocation, RevocationAnswer,
     RevocationCheck, RevocationError, SignatureCheck, Step, TokenCache, Verdict, WatermarkStatus,
 };
-use futures_util::future::{select, Either};
 use serde_json::json;
 use worker::{
     console_error, console_log, event, js_sys,
     wasm_bindgen::{intern, prelude::*},
-    web_sys, Cache, Context, Date, Delay, Env, Fetch, Headers, KvStore, Method, Request,
+    web_sys, AbortSignal, Cache, Context, Date, Env, Fetch, Headers, KvStore, Method, Request,
     RequestInit, Response, ScheduleContext, ScheduledEvent,
 };
 
@@ -206,25 +210,39 @@ impl From<Answer> for JsValue {
     }
 }
 
-// What `#[event(fetch)]` generates, written out so that it can answer with a promise. The
-// runtime's own Request and Response types, not workers-rs's wrappers: the hot path never
+// The fetch export `#[event(fetch)]` would generate, written out so that it can answer at once.
+// The runtime's own Request and Response types, not workers-rs's wrappers: the hot path never
 // converts a request or re-wraps the upstream's response (each a walk over headers across the
 // Rust/JS boundary). Local answers are built with workers-rs and converted once.
+//
+// The request runs in this call: when nothing in it has to wait (the deployed hot path: keys
+// fresh, the token's verification and deny-list answers remembered), its answer, a response or
+// the upstream's promise, is returned as it is, with no trip through wasm-bindgen's executor.
+// Otherwise the started request goes to the executor, which polls it again with a real waker;
+// every future in it is a `JsFuture` (or a workers-rs call awaiting one), which keeps the waker
+// of its latest poll as `Future` requires, so the first poll's no-op waker is never the one woken.
 #[wasm_bindgen(
     wasm_bindgen = worker::wasm_bindgen,
     wasm_bindgen_futures = worker::wasm_bindgen_futures,
     js_sys = worker::js_sys
 )]
-pub async fn fetch(
-    request: web_sys::Request,
-    env: Env,
-    ctx: worker::worker_sys::Context,
-) -> Result<JsValue, JsValue> {
-    let ctx = Context::new(ctx);
-    Ok(match handle(request, &env, &ctx).await {
-        Ok(answer) => answer.into(),
-        Err(e) => Answer::from(internal_error("fetch", &e)).into(),
-    })
+pub fn fetch(request: web_sys::Request, env: Env, ctx: worker::worker_sys::Context) -> JsValue {
+    let mut answer = Box::pin(async move {
+        let ctx = Context::new(ctx);
+        match handle(request, &env, &ctx).await {
+            Ok(answer) => JsValue::from(answer),
+            Err(e) => Answer::from(internal_error("fetch", &e)).into(),
+        }
+    });
+    match answer
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(answer) => answer,
+        Poll::Pending => {
+            worker::wasm_bindgen_futures::future_to_promise(async move { Ok(answer.await) }).into()
+        }
+    }
 }
 
 async fn handle(request: web_sys::Request, env: &Env, ctx: &Context) -> worker::Result<Answer> {
@@ -620,18 +638,19 @@ async fn current_keys(
     with_isolate(env, |i| i.keys.usable(now, settings.keys_max_stale))
 }
 
-/// Fetches with the configured deadline.
+/// Fetches with the configured deadline (`AbortSignal.timeout`, which also bounds reading the
+/// body).
 async fn fetch_with_deadline(request: Request, settings: &Settings) -> Result<Response, String> {
-    let fetch = Fetch::Request(request);
-    let fetch = Box::pin(fetch.send());
-    let deadline = Box::pin(Delay::from(Duration::from_millis(u64::from(
+    let deadline = AbortSignal::from(web_sys::AbortSignal::timeout_with_u32(
         settings.fetch_timeout_ms,
-    ))));
-    let outcome = match select(fetch, deadline).await {
-        Either::Left((result, _)) => result.map_err(|e| e.to_string()),
-        Either::Right(_) => Err(format!("no answer within {} ms", settings.fetch_timeout_ms)),
-    };
-    outcome
+    ));
+    Fetch::Request(request)
+        .send_with_signal(&deadline)
+        .await
+        .map_err(|e| match deadline.aborted() {
+            true => format!("no answer within {} ms", settings.fetch_timeout_ms),
+            false => e.to_string(),
+        })
 }
 
 /// The origin's keys: from the Cache API copy another isolate stored, when allowed and fresh,
