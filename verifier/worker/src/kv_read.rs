@@ -13,7 +13,7 @@ use worker::{
     Env,
 };
 
-use crate::webcrypto::describe;
+use crate::describe;
 
 #[wasm_bindgen]
 extern "C" {

@@ -89,7 +89,7 @@ struct Isolate {
     denied: DenyCache,
     web_crypto: webcrypto::WebCrypto,
     /// The `DENYLIST` binding as the hot path reads it, looked up once.
-    deny_list: Option<KvNamespace>,
+    deny_list: Result<KvNamespace, String>,
     /// The one rejection handler every forwarded request's promise gets (`upstream_failed()`).
     upstream_failed: Closure<dyn FnMut(JsValue) -> Result<JsValue, JsError>>,
 }
@@ -117,7 +117,7 @@ fn with_isolate<T>(env: &Env, f: impl FnOnce(&mut Isolate) -> T) -> T {
                 tokens: TokenCache::new(cache_entries),
                 denied: DenyCache::default(),
                 web_crypto: webcrypto::WebCrypto::default(),
-                deny_list: None,
+                deny_list: KvNamespace::from_env(env, DENYLIST_BINDING),
                 upstream_failed: upstream_failed(),
             }
         });
@@ -128,6 +128,18 @@ fn with_isolate<T>(env: &Env, f: impl FnOnce(&mut Isolate) -> T) -> T {
 /// The deny-list's KV namespace, for writes and the cron's cursor.
 fn deny_list(env: &Env) -> Result<KvStore, String> {
     env.kv(DENYLIST_BINDING).map_err(|e| e.to_string())
+}
+
+/// A JavaScript exception's message, for logs.
+fn describe(error: JsValue) -> String {
+    error
+        .as_string()
+        .or_else(|| {
+            js_sys::Reflect::get(&error, &"message".into())
+                .ok()
+                .and_then(|m| m.as_string())
+        })
+        .unwrap_or_else(|| "a JavaScript exception".to_string())
 }
 
 fn now_seconds() -> i64 {
@@ -463,7 +475,7 @@ fn upstream_failed() -> Closure<dyn FnMut(JsValue) -> Result<JsValue, JsError>> 
     Closure::new(|error: JsValue| {
         console_error!(
             "{}",
-            json!({"event": "upstream_error", "error": format!("{error:?}")})
+            json!({"event": "upstream_error", "error": describe(error)})
         );
         let body =
             json!({"error": "bad_gateway", "error_description": "The upstream did not answer"});
@@ -527,12 +539,7 @@ async fn deny_list_entries<const N: usize>(
     if missing.is_empty() {
         return values.map(|value| value.unwrap_or(Err(())));
     }
-    let kv = match with_isolate(env, |i| i.deny_list.clone()) {
-        Some(kv) => Ok(kv),
-        None => KvNamespace::from_env(env, DENYLIST_BINDING)
-            .inspect(|kv| with_isolate(env, |i| i.deny_list = Some(kv.clone()))),
-    };
-    let read = match kv {
+    let read = match with_isolate(env, |i| i.deny_list.clone()) {
         Ok(kv) => kv.read(&missing).await,
         Err(e) => Err(e),
     };

@@ -18,6 +18,8 @@ use worker::{
     wasm_bindgen_futures::JsFuture,
 };
 
+use crate::describe;
+
 /// What an isolate keeps of WebCrypto: `crypto.subtle`, each algorithm's parameters and the
 /// imported keys, each looked up or built once. A verification is started while the isolate's
 /// state is borrowed (no handle is cloned out, which would cost a call into JavaScript each) and
@@ -84,18 +86,6 @@ fn subtle() -> Result<SubtleCrypto, String> {
         .crypto()
         .map(|crypto| crypto.subtle())
         .map_err(describe)
-}
-
-/// A JavaScript exception's message, for logs.
-pub(crate) fn describe(error: JsValue) -> String {
-    error
-        .as_string()
-        .or_else(|| {
-            Reflect::get(&error, &"message".into())
-                .ok()
-                .and_then(|m| m.as_string())
-        })
-        .unwrap_or_else(|| "a JavaScript exception".to_string())
 }
 
 fn object(fields: &[(&str, JsValue)]) -> Result<Object, String> {
