@@ -64,11 +64,13 @@ pub enum WatermarkStatus {
     Unavailable,
 }
 
-/// Both answers a host gives.
+/// The three answers a host gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RevocationAnswer {
     /// About the token's `jti`.
     pub jti: DenyListStatus,
+    /// About its session (`sid`): a logout or a session ended revokes every token of it.
+    pub session: DenyListStatus,
     /// About its `sub`.
     pub user: WatermarkStatus,
 }
@@ -77,6 +79,7 @@ impl RevocationAnswer {
     /// Nothing revoked: what an empty deny-list says.
     pub const CLEAR: Self = Self {
         jti: DenyListStatus::NotListed,
+        session: DenyListStatus::NotListed,
         user: WatermarkStatus::None,
     };
 }
@@ -94,6 +97,11 @@ impl RevocationCheck {
         self.token.claims().jti.as_deref()
     }
 
+    /// The token's session (`sid`), to look up.
+    pub fn session(&self) -> Option<&str> {
+        self.token.claims().sid.as_deref()
+    }
+
     /// The token's `sub`, whose watermark to look up.
     pub fn subject(&self) -> Option<&str> {
         self.token.claims().sub.as_deref()
@@ -108,7 +116,7 @@ impl RevocationCheck {
     /// unavailable half; an unavailable answer follows `revocation.on_unavailable`.
     pub fn finish(self, answer: RevocationAnswer, policy: &Policy) -> Verdict {
         let claims = self.token.claims();
-        if answer.jti == DenyListStatus::Listed {
+        if answer.jti == DenyListStatus::Listed || answer.session == DenyListStatus::Listed {
             return Verdict::Deny(DenyReason::TokenRevoked.into());
         }
         if let WatermarkStatus::RevokedThrough(watermark) = answer.user {
@@ -118,6 +126,7 @@ impl RevocationCheck {
             }
         }
         let unavailable = answer.jti == DenyListStatus::Unavailable
+            || answer.session == DenyListStatus::Unavailable
             || answer.user == WatermarkStatus::Unavailable;
         if unavailable && policy.on_revocation_unavailable == OnUnavailable::Deny {
             return Verdict::Deny(DenyReason::RevocationUnavailable.into());

@@ -18,6 +18,7 @@ use crate::key_ring::KeyRing;
 #[derive(Debug, Default)]
 pub struct KeyCache {
     ring: Option<Rc<KeyRing>>,
+    fetched_at: i64,
     fresh_until: i64,
     last_attempt: Option<i64>,
     last_forced: Option<i64>,
@@ -56,10 +57,21 @@ impl KeyCache {
         }
     }
 
-    /// A fetch succeeded: these keys are fresh until `fresh_until`.
-    pub fn store(&mut self, ring: Rc<KeyRing>, fresh_until: i64) {
+    /// A fetch made at `fetched_at` succeeded: these keys are fresh until `fresh_until`. An
+    /// older answer than the keys held (a slow call overtaken by a later one) is ignored.
+    pub fn store(&mut self, ring: Rc<KeyRing>, fetched_at: i64, fresh_until: i64) {
+        if self.ring.is_some() && fetched_at < self.fetched_at {
+            return;
+        }
         self.ring = Some(ring);
+        self.fetched_at = fetched_at;
         self.fresh_until = fresh_until;
+    }
+
+    /// When the keys held were fetched (0: none yet): the feed reader's proof that a key it
+    /// waits for is not coming ([`crate::FeedReader`]).
+    pub fn fetched_at(&self) -> i64 {
+        self.fetched_at
     }
 }
 
@@ -112,7 +124,7 @@ mod tests {
         assert!(keys.fetch_due(1000, 30));
         assert!(keys.usable(1000, 600).is_none());
         keys.attempted(1000, false);
-        keys.store(ring(), 1300);
+        keys.store(ring(), 1000, 1300);
         assert!(!keys.fetch_due(1299, 30));
         assert!(keys.fetch_due(1300, 30));
     }
@@ -121,7 +133,7 @@ mod tests {
     fn stale_keys_serve_within_the_bound_while_fetches_fail() {
         let mut keys = KeyCache::default();
         keys.attempted(1000, false);
-        keys.store(ring(), 1300);
+        keys.store(ring(), 1000, 1300);
         // Expired; the fetch fails.
         keys.attempted(1300, false);
         assert!(keys.usable(1300, 600).is_some());
@@ -135,12 +147,24 @@ mod tests {
     fn refetches_for_unknown_kids_are_rate_limited_on_their_own() {
         let mut keys = KeyCache::default();
         keys.attempted(1000, false);
-        keys.store(ring(), 1300);
+        keys.store(ring(), 1000, 1300);
         // A rotation right after a scheduled fetch is still picked up at once.
         assert!(keys.may_force(1001, 30));
         keys.attempted(1001, true);
         assert!(!keys.may_force(1030, 30));
         assert!(keys.may_force(1031, 30));
+    }
+
+    #[test]
+    fn an_overtaken_answer_does_not_replace_newer_keys() {
+        let mut keys = KeyCache::default();
+        keys.store(ring(), 1010, 1310);
+        // A call started earlier answers later: its keys are older.
+        keys.store(ring(), 1005, 9999);
+        assert_eq!(keys.fetched_at(), 1010);
+        assert!(keys.fetch_due(1310, 30));
+        keys.store(ring(), 1320, 1620);
+        assert_eq!(keys.fetched_at(), 1320);
     }
 
     #[test]

@@ -43,7 +43,9 @@ extern crate alloc;
 mod alg;
 mod cache;
 mod config;
+mod deny_state;
 mod extract;
+mod feed_reader;
 mod gate;
 mod key_cache;
 mod key_ring;
@@ -56,7 +58,9 @@ mod verifier;
 pub use alg::Algorithm;
 pub use cache::{CacheStats, TokenCache};
 pub use config::{ConfigError, OnUnavailable, Policy, RawPolicy, RequiredClaim};
+pub use deny_state::{Applied, DenyState, Watermark};
 pub use extract::Headers;
+pub use feed_reader::{FeedNext, FeedRead, FeedReader, WaitingForKeys, FEED_PAGE_LIMIT};
 pub use gate::{
     authorize, authorize_deferred, Deferred, DenyListStatus, Request, RevocationAnswer,
     RevocationCheck, SignatureCheck, Step, WatermarkStatus,

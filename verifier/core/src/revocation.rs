@@ -3,11 +3,15 @@
 //!
 //! A message is a compact JWS with `typ: edgeauth-revocation+jwt` (RFC 8725 §3.11: its own type,
 //! so a message can never pass as an access token, nor an access token as a message). Two kinds:
-//! - `{"iss", "seq", "jti", "exp", "iat"}` (logout): the access token `jti` is revoked until `exp`,
-//!   the revoked token's own expiry, after which the entry is of no use;
-//! - `{"iss", "seq", "sub", "iat", "exp"}` without `jti` (revoke-all): every access token of `sub`
-//!   issued at or before `iat` is revoked; the entry matters until `exp`, when the last of them
-//!   has expired.
+//! - `{"iss", "seq", "jti", "exp", "iat"}`: the access token `jti` is revoked until `exp`, the
+//!   revoked token's own expiry, after which the entry is of no use;
+//! - `{"iss", "seq", "sid", "exp", "iat"}` without `jti` (logout, a session ended, refresh-token
+//!   reuse): every access token of session `sid` is revoked until `exp`, when the last one the
+//!   session was issued has expired. The session can mint no more (its refresh tokens are
+//!   refused in the same step), so one entry covers the tokens a thief refreshed too;
+//! - `{"iss", "seq", "sub", "iat", "exp"}` without `jti` or `sid` (revoke-all): every access token
+//!   of `sub` issued at or before `iat` is revoked; the entry matters until `exp`, when the last
+//!   of them has expired.
 
 use alloc::{string::String, vec::Vec};
 
@@ -41,14 +45,23 @@ pub struct FeedEntry {
     pub jws: String,
 }
 
-/// A revocation the origin signed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A revocation the origin signed. Serialised (tagged by `kind`) for hosts that hand checked
+/// revocations between their own threads or VMs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Revocation {
     /// One access token.
     Token {
         /// Its `jti`.
         jti: String,
         /// Until when it must be refused (the token's `exp`), seconds since the epoch.
+        expires_at: i64,
+    },
+    /// Every access token of one session.
+    Session {
+        /// The tokens' `sid`.
+        sid: String,
+        /// When the last token of the session has expired.
         expires_at: i64,
     },
     /// Every access token of one user issued at or before a moment: the answer to
@@ -67,8 +80,17 @@ impl Revocation {
     /// Until when the entry matters, seconds since the epoch (before leeway).
     pub fn expires_at(&self) -> i64 {
         match self {
-            Self::Token { expires_at, .. } | Self::User { expires_at, .. } => *expires_at,
+            Self::Token { expires_at, .. }
+            | Self::Session { expires_at, .. }
+            | Self::User { expires_at, .. } => *expires_at,
         }
+    }
+
+    /// Until when a deny-list must keep it: as long as a token it revokes can still pass, that
+    /// is its expiry plus the verifier's leeway (RFC 7519 §4.1.4). Kept any shorter, a revoked
+    /// token would work again in the last `leeway` seconds of its life.
+    pub fn holds_until(&self, leeway: i64) -> i64 {
+        self.expires_at().saturating_add(leeway)
     }
 }
 
@@ -109,18 +131,20 @@ pub fn verify_revocation(
     let Some(expires_at) = claims.exp else {
         return Err(invalid(DenyReason::MissingClaim, "exp"));
     };
-    let revocation = match (claims.jti, claims.sub, claims.iat) {
-        (Some(jti), _, _) if is_header_safe(&jti) => Revocation::Token { jti, expires_at },
-        (Some(_), _, _) => return Err(invalid(DenyReason::InvalidClaim, "jti")),
-        (None, Some(subject), Some(revoked_through)) if is_header_safe(&subject) => {
+    let revocation = match (claims.jti, claims.sid, claims.sub, claims.iat) {
+        (Some(jti), _, _, _) if is_header_safe(&jti) => Revocation::Token { jti, expires_at },
+        (Some(_), _, _, _) => return Err(invalid(DenyReason::InvalidClaim, "jti")),
+        (None, Some(sid), _, _) if is_header_safe(&sid) => Revocation::Session { sid, expires_at },
+        (None, Some(_), _, _) => return Err(invalid(DenyReason::InvalidClaim, "sid")),
+        (None, None, Some(subject), Some(revoked_through)) if is_header_safe(&subject) => {
             Revocation::User {
                 subject,
                 revoked_through,
                 expires_at,
             }
         }
-        (None, Some(_), Some(_)) => return Err(invalid(DenyReason::InvalidClaim, "sub")),
-        (None, _, _) => return Err(invalid(DenyReason::MissingClaim, "jti")),
+        (None, None, Some(_), Some(_)) => return Err(invalid(DenyReason::InvalidClaim, "sub")),
+        (None, None, _, _) => return Err(invalid(DenyReason::MissingClaim, "jti")),
     };
     // What it revokes is refused by its own `exp` from here on (leeway included).
     if expires_at.saturating_add(policy.leeway) <= now {

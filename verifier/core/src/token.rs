@@ -120,6 +120,10 @@ pub(crate) struct RawClaims {
     aud: Option<OneOrMany>,
     #[serde(default)]
     jti: Option<String>,
+    /// Any JSON value, so that a malformed `sid` is refused by name rather than as a malformed
+    /// payload.
+    #[serde(default)]
+    sid: Option<serde_json::Value>,
     #[serde(default)]
     scope: Option<ScopeClaim>,
     #[serde(default)]
@@ -137,6 +141,10 @@ pub struct Claims {
     pub aud: Vec<String>,
     /// `jti`: the deny-list key.
     pub jti: Option<String>,
+    /// `sid` (OpenID Connect Front-Channel Logout §3): the session the token belongs to, the
+    /// deny-list key of a logout. A `sid` that is not a string is kept as `Some("")`, which
+    /// validation refuses.
+    pub sid: Option<String>,
     /// Scopes, from a space-delimited `scope` or an array.
     pub scope: Vec<String>,
     /// Whether `scope` was present at all.
@@ -179,6 +187,10 @@ impl Claims {
             sub: raw.sub,
             aud,
             jti: raw.jti,
+            sid: raw.sid.map(|sid| match sid {
+                serde_json::Value::String(sid) => sid,
+                _ => String::new(),
+            }),
             scope,
             has_scope,
             amr: raw.amr.unwrap_or_default(),

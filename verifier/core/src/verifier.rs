@@ -366,6 +366,11 @@ fn validate_shared(
             return Err(Denial::claim(DenyReason::InvalidClaim, "jti"));
         }
     }
+    if let Some(sid) = &claims.sid {
+        if !is_header_safe(sid) {
+            return Err(Denial::claim(DenyReason::InvalidClaim, "sid"));
+        }
+    }
     if !claims.scope.iter().all(|s| is_scope_token(s)) {
         return Err(Denial::claim(DenyReason::InvalidClaim, "scope"));
     }

@@ -1,9 +1,9 @@
 //! Request-level behaviour: sources, routes, identity headers, the deny-list step, the cache.
 
 use edgeauth_core::{
-    authorize, authorize_deferred, Algorithm, Deferred, DenyListStatus, DenyReason, KeyRing,
-    Policy, PublicKey, Request, RevocationAnswer, SignatureCheck, Step, TokenCache, Verdict,
-    WatermarkStatus,
+    authorize, authorize_deferred, Algorithm, Deferred, DenyListStatus, DenyReason, DenyState,
+    KeyRing, Policy, PublicKey, Request, Revocation, RevocationAnswer, SignatureCheck, Step,
+    TokenCache, Verdict, WatermarkStatus,
 };
 use serde_json::json;
 
@@ -325,8 +325,10 @@ fn revocation_answers() {
         Some("3f1c2a9e-7b4d-4c1a-9e2f-0a1b2c3d4e5f")
     );
 
-    let ask =
-        |edge: &mut Edge, jti, user| edge.run("GET", "/", &h, NOW, RevocationAnswer { jti, user });
+    let ask = |edge: &mut Edge, jti, user| {
+        let session = DenyListStatus::NotListed;
+        edge.run("GET", "/", &h, NOW, RevocationAnswer { jti, session, user })
+    };
     use DenyListStatus as J;
     use WatermarkStatus as W;
     assert_eq!(
@@ -369,6 +371,54 @@ fn revocation_answers() {
 }
 
 #[test]
+fn a_revoked_session_refuses_every_token_of_it() {
+    let mut edge = Edge::new("");
+    let mut claims = good_claims();
+    claims["sid"] = json!("session-1");
+    let auth = bearer(&token(&Signer::ed25519(1), "current", &claims));
+    let h = [("authorization", auth.as_str())];
+    let Step::CheckRevocation(check) = edge.step("GET", "/", &h, NOW) else {
+        panic!("asks the deny-list")
+    };
+    assert_eq!(check.session(), Some("session-1"));
+    // The core's deny state answers for the session as for a jti.
+    let mut state = DenyState::default();
+    state.apply(
+        &Revocation::Session {
+            sid: "session-1".into(),
+            expires_at: NOW + 840,
+        },
+        30,
+    );
+    let answer = state.answer(&check, NOW, true);
+    assert_eq!(answer.session, DenyListStatus::Listed);
+    assert_eq!(
+        denied(&check.finish(answer, &edge.policy)),
+        DenyReason::TokenRevoked
+    );
+    // Unknown to a state that cannot vouch for what it lacks: unavailable, not clear.
+    let Step::CheckRevocation(check) = edge.step("GET", "/", &h, NOW) else {
+        panic!("asks the deny-list")
+    };
+    let unread = DenyState::default().answer(&check, NOW, false);
+    assert_eq!(
+        (unread.jti, unread.session, unread.user),
+        (
+            DenyListStatus::Unavailable,
+            DenyListStatus::Unavailable,
+            WatermarkStatus::Unavailable
+        )
+    );
+    // A `sid` that could not be a deny-list key refuses the token.
+    claims["sid"] = json!("a b");
+    let auth = bearer(&token(&Signer::ed25519(1), "current", &claims));
+    assert_eq!(
+        denied(&edge.get("/", &[("authorization", auth.as_str())])),
+        DenyReason::InvalidClaim
+    );
+}
+
+#[test]
 fn cache_hit_still_checks_time_and_revocation() {
     let mut edge = Edge::new("");
     let mut c = good_claims();
@@ -386,7 +436,7 @@ fn cache_hit_still_checks_time_and_revocation() {
     assert_eq!(edge.cache.stats().hits, 1);
     let revoked = RevocationAnswer {
         jti: DenyListStatus::Listed,
-        user: WatermarkStatus::None,
+        ..RevocationAnswer::CLEAR
     };
     assert_eq!(
         denied(&edge.run("GET", "/", &h, NOW + 2, revoked)),
