@@ -1,165 +1,53 @@
-//! The proxy-wasm glue: a [`Root`] per VM that owns the configuration, the fetcher election and
+//! The proxy-wasm entry: a [`Root`] per VM that owns the configuration, the fetcher election and
 //! the calls to the origin, and an [`Exchange`] per request that asks the core for a verdict and
-//! applies it. Every decision is `edgeauth-core`'s.
-//!
-//! Host calls go through `proxy_wasm::hostcalls`, whose `Result`s are handled here, never through
-//! the SDK's trait helpers, which `unwrap` (a trap takes the VM, and every request on that worker
-//! thread with it).
+//! applies it. Every decision is `edgeauth-core`'s; the key set is handled in [`crate::keys`],
+//! the revocation feed in [`crate::feed`], host calls in [`crate::host`].
 
-use std::{
-    cell::RefCell,
-    collections::HashMap,
-    rc::Rc,
-    time::{Duration, UNIX_EPOCH},
-};
+use std::{cell::RefCell, collections::HashMap, rc::Rc, time::Duration};
 
-use base64ct::{Base64UrlUnpadded, Encoding as _};
 use edgeauth_core::{
-    authorize_deferred, freshness_seconds, verify_revocation, Algorithm, Allowed, Deferred, Denial,
-    DenyReason, FeedPage, KeyCache, KeyRing, Policy, Request, RevocationAnswer, RevocationError,
-    SignatureCheck, Step, Thumbprint, TokenCache, Verdict,
+    authorize_deferred, Algorithm, Allowed, Deferred, Denial, DenyReason, KeyCache, KeyRing,
+    Request, SignatureCheck, Step, Thumbprint, TokenCache, Verdict,
 };
 use proxy_wasm::{
     hostcalls,
     traits::{Context, HttpContext, RootContext},
-    types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType},
+    types::{Action, BufferType, ContextType, LogLevel, MapType},
 };
 
 use crate::{
-    deny_list::{DenyList, SharedData},
-    host_crypto::{
-        host_hash, host_signature, spki_der, verify_arguments, verify_result, SELF_TEST,
-    },
-    settings::{OriginRoute, Settings},
-    shared::{self, decode_version, KeysRecord, Lease, LEASE_SECONDS},
+    deny_list::DenyList,
+    feed::MAX_FEED_BYTES,
+    host::{host_self_test, host_verify, log, now, CallAnswer, Host},
+    host_crypto::{host_hash, host_signature, spki_der},
+    keys::{call_jwks, MAX_JWKS_BYTES},
+    metrics::Metrics,
+    settings::Settings,
+    shared::{self, Lease, SharedData, LEASE_SECONDS},
 };
 
 /// How often every VM wakes: to sync keys and revocations from shared data, and (the fetcher)
 /// to fetch. Half a second: a fresh Envoy has its first keys within a second, and a revocation
 /// read by the fetcher reaches every VM within half a second more.
 const TICK: Duration = Duration::from_millis(500);
-/// Largest JWKS read.
-const MAX_JWKS_BYTES: usize = 64 * 1024;
-/// Largest feed page read.
-const MAX_FEED_BYTES: usize = 1024 * 1024;
-/// Feed entries asked for per call; a full page is followed by the next one at once.
-const FEED_PAGE: usize = 100;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::new()) });
 }}
 
-/// Seconds since the epoch from the host, or `None`: without a clock no token can be judged,
-/// and guessing one would fail open.
-fn now() -> Option<i64> {
-    let time = hostcalls::get_current_time().ok()?;
-    let seconds = time.duration_since(UNIX_EPOCH).ok()?.as_secs();
-    i64::try_from(seconds).ok()
-}
-
-fn log(level: LogLevel, line: serde_json::Value) {
-    let _ = hostcalls::log(level, &line.to_string());
-}
-
-fn counter(name: &str) -> Option<u32> {
-    hostcalls::define_metric(MetricType::Counter, name).ok()
-}
-
-fn gauge(name: &str) -> Option<u32> {
-    hostcalls::define_metric(MetricType::Gauge, name).ok()
-}
-
-fn bump(metric: Option<u32>, by: u64) {
-    if let (Some(id), Ok(by)) = (metric, i64::try_from(by)) {
-        if by > 0 {
-            let _ = hostcalls::increment_metric(id, by);
-        }
-    }
-}
-
-fn record(metric: Option<u32>, value: i64) {
-    if let Some(id) = metric {
-        let _ = hostcalls::record_metric(id, u64::try_from(value).unwrap_or(0));
-    }
-}
-
-/// The filter's metrics. Envoy exposes them as `wasmcustom.edgeauth.*`; every VM defines the
-/// same names, so counters add up across worker threads. Per-request counts are kept in the VM
-/// and added to Envoy's counters on each tick: a host call per counter per request cost more
-/// than a cache hit's own work (`bench-results/envoy.md`), and Envoy reads its stats every few
-/// seconds anyway.
-#[derive(Debug)]
-struct Metrics {
-    pending: RequestCounts,
-    allowed: Option<u32>,
-    denied: Option<u32>,
-    denied_by_reason: HashMap<&'static str, Option<u32>>,
-    token_cache_hits: Option<u32>,
-    token_cache_misses: Option<u32>,
-    jwks_fetch_success: Option<u32>,
-    jwks_fetch_failure: Option<u32>,
-    feed_read_success: Option<u32>,
-    feed_read_failure: Option<u32>,
-    feed_lag_seconds: Option<u32>,
-    revoked_tokens: Option<u32>,
-}
-
-/// Per-request counts since the last tick.
-#[derive(Debug, Default)]
-struct RequestCounts {
-    allowed: u64,
-    denied: HashMap<&'static str, u64>,
-    token_cache_hits: u64,
-    token_cache_misses: u64,
-}
-
-impl Metrics {
-    fn define() -> Self {
-        Self {
-            pending: RequestCounts::default(),
-            allowed: counter("edgeauth.allowed"),
-            denied: counter("edgeauth.denied"),
-            denied_by_reason: HashMap::new(),
-            token_cache_hits: counter("edgeauth.token_cache.hits"),
-            token_cache_misses: counter("edgeauth.token_cache.misses"),
-            jwks_fetch_success: counter("edgeauth.jwks_fetch.success"),
-            jwks_fetch_failure: counter("edgeauth.jwks_fetch.failure"),
-            feed_read_success: counter("edgeauth.revocation_feed.success"),
-            feed_read_failure: counter("edgeauth.revocation_feed.failure"),
-            feed_lag_seconds: gauge("edgeauth.revocation_feed.lag_seconds"),
-            revoked_tokens: gauge("edgeauth.revocation_feed.revoked_tokens"),
-        }
-    }
-
-    /// Adds the counts since the last tick to Envoy's counters.
-    fn flush(&mut self) {
-        let counts = std::mem::take(&mut self.pending);
-        bump(self.allowed, counts.allowed);
-        bump(self.token_cache_hits, counts.token_cache_hits);
-        bump(self.token_cache_misses, counts.token_cache_misses);
-        bump(self.denied, counts.denied.values().sum());
-        for (code, n) in counts.denied {
-            let id = *self
-                .denied_by_reason
-                .entry(code)
-                .or_insert_with(|| counter(&format!("edgeauth.denied.{code}")));
-            bump(id, n);
-        }
-    }
-}
-
 /// What one VM keeps: configuration, its copies of the shared keys and deny-list, its
 /// verified-token cache. Shared by the VM's root context and its requests (one thread).
 #[derive(Debug)]
-struct Vm {
-    settings: Settings,
-    shared: shared::Keys,
-    keys: KeyCache,
-    keys_version: u64,
-    deny_list: DenyList,
+pub(crate) struct Vm {
+    pub(crate) settings: Settings,
+    pub(crate) shared: shared::Keys,
+    pub(crate) keys: KeyCache,
+    /// The version of the shared key set this VM last copied.
+    pub(crate) keys_version: u64,
+    pub(crate) deny_list: DenyList,
     tokens: TokenCache,
-    metrics: Metrics,
+    pub(crate) metrics: Metrics,
     /// Algorithms Envoy's BoringSSL verifies for this VM (its self-test passed).
     host_algorithms: Vec<Algorithm>,
     /// Ring keys as DER, for the host; a rotation's worth at most.
@@ -197,299 +85,58 @@ impl Vm {
 
     /// Copies the keys and the deny-list from shared data if another VM changed them.
     fn sync(&mut self, now: i64) {
-        let version = shared_version(&self.shared.keys_version);
-        if version != self.keys_version {
-            if let Ok((Some(bytes), _)) = hostcalls::get_shared_data(&self.shared.keys) {
-                if let Some(record) = KeysRecord::decode(&bytes) {
-                    if let Ok((ring, _)) = KeyRing::from_jwks(&record.jwks, &self.settings.policy) {
-                        self.keys.store(Rc::new(ring), record.fresh_until);
-                    }
-                }
-            }
-            self.keys_version = version;
-        }
+        self.sync_keys();
         self.deny_list.sync(&Host, &self.shared, now);
     }
 
-    fn usable_keys(&self, now: i64) -> Option<Rc<KeyRing>> {
+    pub(crate) fn usable_keys(&self, now: i64) -> Option<Rc<KeyRing>> {
         self.keys.usable(now, self.settings.keys_max_stale)
     }
-
-    /// Takes the answer to a JWKS call: on success the keys are this VM's at once and every
-    /// other VM's on its next tick.
-    fn accept_keys(&mut self, answer: &CallAnswer, now: i64) -> Result<usize, String> {
-        let result = self.parse_keys(answer, now);
-        match &result {
-            Ok(_) => bump(self.metrics.jwks_fetch_success, 1),
-            Err(error) => {
-                bump(self.metrics.jwks_fetch_failure, 1);
-                log(
-                    LogLevel::Warn,
-                    serde_json::json!({"event": "jwks_fetch_failed", "error": error}),
-                );
-            }
-        }
-        result
-    }
-
-    fn parse_keys(&mut self, answer: &CallAnswer, now: i64) -> Result<usize, String> {
-        let body = answer.body_if_ok(MAX_JWKS_BYTES)?;
-        let (ring, skipped) = KeyRing::from_jwks(body, &self.settings.policy)
-            .map_err(|e| format!("unusable JWKS: {e}"))?;
-        for key in skipped {
-            log(
-                LogLevel::Warn,
-                serde_json::json!({"event": "jwks_key_skipped", "kid": key.kid, "reason": format!("{:?}", key.reason)}),
-            );
-        }
-        let max_age = freshness_seconds(answer.cache_control.as_deref())
-            .unwrap_or(self.settings.keys_default_max_age);
-        let fresh_until = now.saturating_add(i64::from(max_age));
-        let record = KeysRecord {
-            fresh_until,
-            jwks: body.to_vec(),
-        };
-        publish(
-            &self.shared.keys,
-            &self.shared.keys_version,
-            &record.encode(),
-            None,
-        )
-        .map_err(|()| "shared data refused the key set".to_string())?;
-        let count = ring.keys().len();
-        let kids: Vec<&str> = ring.keys().iter().filter_map(|k| k.kid()).collect();
-        log(
-            LogLevel::Info,
-            serde_json::json!({"event": "jwks_loaded", "kids": kids, "fresh_for": max_age}),
-        );
-        self.keys.store(Rc::new(ring), fresh_until);
-        self.keys_version = shared_version(&self.shared.keys_version);
-        Ok(count)
-    }
-
-    /// Claims the shared right to refetch the JWKS for an unknown `kid`: at most once per
-    /// `keys_refetch_interval` across every VM, so made-up `kid`s cannot flood the origin.
-    fn claim_forced_fetch(&mut self, now: i64) -> bool {
-        let Ok((last, cas)) = hostcalls::get_shared_data(&self.shared.forced_fetch) else {
-            return false;
-        };
-        let last = decode_version(last.as_deref());
-        let interval = i64::from(self.settings.keys_refetch_interval);
-        if now.saturating_sub(i64::try_from(last).unwrap_or(0)) < interval {
-            return false;
-        }
-        let claimed = hostcalls::set_shared_data(
-            &self.shared.forced_fetch,
-            Some(now.to_string().as_bytes()),
-            cas,
-        )
-        .is_ok();
-        if claimed {
-            self.keys.attempted(now, true);
-        }
-        claimed
-    }
 }
 
-/// Envoy's `verify_signature` foreign function: `Some(valid)`, or `None` if the host could not
-/// answer (no such function, a key it cannot parse).
-fn host_verify(hash: &str, spki: &[u8], signature: &[u8], text: &[u8]) -> Option<bool> {
-    let arguments = verify_arguments(hash, spki, signature, text);
-    match hostcalls::call_foreign_function("verify_signature", Some(&arguments)) {
-        Ok(Some(result)) => verify_result(&result),
-        // An empty message: `result` is false and there is no error text.
-        Ok(None) => Some(false),
-        Err(_) => None,
-    }
-}
-
-/// The host's known-answer test: for each algorithm it might take, a valid signature must pass
-/// and the same signature over other bytes must fail. Returns the algorithms that passed.
-fn host_self_test() -> Vec<Algorithm> {
-    let Ok(vectors) = serde_json::from_str::<serde_json::Value>(SELF_TEST) else {
-        return Vec::new();
-    };
-    let policy = Policy::from_json(
-        r#"{"issuers":["self-test"],"audiences":["self-test"],"algorithms":["ES256","RS256"]}"#,
-    );
-    let (Ok(policy), Some(keys)) = (policy, vectors.get("jwks")) else {
-        return Vec::new();
-    };
-    let Ok((ring, _)) = KeyRing::from_jwks(keys.to_string().as_bytes(), &policy) else {
-        return Vec::new();
-    };
-    let mut passed = Vec::new();
-    for (alg, name) in [(Algorithm::Es256, "ES256"), (Algorithm::Rs256, "RS256")] {
-        let check = || -> Option<bool> {
-            let token = vectors.get("tokens")?.get(name)?.as_str()?;
-            let (input, signature) = token.rsplit_once('.')?;
-            let signature = Base64UrlUnpadded::decode_vec(signature).ok()?;
-            let kid = format!("self-test-{name}");
-            let key = ring.keys().iter().find(|k| k.kid() == Some(kid.as_str()))?;
-            let spki = spki_der(&key.public_key()?);
-            let signature = host_signature(alg, &signature)?;
-            let hash = host_hash(alg)?;
-            let tampered = [input.as_bytes(), b"x"].concat();
-            Some(
-                host_verify(hash, &spki, &signature, input.as_bytes())?
-                    && !host_verify(hash, &spki, &signature, &tampered)?,
-            )
-        };
-        if check() == Some(true) {
-            passed.push(alg);
-        }
-    }
-    passed
-}
-
-/// Envoy's shared data, through the host calls.
-struct Host;
-
-impl SharedData for Host {
-    fn get(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(value), cas)) => Some((value, cas)),
-            _ => None,
-        }
-    }
-
-    fn set(&self, key: &str, value: Option<&[u8]>, cas: Option<u32>) -> bool {
-        hostcalls::set_shared_data(key, value, cas).is_ok()
-    }
-}
-
-/// The version stored under `key`; 0 when there is none.
-fn shared_version(key: &str) -> u64 {
-    match hostcalls::get_shared_data(key) {
-        Ok((value, _)) => decode_version(value.as_deref()),
-        Err(_) => 0,
-    }
-}
-
-/// Writes a record (with `cas` if given), then bumps its version.
-fn publish(key: &str, version_key: &str, value: &[u8], cas: Option<u32>) -> Result<(), ()> {
-    hostcalls::set_shared_data(key, Some(value), cas).map_err(|_| ())?;
-    let next = shared_version(version_key).wrapping_add(1).to_string();
-    hostcalls::set_shared_data(version_key, Some(next.as_bytes()), None).map_err(|_| ())
-}
-
-/// A finished call to the origin, read from the host.
-#[derive(Debug)]
-struct CallAnswer {
-    status: Option<u16>,
-    cache_control: Option<String>,
-    body: Result<Vec<u8>, String>,
-}
-
-impl CallAnswer {
-    /// Reads the current call answer; a body over `max` is an error, not a truncation.
-    fn read(body_size: usize, max: usize) -> Self {
-        let header = |name: &str| {
-            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
-                .ok()
-                .flatten()
-                .and_then(|v| String::from_utf8(v).ok())
-        };
-        let body = if body_size > max {
-            Err(format!("the answer is over {max} bytes"))
-        } else if body_size == 0 {
-            Ok(Vec::new())
-        } else {
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                .map(Option::unwrap_or_default)
-                .map_err(|status| format!("the body could not be read: {status:?}"))
-        };
-        Self {
-            status: header(":status").and_then(|s| s.parse().ok()),
-            cache_control: header("cache-control"),
-            body,
-        }
-    }
-
-    fn body_if_ok(&self, max: usize) -> Result<&[u8], String> {
-        match self.status {
-            Some(200) => {}
-            Some(status) => return Err(format!("the origin answered {status}")),
-            // No `:status`: the call failed (no connection, timeout, reset).
-            None => return Err("the call failed".to_string()),
-        }
-        let body = self.body.as_deref().map_err(Clone::clone)?;
-        if body.len() > max {
-            return Err(format!("the answer is over {max} bytes"));
-        }
-        Ok(body)
-    }
-}
-
-/// Starts a GET to the origin; `None` if the host refuses (an unknown cluster, say).
-fn call_origin(route: &OriginRoute, path: &str, timeout_ms: u32) -> Option<u32> {
-    let result = hostcalls::dispatch_http_call(
-        &route.cluster,
-        vec![
-            (":method", "GET"),
-            (":path", path),
-            (":authority", &route.authority),
-            ("accept", "application/json"),
-        ],
-        None,
-        vec![],
-        Duration::from_millis(u64::from(timeout_ms)),
-    );
-    match result {
-        Ok(token) => Some(token),
-        Err(status) => {
-            log(
-                LogLevel::Error,
-                serde_json::json!({"event": "call_refused", "cluster": route.cluster, "status": format!("{status:?}")}),
-            );
-            None
-        }
-    }
-}
-
-/// Starts a JWKS call to the origin.
-fn call_jwks(settings: &Settings) -> Option<u32> {
-    call_origin(
-        &settings.jwks,
-        &settings.jwks.path,
-        settings.fetch_timeout_ms,
-    )
-}
-
+/// A call to the origin in flight, and when it was dispatched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Call {
-    Keys,
-    Feed,
+pub(crate) enum Call {
+    /// The JWKS.
+    Keys { started_at: i64 },
+    /// A feed page after cursor `after`.
+    Feed { after: u64 },
 }
 
 /// One per VM: configuration, the fetcher election, the scheduled calls.
-struct Root {
+pub(crate) struct Root {
     vm: Option<Rc<RefCell<Vm>>>,
     /// This VM's identity in the election.
-    me: u64,
-    calls: HashMap<u32, Call>,
-    last_feed_call: Option<i64>,
+    pub(crate) me: u64,
+    pub(crate) calls: HashMap<u32, Call>,
+    pub(crate) last_feed_call: Option<i64>,
+    /// Whether this VM held the lease at its last tick.
+    fetching: bool,
 }
 
 impl Root {
     fn new() -> Self {
         let mut bytes = [0u8; 8];
         // Without randomness two VMs could share an identity and both fetch; that costs the
-        // origin a duplicate call, never a wrong verdict, so a failure is not fatal.
+        // origin a duplicate call, never a wrong verdict (the deny-list ring repairs a race),
+        // so a failure is not fatal.
         let _ = getrandom::fill(&mut bytes);
         Self {
             vm: None,
             me: u64::from_le_bytes(bytes),
             calls: HashMap::new(),
             last_feed_call: None,
+            fetching: false,
         }
     }
 
-    /// Takes or renews the fetcher lease. Two VMs that find the key absent may both write it;
-    /// the later write wins and the other steps down at its next tick.
+    /// Takes or renews the fetcher lease. Two VMs that find the key absent may both write it
+    /// (Envoy does not check CAS on a missing key); the later write wins and the other steps down
+    /// at its next tick.
     fn is_fetcher(&self, keys: &shared::Keys, now: i64) -> bool {
-        let Ok((current, cas)) = hostcalls::get_shared_data(&keys.fetcher) else {
-            return false;
+        let (current, cas) = match Host.get(&keys.fetcher) {
+            Some((current, cas)) => (Some(current), cas),
+            None => (None, None),
         };
         if !Lease::may_take(current.as_deref(), self.me, now) {
             return false;
@@ -498,103 +145,30 @@ impl Root {
             owner: self.me,
             until: now + LEASE_SECONDS,
         };
-        hostcalls::set_shared_data(&keys.fetcher, Some(&lease.encode()), cas).is_ok()
+        Host.set(&keys.fetcher, &lease.encode(), cas)
     }
 
-    fn calling(&self, call: Call) -> bool {
-        self.calls.values().any(|c| *c == call)
+    pub(crate) fn calling(&self, call: fn(&Call) -> bool) -> bool {
+        self.calls.values().any(call)
     }
 
     fn fetch(&mut self, vm: &mut Vm, now: i64) {
         let settings = &vm.settings;
-        if !self.calling(Call::Keys) && vm.keys.fetch_due(now, settings.keys_refetch_interval) {
+        let calling_keys = self.calling(|c| matches!(c, Call::Keys { .. }));
+        if !calling_keys && vm.keys.fetch_due(now, settings.keys_refetch_interval) {
             if let Some(token) = call_jwks(settings) {
-                self.calls.insert(token, Call::Keys);
+                self.calls.insert(token, Call::Keys { started_at: now });
             }
             vm.keys.attempted(now, false);
         }
         let feed_due = self
             .last_feed_call
             .is_none_or(|at| now.saturating_sub(at) >= i64::from(settings.feed_poll));
-        if feed_due && !self.calling(Call::Feed) && vm.usable_keys(now).is_some() {
+        let calling_feed = self.calling(|c| matches!(c, Call::Feed { .. }));
+        if feed_due && !calling_feed && vm.usable_keys(now).is_some() {
             self.poll_feed(vm, now);
         }
-        let since = match vm.deny_list.read_at() {
-            0 => 0,
-            at => now.saturating_sub(at),
-        };
-        record(vm.metrics.feed_lag_seconds, since);
-        record(
-            vm.metrics.revoked_tokens,
-            i64::try_from(vm.deny_list.len()).unwrap_or(i64::MAX),
-        );
-    }
-
-    fn poll_feed(&mut self, vm: &Vm, now: i64) {
-        let route = &vm.settings.revocation_feed;
-        let separator = if route.path.contains('?') { '&' } else { '?' };
-        let path = format!(
-            "{}{separator}after={}&limit={FEED_PAGE}",
-            route.path,
-            vm.deny_list.cursor()
-        );
-        if let Some(token) = call_origin(route, &path, vm.settings.fetch_timeout_ms) {
-            self.calls.insert(token, Call::Feed);
-        }
-        self.last_feed_call = Some(now);
-    }
-
-    /// Applies a feed page to the shared deny-list. Returns whether the page was full (more to
-    /// read at once).
-    fn apply_feed(&mut self, vm: &mut Vm, answer: &CallAnswer, now: i64) -> Result<bool, String> {
-        let body = answer.body_if_ok(MAX_FEED_BYTES)?;
-        let page: FeedPage =
-            serde_json::from_slice(body).map_err(|e| format!("not a feed page: {e}"))?;
-        let keys = vm
-            .usable_keys(now)
-            .ok_or_else(|| "no key set to check the feed with".to_string())?;
-        vm.deny_list.sync(&Host, &vm.shared, now);
-        let mut cursor = vm.deny_list.cursor();
-        let mut revoked = Vec::new();
-        let full = page.entries.len() >= FEED_PAGE;
-        let mut finished = true;
-        for entry in &page.entries {
-            if entry.seq <= cursor {
-                continue;
-            }
-            match verify_revocation(&entry.jws, now, &keys, &vm.settings.policy) {
-                Ok(revocation) => revoked.push(revocation),
-                Err(RevocationError::Expired) => {}
-                Err(RevocationError::Invalid(denial))
-                    if denial.reason == DenyReason::UnknownKey && vm.claim_forced_fetch(now) =>
-                {
-                    // Signed with a key this edge has not seen yet: fetch keys, read this entry
-                    // again on the next poll.
-                    if let Some(token) = call_jwks(&vm.settings) {
-                        self.calls.insert(token, Call::Keys);
-                    }
-                    finished = false;
-                    break;
-                }
-                Err(RevocationError::Invalid(denial)) => {
-                    // Not the origin's signature even with fresh keys: skipping it is all an
-                    // edge can do, and the operator hears of it.
-                    log(
-                        LogLevel::Error,
-                        serde_json::json!({"event": "feed_entry_rejected", "seq": entry.seq, "reason": denial.reason.code()}),
-                    );
-                }
-            }
-            cursor = cursor.max(entry.seq);
-        }
-        if finished {
-            cursor = cursor.max(page.next);
-        }
-        let leeway = vm.settings.policy.leeway_seconds();
-        vm.deny_list
-            .publish(&Host, &vm.shared, revoked, leeway, cursor, now)
-            .map_err(|e| e.to_string())?;
-        Ok(full && finished)
+        vm.record_feed_metrics(now);
     }
 }
 
@@ -614,27 +188,18 @@ impl Context for Root {
         };
         let mut vm = vm.borrow_mut();
         match call {
-            Call::Keys => {
+            Call::Keys { started_at } => {
                 let answer = CallAnswer::read(body_size, MAX_JWKS_BYTES);
-                let _ = vm.accept_keys(&answer, now);
-            }
-            Call::Feed => {
-                let answer = CallAnswer::read(body_size, MAX_FEED_BYTES);
-                match self.apply_feed(&mut vm, &answer, now) {
-                    Ok(more) => {
-                        bump(vm.metrics.feed_read_success, 1);
-                        if more {
-                            self.poll_feed(&vm, now);
-                        }
-                    }
-                    Err(error) => {
-                        bump(vm.metrics.feed_read_failure, 1);
-                        log(
-                            LogLevel::Warn,
-                            serde_json::json!({"event": "feed_read_failed", "error": error}),
-                        );
-                    }
+                let accepted = vm.accept_keys(&answer, started_at, now).is_ok();
+                let calling_feed = self.calling(|c| matches!(c, Call::Feed { .. }));
+                if accepted && !calling_feed && vm.deny_list.reader().waiting().is_some() {
+                    // The feed waits for keys: read it again with these.
+                    self.poll_feed(&vm, now);
                 }
+            }
+            Call::Feed { after } => {
+                let answer = CallAnswer::read(body_size, MAX_FEED_BYTES);
+                self.on_feed_answer(&mut vm, &answer, after, now);
             }
         }
     }
@@ -695,7 +260,13 @@ impl RootContext for Root {
         let mut vm = vm.borrow_mut();
         vm.metrics.flush();
         vm.sync(now);
-        if self.is_fetcher(&vm.shared, now) {
+        let fetching = self.is_fetcher(&vm.shared, now);
+        if fetching && !self.fetching {
+            // The last fetcher may have stopped halfway through a write.
+            vm.deny_list.check_every_slot();
+        }
+        self.fetching = fetching;
+        if fetching {
             self.fetch(&mut vm, now);
         }
     }
@@ -716,16 +287,16 @@ impl RootContext for Root {
 /// One request.
 struct Exchange {
     vm: Rc<RefCell<Vm>>,
-    /// The JWKS refetch this request waits for (an unknown `kid`).
-    keys_call: Option<u32>,
+    /// The JWKS refetch this request waits for (an unknown `kid`), and when it was dispatched.
+    keys_call: Option<(u32, i64)>,
 }
 
 /// What to do with a request.
 enum Outcome {
     Allow(Allowed),
     Deny(Denial),
-    /// Wait for keys: a refetch for an unknown `kid` has started.
-    WaitForKeys(u32),
+    /// Wait for keys: a refetch for an unknown `kid` started at this time.
+    WaitForKeys(u32, i64),
     /// The host could not give what a verdict needs; fail closed.
     Internal(&'static str),
 }
@@ -787,11 +358,7 @@ impl Exchange {
         let verdict = match step {
             Step::Done(verdict) => verdict,
             Step::CheckRevocation(check) => {
-                let max_stale = vm.settings.feed_max_stale;
-                let answer = RevocationAnswer {
-                    jti: vm.deny_list.status(check.jti(), now, max_stale),
-                    user: vm.deny_list.watermark(check.subject(), now, max_stale),
-                };
+                let answer = vm.deny_list.answer(&check, now, vm.settings.feed_max_stale);
                 check.finish(answer, &vm.settings.policy)
             }
         };
@@ -803,7 +370,7 @@ impl Exchange {
                     && vm.claim_forced_fetch(now) =>
             {
                 match call_jwks(&vm.settings) {
-                    Some(token) => Outcome::WaitForKeys(token),
+                    Some(token) => Outcome::WaitForKeys(token, now),
                     None => Outcome::Deny(denial),
                 }
             }
@@ -844,8 +411,8 @@ impl Exchange {
                 }
                 Action::Pause
             }
-            Outcome::WaitForKeys(token) => {
-                self.keys_call = Some(token);
+            Outcome::WaitForKeys(token, started_at) => {
+                self.keys_call = Some((token, started_at));
                 Action::Pause
             }
             Outcome::Internal(what) => self.fail(what),
@@ -904,13 +471,13 @@ impl Context for Exchange {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        if self.keys_call != Some(token_id) {
+        let Some((_, started_at)) = self.keys_call.filter(|(token, _)| *token == token_id) else {
             return;
-        }
+        };
         self.keys_call = None;
         if let Some(now) = now() {
             let answer = CallAnswer::read(body_size, MAX_JWKS_BYTES);
-            let _ = self.vm.borrow_mut().accept_keys(&answer, now);
+            let _ = self.vm.borrow_mut().accept_keys(&answer, started_at, now);
         }
         // Decided again with whatever keys there are now; no second refetch.
         let outcome = self.decide(false);

@@ -10,19 +10,29 @@
 //!   ring. A token with an unknown `kid` refetches at once, at most once per interval across all
 //!   VMs, so a rotation is picked up without waiting for the cache to expire (jwt_authn waits).
 //!   Before the first key set, requests get 503 with `Retry-After`, not 401.
-//! - **Deny-list.** The fetcher polls the origin's revocation feed from its cursor, checks each
-//!   entry's signature with the keys it holds, and publishes the live entries; each VM keeps a
-//!   copy in memory, so a lookup on the request path is a hash-map read.
+//! - **Deny-list.** The fetcher polls the origin's revocation feed with the core's `FeedReader`,
+//!   checks each entry's signature with the keys it holds, and publishes the live entries to a
+//!   fixed ring in shared data; each VM keeps a copy in memory (the core's `DenyState`), so a
+//!   lookup on the request path is a map read.
 //! - **Failure is closed.** A bad configuration makes Envoy refuse the plugin; a host call that
 //!   fails on the request path answers a JSON 500; nothing traps the VM.
 //!
-//! [`settings`], [`shared`], [`deny_list`] and [`host_crypto`] are plain data and run natively in tests; the proxy-wasm glue is
-//! compiled for Wasm only.
+//! Where to look: `filter` (the proxy-wasm entry, `Root` and `Exchange`), [`keys`] (JWKS fetch,
+//! publication, copy, forced refetch), [`feed`] (feed polling and publishing), [`deny_list`] (the
+//! shared ring), [`shared`] (shared-data records and names), `host` (host calls), `metrics`,
+//! [`host_crypto`] and [`settings`]. The pure parts run natively in tests, over a map with
+//! Envoy's shared-data semantics; the proxy-wasm glue is compiled for Wasm only.
 
 pub mod deny_list;
+pub mod feed;
 pub mod host_crypto;
+pub mod keys;
 pub mod settings;
 pub mod shared;
 
 #[cfg(target_family = "wasm")]
 mod filter;
+#[cfg(target_family = "wasm")]
+mod host;
+#[cfg(target_family = "wasm")]
+mod metrics;

@@ -6,15 +6,27 @@
 //! - [`Lease`]: which VM is the fetcher. Only the fetcher reads the JWKS on schedule and polls
 //!   the revocation feed; without the election every VM would, multiplying the origin's load by
 //!   the worker count.
-//! - [`KeysRecord`]: the last good JWKS and until when it is fresh. Every VM parses it into its
-//!   own key ring when its version changes.
-//! - the deny-list, a log of segments with a head ([`crate::deny_list`]). Every VM keeps a copy in
-//!   memory, so a request's deny-list lookup is a hash-map read, not a host call.
+//! - [`KeysRecord`]: the last good JWKS, its version and when the call that fetched it started.
+//!   One record, so a version always names one key set ([`crate::keys`]).
+//! - the deny-list, a fixed ring of segments with a head ([`crate::deny_list`]). Every VM keeps a
+//!   copy in memory, so a request's deny-list lookup is a map read, not a host call.
 //!
-//! The key set has a small version key beside it, bumped after every write: a VM checks the
-//! version on its tick and copies the record only when it changed.
+//! Envoy's shared data (proxy-wasm-cpp-host `SharedData`) never deletes a key (writing an empty
+//! value keeps it) and checks a CAS token only when the key already exists: the first write of a
+//! key accepts any token. Every record here is designed for both: the set of keys is fixed, and
+//! a write that raced another on a missing key is found afterwards and repaired.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
+
+/// Envoy's shared data: a byte map with compare-and-swap, common to the VMs of one `vm_id`.
+pub trait SharedData {
+    /// The value under `key` (empty for a cleared key) and its CAS token; `None` when there is
+    /// no such key, or the host could not answer.
+    fn get(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)>;
+    /// Writes `value` (empty to clear: Envoy keeps the key) if `cas` still matches; whether it
+    /// was written. Envoy compares `cas` only when the key exists.
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+}
 
 /// How long a fetcher's lease lasts without renewal, in seconds: three ticks, so a fetcher that
 /// misses one tick under load keeps its place, and a VM that is gone is replaced within seconds.
@@ -29,8 +41,6 @@ pub struct Keys {
     pub fetcher: String,
     /// The [`KeysRecord`].
     pub keys: String,
-    /// The [`KeysRecord`]'s version.
-    pub keys_version: String,
     /// When a refetch for an unknown `kid` last started, in seconds (shared rate limit).
     pub forced_fetch: String,
     /// The deny-list's head ([`crate::deny_list::Head`]).
@@ -48,16 +58,15 @@ impl Keys {
         Self {
             fetcher: format!("{prefix}.fetcher"),
             keys: format!("{prefix}.keys"),
-            keys_version: format!("{prefix}.keys.version"),
             forced_fetch: format!("{prefix}.keys.forced"),
             deny_list_head: format!("{prefix}.deny_list.head"),
             prefix,
         }
     }
 
-    /// Segment `n` of the deny-list.
-    pub fn deny_list_segment(&self, n: u64) -> String {
-        format!("{}.deny_list.segment.{n}", self.prefix)
+    /// Slot `slot` of the deny-list's ring.
+    pub fn deny_list_slot(&self, slot: u64) -> String {
+        format!("{}.deny_list.slot.{slot}", self.prefix)
     }
 }
 
@@ -96,9 +105,14 @@ impl Lease {
     }
 }
 
-/// A JWKS the fetcher accepted, and until when it is fresh.
+/// A JWKS the fetcher accepted: one record, so a version names exactly one key set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeysRecord {
+    /// Bumped by every publication (written with compare-and-swap after reading the last one).
+    pub version: u64,
+    /// When the call that fetched it started, seconds since the epoch: a slower, older call's
+    /// answer never replaces it ([`crate::keys::publish_keys`]).
+    pub fetched_at: i64,
     /// Seconds since the epoch.
     pub fresh_until: i64,
     /// The JWKS as the origin served it.
@@ -106,9 +120,13 @@ pub struct KeysRecord {
 }
 
 impl KeysRecord {
-    /// `fresh_until`, a newline, the JWKS.
+    /// `version fetched_at fresh_until`, a newline, the JWKS.
     pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = format!("{}\n", self.fresh_until).into_bytes();
+        let mut bytes = format!(
+            "{} {} {}\n",
+            self.version, self.fetched_at, self.fresh_until
+        )
+        .into_bytes();
         bytes.extend_from_slice(&self.jwks);
         bytes
     }
@@ -116,15 +134,19 @@ impl KeysRecord {
     /// `None` for anything else.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let newline = bytes.iter().position(|&b| b == b'\n')?;
-        let fresh_until = std::str::from_utf8(&bytes[..newline]).ok()?.parse().ok()?;
-        Some(Self {
-            fresh_until,
+        let line = std::str::from_utf8(&bytes[..newline]).ok()?;
+        let mut fields = line.split(' ');
+        let record = Self {
+            version: fields.next()?.parse().ok()?,
+            fetched_at: fields.next()?.parse().ok()?,
+            fresh_until: fields.next()?.parse().ok()?,
             jwks: bytes[newline + 1..].to_vec(),
-        })
+        };
+        fields.next().is_none().then_some(record)
     }
 }
 
-/// A version counter, as stored beside a record.
+/// A decimal counter or timestamp as stored (the forced-fetch slot); 0 for anything else.
 pub fn decode_version(bytes: Option<&[u8]>) -> u64 {
     bytes
         .and_then(|b| std::str::from_utf8(b).ok())
@@ -160,12 +182,20 @@ mod tests {
     #[test]
     fn records_round_trip_and_garbage_is_refused() {
         let record = KeysRecord {
+            version: 3,
+            fetched_at: 1000,
             fresh_until: 1300,
             jwks: br#"{"keys":[]}"#.to_vec(),
         };
         assert_eq!(KeysRecord::decode(&record.encode()), Some(record));
         assert_eq!(KeysRecord::decode(b"no newline"), None);
-        assert_eq!(KeysRecord::decode(b"soon\n{}"), None);
+        assert_eq!(KeysRecord::decode(b"1 1000 soon\n{}"), None);
+        assert_eq!(KeysRecord::decode(b"1 1000\n{}"), None, "a field missing");
+        assert_eq!(
+            KeysRecord::decode(b"1 1000 1300 7\n{}"),
+            None,
+            "one too many"
+        );
         assert_eq!(decode_version(Some(b"42")), 42);
         assert_eq!(decode_version(Some(b"\xff")), 0);
         assert_eq!(decode_version(None), 0);
@@ -176,7 +206,68 @@ mod tests {
         let a = Keys::for_configuration(b"{\"a\":1}");
         let b = Keys::for_configuration(b"{\"a\":2}");
         assert_ne!(a.deny_list_head, b.deny_list_head);
-        assert_ne!(a.deny_list_segment(1), b.deny_list_segment(1));
+        assert_ne!(a.deny_list_slot(1), b.deny_list_slot(1));
         assert_eq!(a.keys, Keys::for_configuration(b"{\"a\":1}").keys);
+    }
+}
+
+/// Envoy's shared data for native tests, with its semantics (proxy-wasm-cpp-host
+/// `SharedData::set`): every write takes a new CAS token from one counter; a token is compared
+/// only when the key exists, so the first write of a key accepts any; keys are never removed.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::{
+        cell::{Cell, RefCell},
+        collections::BTreeMap,
+    };
+
+    use super::SharedData;
+
+    #[derive(Debug, Default)]
+    pub(crate) struct EnvoyMap {
+        entries: RefCell<BTreeMap<String, (Vec<u8>, u32)>>,
+        last_cas: Cell<u32>,
+    }
+
+    impl SharedData for EnvoyMap {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
+            self.entries
+                .borrow()
+                .get(key)
+                .map(|(value, cas)| (value.clone(), Some(*cas)))
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+            let mut entries = self.entries.borrow_mut();
+            if let (Some(cas), Some((_, current))) = (cas, entries.get(key)) {
+                if cas != *current {
+                    return false;
+                }
+            }
+            self.last_cas.set(self.last_cas.get() + 1);
+            entries.insert(key.to_string(), (value.to_vec(), self.last_cas.get()));
+            true
+        }
+    }
+
+    impl EnvoyMap {
+        /// Keys held, cleared ones included (Envoy never removes one).
+        pub(crate) fn key_count(&self) -> usize {
+            self.entries.borrow().len()
+        }
+
+        /// Bytes of every key and value held.
+        pub(crate) fn total_bytes(&self) -> usize {
+            self.entries
+                .borrow()
+                .iter()
+                .map(|(key, (value, _))| key.len() + value.len())
+                .sum()
+        }
+
+        /// Bytes of the value under `key`.
+        pub(crate) fn value_bytes(&self, key: &str) -> usize {
+            self.entries.borrow().get(key).map_or(0, |(v, _)| v.len())
+        }
     }
 }
