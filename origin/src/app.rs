@@ -16,6 +16,7 @@ use crate::{
     audit::{self, Audit},
     auth::SelfVerifier,
     config::Config,
+    deny_list::DenyListKeeper,
     edge_push::EdgePush,
     error::ApiError,
     http,
@@ -23,7 +24,7 @@ use crate::{
     password::PasswordHasher,
     rate_limit::{self, Endpoint, RateLimiter},
     soft_lock::LoginGuard,
-    store::{profile_cache::ProfileCache, DenyList, RefreshStore, RevocationFeed, UserStore},
+    store::{profile_cache::ProfileCache, RefreshStore, RevocationFeed, UserStore},
 };
 
 /// What every handler may use. Stores are trait objects so one router serves every backend.
@@ -40,8 +41,8 @@ pub struct AppState {
     pub refresh: Arc<dyn RefreshStore>,
     /// Password hashing on a bounded pool.
     pub passwords: PasswordHasher,
-    /// Revoked access tokens.
-    pub deny_list: Arc<dyn DenyList>,
+    /// Revoked access tokens, sessions and users, kept complete from the feed.
+    pub deny_list: DenyListKeeper,
     /// The signed revocation feed.
     pub feed: Arc<dyn RevocationFeed>,
     /// Profiles, cache-aside in front of DynamoDB.
@@ -142,14 +143,14 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: the signing keys are loaded, and DynamoDB and the deny-list answer; a load
-/// balancer takes the instance out otherwise.
+/// Readiness: the signing keys are loaded, DynamoDB answers, and the deny-list answers and is
+/// complete (not rebuilding from the feed); a load balancer takes the instance out otherwise.
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     if state.keys.snapshot().is_none() {
         return Err(ApiError::Unavailable("signing keys".into()));
     }
     state.users.ping().await?;
-    state.deny_list.ping().await?;
+    state.deny_list.ready().await?;
     Ok(Json(json!({"status": "ready"})))
 }
 

@@ -10,6 +10,7 @@ use crate::{
     audit::Audit,
     auth::SelfVerifier,
     config::{Config, Storage},
+    deny_list::DenyListKeeper,
     edge_push::EdgePush,
     key_encryption::{KeyEncryption, LocalKek, Sealer},
     key_rotation::{KeyContext, SigningKeys},
@@ -96,10 +97,22 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         tracing::warn!(%error, "signing keys not read at start; retrying every second");
     }
     keys.spawn_refresh();
+    let verifier = Arc::new(verifier);
     let deny_list: Arc<dyn DenyList> = match &config.redis_denylist_url {
-        Some(url) => Arc::new(RedisDenyList::new(url)?),
+        Some(url) => {
+            let redis = RedisDenyList::new(url)?;
+            redis.check_no_eviction().await?;
+            Arc::new(redis)
+        }
         None => Arc::new(MemoryDenyList::default()),
     };
+    let deny_list = DenyListKeeper::new(deny_list, store.clone(), keys.clone(), verifier.clone());
+    // As with the keys: an instance that cannot rebuild yet starts, answers 503 to tokens and is
+    // not ready until the upkeep has rebuilt the list.
+    if let Err(error) = deny_list.rebuild(crate::clock::now()).await {
+        tracing::warn!(%error, "deny-list not rebuilt from the feed at start; retrying");
+    }
+    deny_list.spawn_upkeep();
     spawn_deny_list_count(deny_list.clone());
     // Rate limits are security state every instance must share, like the deny-list: they live
     // in the same Redis, or in-process when the deny-list is.
@@ -135,7 +148,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         feed: store.clone(),
         deny_list,
         profile_cache,
-        verifier: Arc::new(verifier),
+        verifier,
         config: Arc::new(config),
         keys,
         users: store.clone(),
@@ -148,7 +161,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
 const DENY_LIST_COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Counts the deny-list's live entries into the metrics every [`DENY_LIST_COUNT_EVERY`].
-fn spawn_deny_list_count(deny_list: Arc<dyn DenyList>) {
+fn spawn_deny_list_count(deny_list: DenyListKeeper) {
     tokio::spawn(async move {
         loop {
             match deny_list.live_entries(crate::clock::now()).await {

@@ -187,7 +187,8 @@ pub struct Config {
     pub dynamodb_endpoint: Option<String>,
     /// DynamoDB region.
     pub dynamodb_region: String,
-    /// Redis for the access-token deny-list; `None` keeps it in-process (one instance only).
+    /// Redis for the access-token deny-list (`maxmemory-policy noeviction`); `None` keeps it
+    /// in-process, for the embedded mode's one instance only.
     pub redis_denylist_url: Option<String>,
     /// Redis for the profile cache (a separate connection); `None` keeps it in-process.
     pub redis_cache_url: Option<String>,
@@ -289,10 +290,12 @@ impl Config {
         }
         let raw: RawConfig = serde_json::from_value(Value::Object(merged))
             .map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        Self::validate(raw)
+        // The Lambda runtime sets it (see main.rs): many short-lived instances at once.
+        let lambda = env("AWS_LAMBDA_RUNTIME_API").is_some();
+        Self::validate(raw, lambda)
     }
 
-    fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
+    fn validate(raw: RawConfig, lambda: bool) -> Result<Self, ConfigError> {
         let invalid = |field, problem: &str| ConfigError::Invalid {
             field,
             problem: problem.to_owned(),
@@ -387,6 +390,14 @@ impl Config {
             return Err(invalid(
                 "signing_keys",
                 "needs `encryption` with storage `dynamodb`: every instance must hold the same key-encryption key",
+            ));
+        }
+        // Several instances must share one deny-list: each one's in-process list would hold only
+        // the logouts it served, and the others would honour every other revoked token.
+        if (raw.storage == Storage::Dynamodb || lambda) && raw.redis_denylist_url.is_none() {
+            return Err(invalid(
+                "redis_denylist_url",
+                "is required with storage `dynamodb` and on Lambda: every instance must share one deny-list",
             ));
         }
         if raw.storage == Storage::Embedded && raw.dynamodb_endpoint.is_some() {
@@ -526,6 +537,25 @@ mod tests {
             )),
             "dynamodb_endpoint"
         );
+        // Shared storage, or Lambda's many instances, need one shared deny-list.
+        let shared = [
+            ("EDGEAUTH_STORAGE", "dynamodb"),
+            (
+                "EDGEAUTH_SIGNING_KEYS",
+                r#"{"encryption":{"backend":"local","key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}}"#,
+            ),
+        ];
+        assert_eq!(field(build(None, &shared)), "redis_denylist_url");
+        assert_eq!(
+            field(build(None, &[("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001")])),
+            "redis_denylist_url"
+        );
+        let with_redis = [
+            shared.as_slice(),
+            &[("EDGEAUTH_REDIS_DENYLIST_URL", "redis://r:6379")],
+        ]
+        .concat();
+        assert!(build(None, &with_redis).is_ok());
         assert!(
             matches!(build(Some(r#"{"audiense":"x"}"#), &[]), Err(ConfigError::Syntax(m)) if m.contains("audiense"))
         );

@@ -8,6 +8,7 @@ use axum::{
     Json,
 };
 use base64ct::{Base64UrlUnpadded, Encoding};
+use edgeauth_core::Revocation;
 use rand_core::{OsRng, RngCore};
 use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::{json, Value};
@@ -16,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     app::AppState,
     audit::{email_subject, RequestFacts},
-    auth::Caller,
+    auth::{Caller, LoggingOut, RevokingAll},
     clock::now,
     error::ApiError,
     keys::{AccessClaims, REVOCATION_TYPE},
@@ -483,27 +484,42 @@ pub async fn refresh(
     token_response(&state, &user, &new_record, &new_token, now, refresh_in_body)
 }
 
-/// `POST /v1/logout`: ends the caller's session at once. The access token's `jti` goes on the
-/// deny-list until its `exp`, and every refresh token of its session (`sid`) is deleted. Success
-/// is reported only when both are recorded; otherwise 503 and the client retries.
+/// `POST /v1/logout`: ends the caller's session at once, everywhere. In this order, each step
+/// durable before the next: the session's refresh tokens are revoked (DynamoDB), so it mints no
+/// more access tokens; a signed feed entry revokes every access token of the session (`sid`),
+/// those a thief refreshed from it included, at the edges; the origin's deny-list holds it too.
+/// A token without a session has only its own `jti` revoked. Success is reported only when all
+/// are recorded; otherwise 503, and the client retries with the same token, which logout accepts
+/// though the first attempt may have revoked it.
 pub async fn logout(
     State(state): State<AppState>,
     facts: RequestFacts,
-    caller: Caller,
+    LoggingOut(caller): LoggingOut,
 ) -> Result<Response, ApiError> {
     let now = now();
     let claims = caller.token.claims();
-    let (Some(jti), Some(exp)) = (claims.jti.as_deref(), claims.exp) else {
-        return Err(ApiError::InvalidCredentials);
+    let revocation = match caller.session {
+        Some(sid) => {
+            state.refresh.revoke_family(sid).await?;
+            // Every access token the session was issued expires by then (the caller's own too,
+            // even one issued a second ahead after a revoke-all).
+            let last_issued = now + i64::from(state.config.access_token_ttl_seconds);
+            Revocation::Session {
+                sid: sid.to_string(),
+                expires_at: claims.exp.map_or(last_issued, |exp| exp.max(last_issued)),
+            }
+        }
+        None => {
+            let (Some(jti), Some(exp)) = (claims.jti.clone(), claims.exp) else {
+                return Err(ApiError::InvalidCredentials);
+            };
+            Revocation::Token {
+                jti,
+                expires_at: exp,
+            }
+        }
     };
-    // The feed entry is the durable record (DynamoDB) the edges read; the deny-list makes the
-    // origin itself refuse the token at once. Both, or no success.
-    let entry =
-        publish_revocation(&state, json!({"jti": jti, "exp": exp, "iat": now}), exp).await?;
-    state.deny_list.revoke_jti(jti, exp, now).await?;
-    if let Some(sid) = caller.session {
-        state.refresh.revoke_family(sid).await?;
-    }
+    let entry = revoke_everywhere(&state, &revocation, now).await?;
     tracing::info!(event = "logout", user_id = %caller.user_id, seq = entry.seq, "logged out");
     state
         .audit
@@ -675,9 +691,11 @@ pub async fn sessions(State(state): State<AppState>, caller: Caller) -> Result<R
     Ok(private_json(json!({ "sessions": sessions })))
 }
 
-/// `DELETE /v1/sessions/{id}`: ends one of the caller's sessions: its refresh tokens stop
-/// working at once. Its current access token, whose `jti` the origin does not keep, lasts until
-/// it expires (`access_token_ttl_seconds`); revoke-all or logout from that session end it too.
+/// `DELETE /v1/sessions/{id}`: ends one of the caller's sessions at once, everywhere, as logout
+/// ends the caller's own: a signed feed entry revokes its access tokens at the edges, the
+/// origin's deny-list holds it, and its refresh tokens stop working. In that order: until the
+/// last step the session is still the caller's to end, so a retry after a partial failure (503)
+/// finds it and finishes; meanwhile any token it mints is refused for its `sid`.
 pub async fn revoke_session(
     State(state): State<AppState>,
     facts: RequestFacts,
@@ -685,21 +703,50 @@ pub async fn revoke_session(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let family = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::SessionNotFound)?;
+    let now = now();
     // Only the caller's own sessions: the id alone proves nothing.
     let owned = state
         .refresh
-        .sessions(caller.user_id, now())
+        .sessions(caller.user_id, now)
         .await?
         .iter()
         .any(|s| s.family_id == family);
     if !owned {
         return Err(ApiError::SessionNotFound);
     }
+    let revocation = Revocation::Session {
+        sid: family.to_string(),
+        expires_at: now + i64::from(state.config.access_token_ttl_seconds),
+    };
+    revoke_everywhere(&state, &revocation, now).await?;
     state.refresh.revoke_family(family).await?;
     state
         .audit
         .record("session_revoked", &caller.user_id.to_string(), &facts);
     Ok(no_content())
+}
+
+/// Publishes a revocation in the feed (the durable record, and the edges', pushed to them too),
+/// then holds it in the origin's own deny-list.
+async fn revoke_everywhere(
+    state: &AppState,
+    revocation: &Revocation,
+    now: i64,
+) -> Result<crate::store::FeedEntry, ApiError> {
+    let claims = match revocation {
+        Revocation::Token { jti, expires_at } => json!({"jti": jti, "exp": expires_at, "iat": now}),
+        Revocation::Session { sid, expires_at } => {
+            json!({"sid": sid, "exp": expires_at, "iat": now})
+        }
+        Revocation::User {
+            subject,
+            revoked_through,
+            expires_at,
+        } => json!({"sub": subject, "iat": revoked_through, "exp": expires_at}),
+    };
+    let entry = publish_revocation(state, claims, revocation.expires_at()).await?;
+    state.deny_list.apply(revocation, now).await?;
+    Ok(entry)
 }
 
 /// Appends a revocation to the feed, signed with the current key under the feed's next `seq`
@@ -732,25 +779,34 @@ async fn publish_revocation(
 /// `POST /v1/sessions/revoke-all`: ends every session of the caller at once, everywhere: their
 /// refresh tokens stop working, and every access token issued until now is refused by the
 /// origin (the deny-list's watermark) and by the edges (a signed feed entry without `jti`,
-/// pushed and pulled like a logout). Tokens from later logins are unaffected.
+/// pushed and pulled like a logout). Tokens from later logins are unaffected. The watermark is
+/// stored first (DynamoDB), then published, then held by the deny-list; after a partial failure
+/// (503) the client retries with the same token, which that watermark covers: the retry
+/// re-applies the stored watermark, never a new one, so a revoked token cannot end the sessions
+/// started since.
 pub async fn revoke_all(
     State(state): State<AppState>,
     facts: RequestFacts,
-    caller: Caller,
+    RevokingAll(caller): RevokingAll,
 ) -> Result<Response, ApiError> {
     let now = now();
-    let subject = caller.user_id.to_string();
-    // Every token issued through `now` expires by then: the entry matters no longer.
-    let expires_at = now + i64::from(state.config.access_token_ttl_seconds);
-    // As logout: the durable feed entry first, then the deny-list, then the sessions.
-    let claims = json!({"sub": subject, "iat": now, "exp": expires_at});
-    publish_revocation(&state, claims, expires_at).await?;
+    let user = caller_account(&state, &caller).await?;
+    let issued_at = caller.token.claims().iat;
+    let at = match user.sessions_revoked_at {
+        Some(stored) if issued_at.is_none_or(|iat| iat <= stored) => stored,
+        _ => now,
+    };
+    state.users.revoke_sessions(caller.user_id, at).await?;
+    // Every token issued through `at` expires by then: the entry matters no longer.
+    let revocation = Revocation::User {
+        subject: caller.user_id.to_string(),
+        revoked_through: at,
+        expires_at: at + i64::from(state.config.access_token_ttl_seconds),
+    };
+    revoke_everywhere(&state, &revocation, now).await?;
     state
-        .deny_list
-        .revoke_user(&subject, now, expires_at, now)
-        .await?;
-    state.users.revoke_sessions(caller.user_id, now).await?;
-    state.audit.record("revoke_all", &subject, &facts);
+        .audit
+        .record("revoke_all", &caller.user_id.to_string(), &facts);
     Ok(no_content())
 }
 

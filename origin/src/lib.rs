@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod clock;
 pub mod config;
+pub mod deny_list;
 pub mod edge_push;
 pub mod error;
 pub mod http;

@@ -8,11 +8,12 @@ use axum::{
     Router,
 };
 use base64ct::Encoding as _;
-use edgeauth_core::{verify_token, KeyRing, Policy};
+use edgeauth_core::{verify_token, KeyRing, Policy, Revocation};
 use edgeauth_origin::{
     app::app,
     bootstrap::{build_state, create_tables_command},
     config::{Config, Storage},
+    store::DenyList as _,
 };
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -509,10 +510,14 @@ async fn missing_or_unknown_refresh_tokens_are_invalid_grant() {
 /// Shared storage that cannot be reached: nothing listens on port 1, so every call fails to
 /// connect.
 fn dead_dynamodb_config(dir: &std::path::Path) -> Config {
+    // Shared storage needs a shared deny-list: the run's Redis, or one as dead as the store.
+    let redis =
+        std::env::var("EDGEAUTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:1".into());
     let env = test_env(
         dir,
         &[
             ("EDGEAUTH_STORAGE", "dynamodb"),
+            ("EDGEAUTH_REDIS_DENYLIST_URL", redis.as_str()),
             ("EDGEAUTH_DYNAMODB_ENDPOINT", "http://127.0.0.1:1"),
             (
                 "EDGEAUTH_SIGNING_KEYS",
@@ -684,6 +689,13 @@ async fn logout_revokes_the_access_token_and_its_session_at_once() {
             .status,
         StatusCode::OK
     );
+    // A thief with the laptop's refresh token mints an access token of the same session.
+    let stolen = o.refresh_with_cookie(&cookie_token(&laptop)).await;
+    assert_eq!(stolen.status, StatusCode::OK);
+    let stolen_access = stolen.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
 
     let out = o
         .with_bearer("POST", "/v1/logout", &laptop_access, None)
@@ -702,14 +714,21 @@ async fn logout_revokes_the_access_token_and_its_session_at_once() {
         (StatusCode::UNAUTHORIZED, Some("token_revoked"))
     );
     assert_eq!(
-        o.refresh_with_cookie(&cookie_token(&laptop)).await.status,
+        o.refresh_with_cookie(&cookie_token(&stolen)).await.status,
         StatusCode::UNAUTHORIZED
     );
+    // The whole session is revoked, so the access token the thief refreshed too.
+    let thief = o.with_bearer("GET", "/v1/me", &stolen_access, None).await;
+    assert_eq!(
+        (thief.status, thief.body["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("token_revoked"))
+    );
+    // Logging out again (a client retrying) is accepted and changes nothing.
     assert_eq!(
         o.with_bearer("POST", "/v1/logout", &laptop_access, None)
             .await
             .status,
-        StatusCode::UNAUTHORIZED
+        StatusCode::NO_CONTENT
     );
     // The other session is untouched.
     assert_eq!(
@@ -751,9 +770,15 @@ async fn a_dead_deny_list_fails_closed_and_logout_never_claims_success() {
             Some("revocation_unavailable")
         )
     );
-    // Login and refresh do not need the deny-list.
+    // The 503 logout still ended the session where it is durable, first: no more refreshes.
     assert_eq!(
         o.refresh_with_cookie(&cookie_token(&login)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Login and refresh do not need the deny-list.
+    let again = o.login("omar@example.com", "omar's passphrase").await;
+    assert_eq!(
+        o.refresh_with_cookie(&cookie_token(&again)).await.status,
         StatusCode::OK
     );
 }
@@ -884,11 +909,11 @@ async fn logout_is_published_in_the_signed_revocation_feed() {
         .expect("signed by the origin");
     let revoked =
         edgeauth_core::check_signature(&access, &ring, &edge_policy()).expect("access token");
-    let edgeauth_core::Revocation::Token { jti, expires_at } = revocation else {
-        panic!("a logout revokes one token: {revocation:?}");
+    let edgeauth_core::Revocation::Session { sid, expires_at } = revocation else {
+        panic!("a logout revokes its session: {revocation:?}");
     };
-    assert_eq!(Some(jti), revoked.claims.jti);
-    assert_eq!(Some(expires_at), revoked.claims.exp);
+    assert_eq!(Some(sid), revoked.claims.sid);
+    assert!(revoked.claims.exp.is_some_and(|exp| exp <= expires_at));
     assert_eq!(entry["expires_at"], expires_at);
     // Explicitly typed: an edge never takes a feed entry for an access token.
     let refused = edgeauth_core::check_signature(jws, &ring, &edge_policy())
@@ -1130,7 +1155,7 @@ async fn logout_pushes_the_signed_entry_to_every_edge() {
         )
         .expect("a signed revocation");
         assert!(
-            matches!(&revocation, edgeauth_core::Revocation::Token { jti, .. } if Some(jti) == revoked.claims.jti.as_ref()),
+            matches!(&revocation, edgeauth_core::Revocation::Session { sid, .. } if Some(sid) == revoked.claims.sid.as_ref()),
             "{revocation:?}"
         );
     }
@@ -1799,6 +1824,14 @@ async fn a_user_lists_their_sessions_and_ends_one() {
     let path = format!("/v1/sessions/{}", sid(&phone));
     let r = o.with_bearer("DELETE", &path, &token(&laptop), None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
+    // And its access tokens at once, the one the rotation minted too.
+    for access in [token(&phone), token(&rotated)] {
+        let me = o.with_bearer("GET", "/v1/me", &access, None).await;
+        assert_eq!(
+            (me.status, me.body["reason"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("token_revoked"))
+        );
+    }
     let refreshed = o
         .post(
             "/v1/token/refresh",
@@ -1915,4 +1948,387 @@ async fn metrics_count_requests_by_route_template_and_time_the_stores() {
             "{line}"
         );
     }
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_of_the_verified_token_whatever_the_header_spacing() {
+    let o = origin().await;
+    let refresh = o.logged_in("zoe@example.com").await;
+    let login = o.login("zoe@example.com", "a fine passphrase").await;
+    let access = login.body["access_token"].as_str().expect("token");
+    // A tab between scheme and token is valid (RFC 7235 whitespace); the core accepts it.
+    let out = o
+        .send(
+            Request::post("/v1/logout")
+                .header(header::AUTHORIZATION, format!("Bearer\t{access}"))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        o.refresh_with_cookie(&cookie_token(&login)).await.status,
+        StatusCode::UNAUTHORIZED,
+        "the session the token names is ended"
+    );
+    assert_eq!(
+        o.refresh_with_cookie(&refresh).await.status,
+        StatusCode::OK,
+        "the other session is not"
+    );
+}
+
+#[tokio::test]
+async fn a_logged_out_token_is_refused_every_second_until_its_exp_plus_leeway() {
+    let o = origin().await;
+    let user_id = o.register("abe@example.com", "abe's passphrase").await.body["user_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    // A token of the origin's own keys that expires in a second (the configuration's shortest
+    // lifetime is a minute), without a session: logout revokes its `jti` alone.
+    let now = edgeauth_origin::clock::now();
+    let exp = now + 1;
+    let claims = json!({
+        "iss": "https://auth.example.test", "aud": "api.example.test", "sub": user_id,
+        "scope": "profile", "iat": now, "exp": exp, "jti": uuid::Uuid::new_v4().to_string(),
+    });
+    let token = o
+        .state
+        .keys
+        .snapshot()
+        .expect("keys")
+        .set
+        .current(now)
+        .sign_jws(edgeauth_origin::keys::ACCESS_TOKEN_TYPE, &claims)
+        .expect("signed");
+    let leeway = o.state.verifier.policy().leeway_seconds();
+    assert_eq!(
+        o.with_bearer("GET", "/v1/me", &token, None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        o.with_bearer("POST", "/v1/logout", &token, None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    // Through exp + leeway, when the token stops passing by its own exp: revoked every time.
+    loop {
+        let now = edgeauth_origin::clock::now();
+        let me = o.with_bearer("GET", "/v1/me", &token, None).await;
+        let expected = if now < exp + leeway {
+            "token_revoked"
+        } else {
+            "token_expired"
+        };
+        assert_eq!(
+            (me.status, me.body["reason"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some(expected)),
+            "{} s after exp",
+            now - exp
+        );
+        if now > exp + leeway {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test]
+async fn revoke_all_can_be_retried_and_a_revoked_token_ends_no_later_session() {
+    let o = origin().await;
+    o.register("bea@example.com", "bea's passphrase").await;
+    let login = || {
+        o.post(
+            "/v1/login",
+            json!({"email": "bea@example.com", "password": "bea's passphrase", "refresh_token_in_body": true}),
+        )
+    };
+    let token = |r: &Reply| r.body["access_token"].as_str().expect("token").to_string();
+    let laptop = login().await;
+    let o = &o;
+    let revoke_all = |access: String| async move {
+        o.with_bearer("POST", "/v1/sessions/revoke-all", &access, None)
+            .await
+            .status
+    };
+    assert_eq!(revoke_all(token(&laptop)).await, StatusCode::NO_CONTENT);
+    let later = login().await;
+    // The same call again, as a client does after a 503: accepted, with the watermark stored
+    // the first time, so the session started since lives on.
+    assert_eq!(revoke_all(token(&laptop)).await, StatusCode::NO_CONTENT);
+    let me = o.with_bearer("GET", "/v1/me", &token(&later), None).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    let refreshed = o
+        .post(
+            "/v1/token/refresh",
+            json!({"refresh_token": later.body["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(refreshed.status, StatusCode::OK);
+    let feed = o.get("/v1/revocations").await;
+    let watermarks: Vec<Value> = feed.body["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| claims_of(e["jws"].as_str().expect("jws"))["iat"].clone())
+        .collect();
+    assert_eq!(watermarks.len(), 2);
+    assert_eq!(
+        watermarks[0], watermarks[1],
+        "the stored watermark, re-applied"
+    );
+    assert!(claims_of(&token(&later))["iat"].as_i64() > watermarks[0].as_i64());
+}
+
+/// A redis-server of the test's own, for what acts on a whole server (a flush, a pause, its
+/// eviction policy) and would disturb the tests sharing the run's one. `None` when the run has
+/// no Redis (`EDGEAUTH_TEST_REDIS_URL` unset), and those tests skip.
+struct OwnRedis {
+    url: String,
+    process: std::process::Child,
+}
+
+impl OwnRedis {
+    async fn start() -> Option<Self> {
+        std::env::var_os("EDGEAUTH_TEST_REDIS_URL")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let process = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server, installed with the run's Redis");
+        let redis = Self {
+            url: format!("redis://127.0.0.1:{port}"),
+            process,
+        };
+        for _ in 0..100 {
+            if redis.try_command(&["PING"]).await.is_ok() {
+                return Some(redis);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    async fn try_command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let mut connection = redis::Client::open(self.url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
+        redis::cmd(args[0])
+            .arg(&args[1..])
+            .query_async(&mut connection)
+            .await
+    }
+
+    async fn command(&self, args: &[&str]) {
+        self.try_command(args).await.expect("redis command");
+    }
+
+    /// The origin's settings for this Redis: deny-list and cache.
+    fn settings(&self) -> [(&'static str, &str); 2] {
+        [
+            ("EDGEAUTH_REDIS_DENYLIST_URL", self.url.as_str()),
+            ("EDGEAUTH_REDIS_CACHE_URL", self.url.as_str()),
+        ]
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_logout_that_failed_part_way_is_retried_and_ends_the_session() {
+    let Some(redis) = OwnRedis::start().await else {
+        return;
+    };
+    let o = origin_with(&redis.settings()).await;
+    let refresh = o.logged_in("cy@example.com").await;
+    let login = o.login("cy@example.com", "a fine passphrase").await;
+    let access = login.body["access_token"].as_str().expect("token");
+    // Writes wait 1.5 s, past the deny-list's timeout; reads go on.
+    redis.command(&["CLIENT", "PAUSE", "1500", "WRITE"]).await;
+    let paused = std::time::Instant::now();
+    let out = o.with_bearer("POST", "/v1/logout", access, None).await;
+    assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE, "{}", out.body);
+    tokio::time::sleep(std::time::Duration::from_millis(1600).saturating_sub(paused.elapsed()))
+        .await;
+    let retry = o.with_bearer("POST", "/v1/logout", access, None).await;
+    assert_eq!(retry.status, StatusCode::NO_CONTENT, "{}", retry.body);
+    assert_eq!(
+        o.refresh_with_cookie(&cookie_token(&login)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        o.with_bearer("GET", "/v1/me", access, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(o.refresh_with_cookie(&refresh).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_flushed_deny_list_is_rebuilt_from_the_feed_and_never_lets_a_revoked_token_pass() {
+    let Some(redis) = OwnRedis::start().await else {
+        return;
+    };
+    let o = origin_with(&redis.settings()).await;
+    o.register("di@example.com", "di's passphrase").await;
+    let access = o.login("di@example.com", "di's passphrase").await.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    assert_eq!(
+        o.with_bearer("POST", "/v1/logout", &access, None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    redis.command(&["FLUSHALL"]).await;
+    let started = std::time::Instant::now();
+    loop {
+        let me = o.with_bearer("GET", "/v1/me", &access, None).await;
+        match me.status {
+            StatusCode::UNAUTHORIZED => {
+                assert_eq!(me.body["reason"], "token_revoked");
+                break;
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(me.body["reason"], "revocation_unavailable");
+            }
+            other => panic!("a revoked token answered {other}: {}", me.body),
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "not rebuilt"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(o.get("/readyz").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_restarted_origin_rebuilds_an_empty_deny_list_before_it_answers() {
+    // Embedded: a new process's in-process list; with Redis: one emptied by a restart.
+    let redis = OwnRedis::start().await;
+    let settings = redis.as_ref().map(OwnRedis::settings);
+    let settings: &[(&str, &str)] = settings.as_ref().map_or(&[], |s| s.as_slice());
+    let first = start(fresh_dir(), settings).await;
+    first.register("ed@example.com", "ed's passphrase").await;
+    let access = first.login("ed@example.com", "ed's passphrase").await.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    assert_eq!(
+        first
+            .with_bearer("POST", "/v1/logout", &access, None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let data_dir = first.data_dir.clone();
+    drop(first);
+    if let Some(redis) = &redis {
+        redis.command(&["FLUSHALL"]).await;
+    }
+    let second = start(data_dir, settings).await;
+    let me = second.with_bearer("GET", "/v1/me", &access, None).await;
+    assert_eq!(
+        (me.status, me.body["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("token_revoked"))
+    );
+}
+
+#[tokio::test]
+async fn a_deny_list_redis_that_may_evict_is_refused_at_start() {
+    let Some(redis) = OwnRedis::start().await else {
+        return;
+    };
+    let dir = fresh_dir();
+    let env = test_env(&dir, &redis.settings());
+    let config = || Config::from_sources(None, |k| env.get(k).cloned()).expect("configuration");
+    redis
+        .command(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"])
+        .await;
+    let refused = match build_state(config()).await {
+        Ok(_) => panic!("started on an evicting Redis"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        refused.contains("redis_denylist_url") && refused.contains("noeviction"),
+        "{refused}"
+    );
+    redis
+        .command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .await;
+    if config().storage == Storage::Dynamodb {
+        create_tables_command(&config()).await.expect("tables");
+    }
+    assert!(build_state(config()).await.is_ok());
+}
+
+#[tokio::test]
+async fn redis_holds_never_shorten_and_watermarks_never_fall() {
+    let Ok(url) = std::env::var("EDGEAUTH_TEST_REDIS_URL") else {
+        return;
+    };
+    let list = edgeauth_origin::store::deny::RedisDenyList::new(&url).expect("client");
+    let now = edgeauth_origin::clock::now();
+    let subject = uuid::Uuid::new_v4().to_string();
+    let user = |through: i64, exp: i64| Revocation::User {
+        subject: subject.clone(),
+        revoked_through: through,
+        expires_at: exp,
+    };
+    list.apply(&user(now, now + 900), 30, now)
+        .await
+        .expect("applied");
+    // An older revoke-all, replayed or delivered late, lowers nothing.
+    list.apply(&user(now - 500, now + 400), 30, now)
+        .await
+        .expect("applied");
+    let mut connection = redis::Client::open(url.as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let key = format!("edgeauth:deny:user:{subject}");
+    let (through, ttl): (i64, i64) = redis::pipe()
+        .cmd("GET")
+        .arg(&key)
+        .cmd("TTL")
+        .arg(&key)
+        .query_async(&mut connection)
+        .await
+        .expect("read");
+    assert_eq!(through, now);
+    assert!(
+        (929..=930).contains(&ttl),
+        "held through exp + leeway: {ttl}"
+    );
+    let jti = uuid::Uuid::new_v4().to_string();
+    let token = |exp: i64| Revocation::Token {
+        jti: jti.clone(),
+        expires_at: exp,
+    };
+    list.apply(&token(now + 60), 30, now)
+        .await
+        .expect("applied");
+    list.apply(&token(now + 10), 30, now)
+        .await
+        .expect("applied");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!("edgeauth:deny:jti:{jti}"))
+        .query_async(&mut connection)
+        .await
+        .expect("ttl");
+    assert!((89..=90).contains(&ttl), "{ttl}");
 }

@@ -243,27 +243,47 @@ pub trait SigningKeyStore: Send + Sync {
     async fn delete_signing_key(&self, generation: u64) -> Result<bool, StoreError>;
 }
 
-/// Revoked access tokens, by `jti`, until they expire.
+/// What the deny-list holds for one token, read in one round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenyListRead {
+    /// The answer for the core: what is held is `Listed` (or a watermark); what is not held is
+    /// `NotListed` only when the list is `complete`, `Unavailable` otherwise.
+    pub answer: edgeauth_core::RevocationAnswer,
+    /// Whether the list holds everything the feed holds: it was rebuilt from the feed since it
+    /// last lost its contents (a Redis restart without persistence, a flush, a new process).
+    pub complete: bool,
+}
+
+/// Revoked access tokens (by `jti`), sessions (by `sid`) and users (a revoke-all watermark),
+/// each held as long as a token it revokes can still pass: its expiry plus the verifier's leeway
+/// ([`edgeauth_core::Revocation::holds_until`]). A copy of the feed, which is the durable record:
+/// it can be rebuilt from the feed whenever it lost its contents.
 #[async_trait::async_trait]
 pub trait DenyList: Send + Sync {
-    /// Lists `jti` until `expires_at` (the token's `exp`).
-    async fn revoke_jti(&self, jti: &str, expires_at: i64, now: i64) -> Result<(), StoreError>;
-    /// Whether `jti` is listed at `now`.
-    async fn is_revoked(&self, jti: &str, now: i64) -> Result<bool, StoreError>;
-    /// Revokes every access token of `subject` issued at or before `revoked_through`, until
-    /// `expires_at` (when the last of them has expired).
-    async fn revoke_user(
+    /// Holds `revocation` until `revocation.holds_until(leeway)`. Never shortens a hold and
+    /// never lowers a watermark, so applying an older entry again (a rebuild, a retry) is
+    /// harmless.
+    async fn apply(
         &self,
-        subject: &str,
-        revoked_through: i64,
-        expires_at: i64,
+        revocation: &edgeauth_core::Revocation,
+        leeway: i64,
         now: i64,
     ) -> Result<(), StoreError>;
-    /// The user's revoke-all watermark at `now`, if one is in force.
-    async fn user_watermark(&self, subject: &str, now: i64) -> Result<Option<i64>, StoreError>;
-    /// A cheap readiness check.
-    async fn ping(&self) -> Result<(), StoreError>;
-    /// Live entries (tokens and users), for the metrics.
+    /// What is held at `now` for the token's `jti`, `sid` and `sub`.
+    async fn read(
+        &self,
+        check: &edgeauth_core::RevocationCheck,
+        now: i64,
+    ) -> Result<DenyListRead, StoreError>;
+    /// Whether the list is complete (see [`DenyListRead::complete`]); also the readiness check.
+    async fn complete(&self) -> Result<bool, StoreError>;
+    /// Marks the start of a rebuild from the feed; the mark goes to [`Self::rebuild_finished`].
+    async fn rebuild_started(&self) -> Result<String, StoreError>;
+    /// Records that the rebuild begun with `mark` applied the whole feed. `false` (the list
+    /// stays incomplete) if the list lost its contents while it ran: what it had applied before
+    /// is gone, and it must run again.
+    async fn rebuild_finished(&self, mark: &str) -> Result<bool, StoreError>;
+    /// Live entries (tokens, sessions and users), for the metrics.
     async fn live_entries(&self, now: i64) -> Result<u64, StoreError>;
 }
 
