@@ -29,7 +29,7 @@ async fn server_cold_start(origin: &std::path::Path) -> f64 {
         .and_then(|l| l.local_addr())
         .expect("a port")
         .port();
-    let env = shared_storage(&dir, origin).await;
+    let (env, _redis) = shared_storage(&dir, origin).await;
     let client = reqwest::Client::new();
     let started = Instant::now();
     let mut child = tokio::process::Command::new(origin)

@@ -235,16 +235,18 @@ pub struct LambdaOrigin {
     /// The Runtime API the function polls.
     pub api: LambdaRuntimeApi,
     child: tokio::process::Child,
+    redis: tokio::process::Child,
     dir: std::path::PathBuf,
     /// When the process was started.
     pub started: Instant,
 }
 
 /// The configuration of a Lambda origin: shared storage, as a function has no disk to keep.
-fn lambda_origin_env(dir: &std::path::Path, dynamodb: &str) -> Vec<(String, String)> {
+fn lambda_origin_env(dir: &std::path::Path, dynamodb: &str, redis: &str) -> Vec<(String, String)> {
     [
         ("EDGEAUTH_STORAGE", "dynamodb".to_string()),
         ("EDGEAUTH_DYNAMODB_ENDPOINT", dynamodb.to_string()),
+        ("EDGEAUTH_REDIS_DENYLIST_URL", redis.to_string()),
         ("EDGEAUTH_TABLE_PREFIX", "lambda-".to_string()),
         ("EDGEAUTH_ISSUER", crate::ISSUER.to_string()),
         ("EDGEAUTH_AUDIENCE", crate::AUDIENCE.to_string()),
@@ -260,15 +262,17 @@ fn lambda_origin_env(dir: &std::path::Path, dynamodb: &str) -> Vec<(String, Stri
     .collect()
 }
 
-/// A fresh dynoxide with the origin's tables made (`origin create-tables`); the origin's
-/// configuration for it.
+/// A fresh dynoxide with the origin's tables made (`origin create-tables`) and a redis-server for
+/// the deny-list (kept running while the returned child lives); the origin's configuration for
+/// them.
 pub async fn shared_storage(
     dir: &std::path::Path,
     origin: &std::path::Path,
-) -> Vec<(String, String)> {
+) -> (Vec<(String, String)>, tokio::process::Child) {
     std::fs::create_dir_all(dir).expect("scratch directory");
     let dynamodb = crate::start_dynamodb(dir).await;
-    let env = lambda_origin_env(dir, &dynamodb);
+    let (redis_child, redis) = crate::start_redis(dir).await;
+    let env = lambda_origin_env(dir, &dynamodb, &redis);
     let tables = tokio::process::Command::new(origin)
         .arg("create-tables")
         .envs(env.clone())
@@ -276,7 +280,7 @@ pub async fn shared_storage(
         .await
         .expect("the origin runs");
     assert!(tables.status.success(), "{tables:?}");
-    env
+    (env, redis_child)
 }
 
 impl LambdaOrigin {
@@ -284,7 +288,7 @@ impl LambdaOrigin {
     pub async fn start(origin: &std::path::Path) -> Self {
         let turn = crate::exclusive().await;
         let dir = std::env::temp_dir().join(format!("edgeauth-lambda-{}", uuid::Uuid::new_v4()));
-        let env = shared_storage(&dir, origin).await;
+        let (env, redis) = shared_storage(&dir, origin).await;
         let api = LambdaRuntimeApi::start().await;
         let log = std::fs::File::create(dir.join("lambda.log")).expect("log file");
         let started = Instant::now();
@@ -300,6 +304,7 @@ impl LambdaOrigin {
             _turn: turn,
             api,
             child,
+            redis,
             dir,
             started,
         }
@@ -328,6 +333,7 @@ impl LambdaOrigin {
 impl Drop for LambdaOrigin {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
+        let _ = self.redis.start_kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

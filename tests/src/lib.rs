@@ -140,6 +140,8 @@ pub struct Switches {
     pub jwks_hangs: AtomicBool,
     /// Pushes from the origin to the Worker are dropped (answered 200, never delivered).
     pub drop_pushes: AtomicBool,
+    /// Pushes go to the second Worker (another isolate on the same KV) instead of the first.
+    pub push_to_second_worker: AtomicBool,
     /// Every JWKS the edge was served: when (Unix milliseconds), and the document.
     pub jwks_served: std::sync::Mutex<Vec<(i64, String)>>,
 }
@@ -151,6 +153,7 @@ struct RelayState {
     origins: Vec<String>,
     turn: Arc<AtomicUsize>,
     worker: Arc<std::sync::Mutex<Option<String>>>,
+    second_worker: Arc<std::sync::Mutex<Option<String>>>,
     client: reqwest::Client,
 }
 
@@ -165,7 +168,12 @@ async fn relay(State(state): State<RelayState>, request: Request) -> Response {
         if state.switches.drop_pushes.load(Ordering::SeqCst) {
             return StatusCode::OK.into_response();
         }
-        let worker = state.worker.lock().expect("not poisoned").clone();
+        let worker = if state.switches.push_to_second_worker.load(Ordering::SeqCst) {
+            &state.second_worker
+        } else {
+            &state.worker
+        };
+        let worker = worker.lock().expect("not poisoned").clone();
         match worker {
             Some(worker) => format!("{worker}/.edgeauth/revocations"),
             None => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
@@ -285,6 +293,9 @@ pub struct StackOptions {
     pub access_ttl: u32,
     /// Seconds a superseded key stays published beyond the token lifetime.
     pub retire_margin: u32,
+    /// Worker only: a second Worker process on the same Workers KV (another isolate), at
+    /// [`Stack::second_edge`].
+    pub second_worker: bool,
 }
 
 impl Default for StackOptions {
@@ -299,6 +310,7 @@ impl Default for StackOptions {
             origin_instances: 1,
             access_ttl: 900,
             retire_margin: 120,
+            second_worker: false,
         }
     }
 }
@@ -310,6 +322,14 @@ pub struct Stack {
     dir: PathBuf,
     origin_settings: OriginSettings,
     origin_children: Vec<Child>,
+    /// The origins' shared deny-list Redis (a real redis-server).
+    redis_child: Child,
+    /// Its URL, for tests that flush it.
+    pub redis: String,
+    /// The second Worker, when asked for ([`StackOptions::second_worker`]).
+    second_child: Option<Child>,
+    /// Its URL.
+    pub second_edge: Option<String>,
     /// The origins' first signing key, which the stack made and the origins imported.
     first_key: KeySet,
     edge_child: Child,
@@ -363,6 +383,7 @@ impl Stack {
         let upstream = serve(Router::new().fallback(echo)).await;
 
         let dynamodb = start_dynamodb(&dir).await;
+        let (redis_child, redis) = start_redis(&dir).await;
         let ports: Vec<u16> = (0..options.origin_instances.max(1))
             .map(|_| free_port())
             .collect();
@@ -372,11 +393,13 @@ impl Stack {
             .collect();
         let origin = origins[0].clone();
         let worker_slot = Arc::new(std::sync::Mutex::new(None));
+        let second_worker_slot = Arc::new(std::sync::Mutex::new(None));
         let relay_address = serve(Router::new().fallback(relay).with_state(RelayState {
             switches: switches.clone(),
             origins: origins.clone(),
             turn: Arc::default(),
             worker: worker_slot.clone(),
+            second_worker: second_worker_slot.clone(),
             client: client.clone(),
         }))
         .await;
@@ -394,6 +417,7 @@ impl Stack {
             dynamodb,
             access_ttl: options.access_ttl,
             retire_margin: options.retire_margin,
+            redis: redis.clone(),
         };
         // The origins import this key file into the empty table: the stack knows their key.
         let first_key = SigningKey::generate(SigningAlgorithm::EdDsa).expect("a key");
@@ -422,6 +446,10 @@ impl Stack {
                 dir,
                 origin_settings,
                 origin_children,
+                redis_child,
+                redis,
+                second_child: None,
+                second_edge: None,
                 first_key,
                 edge_child: envoy.child,
                 edge_kind: Edge::Envoy,
@@ -460,14 +488,27 @@ impl Stack {
         ];
         vars.retain(|(name, _)| options.vars.iter().all(|(extra, _)| extra != name));
         vars.extend(options.vars);
-        let worker_child = start_worker(&dir, worker_port, &vars).await;
+        let worker_child = start_worker(&dir, "worker", worker_port, &vars).await;
         *worker_slot.lock().expect("not poisoned") = Some(worker.clone());
+        let (second_child, second_edge) = if options.second_worker {
+            let port = free_port();
+            let child = start_worker(&dir, "worker-2", port, &vars).await;
+            let url = format!("http://127.0.0.1:{port}");
+            *second_worker_slot.lock().expect("not poisoned") = Some(url.clone());
+            (Some(child), Some(url))
+        } else {
+            (None, None)
+        };
 
         Self {
             _turn: turn,
             dir,
             origin_settings,
             origin_children,
+            redis_child,
+            redis,
+            second_child,
+            second_edge,
             first_key,
             edge_child: worker_child,
             edge_kind: Edge::Worker,
@@ -588,6 +629,70 @@ impl Stack {
             .to_string()
     }
 
+    /// Logs in as `email` asking for the refresh token in the body (a non-browser client);
+    /// returns the access token and the refresh token.
+    pub async fn login_with_refresh(&self, email: &str) -> (String, String) {
+        let credentials =
+            json!({"email": email, "password": PASSWORD, "refresh_token_in_body": true});
+        let login = self
+            .post_json(&format!("{}/v1/login", self.origin), &credentials)
+            .await;
+        let field = |name: &str| login[name].as_str().expect(name).to_string();
+        (field("access_token"), field("refresh_token"))
+    }
+
+    /// Exchanges a refresh token at the origin: the new access and refresh tokens, or the
+    /// status of the refusal.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<(String, String), u16> {
+        let answer = send(
+            self.client
+                .post(format!("{}/v1/token/refresh", self.origin))
+                .json(&json!({ "refresh_token": refresh_token })),
+        )
+        .await;
+        match (
+            answer.json["access_token"].as_str(),
+            answer.json["refresh_token"].as_str(),
+        ) {
+            (Some(access), Some(refresh)) if answer.status == 200 => {
+                Ok((access.to_string(), refresh.to_string()))
+            }
+            _ => Err(answer.status),
+        }
+    }
+
+    /// `GET /v1/me` at the origin with `token`: what the origin itself says of it.
+    pub async fn origin_me(&self, token: &str) -> u16 {
+        send(
+            self.client
+                .get(format!("{}/v1/me", self.origin))
+                .bearer_auth(token),
+        )
+        .await
+        .status
+    }
+
+    /// Every live entry of the origin's revocation feed, oldest first.
+    pub async fn feed(&self) -> Vec<Value> {
+        let page = send(
+            self.client
+                .get(format!("{}/v1/revocations?after=0&limit=1000", self.origin)),
+        )
+        .await;
+        page.json["entries"].as_array().expect("entries").clone()
+    }
+
+    /// `POST /.edgeauth/revocations` to the Worker at `worker` with `jws`: the status.
+    pub async fn push(&self, worker: &str, jws: &str) -> u16 {
+        send(
+            self.client
+                .post(format!("{worker}/.edgeauth/revocations"))
+                .body(jws.to_string()),
+        )
+        .await
+        .status
+    }
+
     /// `POST url` with a JSON body; the JSON answer.
     pub async fn post_json(&self, url: &str, body: &Value) -> Value {
         self.client
@@ -683,12 +788,15 @@ impl Drop for Stack {
         for child in &mut self.origin_children {
             let _ = child.start_kill();
         }
+        let _ = self.redis_child.start_kill();
         // wrangler runs workerd as its child: the process group (led by wrangler) takes both;
         // Envoy leads a group of its own. (Never through the `kill` command: procps reads
         // `kill -TERM -<pgid>` as "every process" on this machine.)
-        if let Some(pid) = self.edge_child.id().and_then(|pid| i32::try_from(pid).ok()) {
-            if pid > 1 {
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        for child in std::iter::once(&self.edge_child).chain(self.second_child.as_ref()) {
+            if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+                if pid > 1 {
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                }
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -714,6 +822,7 @@ struct OriginSettings {
     dynamodb: String,
     access_ttl: u32,
     retire_margin: u32,
+    redis: String,
 }
 
 /// The key-encryption key of every stack's origins.
@@ -729,6 +838,24 @@ pub(crate) async fn start_dynamodb(dir: &Path) -> String {
     let address = listener.local_addr().expect("address");
     tokio::spawn(dynoxide::server::serve_on(listener, db));
     format!("http://{address}")
+}
+
+/// A real redis-server on a loopback port, without persistence (`scripts/test` installs it).
+pub(crate) async fn start_redis(dir: &Path) -> (Child, String) {
+    let port = free_port();
+    let log_path = dir.join("redis.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args(["--maxmemory-policy", "noeviction"])
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server starts (scripts/test installs it)");
+    wait_until_listening(port, &mut child, "redis-server", &log_path).await;
+    (child, format!("redis://127.0.0.1:{port}"))
 }
 
 /// Runs an admin command of the origin with the stack's configuration; returns its stdout.
@@ -756,6 +883,8 @@ fn origin_env(dir: &Path, settings: &OriginSettings) -> Vec<(String, String)> {
         ),
         ("EDGEAUTH_STORAGE", "dynamodb".to_string()),
         ("EDGEAUTH_DYNAMODB_ENDPOINT", settings.dynamodb.clone()),
+        // Instances on shared storage share one deny-list, as in production.
+        ("EDGEAUTH_REDIS_DENYLIST_URL", settings.redis.clone()),
         ("EDGEAUTH_TABLE_PREFIX", "e2e-".to_string()),
         (
             "EDGEAUTH_ACCESS_TOKEN_TTL_SECONDS",
@@ -794,7 +923,9 @@ async fn start_origin(dir: &Path, settings: &OriginSettings) -> Child {
     child
 }
 
-async fn start_worker(dir: &Path, port: u16, vars: &[(String, String)]) -> Child {
+/// `wrangler dev` named `name` (its log is `<name>.log`); every Worker of a stack persists to
+/// the same state, so two of them are two isolates on one Workers KV.
+async fn start_worker(dir: &Path, name: &str, port: u16, vars: &[(String, String)]) -> Child {
     let main = artefact(
         "EDGEAUTH_E2E_WORKER_MAIN",
         repo_root().join("verifier/worker/build/worker/shim.mjs"),
@@ -813,12 +944,15 @@ async fn start_worker(dir: &Path, port: u16, vars: &[(String, String)]) -> Child
     for (name, value) in vars {
         config.push_str(&format!("{name} = {}\n", toml_string(value)));
     }
-    let config_path = dir.join("wrangler.toml");
+    let config_path = dir.join(format!("{name}.toml"));
     std::fs::write(&config_path, config).expect("wrangler config");
-    let log_path = dir.join("worker.log");
+    let log_path = dir.join(format!("{name}.log"));
     let log = std::fs::File::create(&log_path).expect("log file");
+    let cwd = dir.join(name);
+    std::fs::create_dir_all(&cwd).expect("a working directory");
     let mut command = Command::new(wrangler);
     command
+        .args(["--inspector-port", &free_port().to_string()])
         .args([
             "dev",
             "--local",
@@ -838,7 +972,8 @@ async fn start_worker(dir: &Path, port: u16, vars: &[(String, String)]) -> Child
             ("WRANGLER_HIDE_BANNER", "true"),
             ("CLOUDFLARE_CF_FETCH_ENABLED", "false"),
         ])
-        .current_dir(dir)
+        // A working directory each: wrangler keeps its scratch files there.
+        .current_dir(&cwd)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log file"))
         .stderr(log)

@@ -3,5 +3,6 @@
 mod edge;
 mod envoy;
 mod lambda;
+mod revocation;
 mod telemetry;
 mod worker;
