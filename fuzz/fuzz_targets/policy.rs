@@ -113,6 +113,7 @@ fuzz_target!(|data: &[u8]| {
         RevocationAnswer::CLEAR,
         RevocationAnswer {
             jti: DenyListStatus::Unavailable,
+            session: DenyListStatus::NotListed,
             user: WatermarkStatus::RevokedThrough(NOW - 3600),
         },
     ];
