@@ -128,7 +128,7 @@ async fn a_thief_refreshing_in_a_loop_is_cut_off_by_the_owners_logout(edge: Edge
         .expect("not poisoned");
     let after: Vec<_> = loot.successes.iter().filter(|s| **s > logged_out).collect();
     assert!(after.is_empty(), "{} refreshes after logout", after.len());
-    assert_eq!(loot.refused, Some(400), "invalid_grant");
+    assert_eq!(loot.refused, Some(401), "invalid_grant, as the origin answers it");
     let access = loot.access.expect("the thief's newest access token");
     assert_ne!(
         Stack::claims_of(&access)["jti"],
