@@ -7,24 +7,6 @@ use std::time::{Duration, Instant};
 use edgeauth_e2e::{send, Edge, Stack, StackOptions};
 use serde_json::json;
 
-/// Mounts each scenario once per edge, as rustls mounts its API tests once per provider.
-macro_rules! on_every_edge {
-    ($($scenario:ident),* $(,)?) => {
-        mod worker {
-            $(#[tokio::test]
-            async fn $scenario() {
-                super::$scenario(edgeauth_e2e::Edge::Worker).await
-            })*
-        }
-        mod envoy {
-            $(#[tokio::test]
-            async fn $scenario() {
-                super::$scenario(edgeauth_e2e::Edge::Envoy).await
-            })*
-        }
-    };
-}
-
 on_every_edge!(
     a_valid_token_reaches_the_upstream_with_verified_identity_only,
     bad_tokens_get_rfc_6750_answers,

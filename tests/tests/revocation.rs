@@ -13,23 +13,6 @@ use base64ct::{Base64UrlUnpadded, Encoding as _};
 use edgeauth_e2e::{send, Edge, Stack, StackOptions, DENY_CACHE_SECONDS};
 use serde_json::{json, Value};
 
-macro_rules! on_every_edge {
-    ($($scenario:ident),* $(,)?) => {
-        mod worker {
-            $(#[tokio::test]
-            async fn $scenario() {
-                super::$scenario(edgeauth_e2e::Edge::Worker).await
-            })*
-        }
-        mod envoy {
-            $(#[tokio::test]
-            async fn $scenario() {
-                super::$scenario(edgeauth_e2e::Edge::Envoy).await
-            })*
-        }
-    };
-}
-
 on_every_edge!(
     a_thief_refreshing_in_a_loop_is_cut_off_by_the_owners_logout,
     a_revocation_signed_by_a_key_not_yet_fetched_is_applied_once_keys_arrive,
@@ -128,7 +111,11 @@ async fn a_thief_refreshing_in_a_loop_is_cut_off_by_the_owners_logout(edge: Edge
         .expect("not poisoned");
     let after: Vec<_> = loot.successes.iter().filter(|s| **s > logged_out).collect();
     assert!(after.is_empty(), "{} refreshes after logout", after.len());
-    assert_eq!(loot.refused, Some(401), "invalid_grant, as the origin answers it");
+    assert_eq!(
+        loot.refused,
+        Some(401),
+        "invalid_grant, as the origin answers it"
+    );
     let access = loot.access.expect("the thief's newest access token");
     assert_ne!(
         Stack::claims_of(&access)["jti"],
