@@ -104,22 +104,33 @@ fn free_port() -> u16 {
 }
 
 async fn wait_until_listening(port: u16, child: &mut Child, what: &str, log: &Path) {
+    if let Err(failure) = listening(port, child, what, log).await {
+        panic!("{failure}");
+    }
+}
+
+/// Waits for `child` to accept connections on `port`; the failure says why, with its log.
+async fn listening(port: u16, child: &mut Child, what: &str, log: &Path) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            return;
+            return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
             let output = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("{what} exited with {status} before listening:\n{output}");
+            return Err(format!(
+                "{what} exited with {status} before listening:\n{output}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let output = std::fs::read_to_string(log).unwrap_or_default();
-    panic!("{what} did not listen on {port} within 60 s:\n{output}");
+    Err(format!(
+        "{what} did not listen on {port} within 60 s:\n{output}"
+    ))
 }
 
 /// Serialises stacks across test threads.
@@ -467,8 +478,6 @@ impl Stack {
             return stack;
         }
 
-        let worker_port = free_port();
-        let worker = format!("http://127.0.0.1:{worker_port}");
         let mut vars = vec![
             ("POLICY".to_string(), policy),
             (
@@ -488,11 +497,11 @@ impl Stack {
         ];
         vars.retain(|(name, _)| options.vars.iter().all(|(extra, _)| extra != name));
         vars.extend(options.vars);
-        let worker_child = start_worker(&dir, "worker", worker_port, &vars).await;
+        let (worker_child, worker_port) = start_worker(&dir, "worker", &vars).await;
+        let worker = format!("http://127.0.0.1:{worker_port}");
         *worker_slot.lock().expect("not poisoned") = Some(worker.clone());
         let (second_child, second_edge) = if options.second_worker {
-            let port = free_port();
-            let child = start_worker(&dir, "worker-2", port, &vars).await;
+            let (child, port) = start_worker(&dir, "worker-2", &vars).await;
             let url = format!("http://127.0.0.1:{port}");
             *second_worker_slot.lock().expect("not poisoned") = Some(url.clone());
             (Some(child), Some(url))
@@ -925,7 +934,32 @@ async fn start_origin(dir: &Path, settings: &OriginSettings) -> Child {
 
 /// `wrangler dev` named `name` (its log is `<name>.log`); every Worker of a stack persists to
 /// the same state, so two of them are two isolates on one Workers KV.
-async fn start_worker(dir: &Path, name: &str, port: u16, vars: &[(String, String)]) -> Child {
+/// Starts `wrangler dev` on a port of its own and returns it with that port.
+///
+/// A port found free can be taken before workerd binds it (by wrangler's own inspector or
+/// loopback sockets, or by any outgoing connection's local port): workerd then exits with
+/// "Address already in use", and the start is tried again on fresh ports.
+async fn start_worker(dir: &Path, name: &str, vars: &[(String, String)]) -> (Child, u16) {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let port = free_port();
+        match try_start_worker(dir, name, port, vars).await {
+            Ok(child) => return (child, port),
+            Err(failure) if attempts < 3 && failure.contains("Address already in use") => {
+                eprintln!("{name}: a port was taken before workerd bound it; starting again");
+            }
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+}
+
+async fn try_start_worker(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    vars: &[(String, String)],
+) -> Result<Child, String> {
     let main = artefact(
         "EDGEAUTH_E2E_WORKER_MAIN",
         repo_root().join("verifier/worker/build/worker/shim.mjs"),
@@ -980,8 +1014,8 @@ async fn start_worker(dir: &Path, name: &str, port: u16, vars: &[(String, String
         .process_group(0)
         .kill_on_drop(true);
     let mut child = command.spawn().expect("wrangler starts");
-    wait_until_listening(port, &mut child, "wrangler dev", &log_path).await;
-    child
+    listening(port, &mut child, "wrangler dev", &log_path).await?;
+    Ok(child)
 }
 
 /// A running Envoy and its three listeners.
