@@ -33,6 +33,44 @@ async fn a_lost_push_is_repaired_by_the_cron_pull() {
     stack.expect_edge_log("\"stored\":0").await;
 }
 
+/// A cold isolate hit by many requests at once: none may get 503 `keys_unavailable` because a
+/// neighbour's key fetch was under way (the old behaviour), and once one fetch has answered, the
+/// next requests are served from the keys it stored.
+#[tokio::test]
+async fn concurrent_first_requests_are_not_refused_while_the_keys_arrive() {
+    let stack = Stack::start().await;
+    let token = stack.login().await;
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let request = stack
+            .client
+            .get(format!("{}/orders", stack.edge))
+            .bearer_auth(&token);
+        requests.spawn(send(request));
+    }
+    while let Some(answer) = requests.join_next().await {
+        let answer = answer.expect("the request task");
+        assert_eq!(answer.status, 200, "{:?}", answer.json);
+    }
+    let fetches = stack
+        .switches
+        .jwks_served
+        .lock()
+        .expect("not poisoned")
+        .len();
+    assert!((1..=20).contains(&fetches), "{fetches} JWKS fetches");
+    for _ in 0..5 {
+        assert_eq!(stack.get("/orders", Some(&token)).await.status, 200);
+    }
+    let after = stack
+        .switches
+        .jwks_served
+        .lock()
+        .expect("not poisoned")
+        .len();
+    assert_eq!(after, fetches, "keys held were fetched again");
+}
+
 #[tokio::test]
 async fn pushes_must_be_signed_by_the_origin() {
     let stack = Stack::start().await;

@@ -6,7 +6,9 @@ use std::rc::Rc;
 
 use edgeauth_core::{freshness_seconds, KeyRing};
 use serde_json::json;
-use worker::{console_error, Cache, Context, Env, Headers, Method, Request, RequestInit, Response};
+use worker::{
+    console_error, Cache, Context, Date, Env, Headers, Method, Request, RequestInit, Response,
+};
 
 use crate::{fetch_with_deadline, log, settings::Settings, with_isolate};
 
@@ -58,6 +60,12 @@ pub fn may_force(env: &Env, settings: &Settings, now: i64) -> bool {
 
 /// The keys to verify with at `now`, fetching first when they are due (or, with `force`, when an
 /// unknown `kid` asked for it).
+///
+/// A request that finds no usable keys while another request's fetch is under way fetches too,
+/// rather than answer 503 for a fetch that has not failed: a cold isolate's first burst costs the
+/// origin one JWKS fetch per concurrent request, and none of them is refused. (Waiting for the
+/// other request's fetch instead, on a timer, made workerd cancel the waiting requests as hung.)
+/// After a failed fetch the interval still holds everyone back.
 pub async fn current_keys(
     env: &Env,
     settings: &Settings,
@@ -65,27 +73,42 @@ pub async fn current_keys(
     force: bool,
 ) -> Option<Rc<KeyRing>> {
     let interval = settings.keys_refetch_interval;
+    let deadline_ms = u64::from(settings.fetch_timeout_ms);
+    let started_ms = Date::now().as_millis();
     let due = with_isolate(env, |i| {
         let due = if force {
             i.keys.may_force(now, interval)
         } else {
+            let in_flight = i.keys_fetch_started_ms.is_some_and(|at| {
+                // A mark older than the deadline is a fetch whose request was cancelled.
+                started_ms.saturating_sub(at) < deadline_ms
+            });
             i.keys.fetch_due(now, interval)
+                || (in_flight && i.keys.usable(now, settings.keys_max_stale).is_none())
         };
         if due {
             i.keys.attempted(now, force);
+            i.keys_fetch_started_ms = Some(started_ms);
         }
         due
     });
     if due {
         // A forced fetch must reach the origin: the shared copy is what lacks the new `kid`.
-        match fetch_keys(settings, now, !force).await {
-            Ok(keys) => with_isolate(env, |i| {
-                i.keys.store(keys.ring, keys.fetched_at, keys.fresh_until)
-            }),
-            Err(error) => console_error!(
+        let fetched = fetch_keys(settings, now, !force).await;
+        with_isolate(env, |i| {
+            if i.keys_fetch_started_ms == Some(started_ms) {
+                i.keys_fetch_started_ms = None;
+            }
+            if let Ok(keys) = fetched.as_ref() {
+                i.keys
+                    .store(keys.ring.clone(), keys.fetched_at, keys.fresh_until);
+            }
+        });
+        if let Err(error) = fetched {
+            console_error!(
                 "{}",
                 json!({"event": "jwks_fetch_failed", "error": error, "url": settings.jwks_url})
-            ),
+            );
         }
     }
     with_isolate(env, |i| i.keys.usable(now, settings.keys_max_stale))

@@ -55,6 +55,9 @@ use settings::Settings;
 struct Isolate {
     settings: Result<Rc<Settings>, String>,
     keys: KeyCache,
+    /// When (Unix milliseconds) a request of this isolate began the key fetch under way, if any:
+    /// a fetch under way is not a failed one, and holds no request without keys back.
+    keys_fetch_started_ms: Option<u64>,
     tokens: TokenCache,
     denied: DenyCache,
     web_crypto: webcrypto::WebCrypto,
@@ -84,6 +87,7 @@ fn with_isolate<T>(env: &Env, f: impl FnOnce(&mut Isolate) -> T) -> T {
             Isolate {
                 settings,
                 keys: KeyCache::default(),
+                keys_fetch_started_ms: None,
                 tokens: TokenCache::new(cache_entries),
                 denied: DenyCache::default(),
                 web_crypto: webcrypto::WebCrypto::default(),
