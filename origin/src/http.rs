@@ -24,7 +24,7 @@ use crate::{
     mfa,
     password::Verification,
     soft_lock::account_key,
-    store::{profile_cache::Profile, RefreshRecord, StoreError, User, UserId},
+    store::{profile_cache::Profile, Exchange, RefreshRecord, StoreError, User, UserId},
 };
 
 /// Path the refresh cookie is scoped to: the browser sends it nowhere else.
@@ -251,7 +251,7 @@ pub async fn login(
         &state,
         &user,
         &record,
-        &refresh_token,
+        Some(&refresh_token),
         now,
         body.refresh_token_in_body,
     )
@@ -325,13 +325,13 @@ fn new_refresh_record(
     (token, record)
 }
 
-/// The answer of login and refresh: a fresh access token in the body; the refresh token as a
-/// cookie, and in the body too for clients that asked.
+/// The answer of login and refresh: a fresh access token in the body; the refresh token, if a
+/// new one was issued, as a cookie, and in the body too for clients that asked.
 fn token_response(
     state: &AppState,
     user: &User,
     session: &RefreshRecord,
-    refresh_token: &str,
+    refresh_token: Option<&str>,
     now: i64,
     refresh_in_body: bool,
 ) -> Result<Response, ApiError> {
@@ -371,15 +371,17 @@ fn token_response(
         "token_type": "Bearer",
         "expires_in": config.access_token_ttl_seconds,
     });
-    if refresh_in_body {
-        body["refresh_token"] = json!(refresh_token);
+    if let (Some(token), true) = (refresh_token, refresh_in_body) {
+        body["refresh_token"] = json!(token);
     }
     let mut response = Json(body).into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::SET_COOKIE,
-        refresh_cookie(refresh_token, config.refresh_token_ttl_seconds)?,
-    );
+    if let Some(token) = refresh_token {
+        headers.insert(
+            header::SET_COOKIE,
+            refresh_cookie(token, config.refresh_token_ttl_seconds)?,
+        );
+    }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
@@ -406,9 +408,11 @@ fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 /// `POST /v1/token/refresh`: exchanges a refresh token (cookie, or JSON body) for a new access
 /// token and a new refresh token. Every exchange rotates: the old token is consumed in the same
-/// transaction that stores the new one. A consumed token presented again is theft, and the whole
-/// session (family) is revoked, except once within `refresh_grace_seconds` of its rotation, so
-/// two tabs refreshing together do not log the user out.
+/// transaction that stores the new one, and that transaction also checks that the session has
+/// not ended (logout, session revoked, revoke-all), so ending a session cannot be outrun. A
+/// consumed token presented again is theft, and the whole session (family) is revoked, except
+/// once within `refresh_grace_seconds` of its rotation, so two tabs refreshing together do not
+/// log the user out: that once gets an access token only, never a second refresh token.
 pub async fn refresh(
     State(state): State<AppState>,
     facts: RequestFacts,
@@ -450,38 +454,68 @@ pub async fn refresh(
         state.refresh.revoke_family(record.family_id).await?;
         return Err(ApiError::InvalidGrant);
     }
-    let (new_token, new_record) =
-        new_refresh_record(&state, &user, record.family_id, now, record.mfa);
-    let rotated = match record.consumed_at {
-        None => state.refresh.rotate(&hash, &new_record, now).await,
-        Some(_) => Err(StoreError::Conflict),
-    };
-    match rotated {
-        Ok(()) => {}
-        Err(StoreError::Conflict) => {
-            let grace_start = now - i64::from(state.config.refresh_grace_seconds);
-            match state
-                .refresh
-                .rotate_in_grace(&hash, &new_record, grace_start)
-                .await
-            {
-                Ok(()) => {
-                    tracing::info!(event = "refresh_grace", user_id = %user.id, "rotated token reused within grace")
-                }
-                Err(StoreError::Conflict) => {
-                    let revoked = state.refresh.revoke_family(record.family_id).await?;
-                    tracing::warn!(event = "refresh_reuse", user_id = %user.id, family_id = %record.family_id, revoked, "refresh token reused: session revoked");
-                    state
-                        .audit
-                        .record("refresh_reuse", &user.id.to_string(), &facts);
-                    return Err(ApiError::InvalidGrant);
-                }
-                Err(e) => return Err(e.into()),
+    if record.consumed_at.is_none() {
+        let (new_token, new_record) =
+            new_refresh_record(&state, &user, record.family_id, now, record.mfa);
+        match state.refresh.rotate(&record, &new_record, now).await? {
+            Exchange::Done => {
+                return token_response(
+                    &state,
+                    &user,
+                    &new_record,
+                    Some(&new_token),
+                    now,
+                    refresh_in_body,
+                )
             }
+            Exchange::SessionEnded => return Err(ApiError::InvalidGrant),
+            // Consumed since it was read: another tab's refresh won the race.
+            Exchange::Spent => {}
         }
-        Err(e) => return Err(e.into()),
     }
-    token_response(&state, &user, &new_record, &new_token, now, refresh_in_body)
+    let grace_start = now - i64::from(state.config.refresh_grace_seconds);
+    match state.refresh.use_grace(&record, grace_start).await? {
+        Exchange::Done => {
+            tracing::info!(event = "refresh_grace", user_id = %user.id, "rotated token reused within grace");
+            // An access token only: the tab that rotated set the new cookie, which this browser
+            // holds too. A second refresh token would fork the session.
+            token_response(&state, &user, &record, None, now, false)
+        }
+        Exchange::SessionEnded => Err(ApiError::InvalidGrant),
+        Exchange::Spent => Err(refresh_reused(&state, &facts, &record, now).await),
+    }
+}
+
+/// A consumed refresh token presented again, past its grace: theft. Ends the session (no token
+/// of it is exchanged again) and revokes its access tokens at the edges and at the origin (a
+/// session entry in the feed and the deny-list, until the last of them has expired), then
+/// audits. The answer is `invalid_grant`, or 503
+/// if the session could not be ended or published.
+async fn refresh_reused(
+    state: &AppState,
+    facts: &RequestFacts,
+    record: &RefreshRecord,
+    now: i64,
+) -> ApiError {
+    let user = record.user_id;
+    let family_id = record.family_id;
+    let revoked = match state.refresh.revoke_family(family_id).await {
+        Ok(revoked) => revoked,
+        Err(e) => return e.into(),
+    };
+    let revocation = Revocation::Session {
+        sid: family_id.to_string(),
+        expires_at: now + i64::from(state.config.access_token_ttl_seconds),
+    };
+    let published = revoke_everywhere(state, &revocation, now).await;
+    tracing::warn!(event = "refresh_reuse", user_id = %user, %family_id, revoked, published = published.is_ok(), "refresh token reused: session revoked");
+    state
+        .audit
+        .record("refresh_reuse", &user.to_string(), facts);
+    match published {
+        Ok(_) => ApiError::InvalidGrant,
+        Err(e) => e,
+    }
 }
 
 /// `POST /v1/logout`: ends the caller's session at once, everywhere. In this order, each step

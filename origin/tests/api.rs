@@ -434,7 +434,7 @@ async fn refresh_rotates_and_a_replayed_token_revokes_the_session() {
 }
 
 #[tokio::test]
-async fn two_tabs_refreshing_together_stay_logged_in_once() {
+async fn two_tabs_refreshing_together_stay_logged_in_once_without_forking_the_session() {
     let o = origin().await; // default grace: 10 s
     let shared = o.logged_in("ivan@example.com").await;
     let tab_a = o.refresh_with_cookie(&shared).await;
@@ -445,23 +445,80 @@ async fn two_tabs_refreshing_together_stay_logged_in_once() {
         "{}",
         tab_b.body
     );
-    let (a, b) = (cookie_token(&tab_a), cookie_token(&tab_b));
-    assert_ne!(a, b);
-    // The grace is single-use: a third exchange of the same token is reuse.
+    // The second tab gets an access token only: the browser already holds tab A's new cookie,
+    // and a second refresh token would be a second session.
+    let a = cookie_token(&tab_a);
+    assert_eq!(tab_b.headers.get(header::SET_COOKIE), None);
+    assert!(tab_b.body.get("refresh_token").is_none(), "{}", tab_b.body);
+    let b_access = tab_b.body["access_token"].as_str().expect("access token");
+    let a_access = tab_a.body["access_token"].as_str().expect("access token");
+    assert_eq!(claims_of(b_access)["sid"], claims_of(a_access)["sid"]);
     assert_eq!(
-        o.refresh_with_cookie(&shared).await.status,
-        StatusCode::UNAUTHORIZED
+        o.with_bearer("GET", "/v1/me", b_access, None).await.status,
+        StatusCode::OK
+    );
+    // The grace is single-use: a third exchange of the same token is reuse, which ends the
+    // session: its refresh tokens, and its access tokens at the edges (a session entry in the
+    // signed feed).
+    let third = o.refresh_with_cookie(&shared).await;
+    assert_eq!(
+        (third.status, third.body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_grant"))
     );
     assert_eq!(
         o.refresh_with_cookie(&a).await.status,
         StatusCode::UNAUTHORIZED,
         "the family is revoked"
     );
-    assert_eq!(
-        o.refresh_with_cookie(&b).await.status,
-        StatusCode::UNAUTHORIZED,
-        "the family is revoked"
+    let feed = o.get("/v1/revocations").await;
+    let jws = feed.body["entries"][0]["jws"].as_str().expect("an entry");
+    let jwks = o.get("/.well-known/jwks.json").await.body.to_string();
+    let (ring, _) = KeyRing::from_jwks(jwks.as_bytes(), &edge_policy()).expect("ring");
+    let revocation =
+        edgeauth_core::verify_revocation(jws, edgeauth_origin::clock::now(), &ring, &edge_policy())
+            .expect("signed by the origin");
+    let edgeauth_core::Revocation::Session { sid, expires_at } = revocation else {
+        panic!("a session entry: {revocation:?}");
+    };
+    assert_eq!(Some(sid.as_str()), claims_of(a_access)["sid"].as_str());
+    let exp = claims_of(b_access)["exp"].as_i64().expect("exp");
+    assert!(expires_at >= exp, "outlives the session's access tokens");
+    // The origin holds it too: the session's access tokens are refused there as well.
+    for access in [a_access, b_access] {
+        assert_eq!(
+            o.with_bearer("GET", "/v1/me", access, None).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_grace_gives_a_body_client_no_second_refresh_token_either() {
+    let o = origin().await;
+    o.register("ivy@example.com", "a fine passphrase").await;
+    let login = o
+        .post("/v1/login", json!({"email": "ivy@example.com", "password": "a fine passphrase", "refresh_token_in_body": true}))
+        .await;
+    let shared = json!({"refresh_token": login.body["refresh_token"]});
+    let first = o.post("/v1/token/refresh", shared.clone()).await;
+    assert!(first.body["refresh_token"].is_string(), "{}", first.body);
+    let second = o.post("/v1/token/refresh", shared).await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.body);
+    assert!(second.body["access_token"].is_string());
+    assert!(
+        second.body.get("refresh_token").is_none(),
+        "{}",
+        second.body
     );
+    assert_eq!(second.headers.get(header::SET_COOKIE), None);
+    // The session goes on with the one new refresh token.
+    let next = o
+        .post(
+            "/v1/token/refresh",
+            json!({"refresh_token": first.body["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(next.status, StatusCode::OK, "{}", next.body);
 }
 
 #[tokio::test]
@@ -2331,4 +2388,262 @@ async fn redis_holds_never_shorten_and_watermarks_never_fall() {
         .await
         .expect("ttl");
     assert!((89..=90).contains(&ttl), "{ttl}");
+}
+
+/// Refreshes without a rate limit in the way: the races below send hundreds a second.
+const UNLIMITED_REFRESH: (&str, &str) = (
+    "EDGEAUTH_RATE_LIMITS",
+    r#"{"refresh":{"count":1000000,"per_seconds":60}}"#,
+);
+
+/// How the owner ends the session a thief holds a copy of.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    Logout,
+    RevokeAll,
+    DeleteSession,
+}
+
+impl Ending {
+    /// The owner's request, with the access token of the session, and the event it audits.
+    async fn run(self, o: &Origin, access: &str) -> (StatusCode, &'static str) {
+        let (method, path, event) = match self {
+            Self::Logout => ("POST", "/v1/logout".to_string(), "logout"),
+            Self::RevokeAll => ("POST", "/v1/sessions/revoke-all".to_string(), "revoke_all"),
+            Self::DeleteSession => {
+                let sid = claims_of(access)["sid"].as_str().expect("sid").to_string();
+                ("DELETE", format!("/v1/sessions/{sid}"), "session_revoked")
+            }
+        };
+        let status = o.with_bearer(method, &path, access, None).await.status;
+        (status, event)
+    }
+}
+
+/// A thief with a copy of the owner's refresh token refreshes in a tight loop, always with the
+/// newest token of the chain, while the owner ends the session. Once the owner's request has
+/// returned, no refresh the thief sends succeeds, for the 2 s the loop keeps going; and the
+/// refusals are not taken for reuse (an ended session is not theft to report).
+async fn thief_cannot_outrun(ending: Ending) {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc, OnceLock,
+    };
+    let o = Arc::new(origin_with(&[UNLIMITED_REFRESH]).await);
+    let email = format!("owner-{ending:?}@example.com").to_lowercase();
+    o.register(&email, "a fine passphrase").await;
+    let owner = o.login(&email, "a fine passphrase").await;
+    let access = owner.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let stolen = cookie_token(&owner);
+
+    let ended_at = Arc::new(OnceLock::<std::time::Instant>::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let before = Arc::new(AtomicU32::new(0));
+    let thief = {
+        let (o, ended_at, stop, before) =
+            (o.clone(), ended_at.clone(), stop.clone(), before.clone());
+        tokio::spawn(async move {
+            let (mut token, mut after) = (stolen, 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                let sent = std::time::Instant::now();
+                let r = o.refresh_with_cookie(&token).await;
+                match r.status {
+                    StatusCode::OK => {
+                        token = cookie_token(&r);
+                        if ended_at.get().is_some_and(|ended| sent > *ended) {
+                            after += 1;
+                        } else {
+                            before.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    StatusCode::UNAUTHORIZED => {}
+                    other => panic!("the thief's refresh answered {other}: {}", r.body),
+                }
+            }
+            after
+        })
+    };
+    for _ in 0..100 {
+        if before.load(Ordering::Relaxed) >= 20 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (status, event) = ending.run(&o, &access).await;
+    ended_at.set(std::time::Instant::now()).expect("set once");
+    assert_eq!(status, StatusCode::NO_CONTENT, "{ending:?}");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let after = thief.await.expect("thief task");
+    let before = before.load(Ordering::Relaxed);
+    assert!(
+        before > 0,
+        "the thief never got going: the test shows nothing"
+    );
+    assert_eq!(
+        after, 0,
+        "{ending:?}: {after} refreshes succeeded after the session ended ({before} before)"
+    );
+
+    // The audit has the ending and no reuse: the thief's refusals were an ended session.
+    let user = claims_of(&access)["sub"].as_str().expect("sub").to_string();
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        events = o
+            .state
+            .audit
+            .for_user(&user, 50)
+            .await
+            .expect("audit")
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        if events.iter().any(|e| e == event) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    assert!(events.iter().any(|e| e == event), "{events:?}");
+    assert!(!events.iter().any(|e| e == "refresh_reuse"), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thief_refreshing_in_a_loop_cannot_outrun_logout() {
+    thief_cannot_outrun(Ending::Logout).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thief_refreshing_in_a_loop_cannot_outrun_revoke_all() {
+    thief_cannot_outrun(Ending::RevokeAll).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thief_refreshing_in_a_loop_cannot_outrun_ending_the_session() {
+    thief_cannot_outrun(Ending::DeleteSession).await;
+}
+
+#[tokio::test]
+async fn a_revoke_all_ends_sessions_rotated_after_the_moment_it_names() {
+    // The handler reads the clock, then publishes and lists before the epoch is written: a
+    // rotation committed in between, in the next second, must end too.
+    let o = origin().await;
+    let token = o.logged_in("una@example.com").await;
+    let rotated = o.refresh_with_cookie(&token).await;
+    let access = rotated.body["access_token"].as_str().expect("access token");
+    let user = edgeauth_origin::store::UserId(
+        uuid::Uuid::parse_str(claims_of(access)["sub"].as_str().expect("sub")).expect("uuid"),
+    );
+    let issued = claims_of(access)["iat"].as_i64().expect("iat");
+    o.state
+        .users
+        .revoke_sessions(user, issued - 5)
+        .await
+        .expect("revoke-all");
+    let r = o.refresh_with_cookie(&cookie_token(&rotated)).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_grant"))
+    );
+}
+
+/// `n` refreshes of one token at once.
+async fn refresh_together(o: &std::sync::Arc<Origin>, token: &str, n: usize) -> Vec<Reply> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (o, token) = (o.clone(), token.to_string());
+            tokio::spawn(async move { o.refresh_with_cookie(&token).await })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.push(task.await.expect("task"));
+    }
+    replies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_refreshes_of_one_token_issue_one_refresh_token() {
+    let o = std::sync::Arc::new(origin_with(&[UNLIMITED_REFRESH]).await);
+    let token = o.logged_in("vic@example.com").await;
+    let replies = refresh_together(&o, &token, 8).await;
+    for r in &replies {
+        assert!(
+            r.status == StatusCode::OK
+                || (r.status == StatusCode::UNAUTHORIZED && r.body["error"] == "invalid_grant"),
+            "{} {}",
+            r.status,
+            r.body
+        );
+        if r.status == StatusCode::OK {
+            assert!(r.body["access_token"].is_string(), "{}", r.body);
+        }
+    }
+    let issued = replies
+        .iter()
+        .filter(|r| r.headers.contains_key(header::SET_COOKIE))
+        .count();
+    assert_eq!(issued, 1, "one rotation wins; the session never forks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_racing_again_and_again_are_never_taken_for_reuse() {
+    let o = std::sync::Arc::new(origin_with(&[UNLIMITED_REFRESH]).await);
+    let mut token = o.logged_in("wyn@example.com").await;
+    // Both answered, one new refresh token each time, and the session goes on with it.
+    for round in 0..20 {
+        let pair = refresh_together(&o, &token, 2).await;
+        for r in &pair {
+            assert_eq!(r.status, StatusCode::OK, "round {round}: {}", r.body);
+        }
+        let winners: Vec<&Reply> = pair
+            .iter()
+            .filter(|r| r.headers.contains_key(header::SET_COOKIE))
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}");
+        token = cookie_token(winners[0]);
+    }
+    let access = o.refresh_with_cookie(&token).await;
+    assert_eq!(access.status, StatusCode::OK, "{}", access.body);
+}
+
+#[tokio::test]
+async fn an_ended_session_is_not_listed_even_if_a_token_of_it_escaped_deletion() {
+    let o = origin().await;
+    o.register("zoe@example.com", "zoe's passphrase").await;
+    let login = o.login("zoe@example.com", "zoe's passphrase").await;
+    let access = login.body["access_token"].as_str().expect("token");
+    let claims = claims_of(access);
+    let family = uuid::Uuid::parse_str(claims["sid"].as_str().expect("sid")).expect("uuid");
+    let user = edgeauth_origin::store::UserId(
+        uuid::Uuid::parse_str(claims["sub"].as_str().expect("sub")).expect("uuid"),
+    );
+    o.state.refresh.revoke_family(family).await.expect("ended");
+    // A rotation that committed after the family index was read for deletion left this.
+    let now = edgeauth_origin::clock::now();
+    let escaped = edgeauth_origin::store::RefreshRecord {
+        token_hash: [7; 32],
+        user_id: user,
+        family_id: family,
+        expires_at: now + 3600,
+        consumed_at: None,
+        replaced_by: None,
+        mfa: false,
+        issued_at: now,
+    };
+    o.state.refresh.insert(&escaped).await.expect("stored");
+    let other = o.login("zoe@example.com", "zoe's passphrase").await;
+    let other_access = other.body["access_token"].as_str().expect("token");
+    let listed = o
+        .with_bearer("GET", "/v1/sessions", other_access, None)
+        .await;
+    let ids: Vec<&str> = listed.body["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(ids, [claims_of(other_access)["sid"].as_str().expect("sid")]);
 }

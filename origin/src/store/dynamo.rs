@@ -6,7 +6,10 @@
 //!   `user_id = EMAIL#<email>` written in the same transaction as the account, because a GSI
 //!   cannot enforce uniqueness; guards have no `email` attribute, so the sparse GSI skips them.
 //! - `RefreshTokens`: PK `token_hash` (S, base64url SHA-256). GSI `family-index` on `family_id`.
-//!   TTL on `expires_at`; TTL deletion runs up to days late, so every read checks it too.
+//!   TTL on `expires_at`; TTL deletion runs up to days late, so every read checks it too. An
+//!   ended session leaves a tombstone `token_hash = family#<family_id>` (no other attributes but
+//!   `expires_at`, so no index holds it, and no token's key, base64url, contains `#`): every
+//!   rotation checks in its own transaction that the tombstone is absent.
 //! - `RevocationFeed`: PK `stream` (S), SK `seq` (N); TTL on `expires_at`.
 //! - `AuditEvents`: PK `user_id` (S), SK `at` (N, milliseconds × 1000 + a tie-breaker); TTL on
 //!   `expires_at`, a year after the event.
@@ -21,10 +24,11 @@ use aws_sdk_dynamodb::{
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
     operation::transact_write_items::TransactWriteItemsError,
     types::{
-        AttributeDefinition, AttributeValue, BillingMode, CreateGlobalSecondaryIndexAction,
-        GlobalSecondaryIndex, GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType,
-        Projection, ProjectionType, Put, PutRequest, ScalarAttributeType, TableStatus,
-        TimeToLiveSpecification, TransactWriteItem, Update, WriteRequest,
+        AttributeDefinition, AttributeValue, BillingMode, ConditionCheck,
+        CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex, GlobalSecondaryIndexUpdate,
+        IndexStatus, KeySchemaElement, KeyType, KeysAndAttributes, Projection, ProjectionType, Put,
+        PutRequest, ScalarAttributeType, TableStatus, TimeToLiveSpecification, TransactWriteItem,
+        Update, WriteRequest,
     },
     Client,
 };
@@ -33,8 +37,8 @@ use base64ct::{Base64UrlUnpadded, Encoding};
 use crate::metrics::{DynamoFailure, METRICS};
 
 use super::{
-    AuditEvent, AuditLog, FeedEntry, MakeEntry, RefreshRecord, RefreshStore, RevocationFeed,
-    SigningKeyStore, StoreError, StoredKey, Totp, User, UserId, UserStore,
+    AuditEvent, AuditLog, Exchange, FeedEntry, MakeEntry, RefreshRecord, RefreshStore,
+    RevocationFeed, SigningKeyStore, StoreError, StoredKey, Totp, User, UserId, UserStore,
 };
 
 const EMAIL_INDEX: &str = "email-index";
@@ -44,6 +48,17 @@ const FAMILY_INDEX: &str = "family-index";
 const GUARD_PREFIX: &str = "EMAIL#";
 /// Attempts for a transaction that lost a race with another (TransactionConflict).
 const TRANSACTION_ATTEMPTS: usize = 3;
+/// Attempts for a refresh-token exchange that lost a race (TransactionConflict): a few, with a
+/// short growing backoff, and then 503; never "reuse", which would end a healthy session.
+const EXCHANGE_ATTEMPTS: u32 = 4;
+/// Key prefix of a family's tombstone in the refresh-token table.
+const FAMILY_TOMBSTONE_PREFIX: &str = "family#";
+/// How long a tombstone is kept: the longest `refresh_token_ttl_seconds` the configuration
+/// accepts, so it outlives every token of its family (none is issued after it, and each expires
+/// within that long of its issue). Its own TTL only reclaims the space.
+const FAMILY_TOMBSTONE_SECONDS: i64 = 90 * 24 * 3600;
+/// How many session checks open an exchange's transaction ([`DynamoStore::session_checks`]).
+const SESSION_CHECKS: usize = 2;
 
 /// Table names under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -399,6 +414,34 @@ fn cancellation_codes<R>(e: &SdkError<TransactWriteItemsError, R>) -> Option<Vec
     }
 }
 
+/// Why an exchange's transaction was cancelled, from its reasons: items `0..SESSION_CHECKS` are
+/// the session checks. `None` when no reason is a failed condition or a race (the store failed).
+fn exchange_cancelled(codes: &[String]) -> Option<Cancelled> {
+    let failed = |code: &String| code == "ConditionalCheckFailed";
+    if codes.iter().take(SESSION_CHECKS).any(failed) {
+        // Whatever else failed: an ended session is never reported as a replay.
+        Some(Cancelled::Refused(Exchange::SessionEnded))
+    } else if codes.iter().any(|c| c == "TransactionConflict") {
+        // Another transaction held one of the items; its outcome decides ours on the next try.
+        Some(Cancelled::Raced)
+    } else if codes.iter().any(failed) {
+        Some(Cancelled::Refused(Exchange::Spent))
+    } else {
+        None
+    }
+}
+
+/// A cancelled exchange: an answer, or a race to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cancelled {
+    Refused(Exchange),
+    Raced,
+}
+
+fn tombstone_key(family_id: uuid::Uuid) -> String {
+    format!("{FAMILY_TOMBSTONE_PREFIX}{family_id}")
+}
+
 /// Both stores over one client.
 #[derive(Debug, Clone)]
 pub struct DynamoStore {
@@ -407,20 +450,71 @@ pub struct DynamoStore {
 }
 
 impl DynamoStore {
-    /// Applies `update` to the old token and stores `new` in one transaction; any failed
-    /// condition is a `Conflict`.
-    async fn consume_and_store(
-        &self,
-        update: Update,
-        new: &RefreshRecord,
-    ) -> Result<(), StoreError> {
-        let store_new = Put::builder()
+    /// What every exchange of `old` checks in its own transaction, so that ending a session
+    /// cannot be outrun by a rotation in flight: the family has no tombstone, and the account
+    /// exists with no revoke-all at or after `old` was issued.
+    fn session_checks(&self, old: &RefreshRecord) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let family = ConditionCheck::builder()
             .table_name(&self.tables.refresh)
-            .set_item(Some(refresh_item(new)))
+            .key("token_hash", s(tombstone_key(old.family_id)))
             .condition_expression("attribute_not_exists(token_hash)")
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        self.update_and_put(update, store_new).await
+        let account = ConditionCheck::builder()
+            .table_name(&self.tables.users)
+            .key("user_id", s(old.user_id.to_string()))
+            .condition_expression(
+                "attribute_exists(user_id) AND (attribute_not_exists(sessions_revoked_at) OR sessions_revoked_at < :issued)",
+            )
+            .expression_attribute_values(":issued", n(old.issued_at))
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let checks = vec![
+            TransactWriteItem::builder().condition_check(family).build(),
+            TransactWriteItem::builder()
+                .condition_check(account)
+                .build(),
+        ];
+        debug_assert_eq!(checks.len(), SESSION_CHECKS);
+        Ok(checks)
+    }
+
+    /// Commits `writes` to `old` (and its successor) after the session checks, in one
+    /// transaction; a race with another transaction is tried again after a short backoff.
+    async fn exchange(
+        &self,
+        old: &RefreshRecord,
+        writes: impl IntoIterator<Item = TransactWriteItem>,
+    ) -> Result<Exchange, StoreError> {
+        let mut items = self.session_checks(old)?;
+        items.extend(writes);
+        for attempt in 0..EXCHANGE_ATTEMPTS {
+            if attempt > 0 {
+                // 10, 20, 40 ms and a jitter, so that two racing tabs do not meet again.
+                let jitter = u64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 10);
+                tokio::time::sleep(Duration::from_millis((10 << (attempt - 1)) + jitter)).await;
+            }
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            let Err(e) = result else {
+                return Ok(Exchange::Done);
+            };
+            match cancellation_codes(&e)
+                .as_deref()
+                .and_then(exchange_cancelled)
+            {
+                Some(Cancelled::Refused(outcome)) => return Ok(outcome),
+                Some(Cancelled::Raced) => {}
+                None => return Err(unavailable(e)),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "refresh-token exchange lost {EXCHANGE_ATTEMPTS} races with other transactions"
+        )))
     }
 
     /// Commits `update` and `put` in one transaction. A failed condition or a race with another
@@ -592,6 +686,10 @@ impl UserStore for DynamoStore {
     }
 
     async fn revoke_sessions(&self, id: UserId, at: i64) -> Result<(), StoreError> {
+        // Rotations stamp their tokens with the clock as they commit: one that commits before
+        // this write, even in a second after `at`, must be ended by it too. So the epoch is the
+        // clock now if that is later than `at`.
+        let at = at.max(crate::clock::now());
         self.client
             .update_item()
             .table_name(&self.tables.users)
@@ -763,13 +861,13 @@ impl RefreshStore for DynamoStore {
 
     async fn rotate(
         &self,
-        old: &[u8; 32],
+        old: &RefreshRecord,
         new: &RefreshRecord,
         now: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Exchange, StoreError> {
         let consume = Update::builder()
             .table_name(&self.tables.refresh)
-            .key("token_hash", s(hash_key(old)))
+            .key("token_hash", s(hash_key(&old.token_hash)))
             .update_expression("SET consumed_at = :now, replaced_by = :next")
             .condition_expression(
                 "attribute_exists(token_hash) AND attribute_not_exists(consumed_at) AND expires_at > :now",
@@ -778,25 +876,38 @@ impl RefreshStore for DynamoStore {
             .expression_attribute_values(":next", s(hash_key(&new.token_hash)))
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        self.consume_and_store(consume, new).await
-    }
-
-    async fn rotate_in_grace(
-        &self,
-        old: &[u8; 32],
-        new: &RefreshRecord,
-        consumed_after: i64,
-    ) -> Result<(), StoreError> {
-        let claim = Update::builder()
+        let store_new = Put::builder()
             .table_name(&self.tables.refresh)
-            .key("token_hash", s(hash_key(old)))
-            .update_expression("SET grace_used = :next")
-            .condition_expression("consumed_at > :after AND attribute_not_exists(grace_used)")
-            .expression_attribute_values(":after", n(consumed_after))
-            .expression_attribute_values(":next", s(hash_key(&new.token_hash)))
+            .set_item(Some(refresh_item(new)))
+            .condition_expression("attribute_not_exists(token_hash)")
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        self.consume_and_store(claim, new).await
+        self.exchange(
+            old,
+            [
+                TransactWriteItem::builder().update(consume).build(),
+                TransactWriteItem::builder().put(store_new).build(),
+            ],
+        )
+        .await
+    }
+
+    async fn use_grace(
+        &self,
+        old: &RefreshRecord,
+        consumed_after: i64,
+    ) -> Result<Exchange, StoreError> {
+        let claim = Update::builder()
+            .table_name(&self.tables.refresh)
+            .key("token_hash", s(hash_key(&old.token_hash)))
+            .update_expression("SET grace_used = :yes")
+            .condition_expression("consumed_at > :after AND attribute_not_exists(grace_used)")
+            .expression_attribute_values(":after", n(consumed_after))
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        self.exchange(old, [TransactWriteItem::builder().update(claim).build()])
+            .await
     }
 
     async fn sessions(&self, user: UserId, now: i64) -> Result<Vec<RefreshRecord>, StoreError> {
@@ -816,34 +927,114 @@ impl RefreshStore for DynamoStore {
                 }
             }
         }
+        // An ended session's tokens are deleted best effort: its tombstone says it ended.
+        let families: Vec<uuid::Uuid> = newest.keys().copied().collect();
+        for family in self.ended(&families).await? {
+            newest.remove(&family);
+        }
         let mut sessions: Vec<RefreshRecord> = newest.into_values().collect();
         sessions.sort_by_key(|r| std::cmp::Reverse(r.issued_at));
         Ok(sessions)
     }
 
     async fn revoke_family(&self, family_id: uuid::Uuid) -> Result<u32, StoreError> {
-        let mut deleted = 0u32;
-        for item in self
+        // The tombstone is what ends the session: every exchange checks it in its own
+        // transaction. The family index is eventually consistent and a rotation may commit
+        // between reading it and deleting, so the deletions below only reclaim space. The clock
+        // is read here (the signature takes no `now`) only for the tombstone's lifetime.
+        self.client
+            .put_item()
+            .table_name(&self.tables.refresh)
+            .item("token_hash", s(tombstone_key(family_id)))
+            .item(
+                "expires_at",
+                n(crate::clock::now() + FAMILY_TOMBSTONE_SECONDS),
+            )
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let items = match self
             .refresh_by(FAMILY_INDEX, "family_id", family_id.to_string())
-            .await?
+            .await
         {
-            let Some(hash) = get_s(&item, "token_hash") else {
-                continue;
-            };
-            self.client
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(%family_id, error = %e, "ended session's tokens not listed for deletion");
+                return Ok(0);
+            }
+        };
+        let mut deleted = 0u32;
+        for hash in items.iter().filter_map(|item| get_s(item, "token_hash")) {
+            match self
+                .client
                 .delete_item()
                 .table_name(&self.tables.refresh)
                 .key("token_hash", s(hash))
                 .send()
                 .await
-                .map_err(unavailable)?;
-            deleted += 1;
+            {
+                Ok(_) => deleted += 1,
+                Err(e) => {
+                    tracing::warn!(%family_id, error = %unavailable(e), "ended session's token not deleted");
+                }
+            }
         }
         Ok(deleted)
     }
 }
 
 impl DynamoStore {
+    /// Which of `families` have a tombstone (read consistently, 100 keys a request, DynamoDB's
+    /// batch size).
+    async fn ended(&self, families: &[uuid::Uuid]) -> Result<Vec<uuid::Uuid>, StoreError> {
+        let mut ended = Vec::new();
+        for chunk in families.chunks(100) {
+            let keys = chunk
+                .iter()
+                .map(|family| Item::from([("token_hash".to_owned(), s(tombstone_key(*family)))]))
+                .collect();
+            let mut pending = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+            );
+            // What DynamoDB leaves unprocessed (throttling) is asked once more, then reported.
+            for _ in 0..2 {
+                let Some(request) = pending.take() else { break };
+                let answer = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.tables.refresh, request)
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                let found = answer
+                    .responses()
+                    .and_then(|r| r.get(&self.tables.refresh))
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                ended.extend(found.iter().filter_map(|item| {
+                    get_s(item, "token_hash")?
+                        .strip_prefix(FAMILY_TOMBSTONE_PREFIX)
+                        .and_then(|id| uuid::Uuid::parse_str(id).ok())
+                }));
+                pending = answer
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(&self.tables.refresh))
+                    .filter(|k| !k.keys().is_empty())
+                    .cloned();
+            }
+            if pending.is_some() {
+                return Err(StoreError::Unavailable(
+                    "session tombstones left unprocessed".into(),
+                ));
+            }
+        }
+        Ok(ended)
+    }
+
     /// Every refresh-token item whose `attribute` is `value`, through the GSI `index`, all pages.
     async fn refresh_by(
         &self,
@@ -1376,5 +1567,83 @@ impl SigningKeyStore for DynamoStore {
                 other => Err(other),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codes(list: &[&str]) -> Vec<String> {
+        list.iter().map(|c| (*c).to_owned()).collect()
+    }
+
+    #[test]
+    fn an_ended_session_is_never_reported_as_a_replay() {
+        let ended = Some(Cancelled::Refused(Exchange::SessionEnded));
+        // Tombstone, revoke-all: whatever the token's own condition says.
+        for reasons in [
+            ["ConditionalCheckFailed", "None", "None", "None"],
+            [
+                "None",
+                "ConditionalCheckFailed",
+                "ConditionalCheckFailed",
+                "None",
+            ],
+            [
+                "ConditionalCheckFailed",
+                "None",
+                "TransactionConflict",
+                "None",
+            ],
+        ] {
+            assert_eq!(exchange_cancelled(&codes(&reasons)), ended, "{reasons:?}");
+        }
+        assert_eq!(
+            exchange_cancelled(&codes(&["None", "None", "ConditionalCheckFailed", "None"])),
+            Some(Cancelled::Refused(Exchange::Spent))
+        );
+    }
+
+    #[test]
+    fn a_lost_race_is_tried_again_not_taken_for_reuse() {
+        for reasons in [
+            &["None", "None", "TransactionConflict", "None"][..],
+            &["TransactionConflict", "None", "None"][..],
+            // The token's condition may be judged before the other transaction commits: only
+            // the next try tells whether it was consumed.
+            &[
+                "None",
+                "None",
+                "ConditionalCheckFailed",
+                "TransactionConflict",
+            ][..],
+        ] {
+            assert_eq!(
+                exchange_cancelled(&codes(reasons)),
+                Some(Cancelled::Raced),
+                "{reasons:?}"
+            );
+        }
+        // Anything else is the store failing: 503, not an answer.
+        assert_eq!(
+            exchange_cancelled(&codes(&["None", "None", "ThrottlingError"])),
+            None
+        );
+        assert_eq!(exchange_cancelled(&[]), None);
+    }
+
+    #[test]
+    fn a_tombstone_outlives_every_refresh_token_the_configuration_allows() {
+        let config = |ttl: i64| {
+            let env = HashMap::from([
+                ("EDGEAUTH_ISSUER", "https://auth.example.test".to_owned()),
+                ("EDGEAUTH_AUDIENCE", "api.example.test".to_owned()),
+                ("EDGEAUTH_REFRESH_TOKEN_TTL_SECONDS", ttl.to_string()),
+            ]);
+            crate::config::Config::from_sources(None, |k| env.get(k).cloned())
+        };
+        assert!(config(FAMILY_TOMBSTONE_SECONDS).is_ok());
+        assert!(config(FAMILY_TOMBSTONE_SECONDS + 1).is_err());
     }
 }

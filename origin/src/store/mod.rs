@@ -105,7 +105,8 @@ pub trait UserStore: Send + Sync {
     async fn update_display_name(&self, id: UserId, name: Option<&str>) -> Result<(), StoreError>;
     /// A cheap readiness check.
     async fn ping(&self) -> Result<(), StoreError>;
-    /// Records a revoke-all at `at`: every session issued at or before it ends.
+    /// Records a revoke-all at `at`: every session issued at or before it ends, and every
+    /// session whose last rotation committed before this returns (even in a later second).
     async fn revoke_sessions(&self, id: UserId, at: i64) -> Result<(), StoreError>;
     /// Replaces the account's scopes (an operator's action).
     async fn set_scopes(&self, id: UserId, scopes: &[String]) -> Result<(), StoreError>;
@@ -136,23 +137,45 @@ pub trait RefreshStore: Send + Sync {
         token_hash: &[u8; 32],
         now: i64,
     ) -> Result<Option<RefreshRecord>, StoreError>;
-    /// Consumes `old` and stores `new` in one transaction; `Conflict` if `old` was consumed,
-    /// expired or gone.
-    async fn rotate(&self, old: &[u8; 32], new: &RefreshRecord, now: i64)
-        -> Result<(), StoreError>;
-    /// The two-tab case: `old` was consumed after `consumed_after` and has not used its
-    /// grace yet. Marks the grace used and stores `new` (a sibling in the same family) in one
-    /// transaction; `Conflict` otherwise, which the caller treats as reuse.
-    async fn rotate_in_grace(
+    /// Consumes `old` and stores `new` (its successor) in one transaction, which commits only
+    /// if the session has not ended: neither [`Self::revoke_family`] nor a revoke-all
+    /// ([`UserStore::revoke_sessions`]) at or after `old.issued_at` came first. `Spent` if `old`
+    /// was consumed, expired at `now` or gone. A transaction that lost a race with another on
+    /// the same items is tried again; if it keeps losing, `Unavailable`.
+    async fn rotate(
         &self,
-        old: &[u8; 32],
+        old: &RefreshRecord,
         new: &RefreshRecord,
+        now: i64,
+    ) -> Result<Exchange, StoreError>;
+    /// The two-tab case: `old` was consumed after `consumed_after` and has not used its grace
+    /// yet. Marks the grace used, under the same session checks as [`Self::rotate`]; no token is
+    /// stored, so a session never forks. `Spent` if the grace is over or used.
+    async fn use_grace(
+        &self,
+        old: &RefreshRecord,
         consumed_after: i64,
-    ) -> Result<(), StoreError>;
-    /// The user's live sessions: for each, its newest unconsumed, unexpired token.
+    ) -> Result<Exchange, StoreError>;
+    /// The user's live sessions: for each, its newest unconsumed, unexpired token; ended
+    /// sessions ([`Self::revoke_family`]) are left out even while tokens of theirs remain.
     async fn sessions(&self, user: UserId, now: i64) -> Result<Vec<RefreshRecord>, StoreError>;
-    /// Deletes every token of a session; returns how many.
+    /// Ends a session: once this returns, no token of it is exchanged again, whatever rotation
+    /// is in flight. Then deletes its tokens, best effort; returns how many.
     async fn revoke_family(&self, family_id: uuid::Uuid) -> Result<u32, StoreError>;
+}
+
+/// How an exchange of a refresh token ([`RefreshStore::rotate`], [`RefreshStore::use_grace`])
+/// came out, when the store answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exchange {
+    /// Committed.
+    Done,
+    /// The presented token was consumed already, expired or gone, or its grace is over or used:
+    /// a replay, unless the session has ended.
+    Spent,
+    /// The session has ended (logout, session revoked, reuse detected, revoke-all, account
+    /// gone): refused, and not a replay to report.
+    SessionEnded,
 }
 
 /// One signed entry of the revocation feed.
