@@ -826,11 +826,12 @@ pub async fn revoke_all(
     let now = now();
     let user = caller_account(&state, &caller).await?;
     let issued_at = caller.token.claims().iat;
+    // A retry (the caller's token is one the stored watermark revoked) re-applies that
+    // watermark and writes nothing: raising it would end the sessions started since.
     let at = match user.sessions_revoked_at {
         Some(stored) if issued_at.is_none_or(|iat| iat <= stored) => stored,
-        _ => now,
+        _ => state.users.revoke_sessions(caller.user_id, now).await?,
     };
-    state.users.revoke_sessions(caller.user_id, at).await?;
     // Every token issued through `at` expires by then: the entry matters no longer.
     let revocation = Revocation::User {
         subject: caller.user_id.to_string(),

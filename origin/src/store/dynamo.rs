@@ -685,7 +685,7 @@ impl UserStore for DynamoStore {
         Ok(())
     }
 
-    async fn revoke_sessions(&self, id: UserId, at: i64) -> Result<(), StoreError> {
+    async fn revoke_sessions(&self, id: UserId, at: i64) -> Result<i64, StoreError> {
         // Rotations stamp their tokens with the clock as they commit: one that commits before
         // this write, even in a second after `at`, must be ended by it too. So the epoch is the
         // clock now if that is later than `at`.
@@ -700,7 +700,7 @@ impl UserStore for DynamoStore {
             .send()
             .await
             .map_err(|e| condition_failed_as(e, StoreError::NotFound))?;
-        Ok(())
+        Ok(at)
     }
 
     async fn set_scopes(&self, id: UserId, scopes: &[String]) -> Result<(), StoreError> {

@@ -107,7 +107,8 @@ pub trait UserStore: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
     /// Records a revoke-all at `at`: every session issued at or before it ends, and every
     /// session whose last rotation committed before this returns (even in a later second).
-    async fn revoke_sessions(&self, id: UserId, at: i64) -> Result<(), StoreError>;
+    /// Returns the epoch stored: `at`, or the clock if that is later.
+    async fn revoke_sessions(&self, id: UserId, at: i64) -> Result<i64, StoreError>;
     /// Replaces the account's scopes (an operator's action).
     async fn set_scopes(&self, id: UserId, scopes: &[String]) -> Result<(), StoreError>;
     /// Stores a new, unconfirmed TOTP secret; `Conflict` if a confirmed one exists.
