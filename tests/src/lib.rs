@@ -1015,7 +1015,20 @@ async fn try_start_worker(
         .kill_on_drop(true);
     let mut child = command.spawn().expect("wrangler starts");
     listening(port, &mut child, "wrangler dev", &log_path).await?;
-    Ok(child)
+    // A connection alone may have reached another process on that port (a neighbour's loopback
+    // socket); this wrangler says so once its own workerd holds the port.
+    let ready = format!("Ready on http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if output.contains(&ready) {
+            return Ok(child);
+        }
+        if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            return Err(format!("wrangler dev never said {ready:?}:\n{output}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A running Envoy and its three listeners.
