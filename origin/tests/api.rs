@@ -433,6 +433,16 @@ async fn refresh_rotates_and_a_replayed_token_revokes_the_session() {
     );
 }
 
+/// The feed's first entry, checked as an edge checks it: with the origin's JWKS.
+async fn first_feed_revocation(o: &Origin) -> edgeauth_core::Revocation {
+    let feed = o.get("/v1/revocations").await;
+    let jws = feed.body["entries"][0]["jws"].as_str().expect("an entry");
+    let jwks = o.get("/.well-known/jwks.json").await.body.to_string();
+    let (ring, _) = KeyRing::from_jwks(jwks.as_bytes(), &edge_policy()).expect("ring");
+    edgeauth_core::verify_revocation(jws, edgeauth_origin::clock::now(), &ring, &edge_policy())
+        .expect("signed by the origin")
+}
+
 #[tokio::test]
 async fn two_tabs_refreshing_together_stay_logged_in_once_without_forking_the_session() {
     let o = origin().await; // default grace: 10 s
@@ -470,13 +480,7 @@ async fn two_tabs_refreshing_together_stay_logged_in_once_without_forking_the_se
         StatusCode::UNAUTHORIZED,
         "the family is revoked"
     );
-    let feed = o.get("/v1/revocations").await;
-    let jws = feed.body["entries"][0]["jws"].as_str().expect("an entry");
-    let jwks = o.get("/.well-known/jwks.json").await.body.to_string();
-    let (ring, _) = KeyRing::from_jwks(jwks.as_bytes(), &edge_policy()).expect("ring");
-    let revocation =
-        edgeauth_core::verify_revocation(jws, edgeauth_origin::clock::now(), &ring, &edge_policy())
-            .expect("signed by the origin");
+    let revocation = first_feed_revocation(&o).await;
     let edgeauth_core::Revocation::Session { sid, expires_at } = revocation else {
         panic!("a session entry: {revocation:?}");
     };
@@ -1799,13 +1803,7 @@ async fn revoke_all_ends_every_session_everywhere_and_later_logins_work() {
         assert_eq!(refreshed.body["error"], "invalid_grant");
     }
     // The edges hear of it through the feed: a signed entry for the user, without a jti.
-    let feed = o.get("/v1/revocations").await;
-    let jws = feed.body["entries"][0]["jws"].as_str().expect("an entry");
-    let jwks = o.get("/.well-known/jwks.json").await.body.to_string();
-    let (ring, _) = KeyRing::from_jwks(jwks.as_bytes(), &edge_policy()).expect("ring");
-    let revocation =
-        edgeauth_core::verify_revocation(jws, edgeauth_origin::clock::now(), &ring, &edge_policy())
-            .expect("signed by the origin");
+    let revocation = first_feed_revocation(&o).await;
     let edgeauth_core::Revocation::User { subject, .. } = revocation else {
         panic!("a user-wide entry: {revocation:?}");
     };
