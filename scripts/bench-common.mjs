@@ -25,8 +25,23 @@ export async function issueTokens(issuer, audience) {
       .setIssuedAt(now)
       .setExpirationTime(now + 3000)
       .sign(privateKey);
+    if (alg === "ES256") tokens[alg] = lowS(tokens[alg]);
   }
   return { jwks, tokens };
+}
+
+// The order of P-256 (FIPS 186-4 D.1.2.3).
+const P256_ORDER = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n;
+
+// WebCrypto signs with either half of `s`; the edges accept only the low one (as the origin
+// signs), so a high-S token is turned into its twin `(r, n - s)`.
+function lowS(token) {
+  const [header, payload, signature] = token.split(".");
+  const bytes = Buffer.from(signature, "base64url");
+  const s = BigInt(`0x${bytes.subarray(32).toString("hex")}`);
+  if (s <= P256_ORDER / 2n) return token;
+  Buffer.from((P256_ORDER - s).toString(16).padStart(64, "0"), "hex").copy(bytes, 32);
+  return `${header}.${payload}.${bytes.toString("base64url")}`;
 }
 
 // wrk, 1 thread, 8 connections, for `seconds`, with `token` as a bearer token: requests per

@@ -205,7 +205,12 @@ impl SigningKey {
     fn sign(&self, message: &[u8]) -> Vec<u8> {
         match &self.key {
             PrivateKey::Ed(k) => Ed25519.sign(k, message).as_bytes().into_owned(),
-            PrivateKey::Es(k) => Es256.sign(k, message).as_bytes().into_owned(),
+            // Edges refuse the high-S twin of a signature (it is a second text of one token).
+            PrivateKey::Es(k) => {
+                let signature = Es256.sign(k, message);
+                let low = signature.normalize_s().unwrap_or(signature);
+                low.to_bytes().to_vec()
+            }
             PrivateKey::Rs(k) => Rsa::rs256().sign(k, message).as_bytes().into_owned(),
         }
     }
@@ -455,6 +460,23 @@ mod tests {
     fn policy() -> Policy {
         Policy::from_json(r#"{"issuers":["https://auth.example.test"],"audiences":["api"]}"#)
             .expect("valid")
+    }
+
+    /// The edges refuse ES256 signatures with `s` in the high half; an unnormalised signer
+    /// would have about half its tokens refused.
+    #[test]
+    fn es256_tokens_verify_at_the_edge_every_time() {
+        let set = KeySet::single(SigningKey::generate(SigningAlgorithm::Es256).expect("key"));
+        let (ring, _) =
+            KeyRing::from_jwks(set.jwks(NOW).to_string().as_bytes(), &policy()).expect("jwks");
+        for n in 0..32 {
+            let claims = AccessClaims {
+                jti: format!("j-{n}"),
+                ..claims()
+            };
+            let token = set.mint_access_token(&claims, NOW).expect("token");
+            verify_token(&token, NOW, &ring, &policy()).unwrap_or_else(|d| panic!("{n}: {d:?}"));
+        }
     }
 
     #[test]

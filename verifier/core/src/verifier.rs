@@ -45,6 +45,21 @@ fn signature_verifies<A: JwtAlgorithm>(
     }
 }
 
+/// Half the order of P-256, rounded down (SEC 1 §2.4; the curve order `n` is FIPS 186-4 D.1.2.3).
+const P256_HALF_ORDER: [u8; 32] = [
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+];
+
+/// Whether an ES256 signature (`r || s`, RFC 7518 §3.4) has `s` above half the order. ECDSA
+/// verifies `(r, s)` and `(r, n - s)` alike, so anyone can turn one signed token into a second
+/// text of it, which a cache, a log or a deny-list keyed on the text would take for another
+/// token. Only the low half is accepted, as Bitcoin (BIP 62) and Ethereum (EIP-2) do. A signature
+/// of the wrong length is left to the signature check, which refuses it.
+fn is_high_s(signature: &[u8]) -> bool {
+    signature.len() == 64 && signature[32..] > P256_HALF_ORDER[..]
+}
+
 /// Longest `sub` or `jti` accepted. Both travel in headers and deny-list keys.
 pub const MAX_IDENTIFIER_BYTES: usize = 255;
 
@@ -138,6 +153,11 @@ pub(crate) fn prepare_signature(
     let [header_b64, payload_b64, signature_b64] = check_compact_form(token)?;
     let header_json =
         Base64UrlUnpadded::decode_vec(header_b64).map_err(|_| DenyReason::MalformedToken)?;
+    // RFC 7515 §4: the header is a JSON object. Derived deserialisation would also read an array
+    // positionally (`["EdDSA"]` as `alg`), a second spelling of one header.
+    if header_json.trim_ascii_start().first() != Some(&b'{') {
+        return Err(DenyReason::MalformedToken.into());
+    }
     let header: UntrustedHeader =
         serde_json::from_slice(&header_json).map_err(|_| DenyReason::MalformedToken)?;
 
@@ -170,6 +190,11 @@ pub(crate) fn prepare_signature(
     }
     let signature =
         Base64UrlUnpadded::decode_vec(signature_b64).map_err(|_| DenyReason::MalformedToken)?;
+    // Checked here, not in the signature primitive, because the Worker's WebCrypto and Envoy's
+    // BoringSSL accept both halves: every host must refuse the same texts.
+    if alg == Algorithm::Es256 && is_high_s(&signature) {
+        return Err(DenyReason::BadSignature.into());
+    }
     Ok(Prepared {
         alg,
         header: TokenHeader {

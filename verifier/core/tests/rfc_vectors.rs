@@ -162,16 +162,22 @@ fn rfc7515_a2_rs256_needs_rs256_in_the_policy() {
     );
 }
 
+/// RFC 7515 A.3's signature has `s` in the high half: the malleable twin every host refuses.
+/// Its low-S form, the one a normalising signer gives, verifies.
 #[test]
-fn rfc7515_a3_es256_verifies() {
+fn rfc7515_a3_es256_verifies_in_its_low_s_form() {
     assert_eq!(
         Base64UrlUnpadded::decode_vec(segment(RFC7515_A3_JWS, 1)).expect("payload is base64url"),
         RFC7515_PAYLOAD
     );
     let policy = policy_for("ES256");
     let ring = ring(RFC7515_A3_JWKS, &policy);
-    let checked =
-        check_signature(RFC7515_A3_JWS, &ring, &policy).expect("RFC 7515 A.3 JWS verifies");
+    assert_eq!(
+        refusal(RFC7515_A3_JWS, &ring, &policy),
+        DenyReason::BadSignature
+    );
+    let low_s = crate::shared::ecdsa_twin(RFC7515_A3_JWS);
+    let checked = check_signature(&low_s, &ring, &policy).expect("RFC 7515 A.3 JWS verifies");
     assert_eq!(checked.claims.iss.as_deref(), Some("joe"));
     assert_eq!(checked.claims.exp, Some(1_300_819_380));
 }

@@ -662,3 +662,77 @@ fn forged_payload_is_a_bad_signature_never_parsed() {
         DenyReason::InvalidClaim
     );
 }
+
+#[test]
+fn es256_high_s_twin_of_a_valid_token_is_refused() {
+    use jwt_compact::{alg::Es256, Algorithm as _, AlgorithmSignature as _};
+    let p = policy("");
+    let r = standard_ring(&p);
+    let signer = Signer::es256(7);
+    let Signer::Es(private) = &signer else {
+        unreachable!("an ES256 signer")
+    };
+    let good = good_token(&signer, "ec");
+    assert!(verify_token(&good, NOW, &r, &p).is_ok());
+    let twin = ecdsa_twin(&good);
+    // The twin is a valid ECDSA signature over the same bytes: only the rule refuses it.
+    let (input, signature) = twin.rsplit_once('.').expect("three segments");
+    let signature = {
+        use base64ct::Encoding as _;
+        base64ct::Base64UrlUnpadded::decode_vec(signature).expect("base64url")
+    };
+    let signature =
+        <Es256 as jwt_compact::Algorithm>::Signature::try_from_slice(&signature).expect("64 bytes");
+    assert!(Es256.verify_signature(&signature, private.verifying_key(), input.as_bytes()));
+    assert_eq!(
+        reason(verify_token(&twin, NOW, &r, &p)),
+        DenyReason::BadSignature
+    );
+}
+
+#[test]
+fn jose_header_must_be_an_object() {
+    let p = policy("");
+    let r = standard_ring(&p);
+    let signer = Signer::ed25519(1);
+    let claims = good_claims().to_string();
+    // The members of the valid header, in the order the derived reader takes them.
+    for header in [
+        r#"["EdDSA","current","at+jwt"]"#,
+        r#" ["EdDSA"]"#,
+        "null",
+        r#""EdDSA""#,
+    ] {
+        assert_eq!(
+            reason(verify_token(
+                &sign_raw(&signer, header, &claims),
+                NOW,
+                &r,
+                &p
+            )),
+            DenyReason::MalformedToken,
+            "{header}"
+        );
+    }
+    let object = r#" {"alg":"EdDSA","kid":"current","typ":"at+jwt"}"#;
+    assert!(verify_token(&sign_raw(&signer, object, &claims), NOW, &r, &p).is_ok());
+}
+
+#[test]
+fn payload_must_be_an_object() {
+    let p = policy("");
+    let r = standard_ring(&p);
+    let signer = Signer::ed25519(1);
+    let header = json!({"alg": "EdDSA", "kid": "current", "typ": "at+jwt"}).to_string();
+    let claims = good_claims();
+    let as_array = json!([claims["exp"], claims["iss"], claims["sub"]]).to_string();
+    assert_eq!(
+        reason(verify_token(
+            &sign_raw(&signer, &header, &as_array),
+            NOW,
+            &r,
+            &p
+        )),
+        DenyReason::InvalidClaim
+    );
+}

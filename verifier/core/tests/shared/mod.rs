@@ -61,7 +61,15 @@ impl Signer {
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
         match self {
             Self::Ed(k) => Ed25519.sign(k, message).as_bytes().into_owned(),
-            Self::Es(k) => Es256.sign(k, message).as_bytes().into_owned(),
+            // The low-S form, as the origin signs; `sign_high_s` gives the twin.
+            Self::Es(k) => {
+                let signature = Es256.sign(k, message);
+                signature
+                    .normalize_s()
+                    .unwrap_or(signature)
+                    .to_bytes()
+                    .to_vec()
+            }
             Self::Rs(k) => Rsa::rs256().sign(k, message).as_bytes().into_owned(),
             Self::Ps(k) => Rsa::ps256().sign(k, message).as_bytes().into_owned(),
             Self::Hs(k) => Hs256.sign(k, message).as_bytes().into_owned(),
@@ -145,4 +153,24 @@ pub fn standard_ring(policy: &Policy) -> KeyRing {
         ],
         policy,
     )
+}
+
+/// The order of P-256 (FIPS 186-4 D.1.2.3), big-endian.
+const P256_ORDER: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+/// The same token with its ES256 `s` replaced by `n - s`: what anyone can make from a token
+/// they hold, without the key.
+pub fn ecdsa_twin(token: &str) -> String {
+    let (input, signature) = token.rsplit_once('.').expect("three segments");
+    let mut signature = Base64UrlUnpadded::decode_vec(signature).expect("base64url signature");
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(P256_ORDER[i]) - i16::from(signature[32 + i]) - borrow;
+        borrow = i16::from(d < 0);
+        signature[32 + i] = d.rem_euclid(256) as u8;
+    }
+    format!("{input}.{}", b64(&signature))
 }
