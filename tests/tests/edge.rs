@@ -15,6 +15,7 @@ on_every_edge!(
     cached_keys_outlive_a_jwks_outage,
     a_fresh_edge_without_keys_answers_503,
     revoke_all_is_refused_at_the_edge_for_every_session,
+    what_upstreams_read_differently_gets_the_same_rule_and_the_same_verdict,
 );
 
 async fn a_valid_token_reaches_the_upstream_with_verified_identity_only(edge: Edge) {
@@ -32,13 +33,24 @@ async fn a_valid_token_reaches_the_upstream_with_verified_identity_only(edge: Ed
             .bearer_auth(&token)
             .header("x-user-id", "admin")
             .header("X-User-Id", "root")
-            .header("x-user-scope", "admin"),
+            .header("x-user-scope", "admin")
+            // CGI and WSGI upstreams read these as X-User-Id and X-User-Scope.
+            .header("x_user_id", "admin")
+            .header("x-user_id", "admin")
+            .header("X_User_Scope", "admin"),
     )
     .await;
     assert_eq!(answer.status, 200, "{:?}", answer.json);
     assert_eq!(answer.json["path"], "/orders?page=2");
     assert_eq!(answer.json["headers"]["x-user-id"], sub.as_str());
     assert_eq!(answer.json["headers"]["x-user-scope"], "profile");
+    let forwarded = answer.json["headers"].as_object().expect("headers");
+    for alias in ["x_user_id", "x-user_id", "x_user_scope"] {
+        assert!(
+            !forwarded.contains_key(alias),
+            "{alias} reached the upstream"
+        );
+    }
 
     // Bodies stream through unchanged, whatever their bytes.
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
@@ -407,4 +419,97 @@ async fn revoke_all_is_refused_at_the_edge_for_every_session(edge: Edge) {
     // A login after it starts a session the edge accepts.
     let later = stack.login_as(&email).await;
     assert_eq!(stack.get("/orders", Some(&later)).await.status, 200);
+}
+
+/// Requests whose path, method or cookies an upstream may read otherwise than the edge: a rule
+/// must still apply to them, and both edges must give the same answer.
+async fn what_upstreams_read_differently_gets_the_same_rule_and_the_same_verdict(edge: Edge) {
+    let stack = Stack::start_with(StackOptions {
+        edge,
+        policy_extra: concat!(
+            r#","sources":{"cookie":"at"},"routes":["#,
+            r#"{"path":"/health","public":true},"#,
+            r#"{"prefix":"/admin/","scopes":["admin"]},"#,
+            r#"{"path":"/orders","methods":["POST"],"scopes":["orders:write"]}]"#
+        )
+        .to_string(),
+        ..StackOptions::default()
+    })
+    .await;
+    let token = stack.login().await;
+    // Case-insensitive upstreams and those that drop `;` parameters read these as /admin/users.
+    for path in ["/ADMIN/users", "/Admin/users", "/admin;jsessionid=1/users"] {
+        let answer = stack.get(path, Some(&token)).await;
+        assert_eq!(
+            (answer.status, answer.json["reason"].as_str()),
+            (403, Some("insufficient_scope")),
+            "{path}"
+        );
+    }
+    // A public rule waives the token for its path as written, and for nothing else.
+    assert_eq!(stack.get("/health", None).await.status, 200);
+    for path in ["/HEALTH", "/health;x=1"] {
+        assert_eq!(stack.get(path, None).await.status, 401, "{path}");
+    }
+    // `..;` is `..` to Tomcat: refused, not matched against anything.
+    let answer = stack.get("/health/..;/admin/users", None).await;
+    assert_eq!(
+        (answer.status, answer.json["reason"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    // A lower-case method never slips past a method rule. Over HTTP/1.1 both runtimes refuse
+    // `post` themselves (Envoy 400, workerd 501); HTTP/2 carries it to Envoy's filter as sent.
+    let post = reqwest::Method::from_bytes(b"post").expect("a method token");
+    let http1 = send(
+        stack
+            .client
+            .request(post.clone(), format!("{}/orders", stack.edge))
+            .bearer_auth(&token),
+    )
+    .await;
+    assert!(matches!(http1.status, 400 | 501), "{}", http1.status);
+    if edge == Edge::Envoy {
+        let http2 = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .expect("an HTTP/2 client");
+        let answer = send(
+            http2
+                .request(post, format!("{}/orders", stack.edge))
+                .bearer_auth(&token),
+        )
+        .await;
+        assert_eq!(
+            (answer.status, answer.json["reason"].as_str()),
+            (400, Some("invalid_request")),
+            "{:?}",
+            answer.json
+        );
+    }
+    // Two token cookies are ambiguous on both edges, whether the runtime joins the headers
+    // (workerd, with ", ") or passes them apart (Envoy); one is read alike.
+    let twice = send(
+        stack
+            .client
+            .get(format!("{}/orders", stack.edge))
+            .header("cookie", format!("at={token}"))
+            .header("cookie", format!("theme=dark; at={token}")),
+    )
+    .await;
+    assert_eq!(
+        (twice.status, twice.json["reason"].as_str()),
+        (400, Some("invalid_request")),
+        "{:?}",
+        twice.json
+    );
+    let once = send(
+        stack
+            .client
+            .get(format!("{}/orders", stack.edge))
+            .header("cookie", "theme=dark")
+            .header("cookie", format!("at={token}")),
+    )
+    .await;
+    assert_eq!(once.status, 200, "{:?}", once.json);
+    assert!(!stack.edge_log().contains("internal_error"));
 }

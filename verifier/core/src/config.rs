@@ -297,7 +297,8 @@ pub struct Policy {
     pub(crate) cors_preflight_bypass: bool,
     pub(crate) user_id_header: String,
     pub(crate) scope_header: String,
-    /// Lowercase names removed from every request (identity headers first).
+    /// Lowercase names removed from every request: identity headers first, then the rest, then
+    /// every `-`/`_` alias of each.
     pub(crate) strip_headers: Vec<String>,
     pub(crate) strip_authorization: bool,
     pub(crate) on_revocation_unavailable: OnUnavailable,
@@ -375,6 +376,48 @@ fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
         ));
     }
     Ok(lower)
+}
+
+/// Most `-` or `_` in a stripped header name: each one doubles the aliases removed per request.
+pub const MAX_HEADER_NAME_SEPARATORS: usize = 5;
+
+/// Each name, then every spelling of it with `-` and `_` swapped at any position. CGI and WSGI
+/// upstreams (and frameworks built on them) read `x_user_id` and `x-user_id` as `X-User-Id`, so
+/// a spoofed alias left in place would reach them as the identity header.
+fn with_separator_aliases(names: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    let mut all = names.clone();
+    for name in &names {
+        let positions: Vec<usize> = name
+            .bytes()
+            .enumerate()
+            .filter(|(_, b)| *b == b'-' || *b == b'_')
+            .map(|(i, _)| i)
+            .collect();
+        if positions.len() > MAX_HEADER_NAME_SEPARATORS {
+            return Err(invalid(
+                "headers",
+                format!(
+                    "`{name}` has more than {MAX_HEADER_NAME_SEPARATORS} `-` or `_` (each alias is removed from every request)"
+                ),
+            ));
+        }
+        for pattern in 0u32..(1 << positions.len()) {
+            let mut alias = name.clone().into_bytes();
+            for (bit, &at) in positions.iter().enumerate() {
+                alias[at] = if pattern & (1 << bit) == 0 {
+                    b'-'
+                } else {
+                    b'_'
+                };
+            }
+            // Only `-` and `_` were written into ASCII text, so it stays UTF-8.
+            let alias = String::from_utf8(alias).unwrap_or_default();
+            if !alias.is_empty() && !all.contains(&alias) {
+                all.push(alias);
+            }
+        }
+    }
+    Ok(all)
 }
 
 fn non_empty_unique(field: &str, values: &[String]) -> Result<(), ConfigError> {
@@ -512,6 +555,7 @@ impl TryFrom<RawPolicy> for Policy {
                 strip_headers.push(name);
             }
         }
+        let strip_headers = with_separator_aliases(strip_headers)?;
 
         if let Some(realm) = &raw.realm {
             if realm
@@ -592,7 +636,19 @@ mod tests {
         assert_eq!(p.cookie, None);
         assert_eq!(p.query_parameter, None);
         assert!(!p.cors_preflight_bypass);
-        assert_eq!(p.strip_headers, vec!["x-user-id", "x-user-scope"]);
+        assert_eq!(
+            p.strip_headers,
+            vec![
+                "x-user-id",
+                "x-user-scope",
+                "x_user-id",
+                "x-user_id",
+                "x_user_id",
+                "x_user-scope",
+                "x-user_scope",
+                "x_user_scope"
+            ]
+        );
         assert!(!p.strip_authorization);
         assert_eq!(p.on_revocation_unavailable, OnUnavailable::Deny);
         assert_eq!(p.cache_entries, 10_000);
@@ -688,7 +744,25 @@ mod tests {
             r#"{"issuers":["a"],"audiences":["b"],"headers":{"user_id":"X-Sub","strip":["X-Email"]}}"#,
         )
         .expect("valid");
-        assert_eq!(p.strip_headers, vec!["x-sub", "x-user-scope", "x-email"]);
+        assert_eq!(
+            p.strip_headers,
+            vec![
+                "x-sub",
+                "x-user-scope",
+                "x-email",
+                "x_sub",
+                "x_user-scope",
+                "x-user_scope",
+                "x_user_scope",
+                "x_email"
+            ]
+        );
+        assert_eq!(
+            field_of(error_for(
+                r#"{"issuers":["a"],"audiences":["b"],"headers":{"strip":["a-b-c-d-e-f-g"]}}"#
+            )),
+            "headers"
+        );
         assert_eq!(
             field_of(error_for(
                 r#"{"issuers":["a"],"audiences":["b"],"headers":{"user_id":"bad header"}}"#

@@ -80,32 +80,45 @@ fn from_authorization<H: Headers + ?Sized>(headers: &H) -> Result<Option<String>
     Ok(Some(token.to_string()))
 }
 
+/// The named cookie, from every `Cookie` value. Pairs are split at `;` and also at `,`: a
+/// cookie value cannot hold either (RFC 6265 §4.1.1), and the Worker's runtime joins repeated
+/// `Cookie` headers with ", " where Envoy passes them apart, so both hosts must read the same
+/// pairs. A name given twice is refused like two `Authorization` headers: which one a server
+/// reads (first, last) differs, and a sibling domain can plant a second one.
 fn from_cookie<H: Headers + ?Sized>(headers: &H, name: &str) -> Result<Option<String>, DenyReason> {
-    let mut result: Result<Option<String>, DenyReason> = Ok(None);
+    let mut found: Option<String> = None;
+    let mut result: Result<(), DenyReason> = Ok(());
     headers.values("cookie", &mut |v| {
-        if !matches!(result, Ok(None)) {
+        if result.is_err() {
             return;
         }
-        match text(v) {
-            Err(e) => result = Err(e),
-            Ok(line) => {
-                for pair in line.split(';') {
-                    if let Some((k, val)) = pair.split_once('=') {
-                        if k.trim() == name {
-                            let val = val.trim();
-                            let val = val
-                                .strip_prefix('"')
-                                .and_then(|v| v.strip_suffix('"'))
-                                .unwrap_or(val);
-                            result = Ok(Some(val.to_string()));
-                            return;
-                        }
-                    }
-                }
+        let line = match text(v) {
+            Ok(line) => line,
+            Err(e) => {
+                result = Err(e);
+                return;
             }
+        };
+        for pair in line.split([';', ',']) {
+            let Some((k, val)) = pair.split_once('=') else {
+                continue;
+            };
+            if k.trim() != name {
+                continue;
+            }
+            if found.is_some() {
+                result = Err(DenyReason::InvalidRequest);
+                return;
+            }
+            let val = val.trim();
+            let val = val
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(val);
+            found = Some(val.to_string());
         }
     });
-    result
+    result.map(|()| found)
 }
 
 fn from_query(path: &str, name: &str) -> Option<String> {
@@ -231,6 +244,34 @@ mod tests {
             Ok(Some("q.q.q".into()))
         );
         assert_eq!(extract_token(&p, "/x?y=1", &none), Ok(None));
+    }
+
+    #[test]
+    fn a_token_cookie_given_twice_is_ambiguous_however_the_host_joins_it() {
+        let p = policy(r#","sources":{"cookie":"at"}"#);
+        // Envoy: one value per `Cookie` header.
+        let apart = vec![("cookie", "at=a.b.c"), ("cookie", "x=1; at=d.e.f")];
+        assert_eq!(
+            extract_token(&p, "/", &apart),
+            Err(DenyReason::InvalidRequest)
+        );
+        // The Worker's runtime: repeated headers joined with ", ".
+        let joined = vec![("cookie", "at=a.b.c, x=1; at=d.e.f")];
+        assert_eq!(
+            extract_token(&p, "/", &joined),
+            Err(DenyReason::InvalidRequest)
+        );
+        let in_one = vec![("cookie", "at=a.b.c; at=d.e.f")];
+        assert_eq!(
+            extract_token(&p, "/", &in_one),
+            Err(DenyReason::InvalidRequest)
+        );
+        // One token cookie among others reads the same either way.
+        let other_apart = vec![("cookie", "x=1"), ("cookie", "at=a.b.c")];
+        let other_joined = vec![("cookie", "x=1, at=a.b.c")];
+        for h in [other_apart, other_joined] {
+            assert_eq!(extract_token(&p, "/", &h), Ok(Some("a.b.c".into())));
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::{
     config::{OnUnavailable, Policy},
     extract::{extract_token, is_cors_preflight, Headers},
     key_ring::{KeyRing, PublicKey, Thumbprint},
-    rules::{match_route, normalise_path, RouteRule, MFA_AMR_VALUES},
+    rules::{is_rule_method, match_route, normalise_path, RoutePath, RouteRule, MFA_AMR_VALUES},
     token::VerifiedToken,
     verdict::{Allowed, Denial, DenyReason, HeaderChanges, Verdict},
     verifier::{prepare_signature, revalidate, validate_claims, Expected, Prepared},
@@ -25,7 +25,7 @@ use crate::{
 /// What the host knows of an incoming request.
 #[derive(Debug)]
 pub struct Request<'a, H: ?Sized> {
-    /// HTTP method, upper case.
+    /// HTTP method as received; one with lower-case letters is refused (`invalid_request`).
     pub method: &'a str,
     /// Path as received, with any query string.
     pub path: &'a str,
@@ -271,6 +271,9 @@ pub fn authorize_deferred<H: Headers + ?Sized>(
     cache: &mut TokenCache,
 ) -> Deferred {
     let decided = |step| Deferred::Decided(step);
+    if !is_rule_method(request.method) {
+        return decided(deny(DenyReason::InvalidRequest));
+    }
     let raw_path = request.path.split('?').next().unwrap_or_default();
     let Some(path_only) = normalise_path(raw_path) else {
         return decided(deny(DenyReason::InvalidRequest));
@@ -278,7 +281,11 @@ pub fn authorize_deferred<H: Headers + ?Sized>(
     if policy.cors_preflight_bypass && is_cors_preflight(request.method, request.headers) {
         return decided(pass_without_token(policy));
     }
-    let route = match_route(&policy.routes, request.method, &path_only);
+    let route = if policy.routes.is_empty() {
+        None
+    } else {
+        match_route(&policy.routes, request.method, &RoutePath::new(&path_only))
+    };
     if route.is_some_and(|r| r.public) {
         return decided(pass_without_token(policy));
     }

@@ -1,4 +1,12 @@
 //! Per-route requirements, first match wins (like Envoy jwt_authn's `rules`).
+//!
+//! A rule must hold for every path an upstream could read from the request, and an edge cannot
+//! know which upstream it fronts: Tomcat and Spring drop `;` path parameters, IIS and
+//! case-insensitive file systems fold case. So the two kinds of rule match differently. A rule
+//! that asks for something (a token, scopes, MFA) matches the *folded* path: `;` parameters
+//! removed from each segment, ASCII case ignored, so `/ADMIN;x=1/users` meets `/admin/`. A
+//! public rule, which waives the token, matches only the normal path as written, case and
+//! parameters included, so `/Health` or `/health;x` is not waved through by a `/health` rule.
 
 use alloc::{string::String, vec::Vec};
 
@@ -43,6 +51,9 @@ impl RouteRule {
         if pattern.contains('?') {
             return Err("`path`/`prefix` must not contain a query string");
         }
+        if pattern.contains(';') {
+            return Err("`path`/`prefix` must not contain `;` (path parameters are not matched)");
+        }
         // Requests are matched in normal form, so a pattern in any other form could never match.
         if normalise_path(pattern).as_deref() != Some(pattern.as_str()) {
             return Err("`path`/`prefix` must be in normal form (no `//`, dot segments, or escaped unreserved characters)");
@@ -67,13 +78,50 @@ impl RouteRule {
         Ok(())
     }
 
-    fn matches(&self, method: &str, path: &str) -> bool {
-        let path_ok = match (&self.path, &self.prefix) {
-            (Some(exact), _) => path == exact,
-            (_, Some(prefix)) => path.starts_with(prefix.as_str()),
-            _ => false,
+    fn matches(&self, method: &str, path: &RoutePath<'_>) -> bool {
+        let path_ok = if self.public {
+            match (&self.path, &self.prefix) {
+                (Some(exact), _) => path.normal == exact,
+                (_, Some(prefix)) => path.normal.starts_with(prefix.as_str()),
+                _ => false,
+            }
+        } else {
+            let folded = path.folded.as_bytes();
+            match (&self.path, &self.prefix) {
+                (Some(exact), _) => folded.eq_ignore_ascii_case(exact.as_bytes()),
+                (_, Some(prefix)) => folded
+                    .get(..prefix.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes())),
+                _ => false,
+            }
         };
         path_ok && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+    }
+}
+
+/// The two readings of a request path that rules match (see the module comment).
+#[derive(Debug)]
+pub(crate) struct RoutePath<'a> {
+    /// From [`normalise_path`].
+    pub normal: &'a str,
+    /// `normal` with each segment's `;` parameters removed and empty segments merged.
+    pub folded: String,
+}
+
+impl<'a> RoutePath<'a> {
+    pub(crate) fn new(normal: &'a str) -> Self {
+        let mut folded = String::with_capacity(normal.len());
+        for segment in normal.split('/').skip(1) {
+            let segment = segment.split(';').next().unwrap_or_default();
+            if !folded.ends_with('/') {
+                folded.push('/');
+            }
+            folded.push_str(segment);
+        }
+        if folded.is_empty() {
+            folded.push('/');
+        }
+        Self { normal, folded }
     }
 }
 
@@ -82,9 +130,19 @@ impl RouteRule {
 pub(crate) fn match_route<'r>(
     rules: &'r [RouteRule],
     method: &str,
-    path: &str,
+    path: &RoutePath<'_>,
 ) -> Option<&'r RouteRule> {
     rules.iter().find(|r| r.matches(method, path))
+}
+
+/// An HTTP method as the rules name them: a token (RFC 9110 §9.1) without lower-case letters.
+/// Methods are case-sensitive and Envoy passes `:method` as received, so `post` would miss every
+/// `POST` rule; it is refused rather than folded, since the upstream may not read it as `POST`.
+pub(crate) fn is_rule_method(method: &str) -> bool {
+    !method.is_empty()
+        && method.bytes().all(|b| {
+            b.is_ascii_uppercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -138,7 +196,9 @@ pub(crate) fn normalise_path(path: &str) -> Option<String> {
         }
         out.push(c);
     }
-    if !out.starts_with('/') || out.split('/').any(|seg| seg == "." || seg == "..") {
+    // `..;x` is `..` to an upstream that drops path parameters (the Tomcat `/public/..;/admin`).
+    let is_dot_segment = |seg: &str| matches!(seg.split(';').next(), Some(".") | Some(".."));
+    if !out.starts_with('/') || out.split('/').any(is_dot_segment) {
         return None;
     }
     Some(out)
@@ -167,10 +227,14 @@ mod tests {
             rule("/admin/", &[]),
             rule("/", &[]),
         ];
-        assert_eq!(match_route(&rules, "POST", "/admin/x"), Some(&rules[0]));
-        assert_eq!(match_route(&rules, "GET", "/admin/x"), Some(&rules[1]));
-        assert_eq!(match_route(&rules, "GET", "/other"), Some(&rules[2]));
-        assert_eq!(match_route(&rules[..2], "GET", "/other"), None);
+        let at = |p| RoutePath::new(p);
+        assert_eq!(
+            match_route(&rules, "POST", &at("/admin/x")),
+            Some(&rules[0])
+        );
+        assert_eq!(match_route(&rules, "GET", &at("/admin/x")), Some(&rules[1]));
+        assert_eq!(match_route(&rules, "GET", &at("/other")), Some(&rules[2]));
+        assert_eq!(match_route(&rules[..2], "GET", &at("/other")), None);
     }
 
     #[test]
@@ -178,8 +242,57 @@ mod tests {
         let mut r = rule("/", &[]);
         r.prefix = None;
         r.path = Some("/health".into());
-        assert!(r.matches("GET", "/health"));
-        assert!(!r.matches("GET", "/healthz"));
+        assert!(r.matches("GET", &RoutePath::new("/health")));
+        assert!(!r.matches("GET", &RoutePath::new("/healthz")));
+    }
+
+    #[test]
+    fn protected_rules_match_every_reading_an_upstream_may_take() {
+        let admin = rule("/admin/", &[]);
+        for p in [
+            "/admin/x",
+            "/ADMIN/x",
+            "/Admin/x",
+            "/admin;jsessionid=1/x",
+            "/ADMIN;x/y",
+            "/;x/admin/x",
+            "/admin;/x",
+        ] {
+            assert!(admin.matches("GET", &RoutePath::new(p)), "{p}");
+        }
+        let mut exact = rule("/", &[]);
+        exact.prefix = None;
+        exact.path = Some("/orders".into());
+        for p in ["/orders", "/ORDERS", "/orders;v=2"] {
+            assert!(exact.matches("GET", &RoutePath::new(p)), "{p}");
+        }
+        assert!(!exact.matches("GET", &RoutePath::new("/orders/1")));
+    }
+
+    #[test]
+    fn public_rules_match_only_the_path_as_written() {
+        let mut public = rule("/", &[]);
+        public.prefix = None;
+        public.path = Some("/health".into());
+        public.public = true;
+        assert!(public.matches("GET", &RoutePath::new("/health")));
+        for p in ["/Health", "/HEALTH", "/health;x=1"] {
+            assert!(!public.matches("GET", &RoutePath::new(p)), "{p}");
+        }
+        let mut docs = rule("/docs/", &[]);
+        docs.public = true;
+        assert!(docs.matches("GET", &RoutePath::new("/docs/a;b")));
+        assert!(!docs.matches("GET", &RoutePath::new("/DOCS/a")));
+    }
+
+    #[test]
+    fn methods_must_be_upper_case_tokens() {
+        for m in ["GET", "POST", "M-SEARCH", "PROPFIND"] {
+            assert!(is_rule_method(m), "{m}");
+        }
+        for m in ["get", "Post", "", "GET ", "GE\tT", "G\u{e9}T"] {
+            assert!(!is_rule_method(m), "{m}");
+        }
     }
 
     #[test]
@@ -193,6 +306,9 @@ mod tests {
             "/public\\..\\admin",
             "/a%5cb",
             "/..",
+            "/public/..;/admin",
+            "/public/..;x=1/admin",
+            "/a/.;x/b",
             "/a%zz",
             "/a%4",
             "/caf\u{e9}",
@@ -230,6 +346,8 @@ mod tests {
         assert!(r.validate().is_err(), "no leading slash");
         r = rule("/%61dmin/", &[]);
         assert!(r.validate().is_err(), "pattern not in normal form");
+        r = rule("/x;y", &[]);
+        assert!(r.validate().is_err(), "path parameter in the pattern");
         r = rule("/x", &["get"]);
         assert!(r.validate().is_err(), "lower-case method");
         r = rule("/x", &[]);

@@ -128,10 +128,109 @@ fn authorization_can_be_stripped_and_extra_headers_removed() {
     let Verdict::Allow(allowed) = edge.get("/", &[("authorization", &auth)]) else {
         panic!("allow")
     };
+    let remove = &allowed.header_changes.remove;
+    assert_eq!(remove[..3], ["x-user-id", "x-user-scope", "x-user-email"]);
+    assert_eq!(remove.last().map(String::as_str), Some("authorization"));
+}
+
+#[test]
+fn underscore_spellings_of_identity_headers_are_removed_too() {
+    let strip = r#","headers":{"strip":["x-user-email"]}"#;
+    let mut edge = Edge::new(strip);
+    let mut public = Edge::new(&format!(
+        r#"{strip},"routes":[{{"prefix":"/","public":true}}]"#
+    ));
+    let auth = bearer(&good_token(&Signer::ed25519(1), "current"));
+    for verdict in [
+        edge.get("/", &[("authorization", &auth)]),
+        public.get("/", &[]),
+    ] {
+        let Verdict::Allow(allowed) = verdict else {
+            panic!("allow")
+        };
+        let remove = &allowed.header_changes.remove;
+        // CGI and WSGI read each of these as X-User-Id (or X-User-Email).
+        for alias in [
+            "x_user_id",
+            "x_user-id",
+            "x-user_id",
+            "x_user_scope",
+            "x_user_email",
+        ] {
+            assert!(remove.iter().any(|r| r == alias), "{alias} in {remove:?}");
+        }
+    }
+}
+
+#[test]
+fn lower_case_methods_cannot_slip_past_method_rules() {
+    let mut edge = Edge::new(ROUTES);
+    let plain = bearer(&good_token(&Signer::ed25519(1), "current"));
+    // HTTP/2 lets a client send `post`; Envoy passes it as received.
+    for method in ["post", "Post", "pOST"] {
+        let v = edge.run(
+            method,
+            "/orders",
+            &[("authorization", &plain)],
+            NOW,
+            RevocationAnswer::CLEAR,
+        );
+        let d = v.denial().expect("deny");
+        assert_eq!(
+            (d.reason, d.status()),
+            (DenyReason::InvalidRequest, 400),
+            "{method}"
+        );
+    }
+}
+
+#[test]
+fn case_and_path_parameters_cannot_dodge_a_protected_rule() {
+    let mut edge = Edge::new(ROUTES);
+    let plain = bearer(&good_token(&Signer::ed25519(1), "current"));
+    // Spring, Tomcat and case-insensitive upstreams read these as /admin/users.
+    for path in [
+        "/ADMIN/users",
+        "/Admin/users",
+        "/admin;jsessionid=x/users",
+        "/;x/admin/users",
+    ] {
+        assert_eq!(
+            denied(&edge.get(path, &[("authorization", &plain)])),
+            DenyReason::InsufficientScope,
+            "{path}"
+        );
+    }
     assert_eq!(
-        allowed.header_changes.remove,
-        ["x-user-id", "x-user-scope", "x-user-email", "authorization"]
+        denied(&edge.run(
+            "POST",
+            "/ORDERS;v=2",
+            &[("authorization", &plain)],
+            NOW,
+            RevocationAnswer::CLEAR
+        )),
+        DenyReason::InsufficientScope
     );
+    // A public rule waives the token only for the path as written.
+    for path in ["/PUBLIC/docs", "/Public/docs"] {
+        assert_eq!(
+            denied(&edge.get(path, &[])),
+            DenyReason::TokenMissing,
+            "{path}"
+        );
+    }
+    assert!(matches!(
+        edge.get("/public/docs;v=1", &[]),
+        Verdict::Allow(_)
+    ));
+    // ...and `..;` is a dot segment to an upstream that drops parameters.
+    for path in ["/public/..;/admin/users", "/public/..;x=1/admin/users"] {
+        assert_eq!(
+            denied(&edge.get(path, &[])),
+            DenyReason::InvalidRequest,
+            "{path}"
+        );
+    }
 }
 
 #[test]
