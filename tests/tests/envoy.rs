@@ -108,7 +108,13 @@ async fn the_filter_and_jwt_authn_agree_on_every_case_both_support() {
     // (case, request headers, filter accepts, jwt_authn accepts, why they differ)
     let cases: Vec<(&str, HeaderMap, bool, bool, &str)> = vec![
         ("valid token from a login", bearer(&valid), true, true, ""),
-        ("typ JWT", bearer(&signed(&stack, "JWT", json!({}))), true, true, ""),
+        (
+            "typ JWT",
+            bearer(&signed(&stack, "JWT", json!({}))),
+            false,
+            true,
+            "RFC 9068 §4: the default policy takes at+jwt only, as the origin issues",
+        ),
         (
             "aud is an array holding ours",
             bearer(&signed(&stack, "at+jwt", json!({"aud": ["other", AUDIENCE]}))),

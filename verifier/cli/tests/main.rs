@@ -145,7 +145,7 @@ fn hostile_input_is_a_reject_not_a_crash() {
             "nested-small",
             format!(
                 "{}.{}.{}",
-                b64(br#"{"alg":"EdDSA","kid":"current"}"#),
+                b64(br#"{"alg":"EdDSA","kid":"current","typ":"at+jwt"}"#),
                 b64("[".repeat(4000).as_bytes()),
                 b64(&[0; 64])
             )

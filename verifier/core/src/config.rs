@@ -74,7 +74,7 @@ pub struct RawPolicy {
     #[serde(default = "default_token_types")]
     pub token_types: Vec<String>,
     /// Whether a token without `typ` is accepted.
-    #[serde(default = "yes")]
+    #[serde(default)]
     pub allow_missing_type: bool,
     /// Where tokens are read from.
     #[serde(default)]
@@ -214,8 +214,11 @@ fn default_max_token_bytes() -> usize {
 fn default_required_claims() -> Vec<String> {
     vec!["sub".to_owned(), "jti".to_owned()]
 }
+/// RFC 9068 §4: an access token says so (`at+jwt`), which is all the origin issues. A plain
+/// `JWT` or no `typ` is what ID tokens and other signed objects carry, so they stay out unless a
+/// policy widens the list.
 fn default_token_types() -> Vec<String> {
-    vec!["JWT".to_owned(), "at+jwt".to_owned()]
+    vec!["at+jwt".to_owned()]
 }
 fn default_user_id_header() -> String {
     "x-user-id".to_owned()
@@ -630,8 +633,8 @@ mod tests {
             p.required_claims,
             vec![RequiredClaim::Sub, RequiredClaim::Jti]
         );
-        assert_eq!(p.token_types, vec!["jwt", "at+jwt"]);
-        assert!(p.allow_missing_type);
+        assert_eq!(p.token_types, vec!["at+jwt"]);
+        assert!(!p.allow_missing_type);
         assert!(p.authorization_header);
         assert_eq!(p.cookie, None);
         assert_eq!(p.query_parameter, None);

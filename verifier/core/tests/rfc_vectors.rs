@@ -77,9 +77,10 @@ const RFC7515_PAYLOAD: &[u8] =
     b"{\"iss\":\"joe\",\r\n \"exp\":1300819380,\r\n \"http://example.com/is_root\":true}";
 
 /// A policy whose only algorithm is `alg`; `issuers`/`audiences` are required but unused here.
+/// The RFCs' example headers carry no `typ`, so the policy lets that through.
 fn policy_for(alg: &str) -> Policy {
     Policy::from_json(&format!(
-        r#"{{"issuers":["joe"],"audiences":["x"],"algorithms":["{alg}"]}}"#
+        r#"{{"issuers":["joe"],"audiences":["x"],"algorithms":["{alg}"],"allow_missing_type":true}}"#
     ))
     .expect("a minimal policy is valid")
 }

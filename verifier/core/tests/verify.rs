@@ -178,7 +178,7 @@ fn crit_cty_and_unencoded_payload_headers_are_refused() {
         r#""cty":"JWT""#,
         r#""cty":null"#,
     ] {
-        let header = format!(r#"{{"alg":"EdDSA","kid":"current",{extra}}}"#);
+        let header = format!(r#"{{"alg":"EdDSA","kid":"current","typ":"at+jwt",{extra}}}"#);
         let t = sign_raw(&s, &header, &claims);
         assert_eq!(
             reason(verify_token(&t, NOW, &r, &p)),
@@ -186,7 +186,11 @@ fn crit_cty_and_unencoded_payload_headers_are_refused() {
             "{extra}"
         );
     }
-    let b64_true = sign_raw(&s, r#"{"alg":"EdDSA","kid":"current","b64":true}"#, &claims);
+    let b64_true = sign_raw(
+        &s,
+        r#"{"alg":"EdDSA","kid":"current","typ":"at+jwt","b64":true}"#,
+        &claims,
+    );
     assert!(
         verify_token(&b64_true, NOW, &r, &p).is_ok(),
         "b64: true is the default meaning"
@@ -199,7 +203,7 @@ fn embedded_keys_and_key_urls_are_never_trusted() {
     let r = standard_ring(&p);
     let attacker = Signer::ed25519(66);
     let header = json!({
-        "alg": "EdDSA", "kid": "attacker",
+        "alg": "EdDSA", "kid": "attacker", "typ": "at+jwt",
         "jwk": attacker.jwk("attacker"),
         "jku": "https://attacker.example/jwks.json",
         "x5u": "https://attacker.example/cert.pem",
@@ -221,23 +225,31 @@ fn embedded_keys_and_key_urls_are_never_trusted() {
 
 #[test]
 fn typ_allow_list() {
+    // RFC 9068 §4: by default only `at+jwt`, however it is spelled as a media type.
     let p = policy("");
     let r = standard_ring(&p);
     let s = Signer::ed25519(1);
     let claims = good_claims().to_string();
-    for typ in [
-        Some("JWT"),
-        Some("at+jwt"),
-        Some("application/at+jwt"),
-        Some("AT+JWT"),
-        None,
-    ] {
+    let signed = |typ: Option<&str>| {
         let header = match typ {
             Some(t) => json!({"alg":"EdDSA","kid":"current","typ":t}),
             None => json!({"alg":"EdDSA","kid":"current"}),
         };
-        let t = sign_raw(&s, &header.to_string(), &claims);
-        assert!(verify_token(&t, NOW, &r, &p).is_ok(), "{typ:?}");
+        sign_raw(&s, &header.to_string(), &claims)
+    };
+    for typ in ["at+jwt", "application/at+jwt", "AT+JWT"] {
+        assert!(
+            verify_token(&signed(Some(typ)), NOW, &r, &p).is_ok(),
+            "{typ}"
+        );
+    }
+    // What ID tokens and other signed JWTs carry is not an access token.
+    for typ in [Some("JWT"), Some("jwt"), None] {
+        assert_eq!(
+            reason(verify_token(&signed(typ), NOW, &r, &p)),
+            DenyReason::TokenTypeNotAllowed,
+            "{typ:?}"
+        );
     }
     let feed = sign_raw(
         &s,
@@ -248,12 +260,14 @@ fn typ_allow_list() {
         reason(verify_token(&feed, NOW, &r, &p)),
         DenyReason::TokenTypeNotAllowed
     );
-    let strict = policy(r#","allow_missing_type":false"#);
-    let untyped = sign_raw(&s, r#"{"alg":"EdDSA","kid":"current"}"#, &claims);
-    assert_eq!(
-        reason(verify_token(&untyped, NOW, &r, &strict)),
-        DenyReason::TokenTypeNotAllowed
-    );
+    // A policy widens the list for issuers that type their tokens otherwise.
+    let wide = policy(r#","token_types":["JWT","at+jwt"],"allow_missing_type":true"#);
+    for typ in [Some("JWT"), Some("at+jwt"), None] {
+        assert!(
+            verify_token(&signed(typ), NOW, &r, &wide).is_ok(),
+            "{typ:?}"
+        );
+    }
 }
 
 #[test]
@@ -304,7 +318,7 @@ fn duplicate_members_are_refused() {
     let s = Signer::ed25519(1);
     let dup_alg = sign_raw(
         &s,
-        r#"{"alg":"none","alg":"EdDSA","kid":"current"}"#,
+        r#"{"alg":"none","alg":"EdDSA","kid":"current","typ":"at+jwt"}"#,
         &good_claims().to_string(),
     );
     assert_eq!(
@@ -314,7 +328,11 @@ fn duplicate_members_are_refused() {
     let claims = good_claims()
         .to_string()
         .replacen('{', r#"{"sub":"admin","#, 1);
-    let dup_sub = sign_raw(&s, r#"{"alg":"EdDSA","kid":"current"}"#, &claims);
+    let dup_sub = sign_raw(
+        &s,
+        r#"{"alg":"EdDSA","kid":"current","typ":"at+jwt"}"#,
+        &claims,
+    );
     assert_eq!(
         reason(verify_token(&dup_sub, NOW, &r, &p)),
         DenyReason::InvalidClaim
@@ -325,7 +343,11 @@ fn duplicate_members_are_refused() {
 fn token_without_kid_needs_a_unique_key() {
     let p = policy("");
     let s = Signer::ed25519(1);
-    let t = sign_raw(&s, r#"{"alg":"EdDSA"}"#, &good_claims().to_string());
+    let t = sign_raw(
+        &s,
+        r#"{"alg":"EdDSA","typ":"at+jwt"}"#,
+        &good_claims().to_string(),
+    );
     let single = ring(&[s.jwk("only")], &p);
     assert!(verify_token(&t, NOW, &single, &p).is_ok());
     let two = standard_ring(&p);
@@ -644,7 +666,7 @@ fn forged_payload_is_a_bad_signature_never_parsed() {
     // Not JSON, signed by a stranger: the answer must not reveal how the payload parses.
     let forged = sign_raw(
         &Signer::ed25519(9),
-        r#"{"alg":"EdDSA","kid":"current"}"#,
+        r#"{"alg":"EdDSA","kid":"current","typ":"at+jwt"}"#,
         "not json at all",
     );
     assert_eq!(
@@ -654,7 +676,7 @@ fn forged_payload_is_a_bad_signature_never_parsed() {
     // Signed by the real key, the same payload is the signer's fault: an invalid claim.
     let signed = sign_raw(
         &Signer::ed25519(1),
-        r#"{"alg":"EdDSA","kid":"current"}"#,
+        r#"{"alg":"EdDSA","kid":"current","typ":"at+jwt"}"#,
         "not json at all",
     );
     assert_eq!(
