@@ -240,7 +240,7 @@ impl RootContext for Root {
         let mut vm = Vm {
             host_algorithms,
             host_keys: HashMap::new(),
-            tokens: TokenCache::new(settings.policy.cache_entries()),
+            tokens: TokenCache::for_policy(&settings.policy),
             shared: shared::Keys::for_configuration(&configuration),
             settings,
             keys: KeyCache::default(),

@@ -82,7 +82,7 @@ async fn verify(parts: &Parts, state: &AppState, honoured: Honoured) -> Result<C
         headers: headers.as_slice(),
     };
     // The cache is off in this policy, so a throwaway one costs nothing.
-    let mut cache = TokenCache::new(0);
+    let mut cache = TokenCache::new(0, 0);
     let now = now();
     // Before the first keys are read the core answers 503, as an edge without keys does.
     let keys = state.keys.snapshot();

@@ -134,7 +134,7 @@ fn cache(c: &mut Criterion) {
 
     let policy = shared::policy("");
     let ring = standard_ring(&policy);
-    let mut cache = TokenCache::new(policy.cache_entries());
+    let mut cache = TokenCache::for_policy(&policy);
     assert!(matches!(
         full_request(&headers, &ring, &policy, &mut cache),
         Verdict::Allow(_)
@@ -155,7 +155,7 @@ fn cache(c: &mut Criterion) {
 
     let off = shared::policy(r#","cache":{"max_entries":0}"#);
     let off_ring = standard_ring(&off);
-    let mut no_cache = TokenCache::new(off.cache_entries());
+    let mut no_cache = TokenCache::for_policy(&off);
     assert!(matches!(
         full_request(&headers, &off_ring, &off, &mut no_cache),
         Verdict::Allow(_)

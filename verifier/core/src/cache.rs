@@ -1,4 +1,4 @@
-//! Bounded cache of verified tokens, keyed by the token text itself.
+//! Cache of verified tokens, keyed by the token text itself, bounded in entries and in bytes.
 //!
 //! A hit skips the signature and claim parsing only: the caller still re-checks time, route
 //! rules and the deny-list. An entry whose key has left the ring is dropped on sight, so
@@ -10,7 +10,7 @@
 //! a cache hit in Envoy (`bench-results/envoy.md`). The lookup hash is hashbrown's default; only
 //! verified tokens are ever inserted, so an attacker cannot fill a bucket with chosen keys.
 
-use alloc::{collections::VecDeque, sync::Arc};
+use alloc::{collections::VecDeque, string::String, sync::Arc};
 
 use hashbrown::HashMap;
 
@@ -27,26 +27,77 @@ pub struct CacheStats {
     pub evictions: u64,
 }
 
-/// A bounded map of verified tokens. Eviction is first-in first-out: tokens live minutes, so
-/// age is a good proxy for usefulness and costs no bookkeeping on a hit. Each entry holds its
-/// token text once (shared by the map and the eviction order): at most `max_token_bytes`.
+/// What an entry costs beyond its strings: the map's slot and control byte, the eviction
+/// queue's slot, the `Arc` headers of the text and the checked token, the token's `Vec`s and
+/// `Option<String>`s, its thumbprint, and the allocator's rounding of each block. Measured with a
+/// counting allocator (`tests/cache_memory.rs`), with a margin.
+const ENTRY_OVERHEAD_BYTES: usize = 512;
+
+/// What `token` (cached under `text`) holds on the heap, at most: its strings, each rounded up
+/// to the allocator's granularity, plus [`ENTRY_OVERHEAD_BYTES`].
+fn entry_bytes(text: &str, token: &VerifiedToken) -> usize {
+    let block = |len: usize| len.div_ceil(16) * 16 + 16;
+    let claims = token.claims();
+    let header = token.header();
+    let optional = [
+        &claims.iss,
+        &claims.sub,
+        &claims.jti,
+        &claims.sid,
+        &header.kid,
+        &header.typ,
+    ];
+    let strings = optional
+        .iter()
+        .filter_map(|s| s.as_deref())
+        .chain(claims.aud.iter().map(String::as_str))
+        .chain(claims.scope.iter().map(String::as_str))
+        .chain(claims.amr.iter().map(String::as_str))
+        .map(|s| block(s.len()))
+        .sum::<usize>();
+    let lists = (claims.aud.len() + claims.scope.len() + claims.amr.len()) * 24;
+    ENTRY_OVERHEAD_BYTES + block(text.len()) + strings + lists
+}
+
+/// A map of verified tokens, bounded in entries and in (estimated) heap bytes. Eviction is
+/// first-in first-out: tokens live minutes, so age is a good proxy for usefulness and costs no
+/// bookkeeping on a hit. Each entry holds its token text once (shared by the map and the
+/// eviction order).
+///
+/// The byte bound is what keeps a host alive: entries alone let large tokens (up to
+/// `max_token_bytes` each) outgrow a Worker isolate's 128 MB or a Wasm VM's heap, and a Wasm
+/// VM that cannot grow its memory traps.
 #[derive(Debug)]
 pub struct TokenCache {
     max_entries: usize,
-    entries: HashMap<Arc<str>, VerifiedToken>,
+    max_bytes: usize,
+    bytes: usize,
+    entries: HashMap<Arc<str>, (VerifiedToken, usize)>,
     order: VecDeque<Arc<str>>,
     stats: CacheStats,
 }
 
 impl TokenCache {
-    /// A cache holding at most `max_entries` tokens; 0 disables it.
-    pub fn new(max_entries: usize) -> Self {
+    /// A cache holding at most `max_entries` tokens in at most `max_bytes`; either 0 disables it.
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
         Self {
-            max_entries,
+            max_entries: if max_bytes == 0 { 0 } else { max_entries },
+            max_bytes,
+            bytes: 0,
             entries: HashMap::new(),
             order: VecDeque::new(),
             stats: CacheStats::default(),
         }
+    }
+
+    /// The cache a policy asks for (`cache.max_entries`, `cache.max_bytes`).
+    pub fn for_policy(policy: &crate::Policy) -> Self {
+        Self::new(policy.cache_entries(), policy.cache_bytes())
+    }
+
+    /// Estimated heap bytes held by the entries, never above `max_bytes`.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Entries held.
@@ -76,7 +127,7 @@ impl TokenCache {
         if self.max_entries == 0 {
             return None;
         }
-        let Some(verified) = self.entries.get(token) else {
+        let Some((verified, _)) = self.entries.get(token) else {
             self.stats.misses += 1;
             return None;
         };
@@ -85,7 +136,9 @@ impl TokenCache {
             .exp
             .is_none_or(|exp| now >= exp.saturating_add(leeway));
         if expired || !keys.contains(verified.key_thumbprint()) {
-            self.entries.remove(token);
+            if let Some((_, cost)) = self.entries.remove(token) {
+                self.bytes -= cost;
+            }
             self.stats.misses += 1;
             return None;
         }
@@ -93,25 +146,34 @@ impl TokenCache {
         Some(verified.clone())
     }
 
-    /// Remembers the verification of `text`.
+    /// Remembers the verification of `text`, evicting the oldest entries to make room. A token
+    /// that alone exceeds the byte budget is not cached.
     pub fn insert(&mut self, text: &str, token: VerifiedToken) {
-        if self.max_entries == 0 {
+        let cost = entry_bytes(text, &token);
+        if self.max_entries == 0 || cost > self.max_bytes {
             return;
         }
-        while self.entries.len() >= self.max_entries {
+        if let Some(held) = self.entries.get_mut(text) {
+            // The same text is the same token: the same cost, and already in the order.
+            held.0 = token;
+            return;
+        }
+        while self.entries.len() >= self.max_entries || self.bytes + cost > self.max_bytes {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
-            if self.entries.remove(&oldest).is_some() {
+            if let Some((_, freed)) = self.entries.remove(&oldest) {
+                self.bytes -= freed;
                 self.stats.evictions += 1;
             }
         }
         let text: Arc<str> = Arc::from(text);
-        if self.entries.insert(text.clone(), token).is_none() {
-            self.order.push_back(text);
-        }
-        // `order` may hold digests already removed on expiry; keep it from outgrowing the map.
-        if self.order.len() > self.max_entries.saturating_mul(2) {
+        self.bytes += cost;
+        self.entries.insert(text.clone(), (token, cost));
+        self.order.push_back(text);
+        // `order` may hold texts already removed on expiry or re-insertion; keep it from
+        // outgrowing the map.
+        if self.order.len() > self.entries.len().saturating_mul(2).max(16) {
             let entries = &self.entries;
             self.order.retain(|d| entries.contains_key(d));
         }
@@ -121,5 +183,6 @@ impl TokenCache {
     pub fn clear(&mut self) {
         self.entries.clear();
         self.order.clear();
+        self.bytes = 0;
     }
 }

@@ -42,8 +42,11 @@ fn invalid(field: &str, problem: impl Into<String>) -> ConfigError {
 
 /// The largest leeway accepted: beyond a few minutes a skewed clock is a fault to fix, not absorb.
 pub const MAX_LEEWAY_SECONDS: u32 = 300;
-/// Most entries a verified-token cache may be configured to hold (a few hundred MB at worst).
+/// Most entries a verified-token cache may be configured to hold.
 pub const MAX_CACHE_ENTRIES: usize = 1_000_000;
+/// Largest verified-token cache: a quarter of a Worker isolate's 128 MB, and far inside any Wasm
+/// VM's heap, so no accepted policy can make a host run out of memory through its cache.
+pub const MAX_CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// Tokens beyond this size are refused before any decoding; larger limits only widen DoS surface.
 pub const MAX_TOKEN_BYTES_LIMIT: usize = 64 * 1024;
 
@@ -183,12 +186,16 @@ pub struct RawCache {
     /// Most entries held; 0 turns the cache off.
     #[serde(default = "default_cache_entries")]
     pub max_entries: usize,
+    /// Most heap bytes the entries may hold (estimated per entry); 0 turns the cache off.
+    #[serde(default = "default_cache_bytes")]
+    pub max_bytes: usize,
 }
 
 impl Default for RawCache {
     fn default() -> Self {
         Self {
             max_entries: default_cache_entries(),
+            max_bytes: default_cache_bytes(),
         }
     }
 }
@@ -228,6 +235,11 @@ fn default_scope_header() -> String {
 }
 fn default_cache_entries() -> usize {
     10_000
+}
+/// 10,000 tokens of about 1 KB with their claims; each host VM (an isolate, an Envoy worker
+/// thread) holds its own cache.
+fn default_cache_bytes() -> usize {
+    16 * 1024 * 1024
 }
 fn default_retry_after() -> u32 {
     5
@@ -306,6 +318,7 @@ pub struct Policy {
     pub(crate) strip_authorization: bool,
     pub(crate) on_revocation_unavailable: OnUnavailable,
     pub(crate) cache_entries: usize,
+    pub(crate) cache_bytes: usize,
     pub(crate) realm: Option<String>,
     pub(crate) retry_after_seconds: u32,
 }
@@ -336,6 +349,11 @@ impl Policy {
     /// Most verified tokens the cache should hold.
     pub fn cache_entries(&self) -> usize {
         self.cache_entries
+    }
+
+    /// Most heap bytes the verified-token cache may hold.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache_bytes
     }
 
     /// Largest accepted token in bytes.
@@ -577,6 +595,12 @@ impl TryFrom<RawPolicy> for Policy {
                 format!("must be at most {MAX_CACHE_ENTRIES}"),
             ));
         }
+        if raw.cache.max_bytes > MAX_CACHE_BYTES {
+            return Err(invalid(
+                "cache.max_bytes",
+                format!("must be at most {MAX_CACHE_BYTES} (a Worker isolate has 128 MB in all)"),
+            ));
+        }
         if raw.retry_after_seconds == 0 || raw.retry_after_seconds > 3600 {
             return Err(invalid("retry_after_seconds", "must be between 1 and 3600"));
         }
@@ -602,6 +626,7 @@ impl TryFrom<RawPolicy> for Policy {
             strip_authorization: raw.headers.strip_authorization,
             on_revocation_unavailable: raw.revocation.on_unavailable,
             cache_entries: raw.cache.max_entries,
+            cache_bytes: raw.cache.max_bytes,
             realm: raw.realm,
             retry_after_seconds: raw.retry_after_seconds,
         })
@@ -655,6 +680,7 @@ mod tests {
         assert!(!p.strip_authorization);
         assert_eq!(p.on_revocation_unavailable, OnUnavailable::Deny);
         assert_eq!(p.cache_entries, 10_000);
+        assert_eq!(p.cache_bytes, 16 * 1024 * 1024);
         assert_eq!(p.retry_after_seconds, 5);
     }
 
@@ -734,6 +760,12 @@ mod tests {
                 r#"{"issuers":["a"],"audiences":["b"],"cache":{"max_entries":1000001}}"#
             )),
             "cache.max_entries"
+        );
+        assert_eq!(
+            field_of(error_for(
+                r#"{"issuers":["a"],"audiences":["b"],"cache":{"max_bytes":33554433}}"#
+            )),
+            "cache.max_bytes"
         );
         assert!(matches!(
             error_for(r#"{"issuers":["a"],"audiences":["b"],"leeway_seconds":-1}"#),

@@ -25,7 +25,7 @@ impl Edge {
     fn new(extra: &str) -> Self {
         let policy = policy(extra);
         let ring = Some(standard_ring(&policy));
-        let cache = TokenCache::new(policy.cache_entries());
+        let cache = TokenCache::for_policy(&policy);
         Self {
             policy,
             ring,
@@ -594,6 +594,44 @@ fn cache_is_bounded() {
         assert!(edge.cache.len() <= 2);
     }
     assert_eq!(edge.cache.stats().evictions, 3);
+}
+
+#[test]
+fn cache_is_bounded_in_bytes_whatever_the_tokens_weigh() {
+    let budget = 64 * 1024;
+    let mut edge = Edge::new(&format!(
+        r#","max_token_bytes":16384,"cache":{{"max_entries":1000,"max_bytes":{budget}}}"#
+    ));
+    let mut tokens = Vec::new();
+    for i in 0..40 {
+        let mut c = good_claims();
+        c["jti"] = json!(format!("jti-{i}"));
+        // Large but valid: what a client can mint nothing of, but an issuer can.
+        c["scope"] = json!(format!("profile {}", "s".repeat(6000)));
+        let auth = bearer(&token(&Signer::ed25519(1), "current", &c));
+        assert!(matches!(
+            edge.get("/", &[("authorization", &auth)]),
+            Verdict::Allow(_)
+        ));
+        assert!(edge.cache.bytes() <= budget, "{} bytes", edge.cache.bytes());
+        tokens.push(auth);
+    }
+    // Fewer than the entry bound fit, the oldest went first, and the newest are hits.
+    assert!(edge.cache.len() < 12, "{} entries", edge.cache.len());
+    assert_eq!(edge.cache.stats().evictions, 40 - edge.cache.len() as u64);
+    let hits = edge.cache.stats().hits;
+    edge.get("/", &[("authorization", tokens.last().expect("a token"))]);
+    assert_eq!(edge.cache.stats().hits, hits + 1);
+    // A token that alone outweighs the budget is verified every time, never cached.
+    let mut tiny = Edge::new(r#","cache":{"max_bytes":1024}"#);
+    let auth = bearer(&good_token(&Signer::ed25519(1), "current"));
+    for _ in 0..2 {
+        assert!(matches!(
+            tiny.get("/", &[("authorization", &auth)]),
+            Verdict::Allow(_)
+        ));
+    }
+    assert_eq!((tiny.cache.len(), tiny.cache.stats().hits), (0, 0));
 }
 
 #[test]

@@ -80,15 +80,15 @@ fn with_isolate<T>(env: &Env, f: impl FnOnce(&mut Isolate) -> T) -> T {
             let settings = Settings::from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
                 .map(Rc::new)
                 .map_err(|e| e.to_string());
-            let cache_entries = settings
-                .as_ref()
-                .map(|s| s.policy.cache_entries())
-                .unwrap_or(0);
+            let tokens = settings.as_ref().map_or_else(
+                |_| TokenCache::new(0, 0),
+                |s| TokenCache::for_policy(&s.policy),
+            );
             Isolate {
                 settings,
                 keys: KeyCache::default(),
                 keys_fetch_started_ms: None,
-                tokens: TokenCache::new(cache_entries),
+                tokens,
                 denied: DenyCache::default(),
                 web_crypto: webcrypto::WebCrypto::default(),
                 deny_list: KvNamespace::from_env(env, deny_list::DENYLIST_BINDING),
