@@ -595,6 +595,13 @@ pub async fn revocations(
             message: "must be between 1 and 1000".into(),
         });
     }
+    // Sequence numbers are DynamoDB numbers read as i64; a cursor past them is the client's error.
+    if i64::try_from(query.after).is_err() {
+        return Err(ApiError::InvalidField {
+            field: "after".into(),
+            message: format!("must be at most {}", i64::MAX),
+        });
+    }
     let (entries, next) = state
         .feed
         .read_after(query.after, query.limit, now())

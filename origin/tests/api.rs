@@ -13,7 +13,7 @@ use edgeauth_origin::{
     app::app,
     bootstrap::{build_state, create_tables_command},
     config::{Config, Storage},
-    store::DenyList as _,
+    store::{DenyList as _, StoreError},
 };
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -1021,10 +1021,38 @@ async fn the_feed_has_no_gaps_under_concurrent_logouts() {
     for bad in [
         "/v1/revocations?limit=0",
         "/v1/revocations?after=-1",
+        "/v1/revocations?after=9223372036854775808",
+        "/v1/revocations?after=18446744073709551615",
+        "/v1/revocations?after=18446744073709551616",
         "/v1/revocations?cursor=3",
     ] {
         assert_eq!(o.get(bad).await.status, StatusCode::BAD_REQUEST, "{bad}");
     }
+}
+
+/// Instances racing for the feed's next number each get one, or a 503-class error after losing
+/// every attempt: never the same number, never an internal error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_feed_appends_get_distinct_numbers_or_unavailable() {
+    let o = origin().await;
+    let make = |seq: u64| -> Result<String, StoreError> { Ok(format!("entry-{seq}")) };
+    let appends = (0..48).map(|_| {
+        let feed = o.state.feed.clone();
+        tokio::spawn(async move { feed.append(&make, i64::MAX).await })
+    });
+    let mut seqs = Vec::new();
+    for append in appends {
+        match append.await.expect("joined") {
+            Ok(entry) => seqs.push(entry.seq),
+            Err(StoreError::Unavailable(_)) => {}
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    let count = seqs.len();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), count, "two appends got one number");
+    assert!(count > 0);
 }
 
 #[tokio::test]

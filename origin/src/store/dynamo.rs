@@ -1426,7 +1426,10 @@ impl RevocationFeed for DynamoStore {
                 Err(e) => return Err(e),
             }
         }
-        Err(StoreError::Conflict)
+        // Contention, not a fault: the caller answers 503 and the client retries.
+        Err(StoreError::Unavailable(format!(
+            "revocation feed: {APPEND_ATTEMPTS} appends in a row lost the race for the next number"
+        )))
     }
 
     async fn read_after(
