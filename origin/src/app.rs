@@ -23,7 +23,7 @@ use crate::{
     key_rotation::SigningKeys,
     password::PasswordHasher,
     rate_limit::{self, Endpoint, RateLimiter},
-    soft_lock::LoginGuard,
+    soft_lock::{LoginGuard, SecondFactorGuard},
     store::{profile_cache::ProfileCache, RefreshStore, RevocationFeed, UserStore},
 };
 
@@ -55,6 +55,8 @@ pub struct AppState {
     pub rate_limiter: Arc<dyn RateLimiter>,
     /// Soft lock of emails under attack.
     pub login_guard: LoginGuard,
+    /// Second-factor guessing per account.
+    pub second_factor_guard: SecondFactorGuard,
     /// Security events.
     pub audit: Audit,
 }

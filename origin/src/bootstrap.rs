@@ -18,6 +18,7 @@ use crate::{
     rate_limit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter},
     soft_lock::{
         CaptchaVerifier, FailureCounter, LoginGuard, MemoryFailureCounter, RedisFailureCounter,
+        SecondFactorGuard,
     },
     store::deny::{MemoryDenyList, RedisDenyList},
     store::dynamo::{client_for_endpoint, client_from_env, create_tables, DynamoStore, TableNames},
@@ -134,6 +135,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         Some(captcha) => Some(CaptchaVerifier::new(captcha).context("captcha")?),
         None => None,
     };
+    let second_factor_guard = SecondFactorGuard::new(failures.clone(), config.second_factor_lock);
     let login_guard = LoginGuard::new(failures, captcha, config.soft_lock);
     let profile_cache: Arc<dyn ProfileCache> = match &config.redis_cache_url {
         Some(url) => Arc::new(RedisProfileCache::new(url)?),
@@ -143,6 +145,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     Ok(AppState {
         audit,
         login_guard,
+        second_factor_guard,
         rate_limiter,
         edge_push,
         feed: store.clone(),

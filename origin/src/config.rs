@@ -102,6 +102,8 @@ struct RawConfig {
     #[serde(default)]
     soft_lock: SoftLock,
     #[serde(default)]
+    second_factor_lock: SoftLock,
+    #[serde(default)]
     captcha: Option<Captcha>,
     #[serde(default = "default_mfa_scopes")]
     mfa_scopes: Vec<String>,
@@ -208,6 +210,8 @@ pub struct Config {
     pub client_ip: ClientIpSource,
     /// When failed logins soft-lock an email.
     pub soft_lock: SoftLock,
+    /// When one-time codes lock an account's TOTP factor (with or without a CAPTCHA service).
+    pub second_factor_lock: SoftLock,
     /// The CAPTCHA service that unlocks it; none: no soft lock.
     pub captcha: Option<Captcha>,
     /// Scopes granted only in sessions that passed a second factor.
@@ -215,12 +219,13 @@ pub struct Config {
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 27] = [
+const FIELDS: [&str; 28] = [
     "otlp_traces_endpoint",
     "signing_keys",
     "edge_push_urls",
     "mfa_scopes",
     "soft_lock",
+    "second_factor_lock",
     "captcha",
     "rate_limits",
     "client_ip",
@@ -362,6 +367,9 @@ impl Config {
         raw.soft_lock
             .validate()
             .map_err(|problem| invalid("soft_lock", &problem))?;
+        raw.second_factor_lock
+            .validate()
+            .map_err(|problem| invalid("second_factor_lock", &problem))?;
         if let Some(captcha) = &raw.captcha {
             captcha
                 .validate()
@@ -439,6 +447,7 @@ impl Config {
             rate_limits: raw.rate_limits,
             client_ip: raw.client_ip,
             soft_lock: raw.soft_lock,
+            second_factor_lock: raw.second_factor_lock,
             captcha: raw.captcha,
             mfa_scopes: raw.mfa_scopes,
         })

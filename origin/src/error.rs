@@ -65,6 +65,13 @@ pub enum ApiError {
     /// 401: the one-time code or recovery code is wrong, or was used already.
     #[error("the one-time code is wrong or was used already")]
     InvalidOtp,
+    /// 429: too many second-factor codes for this account; TOTP is refused until the window
+    /// ends (`second_factor_lock`); a recovery code still works.
+    #[error("too many one-time codes; retry later or use a recovery code")]
+    MfaLocked {
+        /// Seconds until codes are taken again, at most (`Retry-After`).
+        retry_after_seconds: u64,
+    },
     /// 401: this email is soft-locked after failed logins; send a solved CAPTCHA (`soft_lock`).
     #[error("solve the CAPTCHA and send its token as captcha_token")]
     CaptchaRequired,
@@ -117,6 +124,7 @@ impl ApiError {
             Self::SessionNotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::InvalidOtp => (StatusCode::UNAUTHORIZED, "invalid_otp"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::MfaLocked { .. } => (StatusCode::TOO_MANY_REQUESTS, "mfa_locked"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
             Self::Token { .. } => (StatusCode::UNAUTHORIZED, "invalid_token"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
@@ -168,6 +176,9 @@ impl IntoResponse for ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
         }
         if let Self::RateLimited {
+            retry_after_seconds,
+        }
+        | Self::MfaLocked {
             retry_after_seconds,
         } = self
         {

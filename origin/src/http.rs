@@ -213,8 +213,8 @@ pub async fn login(
             &audit,
         )
         .await?;
+    // The attempt was counted by `admit`; only a login clears it.
     let failed = || async {
-        state.login_guard.failed(&account, &audit).await;
         audit("login_failed");
         ApiError::InvalidCredentials
     };
@@ -242,7 +242,7 @@ pub async fn login(
     }
     let now = now();
     let codes = (body.otp.as_deref(), body.recovery_code.as_deref());
-    let mfa = second_factor(&state, &user, codes, now, &account, &audit).await?;
+    let mfa = second_factor(&state, &user, codes, now, &audit).await?;
     state.login_guard.succeeded(&account).await;
     let (refresh_token, record) = new_refresh_record(&state, &user, uuid::Uuid::new_v4(), now, mfa);
     state.refresh.insert(&record).await?;
@@ -259,24 +259,32 @@ pub async fn login(
 
 /// The second factor, for accounts that confirmed one: whether the login passed it. Asked only
 /// after the password was right, so `mfa_required` says nothing to someone without it. A wrong
-/// code counts toward the soft lock like a wrong password.
+/// code leaves the login's attempt counted toward the soft lock, and each one-time code is
+/// counted, before it is checked, toward the factor's own lock.
 /// `codes`: the request's `otp` and `recovery_code`.
 async fn second_factor(
     state: &AppState,
     user: &User,
     codes: (Option<&str>, Option<&str>),
     now: i64,
-    account: &str,
     audit: &(dyn Fn(&'static str) + Sync),
 ) -> Result<bool, ApiError> {
     let Some(totp) = user.totp.as_ref().filter(|t| t.confirmed) else {
         return Ok(false);
     };
+    let user_id = user.id.to_string();
     let passed = match codes {
-        (Some(code), _) => match mfa::matching_step(&totp.secret, code, now) {
-            Some(step) => state.users.use_totp_step(user.id, step).await?,
-            None => false,
-        },
+        (Some(code), _) => {
+            state.second_factor_guard.attempt(&user_id, audit).await?;
+            let passed = match mfa::matching_step(&totp.secret, code, now) {
+                Some(step) => state.users.use_totp_step(user.id, step).await?,
+                None => false,
+            };
+            if passed {
+                state.second_factor_guard.passed(&user_id).await;
+            }
+            passed
+        }
         (None, Some(code)) => {
             let hash = mfa::recovery_code_hash(code);
             let used = state.users.use_recovery_code(user.id, &hash).await?;
@@ -288,7 +296,6 @@ async fn second_factor(
         (None, None) => return Err(ApiError::MfaRequired),
     };
     if !passed {
-        state.login_guard.failed(account, audit).await;
         audit("mfa_failed");
         return Err(ApiError::InvalidOtp);
     }

@@ -12,8 +12,9 @@
 //! - **Where.** Redis when the deny-list is in Redis (the same connection: both are security
 //!   state every instance must share), as one Lua script, so the read and the write are atomic
 //!   and Redis's clock is the only clock; in-process in the embedded mode.
-//! - **When the store is down** the request goes through and the failure is logged: an outage
-//!   of the limiter must not become an outage of login. The password hash is still the cost.
+//! - **When the store is down** login is refused (503): it is where passwords are guessed, and a
+//!   slow Redis must not switch brute-force protection off. Register and refresh go through and
+//!   the failure is logged, so an outage of the limiter logs no one out.
 
 use std::{
     collections::HashMap,
@@ -367,6 +368,12 @@ pub async fn limit(
                 retry_after_seconds: retry_after.as_millis().div_ceil(1000).max(1) as u64,
             }
             .into_response()
+        }
+        // Login is where passwords are guessed: without its budget it is refused (503). Refresh
+        // and register go through, so an outage of the limiter logs no one out.
+        Err(error) if endpoint == Endpoint::Login => {
+            tracing::warn!(event = "rate_limiter_unavailable", %error, "login refused");
+            ApiError::Unavailable(format!("rate limiter: {error}")).into_response()
         }
         Err(error) => {
             tracing::warn!(event = "rate_limiter_unavailable", %error, "request let through");

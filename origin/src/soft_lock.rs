@@ -8,6 +8,14 @@
 //! the deny-list's Redis (shared by every instance), keyed by a hash of the email (no address
 //! in Redis), or in-process in the embedded mode. Without a `captcha` configuration there is
 //! nothing to unlock with, so there is no soft lock either; the per-client rate limits remain.
+//!
+//! Attempts are counted *before* the password is checked, so a concurrent burst of guesses cannot
+//! all pass a count read before any of them is recorded; a successful login clears the count.
+//! A counter that cannot answer refuses the login (503): brute-force protection fails closed.
+//!
+//! The second factor has its own guard ([`SecondFactorGuard`]), CAPTCHA or not: a six-digit
+//! code falls to a million guesses, and only the per-client rate limit stood in the way (an IPv6
+//! client gets a budget per /64, so an attacker with a /48 has 65,536 of them).
 
 use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Duration};
 
@@ -305,8 +313,9 @@ impl LoginGuard {
         }
     }
 
-    /// Before the password is checked: an email past its failures needs a solved CAPTCHA.
-    /// `audit` hears `captcha_solved` and `captcha_failed`.
+    /// Before the password is checked: counts this attempt, and an email past its failures
+    /// needs a solved CAPTCHA. `audit` hears `soft_locked` (the first attempt past the limit),
+    /// `captcha_solved` and `captcha_failed`.
     pub async fn admit(
         &self,
         account: &str,
@@ -317,16 +326,19 @@ impl LoginGuard {
         let Some(captcha) = &self.captcha else {
             return Ok(());
         };
-        let failures = match self.counter.failures(account).await {
-            Ok(n) => n,
-            Err(error) => {
-                // The per-client rate limit and the password hash still stand.
+        let attempts = self
+            .counter
+            .record(account, self.settings.window_seconds)
+            .await
+            .map_err(|error| {
                 tracing::warn!(event = "failure_counter_unavailable", %error);
-                return Ok(());
-            }
-        };
-        if failures < self.settings.failures {
+                ApiError::Unavailable(format!("login failure counter: {error}"))
+            })?;
+        if attempts <= self.settings.failures {
             return Ok(());
+        }
+        if attempts == self.settings.failures + 1 {
+            audit("soft_locked");
         }
         let Some(token) = captcha_token.filter(|t| !t.is_empty() && t.len() <= 2048) else {
             tracing::info!(event = "soft_lock", "CAPTCHA required");
@@ -341,29 +353,75 @@ impl LoginGuard {
         }
     }
 
-    /// After a wrong password, or an email no account has. `audit` hears `soft_locked` when this
-    /// failure locks the email.
-    pub async fn failed(&self, account: &str, audit: &(dyn Fn(&'static str) + Sync)) {
-        if self.captcha.is_none() {
-            return;
-        }
-        match self
-            .counter
-            .record(account, self.settings.window_seconds)
-            .await
-        {
-            Ok(n) if n == self.settings.failures => audit("soft_locked"),
-            Ok(_) => {}
-            Err(error) => tracing::warn!(event = "failure_counter_unavailable", %error),
-        }
-    }
-
     /// After a successful login.
     pub async fn succeeded(&self, account: &str) {
         if self.captcha.is_none() {
             return;
         }
         if let Err(error) = self.counter.clear(account).await {
+            tracing::warn!(event = "failure_counter_unavailable", %error);
+        }
+    }
+}
+
+/// Second-factor guessing, per account: after `failures` codes within `window_seconds` that did
+/// not end in a login, the TOTP factor is refused (`mfa_locked`, 429) until the window ends. The
+/// password login is not locked: recovery codes (ten of 50 bits each, beyond guessing) still let
+/// the owner in.
+#[derive(Clone)]
+pub struct SecondFactorGuard {
+    counter: std::sync::Arc<dyn FailureCounter>,
+    settings: SoftLock,
+}
+
+impl std::fmt::Debug for SecondFactorGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecondFactorGuard")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecondFactorGuard {
+    /// A guard counting in `counter` (keys of its own beside the login's).
+    pub fn new(counter: std::sync::Arc<dyn FailureCounter>, settings: SoftLock) -> Self {
+        Self { counter, settings }
+    }
+
+    fn key(user_id: &str) -> String {
+        format!("mfa:{user_id}")
+    }
+
+    /// Before a code is checked: counts it, and refuses past the limit. `audit` hears
+    /// `mfa_locked` on the first code refused. A counter that cannot answer refuses (503).
+    pub async fn attempt(
+        &self,
+        user_id: &str,
+        audit: &(dyn Fn(&'static str) + Sync),
+    ) -> Result<(), ApiError> {
+        let attempts = self
+            .counter
+            .record(&Self::key(user_id), self.settings.window_seconds)
+            .await
+            .map_err(|error| {
+                tracing::warn!(event = "failure_counter_unavailable", %error);
+                ApiError::Unavailable(format!("second-factor counter: {error}"))
+            })?;
+        if attempts <= self.settings.failures {
+            return Ok(());
+        }
+        if attempts == self.settings.failures + 1 {
+            tracing::warn!(event = "mfa_locked", %user_id);
+            audit("mfa_locked");
+        }
+        Err(ApiError::MfaLocked {
+            retry_after_seconds: u64::from(self.settings.window_seconds),
+        })
+    }
+
+    /// After a login the factor passed: the count starts again.
+    pub async fn passed(&self, user_id: &str) {
+        if let Err(error) = self.counter.clear(&Self::key(user_id)).await {
             tracing::warn!(event = "failure_counter_unavailable", %error);
         }
     }

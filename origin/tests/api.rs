@@ -808,7 +808,19 @@ async fn logout_revokes_the_access_token_and_its_session_at_once() {
 async fn a_dead_deny_list_fails_closed_and_logout_never_claims_success() {
     let o = origin_with(&[("EDGEAUTH_REDIS_DENYLIST_URL", "redis://127.0.0.1:1")]).await;
     o.register("omar@example.com", "omar's passphrase").await;
-    let login = o.login("omar@example.com", "omar's passphrase").await;
+    // The login's rate limit lives in that Redis too, and login fails closed without it.
+    let refused = o.login("omar@example.com", "omar's passphrase").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.body
+    );
+    // The session comes from an instance whose limiter still answers.
+    let limiter_up = with_memory_rate_limiter(&o);
+    let login = limiter_up
+        .login("omar@example.com", "omar's passphrase")
+        .await;
     let access = login.body["access_token"]
         .as_str()
         .expect("token")
@@ -836,12 +848,196 @@ async fn a_dead_deny_list_fails_closed_and_logout_never_claims_success() {
         o.refresh_with_cookie(&cookie_token(&login)).await.status,
         StatusCode::UNAUTHORIZED
     );
-    // Login and refresh do not need the deny-list.
-    let again = o.login("omar@example.com", "omar's passphrase").await;
+    // Refresh does not need the deny-list's Redis (its rate limit fails open).
+    let again = limiter_up
+        .login("omar@example.com", "omar's passphrase")
+        .await;
     assert_eq!(
         o.refresh_with_cookie(&cookie_token(&again)).await.status,
         StatusCode::OK
     );
+}
+
+/// The same state (store, keys, deny-list) behind a router whose rate limiter is in-process.
+fn with_memory_rate_limiter(o: &Origin) -> Origin {
+    let mut state = o.state.clone();
+    state.rate_limiter =
+        std::sync::Arc::new(edgeauth_origin::rate_limit::MemoryRateLimiter::default());
+    Origin {
+        router: app(state.clone()),
+        state,
+        data_dir: o.data_dir.clone(),
+    }
+}
+
+/// A user with a confirmed TOTP factor: the TOTP secret and the ten recovery codes.
+async fn enrolled(o: &Origin, email: &str, password: &str) -> (Vec<u8>, Vec<String>) {
+    o.register(email, password).await;
+    let login = o.login(email, password).await;
+    let token = login.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let started = o.with_bearer("POST", "/v1/me/mfa/totp", &token, None).await;
+    let secret = base32::decode(
+        base32::Alphabet::Rfc4648 { padding: false },
+        started.body["secret"].as_str().expect("secret"),
+    )
+    .expect("base32");
+    let now = u64::try_from(edgeauth_origin::clock::now()).expect("time");
+    let code = edgeauth_origin::mfa::code_at(&secret, now);
+    let confirmed = o
+        .with_bearer(
+            "POST",
+            "/v1/me/mfa/totp/confirm",
+            &token,
+            Some(json!({"code": code})),
+        )
+        .await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{:?}", confirmed.body);
+    let recovery = confirmed.body["recovery_codes"]
+        .as_array()
+        .expect("codes")
+        .iter()
+        .map(|c| c.as_str().expect("text").to_string())
+        .collect();
+    (secret, recovery)
+}
+
+/// Budgets wide enough that only the locks under test refuse.
+const WIDE_BUDGETS: (&str, &str) = (
+    "EDGEAUTH_RATE_LIMITS",
+    r#"{"login":{"count":1000,"per_seconds":60}}"#,
+);
+
+/// A code no authenticator shows now: a six-digit code for another secret.
+fn wrong_code(secret: &[u8]) -> String {
+    let now = u64::try_from(edgeauth_origin::clock::now()).expect("time");
+    let right: Vec<String> = (0..3)
+        .map(|i| edgeauth_origin::mfa::code_at(secret, now + i * 30 - 30))
+        .collect();
+    (0..1_000_000u32)
+        .map(|n| format!("{n:06}"))
+        .find(|c| !right.contains(c))
+        .expect("a wrong code")
+}
+
+#[tokio::test]
+async fn one_time_codes_lock_the_factor_after_a_few_guesses_without_any_captcha() {
+    // The default configuration: no CAPTCHA service, so no soft lock of the password.
+    let o = origin_with(&[WIDE_BUDGETS]).await;
+    let (secret, recovery) = enrolled(&o, "gus@example.com", "gus's passphrase").await;
+    let with_code = |otp: String| {
+        o.post(
+            "/v1/login",
+            json!({"email": "gus@example.com", "password": "gus's passphrase", "otp": otp}),
+        )
+    };
+    for _ in 0..5 {
+        let r = with_code(wrong_code(&secret)).await;
+        assert_eq!(r.body["error"], "invalid_otp", "{:?}", r.body);
+    }
+    // The sixth code is refused unread, the right one too: the factor is locked for a while.
+    let now = u64::try_from(edgeauth_origin::clock::now()).expect("time");
+    let right = edgeauth_origin::mfa::code_at(&secret, now + 30);
+    let r = with_code(right).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("mfa_locked")),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(r.headers[header::RETRY_AFTER], "900");
+    // The password login is not locked: a recovery code still lets the owner in.
+    let r = o
+        .post(
+            "/v1/login",
+            json!({"email": "gus@example.com", "password": "gus's passphrase",
+                   "recovery_code": recovery[0]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let token = r.body["access_token"].as_str().expect("token").to_string();
+    let mut names = Vec::new();
+    for _ in 0..50 {
+        let events = o.with_bearer("GET", "/v1/me/audit", &token, None).await;
+        names = events.body["events"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["event"].as_str())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if names.iter().any(|n| n == "mfa_locked") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    assert!(names.iter().any(|n| n == "mfa_locked"), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_guesses_is_counted_before_any_is_checked() {
+    let o = std::sync::Arc::new(origin_with(&[WIDE_BUDGETS]).await);
+    let (secret, _) = enrolled(&o, "ivy@example.com", "ivy's passphrase").await;
+    let guess = wrong_code(&secret);
+    let burst = (0..24).map(|_| {
+        let o = o.clone();
+        let guess = guess.clone();
+        tokio::spawn(async move {
+            o.post(
+                "/v1/login",
+                json!({"email": "ivy@example.com", "password": "ivy's passphrase", "otp": guess}),
+            )
+            .await
+            .body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+    });
+    let mut checked = 0;
+    for answer in burst {
+        match answer.await.expect("joined").as_str() {
+            "invalid_otp" => checked += 1,
+            "mfa_locked" => {}
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(checked, 5, "codes checked out of a burst of 24");
+
+    // The password's soft lock counts first too.
+    let (url, _) = captcha_service().await;
+    let captcha = captcha_config(&url);
+    let o = std::sync::Arc::new(
+        origin_with(&[
+            WIDE_BUDGETS,
+            ("EDGEAUTH_CAPTCHA", &captcha),
+            ("EDGEAUTH_SOFT_LOCK", r#"{"failures":3}"#),
+        ])
+        .await,
+    );
+    o.register("jay@example.com", "jay's passphrase").await;
+    let burst = (0..16).map(|n| {
+        let o = o.clone();
+        tokio::spawn(async move {
+            o.login("jay@example.com", &format!("guess {n}")).await.body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+    });
+    let mut hashed = 0;
+    for answer in burst {
+        match answer.await.expect("joined").as_str() {
+            "invalid_credentials" => hashed += 1,
+            "captcha_required" => {}
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(hashed, 3, "passwords checked out of a burst of 16");
 }
 
 #[tokio::test]
