@@ -105,7 +105,11 @@ pub struct Credentials {
 /// Trims and case-folds an email and checks it looks like one. Deliverability is the
 /// verification mail's job, not this check's.
 pub fn normalise_email(raw: &str) -> Result<String, ApiError> {
-    let email = raw.trim().to_lowercase();
+    use unicode_normalization::UnicodeNormalization as _;
+    // NFKC, case folded, NFKC again (the UAX #31 recipe for identifiers): full-width, ligature
+    // and compatibility spellings of an address become one, so they cannot be two accounts.
+    let folded: String = raw.trim().nfkc().collect::<String>().to_lowercase();
+    let email: String = folded.nfkc().collect();
     let invalid = |message: &str| ApiError::InvalidField {
         field: "email".into(),
         message: message.into(),
@@ -127,7 +131,36 @@ pub fn normalise_email(raw: &str) -> Result<String, ApiError> {
     if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid("must not contain spaces or control characters"));
     }
+    if email.chars().any(is_invisible) {
+        return Err(invalid("must not contain invisible characters"));
+    }
     Ok(email)
+}
+
+/// Characters that render as nothing: the Unicode format characters (general category Cf: zero
+/// width spaces and joiners, bidirectional controls, tags), variation selectors and the Hangul
+/// fillers. `a\u{200B}lice@` would otherwise register beside `alice@` and look the same.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x034F
+            | 0x061C
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x206F
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF0..=0xFFFB
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0000..=0xE0FFF
+    )
 }
 
 fn check_password(password: &str) -> Result<(), ApiError> {
@@ -938,6 +971,41 @@ mod tests {
             assert!(normalise_email(bad).is_err(), "{bad}");
         }
         assert!(normalise_email(&format!("{}@example.com", "a".repeat(250))).is_err());
+    }
+
+    #[test]
+    fn look_alike_spellings_of_an_address_are_one_address_or_refused() {
+        // Full-width letters, a ligature, the Kelvin sign for k.
+        assert_eq!(
+            normalise_email("\u{ff41}\u{ff4c}ice@example.com").expect("valid"),
+            "alice@example.com"
+        );
+        assert_eq!(
+            normalise_email("\u{fb03}x@example.com").expect("valid"),
+            "ffix@example.com"
+        );
+        assert_eq!(
+            normalise_email("mar\u{212a}@example.com").expect("valid"),
+            "mark@example.com"
+        );
+        // Composed and decomposed accents are one address.
+        assert_eq!(
+            normalise_email("jose\u{301}@example.com").expect("valid"),
+            normalise_email("jos\u{e9}@example.com").expect("valid")
+        );
+        for invisible in [
+            "a\u{200b}lice@example.com",
+            "alice\u{200d}@example.com",
+            "\u{feff}alice@example.com",
+            "ali\u{ad}ce@example.com",
+            "alice@exam\u{2060}ple.com",
+            "alice\u{e0041}@example.com",
+            "a\u{202e}lice@example.com",
+            "alice\u{fe0f}@example.com",
+            "\u{3164}alice@example.com",
+        ] {
+            assert!(normalise_email(invisible).is_err(), "{invisible:?}");
+        }
     }
 
     #[test]

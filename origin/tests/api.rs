@@ -805,6 +805,31 @@ async fn logout_revokes_the_access_token_and_its_session_at_once() {
 }
 
 #[tokio::test]
+async fn a_look_alike_address_is_the_same_account_and_an_invisible_one_is_refused() {
+    let o = origin().await;
+    let first = o
+        .register("\u{ff4b}im@example.com", "kim's passphrase")
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    let twin = o.register("kim@example.com", "another passphrase").await;
+    assert_eq!(
+        (twin.status, twin.body["error"].as_str()),
+        (StatusCode::CONFLICT, Some("email_taken"))
+    );
+    assert_eq!(
+        o.login("KIM@example.com", "kim's passphrase").await.status,
+        StatusCode::OK
+    );
+    let hidden = o
+        .register("k\u{200b}im@example.com", "kim's passphrase")
+        .await;
+    assert_eq!(
+        (hidden.status, hidden.body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+}
+
+#[tokio::test]
 async fn a_dead_deny_list_fails_closed_and_logout_never_claims_success() {
     let o = origin_with(&[("EDGEAUTH_REDIS_DENYLIST_URL", "redis://127.0.0.1:1")]).await;
     o.register("omar@example.com", "omar's passphrase").await;
