@@ -65,6 +65,8 @@ struct RawConfig {
     access_token_ttl_seconds: u32,
     #[serde(default = "default_refresh_ttl")]
     refresh_token_ttl_seconds: u32,
+    #[serde(default = "default_session_max")]
+    session_max_seconds: u32,
     #[serde(default = "default_refresh_grace")]
     refresh_grace_seconds: u32,
     #[serde(default = "default_signing_algorithm")]
@@ -131,6 +133,9 @@ fn default_refresh_ttl() -> u32 {
 fn default_profile_cache_ttl() -> u32 {
     3600
 }
+fn default_session_max() -> u32 {
+    30 * 24 * 3600
+}
 fn default_refresh_grace() -> u32 {
     10
 }
@@ -169,6 +174,8 @@ pub struct Config {
     pub access_token_ttl_seconds: u32,
     /// Refresh-token lifetime.
     pub refresh_token_ttl_seconds: u32,
+    /// Longest a session lives from its login, however often it is refreshed (default 30 days).
+    pub session_max_seconds: u32,
     /// How long after a rotation the old refresh token may be exchanged once more (two tabs).
     pub refresh_grace_seconds: u32,
     /// Algorithm of newly generated signing keys.
@@ -219,7 +226,7 @@ pub struct Config {
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 28] = [
+const FIELDS: [&str; 29] = [
     "otlp_traces_endpoint",
     "signing_keys",
     "edge_push_urls",
@@ -238,6 +245,7 @@ const FIELDS: [&str; 28] = [
     "audience",
     "access_token_ttl_seconds",
     "refresh_token_ttl_seconds",
+    "session_max_seconds",
     "signing_algorithm",
     "data_dir",
     "jwks_max_age_seconds",
@@ -315,6 +323,12 @@ impl Config {
             return Err(invalid(
                 "refresh_token_ttl_seconds",
                 "must be between 1 hour and 90 days",
+            ));
+        }
+        if !(3600..=365 * 24 * 3600).contains(&raw.session_max_seconds) {
+            return Err(invalid(
+                "session_max_seconds",
+                "must be between 1 hour and 365 days",
             ));
         }
         if raw.refresh_grace_seconds > 60 {
@@ -427,6 +441,7 @@ impl Config {
             audience: raw.audience,
             access_token_ttl_seconds: raw.access_token_ttl_seconds,
             refresh_token_ttl_seconds: raw.refresh_token_ttl_seconds,
+            session_max_seconds: raw.session_max_seconds,
             refresh_grace_seconds: raw.refresh_grace_seconds,
             signing_algorithm: raw.signing_algorithm,
             signing_keys: raw.signing_keys,
@@ -475,6 +490,7 @@ mod tests {
         assert_eq!(c.audience, "api");
         assert_eq!(c.access_token_ttl_seconds, 900);
         assert_eq!(c.refresh_token_ttl_seconds, 30 * 24 * 3600);
+        assert_eq!(c.session_max_seconds, 30 * 24 * 3600);
         assert_eq!(c.signing_algorithm, SigningAlgorithm::EdDsa);
         assert_eq!(c.storage, Storage::Embedded);
         assert_eq!(c.argon2, Argon2Cost::default());

@@ -277,7 +277,12 @@ pub async fn login(
     let codes = (body.otp.as_deref(), body.recovery_code.as_deref());
     let mfa = second_factor(&state, &user, codes, now, &audit).await?;
     state.login_guard.succeeded(&account).await;
-    let (refresh_token, record) = new_refresh_record(&state, &user, uuid::Uuid::new_v4(), now, mfa);
+    let session = Session {
+        family_id: uuid::Uuid::new_v4(),
+        started_at: now,
+        mfa,
+    };
+    let (refresh_token, record) = new_refresh_record(&state, &user, &session, now);
     state.refresh.insert(&record).await?;
     audit("login");
     token_response(
@@ -344,23 +349,40 @@ fn issue_time(user: &User, now: i64) -> i64 {
 
 /// A new refresh token for `user` in session `family_id`, and the record that stores its hash.
 /// `mfa`: the session's login passed a second factor.
+/// What every refresh token of one login shares.
+struct Session {
+    family_id: uuid::Uuid,
+    /// When the login happened: the start of the absolute lifetime.
+    started_at: i64,
+    /// Whether the login passed a second factor.
+    mfa: bool,
+}
+
+/// When a session that started at `started_at` must end, however actively it is used.
+fn session_end(state: &AppState, started_at: i64) -> i64 {
+    started_at.saturating_add(i64::from(state.config.session_max_seconds))
+}
+
+/// A new refresh token of `session`: it expires after the idle time or at the session's end,
+/// whichever comes first, so a stolen session cannot be kept alive forever by refreshing it.
 fn new_refresh_record(
     state: &AppState,
     user: &User,
-    family_id: uuid::Uuid,
+    session: &Session,
     now: i64,
-    mfa: bool,
 ) -> (String, RefreshRecord) {
     let (token, token_hash) = new_refresh_token();
+    let idle_end = now + i64::from(state.config.refresh_token_ttl_seconds);
     let record = RefreshRecord {
         token_hash,
         user_id: user.id,
-        family_id,
-        expires_at: now + i64::from(state.config.refresh_token_ttl_seconds),
+        family_id: session.family_id,
+        expires_at: idle_end.min(session_end(state, session.started_at)),
         consumed_at: None,
         replaced_by: None,
-        mfa,
+        mfa: session.mfa,
         issued_at: issue_time(user, now),
+        session_started_at: session.started_at,
     };
     (token, record)
 }
@@ -417,10 +439,10 @@ fn token_response(
     let mut response = Json(body).into_response();
     let headers = response.headers_mut();
     if let Some(token) = refresh_token {
-        headers.insert(
-            header::SET_COOKIE,
-            refresh_cookie(token, config.refresh_token_ttl_seconds)?,
-        );
+        // As long as the token itself lives: the idle time, or less near the session's end.
+        let lives = u32::try_from(session.expires_at.saturating_sub(now).max(0))
+            .unwrap_or(config.refresh_token_ttl_seconds);
+        headers.insert(header::SET_COOKIE, refresh_cookie(token, lives)?);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
@@ -494,9 +516,23 @@ pub async fn refresh(
         state.refresh.revoke_family(record.family_id).await?;
         return Err(ApiError::InvalidGrant);
     }
+    // Past its absolute lifetime the session has ended, whatever its tokens' idle expiry says.
+    if record.session_started_at != 0 && now >= session_end(&state, record.session_started_at) {
+        state.refresh.revoke_family(record.family_id).await?;
+        return Err(ApiError::InvalidGrant);
+    }
     if record.consumed_at.is_none() {
-        let (new_token, new_record) =
-            new_refresh_record(&state, &user, record.family_id, now, record.mfa);
+        let session = Session {
+            family_id: record.family_id,
+            // A session stored before its start was recorded starts its absolute clock now.
+            started_at: if record.session_started_at == 0 {
+                now
+            } else {
+                record.session_started_at
+            },
+            mfa: record.mfa,
+        };
+        let (new_token, new_record) = new_refresh_record(&state, &user, &session, now);
         match state.refresh.rotate(&record, &new_record, now).await? {
             Exchange::Done => {
                 return token_response(

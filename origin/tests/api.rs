@@ -2860,6 +2860,57 @@ async fn two_tabs_racing_again_and_again_are_never_taken_for_reuse() {
 }
 
 #[tokio::test]
+async fn a_session_ends_at_its_absolute_lifetime_however_often_it_is_refreshed() {
+    let o = origin_with(&[("EDGEAUTH_SESSION_MAX_SECONDS", "7200")]).await;
+    o.register("ada@example.com", "ada's passphrase").await;
+    let login = o.login("ada@example.com", "ada's passphrase").await;
+    // Each rotation's cookie lives until the session's end, not a fresh idle period.
+    let refreshed = o.refresh_with_cookie(&cookie_token(&login)).await;
+    assert_eq!(refreshed.status, StatusCode::OK);
+    let cookie = refreshed.headers[header::SET_COOKIE]
+        .to_str()
+        .expect("text");
+    let max_age: i64 = cookie
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("Max-Age="))
+        .and_then(|v| v.parse().ok())
+        .expect("Max-Age");
+    assert!((7100..=7200).contains(&max_age), "{cookie}");
+    // A session that started longer ago than that is over, though its token's idle expiry is
+    // a day away: a thief refreshing it every few minutes cannot keep it forever.
+    let claims = claims_of(login.body["access_token"].as_str().expect("token"));
+    let user = edgeauth_origin::store::UserId(
+        uuid::Uuid::parse_str(claims["sub"].as_str().expect("sub")).expect("uuid"),
+    );
+    let now = edgeauth_origin::clock::now();
+    let (token, hash) = fresh_refresh_token();
+    let old = edgeauth_origin::store::RefreshRecord {
+        token_hash: hash,
+        user_id: user,
+        family_id: uuid::Uuid::new_v4(),
+        expires_at: now + 86_400,
+        consumed_at: None,
+        replaced_by: None,
+        mfa: false,
+        issued_at: now - 60,
+        session_started_at: now - 7201,
+    };
+    o.state.refresh.insert(&old).await.expect("stored");
+    assert_eq!(
+        o.refresh_with_cookie(&token).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// A refresh token and the hash the store keys it by.
+fn fresh_refresh_token() -> (String, [u8; 32]) {
+    use sha2::Digest as _;
+    let token = base64ct::Base64UrlUnpadded::encode_string(uuid::Uuid::new_v4().as_bytes());
+    let hash: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+    (token, hash)
+}
+
+#[tokio::test]
 async fn an_ended_session_is_not_listed_even_if_a_token_of_it_escaped_deletion() {
     let o = origin().await;
     o.register("zoe@example.com", "zoe's passphrase").await;
@@ -2882,6 +2933,7 @@ async fn an_ended_session_is_not_listed_even_if_a_token_of_it_escaped_deletion()
         replaced_by: None,
         mfa: false,
         issued_at: now,
+        session_started_at: now,
     };
     o.state.refresh.insert(&escaped).await.expect("stored");
     let other = o.login("zoe@example.com", "zoe's passphrase").await;

@@ -383,6 +383,7 @@ fn refresh_item(record: &RefreshRecord) -> Item {
         item.insert("mfa".into(), AttributeValue::Bool(true));
     }
     item.insert("issued_at".into(), n(record.issued_at));
+    item.insert("session_started_at".into(), n(record.session_started_at));
     item
 }
 
@@ -398,6 +399,7 @@ fn refresh_from(item: &Item) -> Result<RefreshRecord, StoreError> {
         replaced_by: get_s(item, "replaced_by").and_then(parse_hash),
         mfa: matches!(item.get("mfa"), Some(AttributeValue::Bool(true))),
         issued_at: get_n(item, "issued_at").unwrap_or(0),
+        session_started_at: get_n(item, "session_started_at").unwrap_or(0),
     })
 }
 

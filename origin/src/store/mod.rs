@@ -71,6 +71,9 @@ pub struct RefreshRecord {
     pub mfa: bool,
     /// When this token was issued (seconds); 0 for tokens stored before it was recorded.
     pub issued_at: i64,
+    /// When the session's login happened (seconds), carried through every rotation: the start
+    /// of its absolute lifetime. 0 for tokens stored before it was recorded.
+    pub session_started_at: i64,
 }
 
 /// Storage failures, in terms the HTTP layer can answer.
