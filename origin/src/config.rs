@@ -13,6 +13,7 @@ use crate::{
     keys::SigningAlgorithm,
     password::Argon2Cost,
     rate_limit::{ClientIpSource, RateLimits},
+    server::ServerTimeouts,
     soft_lock::{Captcha, SoftLock},
 };
 
@@ -105,6 +106,8 @@ struct RawConfig {
     soft_lock: SoftLock,
     #[serde(default)]
     second_factor_lock: SoftLock,
+    #[serde(default)]
+    server_timeouts: ServerTimeouts,
     #[serde(default)]
     captcha: Option<Captcha>,
     #[serde(default = "default_mfa_scopes")]
@@ -219,6 +222,8 @@ pub struct Config {
     pub soft_lock: SoftLock,
     /// When one-time codes lock an account's TOTP factor (with or without a CAPTCHA service).
     pub second_factor_lock: SoftLock,
+    /// How long a client may take to send a request and the origin to answer it.
+    pub server_timeouts: ServerTimeouts,
     /// The CAPTCHA service that unlocks it; none: no soft lock.
     pub captcha: Option<Captcha>,
     /// Scopes granted only in sessions that passed a second factor.
@@ -226,13 +231,14 @@ pub struct Config {
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 29] = [
+const FIELDS: [&str; 30] = [
     "otlp_traces_endpoint",
     "signing_keys",
     "edge_push_urls",
     "mfa_scopes",
     "soft_lock",
     "second_factor_lock",
+    "server_timeouts",
     "captcha",
     "rate_limits",
     "client_ip",
@@ -384,6 +390,9 @@ impl Config {
         raw.second_factor_lock
             .validate()
             .map_err(|problem| invalid("second_factor_lock", &problem))?;
+        raw.server_timeouts
+            .validate()
+            .map_err(|problem| invalid("server_timeouts", &problem))?;
         if let Some(captcha) = &raw.captcha {
             captcha
                 .validate()
@@ -463,6 +472,7 @@ impl Config {
             client_ip: raw.client_ip,
             soft_lock: raw.soft_lock,
             second_factor_lock: raw.second_factor_lock,
+            server_timeouts: raw.server_timeouts,
             captcha: raw.captcha,
             mfa_scopes: raw.mfa_scopes,
         })

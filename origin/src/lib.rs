@@ -22,6 +22,7 @@ pub mod mfa;
 pub mod outbound;
 pub mod password;
 pub mod rate_limit;
+pub mod server;
 pub mod soft_lock;
 pub mod store;
 pub mod telemetry;

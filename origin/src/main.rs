@@ -93,13 +93,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot bind {listen}"))?;
     tracing::info!(address = %listener.local_addr()?, "origin listening");
     // The peer address is the client's when `client_ip` is `peer` (rate limits).
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("server failed")
+    let timeouts = state.config.server_timeouts;
+    edgeauth_origin::server::serve(listener, app(state), timeouts, shutdown_signal()).await;
+    Ok(())
 }
 
 /// As an AWS Lambda function behind API Gateway (REST or HTTP API) or an ALB: each invocation's

@@ -804,6 +804,107 @@ async fn logout_revokes_the_access_token_and_its_session_at_once() {
     );
 }
 
+/// The router behind the real server on a loopback port, with short timeouts.
+async fn served(
+    o: &Origin,
+    timeouts: edgeauth_origin::server::ServerTimeouts,
+) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let router = o.router.clone();
+    tokio::spawn(edgeauth_origin::server::serve(
+        listener,
+        router,
+        timeouts,
+        std::future::pending(),
+    ));
+    address
+}
+
+/// What the server sends on `stream` within `within`, until it closes; `None` if it neither
+/// answers nor closes in time.
+async fn heard_within(
+    stream: &mut tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut heard = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut heard))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&heard).into_owned())
+}
+
+#[tokio::test]
+async fn slow_clients_cannot_hold_a_connection_open() {
+    use tokio::io::AsyncWriteExt as _;
+    let o = origin().await;
+    let timeouts = edgeauth_origin::server::ServerTimeouts {
+        header_read_seconds: 1,
+        request_seconds: 2,
+    };
+    let address = served(&o, timeouts).await;
+    // A normal request is answered.
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let heard = heard_within(&mut stream, std::time::Duration::from_secs(5)).await;
+    assert!(
+        heard
+            .as_deref()
+            .is_some_and(|h| h.starts_with("HTTP/1.1 200")),
+        "{heard:?}"
+    );
+    // Headers that never end (slowloris): the connection is closed after the header timeout.
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: origin\r\nX-Slow: a")
+        .await
+        .expect("write");
+    let closed = heard_within(&mut stream, std::time::Duration::from_secs(4)).await;
+    assert!(closed.is_some(), "still open after 4 s");
+    // A keep-alive connection left idle is closed the same way.
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: origin\r\n\r\n")
+        .await
+        .expect("write");
+    let idle = heard_within(&mut stream, std::time::Duration::from_secs(4)).await;
+    assert!(
+        idle.as_deref()
+            .is_some_and(|h| h.starts_with("HTTP/1.1 200")),
+        "{idle:?}"
+    );
+    // A body that stops arriving: 408 with a JSON error after the request timeout.
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            b"POST /v1/login HTTP/1.1\r\nHost: origin\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"email\":",
+        )
+        .await
+        .expect("write");
+    let heard = heard_within(&mut stream, std::time::Duration::from_secs(5)).await;
+    assert!(
+        heard
+            .as_deref()
+            .is_some_and(|h| h.starts_with("HTTP/1.1 408") && h.contains("request_timeout")),
+        "{heard:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_look_alike_address_is_the_same_account_and_an_invisible_one_is_refused() {
     let o = origin().await;
