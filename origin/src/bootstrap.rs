@@ -216,6 +216,12 @@ pub async fn set_scopes_command(
         .await?
         .with_context(|| format!("no account has the email {email}"))?;
     state.users.set_scopes(user.id, scopes).await?;
+    // The running instances' shared cache (Redis) would serve the old scopes for its TTL.
+    state
+        .profile_cache
+        .invalidate(user.id)
+        .await
+        .context("scopes are set, but the profile cache still holds the old ones")?;
     println!("{} {}", user.id, scopes.join(" "));
     Ok(())
 }

@@ -696,14 +696,16 @@ pub const MAX_DISPLAY_NAME_CHARS: usize = 100;
 /// Cache-aside: a cache error is logged and the answer comes from DynamoDB.
 pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     let now = now();
+    // Read before DynamoDB is: a change after this makes the fill below a no-op.
     let cached = match state.profile_cache.get(caller.user_id, now).await {
-        Ok(hit) => hit,
+        Ok(read) => Some(read),
         Err(e) => {
             tracing::warn!(error = %e, "profile cache unavailable");
             None
         }
     };
-    let profile = match cached {
+    let generation = cached.as_ref().map(|read| read.generation);
+    let profile = match cached.and_then(|read| read.profile) {
         Some(profile) => profile,
         None => {
             let user = state
@@ -713,12 +715,15 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Respons
                 .ok_or(ApiError::InvalidCredentials)?;
             let profile = Profile::from(&user);
             let expires_at = now + i64::from(state.config.profile_cache_ttl_seconds);
-            if let Err(e) = state
-                .profile_cache
-                .put(caller.user_id, &profile, expires_at, now)
-                .await
-            {
-                tracing::warn!(error = %e, "profile not cached");
+            // Without a generation (the cache did not answer) nothing is filled.
+            if let Some(generation) = generation {
+                if let Err(e) = state
+                    .profile_cache
+                    .put(caller.user_id, &profile, expires_at, now, generation)
+                    .await
+                {
+                    tracing::warn!(error = %e, "profile not cached");
+                }
             }
             profile
         }

@@ -905,6 +905,58 @@ async fn slow_clients_cannot_hold_a_connection_open() {
     );
 }
 
+/// A `GET /v1/me` that read the profile before a change cannot cache it after the change, in
+/// the cache the run configures (Redis in the redis-server pass, in-process otherwise).
+#[tokio::test]
+async fn a_profile_read_before_a_change_is_not_cached_after_it() {
+    let o = origin().await;
+    let user_id = o.register("liv@example.com", "liv's passphrase").await.body["user_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let id = edgeauth_origin::store::UserId(uuid::Uuid::parse_str(&user_id).expect("uuid"));
+    let token = o.login("liv@example.com", "liv's passphrase").await.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let now = edgeauth_origin::clock::now();
+    // A reader's cache miss and its read of the old profile...
+    let read = o
+        .state
+        .profile_cache
+        .get(id, now)
+        .await
+        .expect("cache read");
+    let old = o.with_bearer("GET", "/v1/me", &token, None).await.body;
+    o.state
+        .profile_cache
+        .invalidate(id)
+        .await
+        .expect("invalidated");
+    let old: edgeauth_origin::store::profile_cache::Profile =
+        serde_json::from_value(old).expect("a profile");
+    // ...then the owner renames, and the slow reader fills with what it read.
+    let renamed = o
+        .with_bearer(
+            "PATCH",
+            "/v1/me",
+            &token,
+            Some(json!({"display_name": "Liv"})),
+        )
+        .await;
+    assert_eq!(renamed.body["display_name"], "Liv");
+    o.state
+        .profile_cache
+        .put(id, &old, now + 3600, now, read.generation)
+        .await
+        .expect("put");
+    let me = o.with_bearer("GET", "/v1/me", &token, None).await;
+    assert_eq!(
+        me.body["display_name"], "Liv",
+        "the old profile came back from the cache"
+    );
+}
+
 #[tokio::test]
 async fn a_look_alike_address_is_the_same_account_and_an_invisible_one_is_refused() {
     let o = origin().await;
