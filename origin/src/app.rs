@@ -91,7 +91,10 @@ pub fn app(state: AppState) -> Router {
             "/v1/sessions/{id}",
             axum::routing::delete(http::revoke_session),
         )
-        .route("/v1/revocations", get(http::revocations))
+        .route(
+            "/v1/revocations",
+            get(http::revocations).route_layer(limited(Endpoint::Feed)),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks))

@@ -73,6 +73,11 @@ pub struct RateLimits {
     /// `POST /v1/token/refresh`.
     #[serde(default = "default_refresh")]
     pub refresh: Limit,
+    /// `GET /v1/revocations`: each read is a consistent query of up to 1,000 items, and anyone
+    /// may ask. An edge polls once every few seconds; this leaves room for a few behind one
+    /// address.
+    #[serde(default = "default_feed")]
+    pub feed: Limit,
 }
 
 fn default_login() -> Limit {
@@ -85,6 +90,12 @@ fn default_register() -> Limit {
     Limit {
         count: 20,
         per_seconds: 3600,
+    }
+}
+fn default_feed() -> Limit {
+    Limit {
+        count: 600,
+        per_seconds: 60,
     }
 }
 fn default_refresh() -> Limit {
@@ -100,6 +111,7 @@ impl Default for RateLimits {
             login: default_login(),
             register: default_register(),
             refresh: default_refresh(),
+            feed: default_feed(),
         }
     }
 }
@@ -111,6 +123,7 @@ impl RateLimits {
             ("login", self.login),
             ("register", self.register),
             ("refresh", self.refresh),
+            ("feed", self.feed),
         ] {
             if limit.count == 0 || limit.count > 1_000_000 {
                 return Err(format!("{name}.count must be between 1 and 1000000"));
@@ -317,6 +330,8 @@ pub enum Endpoint {
     Register,
     /// `POST /v1/token/refresh`
     Refresh,
+    /// `GET /v1/revocations`
+    Feed,
 }
 
 impl Endpoint {
@@ -325,6 +340,7 @@ impl Endpoint {
             Self::Login => "login",
             Self::Register => "register",
             Self::Refresh => "refresh",
+            Self::Feed => "feed",
         }
     }
 
@@ -333,6 +349,7 @@ impl Endpoint {
             Self::Login => limits.login,
             Self::Register => limits.register,
             Self::Refresh => limits.refresh,
+            Self::Feed => limits.feed,
         }
     }
 }

@@ -958,6 +958,36 @@ async fn a_profile_read_before_a_change_is_not_cached_after_it() {
 }
 
 #[tokio::test]
+async fn the_feed_is_read_within_a_per_client_budget() {
+    let o = origin_with(&[
+        BEHIND_ONE_PROXY,
+        (
+            "EDGEAUTH_RATE_LIMITS",
+            r#"{"feed":{"count":3,"per_seconds":60}}"#,
+        ),
+    ])
+    .await;
+    let read = |client: &str| {
+        let request = Request::get("/v1/revocations?after=0")
+            .header("x-forwarded-for", client)
+            .body(Body::empty())
+            .expect("request");
+        o.send(request)
+    };
+    for _ in 0..3 {
+        assert_eq!(read("203.0.113.9").await.status, StatusCode::OK);
+    }
+    let limited = read("203.0.113.9").await;
+    assert_eq!(
+        (limited.status, limited.body["error"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
+    );
+    assert!(limited.headers.contains_key(header::RETRY_AFTER));
+    // Another edge has its own budget.
+    assert_eq!(read("198.51.100.20").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn a_look_alike_address_is_the_same_account_and_an_invisible_one_is_refused() {
     let o = origin().await;
     let first = o
