@@ -228,6 +228,33 @@ pub fn http_api_event(
     })
 }
 
+/// An Application Load Balancer target-group event for `method path`: no source address, the
+/// connecting address appended to `X-Forwarded-For` as ALBs do.
+pub fn alb_event(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> Value {
+    let headers: serde_json::Map<String, Value> = headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), json!(v)))
+        .collect();
+    json!({
+        "requestContext": {
+            "elb": {
+                "targetGroupArn": "arn:aws:elasticloadbalancing:eu-west-1:000000000000:targetgroup/e2e/0123456789abcdef"
+            }
+        },
+        "httpMethod": method,
+        "path": path,
+        "queryStringParameters": {},
+        "headers": headers,
+        "body": body.map(Value::to_string).unwrap_or_default(),
+        "isBase64Encoded": false
+    })
+}
+
 /// The origin binary as a Lambda function, on its own dynoxide, behind a Runtime API.
 #[derive(Debug)]
 pub struct LambdaOrigin {
@@ -319,10 +346,19 @@ impl LambdaOrigin {
         body: Option<&Value>,
     ) -> Value {
         let event = http_api_event(method, path, headers, body, "203.0.113.9");
-        match self.api.invoke(event, Duration::from_secs(30)).await {
+        self.invoke(event).await
+    }
+
+    /// Invokes the function with any event; its response.
+    pub async fn invoke(&self, event: Value) -> Value {
+        match self
+            .api
+            .invoke(event.clone(), Duration::from_secs(30))
+            .await
+        {
             Some(answer) => answer,
             None => panic!(
-                "no answer to {method} {path}; errors {:?}; log:\n{}",
+                "no answer to {event}; errors {:?}; log:\n{}",
                 self.api.errors(),
                 std::fs::read_to_string(self.dir.join("lambda.log")).unwrap_or_default()
             ),

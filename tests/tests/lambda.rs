@@ -1,7 +1,10 @@
 //! The origin as an AWS Lambda function: the same binary, chosen by the environment the Lambda
 //! service sets, answering API Gateway (HTTP API) events through the real runtime crate.
 
-use edgeauth_e2e::{lambda::LambdaOrigin, origin_binary};
+use edgeauth_e2e::{
+    lambda::{alb_event, LambdaOrigin},
+    origin_binary,
+};
 use serde_json::{json, Value};
 
 fn body_of(answer: &Value) -> Value {
@@ -68,5 +71,97 @@ async fn the_origin_answers_api_gateway_events_as_a_lambda_function() {
         )
         .await;
     assert_eq!(refused["statusCode"], 401);
+    assert!(origin.api.errors().is_empty(), "{:?}", origin.api.errors());
+}
+
+/// Behind an ALB there is no source address in the event: the address the ALB saw, the last
+/// `X-Forwarded-For` entry, is the client's, so clients do not all share one rate-limit budget
+/// and the audit log names them.
+#[tokio::test]
+async fn behind_an_alb_the_forwarded_address_is_the_client() {
+    let origin = LambdaOrigin::start(&origin_binary()).await;
+    let email = format!("alb-{}@example.com", uuid::Uuid::new_v4().simple());
+    let credentials = json!({"email": email, "password": "correct horse battery staple"});
+    // The first entry is whatever the client claimed; the ALB appended the last.
+    let from = |client: &'static str| {
+        [
+            ("content-type", "application/json"),
+            ("x-forwarded-for", client),
+        ]
+    };
+    let registered = origin
+        .invoke(alb_event(
+            "POST",
+            "/v1/register",
+            &from("10.0.0.1, 192.0.2.77"),
+            Some(&credentials),
+        ))
+        .await;
+    assert_eq!(registered["statusCode"], 201, "{registered}");
+    let login = origin
+        .invoke(alb_event(
+            "POST",
+            "/v1/login",
+            &from("10.0.0.1, 192.0.2.77"),
+            Some(&credentials),
+        ))
+        .await;
+    assert_eq!(login["statusCode"], 200, "{login}");
+    let token = body_of(&login)["access_token"]
+        .as_str()
+        .expect("an access token")
+        .to_string();
+    let bearer = format!("Bearer {token}");
+    let audit = origin
+        .invoke(alb_event(
+            "GET",
+            "/v1/me/audit",
+            &[
+                ("authorization", bearer.as_str()),
+                ("x-forwarded-for", "192.0.2.77"),
+            ],
+            None,
+        ))
+        .await;
+    let events = body_of(&audit)["events"].clone();
+    let login_event = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["event"] == "login")
+        .unwrap_or_else(|| panic!("no login event in {events}"));
+    assert_eq!(login_event["client_ip"], "192.0.2.77");
+
+    // Ten wrong passwords spend one client's login budget (10 a minute), not another's.
+    let wrong = json!({"email": email, "password": "not the password at all"});
+    for _ in 0..10 {
+        let answer = origin
+            .invoke(alb_event(
+                "POST",
+                "/v1/login",
+                &from("198.51.100.1"),
+                Some(&wrong),
+            ))
+            .await;
+        assert_eq!(answer["statusCode"], 401, "{answer}");
+    }
+    let spent = origin
+        .invoke(alb_event(
+            "POST",
+            "/v1/login",
+            &from("198.51.100.1"),
+            Some(&wrong),
+        ))
+        .await;
+    assert_eq!(spent["statusCode"], 429, "{spent}");
+    let other = origin
+        .invoke(alb_event(
+            "POST",
+            "/v1/login",
+            &from("198.51.100.2"),
+            Some(&credentials),
+        ))
+        .await;
+    assert_eq!(other["statusCode"], 200, "{other}");
     assert!(origin.api.errors().is_empty(), "{:?}", origin.api.errors());
 }
