@@ -23,7 +23,7 @@ use crate::{
     key_rotation::SigningKeys,
     password::PasswordHasher,
     rate_limit::{self, Endpoint, RateLimiter},
-    soft_lock::{LoginGuard, SecondFactorGuard},
+    soft_lock::{EmailPseudonyms, LoginGuard, SecondFactorGuard},
     store::{profile_cache::ProfileCache, RefreshStore, RevocationFeed, UserStore},
 };
 
@@ -57,6 +57,8 @@ pub struct AppState {
     pub login_guard: LoginGuard,
     /// Second-factor guessing per account.
     pub second_factor_guard: SecondFactorGuard,
+    /// Keyed pseudonyms of emails (soft-lock counters, audit subjects of unknown emails).
+    pub pseudonyms: EmailPseudonyms,
     /// Security events.
     pub audit: Audit,
 }

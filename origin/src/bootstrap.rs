@@ -17,8 +17,8 @@ use crate::{
     password::PasswordHasher,
     rate_limit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter},
     soft_lock::{
-        CaptchaVerifier, FailureCounter, LoginGuard, MemoryFailureCounter, RedisFailureCounter,
-        SecondFactorGuard,
+        CaptchaVerifier, EmailPseudonyms, FailureCounter, LoginGuard, MemoryFailureCounter,
+        RedisFailureCounter, SecondFactorGuard,
     },
     store::deny::{MemoryDenyList, RedisDenyList},
     store::dynamo::{client_for_endpoint, client_from_env, create_tables, DynamoStore, TableNames},
@@ -72,14 +72,17 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         (Storage::Dynamodb, None) => client_from_env(&config.dynamodb_region).await,
     };
     let passwords = PasswordHasher::new(config.argon2, config.hashing_concurrency)?;
-    let store = Arc::new(DynamoStore::new(client, &tables));
+    let kek = match &config.signing_keys.encryption {
+        Some(KeyEncryption::Local { key }) => key.clone(),
+        // Only the embedded mode may leave it unset (checked with the configuration).
+        None => LocalKek::load_or_create_embedded(&config.data_dir)?,
+    };
+    // The signing keys and the TOTP secrets are sealed under the one KEK.
+    let store = Arc::new(DynamoStore::new(client, &tables, Sealer::local(&kek)));
     let verifier = SelfVerifier::new(&config.issuer, &config.audience)?;
     let audit = Audit::new(store.clone());
-    let sealer = match &config.signing_keys.encryption {
-        Some(KeyEncryption::Local { key }) => Sealer::local(key),
-        // Only the embedded mode may leave it unset (checked with the configuration).
-        None => Sealer::local(&LocalKek::load_or_create_embedded(&config.data_dir)?),
-    };
+    let sealer = Sealer::local(&kek);
+    let pseudonyms = EmailPseudonyms::new(&kek);
     let keys = SigningKeys::new(
         store.clone(),
         sealer,
@@ -146,6 +149,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         audit,
         login_guard,
         second_factor_guard,
+        pseudonyms,
         rate_limiter,
         edge_push,
         feed: store.clone(),

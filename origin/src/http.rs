@@ -23,7 +23,6 @@ use crate::{
     keys::{AccessClaims, REVOCATION_TYPE},
     mfa,
     password::Verification,
-    soft_lock::account_key,
     store::{profile_cache::Profile, Exchange, RefreshRecord, StoreError, User, UserId},
 };
 
@@ -230,7 +229,7 @@ pub async fn login(
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Response, ApiError> {
     let email = normalise_email(&body.email)?;
-    let account = account_key(&email);
+    let account = state.pseudonyms.of(&email);
     // Looked up first so that every event, the soft lock's included, names the account.
     let user = state.users.find_by_email(&email).await?;
     let subject = user

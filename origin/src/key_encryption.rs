@@ -44,6 +44,18 @@ impl LocalKek {
         Ok(Self(bytes))
     }
 
+    /// An HMAC-SHA256 key for one `purpose`, derived with HKDF (RFC 5869), so the KEK itself
+    /// is only ever an AES key and each purpose's key is independent of the others.
+    pub fn hmac_key(&self, purpose: &[u8]) -> ring::hmac::Key {
+        let info = [purpose];
+        let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"edgeauth").extract(&self.0);
+        match prk.expand(&info, ring::hmac::HMAC_SHA256) {
+            Ok(okm) => ring::hmac::Key::from(okm),
+            // HKDF-SHA256 can expand up to 8160 bytes; a 32-byte key always fits.
+            Err(_) => unreachable!("a 32-byte HKDF output is always available"),
+        }
+    }
+
     /// Its base64 text.
     pub fn to_base64(&self) -> String {
         Base64::encode_string(&self.0)

@@ -5,8 +5,8 @@
 //! A soft lock, not a hard one: the owner can always log in by solving the CAPTCHA, so an
 //! attacker cannot lock a user out. Failures are counted per email whether or not an account
 //! has it, so the answers never tell an attacker which emails are registered. Counts live in
-//! the deny-list's Redis (shared by every instance), keyed by a hash of the email (no address
-//! in Redis), or in-process in the embedded mode. Without a `captcha` configuration there is
+//! the deny-list's Redis (shared by every instance), keyed by a keyed hash of the email (no
+//! address in Redis, and none recoverable from a list of addresses), or in-process in the embedded mode. Without a `captcha` configuration there is
 //! nothing to unlock with, so there is no soft lock either; the per-client rate limits remain.
 //!
 //! Attempts are counted *before* the password is checked, so a concurrent burst of guesses cannot
@@ -22,7 +22,6 @@ use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Duration};
 use http_body_util::{BodyExt as _, Full};
 use hyper::{body::Bytes, header, Method, Request, Uri};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::{
     clock,
@@ -169,7 +168,8 @@ pub struct RedisFailureCounter {
 }
 
 impl RedisFailureCounter {
-    /// Keys `edgeauth:fail:<namespace><sha256 of the email>`; the namespace is the table prefix.
+    /// Keys `edgeauth:fail:<namespace><pseudonym of the email>`; the namespace is the table
+    /// prefix.
     pub fn new(redis: RedisConnection, namespace: &str) -> Self {
         Self {
             redis,
@@ -213,12 +213,32 @@ impl FailureCounter for RedisFailureCounter {
     }
 }
 
-/// The counter's key for an email: its SHA-256, so Redis never holds an address.
-pub fn account_key(email: &str) -> String {
-    Sha256::digest(email.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// Pseudonyms of emails, for the soft lock's counters and the audit subject of an email no
+/// account has: HMAC-SHA256 under a key derived from the key-encryption key. A plain hash could
+/// be reversed by hashing a list of addresses; without the key, these cannot.
+#[derive(Clone)]
+pub struct EmailPseudonyms(ring::hmac::Key);
+
+impl std::fmt::Debug for EmailPseudonyms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EmailPseudonyms(<key>)")
+    }
+}
+
+impl EmailPseudonyms {
+    /// Under `kek`, which every instance shares, so they agree on each pseudonym.
+    pub fn new(kek: &crate::key_encryption::LocalKek) -> Self {
+        Self(kek.hmac_key(b"email pseudonym"))
+    }
+
+    /// The pseudonym of a normalised email, as hex.
+    pub fn of(&self, email: &str) -> String {
+        ring::hmac::sign(&self.0, email.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 /// How long siteverify may take.
@@ -470,8 +490,21 @@ mod tests {
         }
         .validate()
         .is_err());
-        let key = account_key("alice@example.com");
+        let kek = crate::key_encryption::LocalKek::generate().expect("kek");
+        let pseudonyms = EmailPseudonyms::new(&kek);
+        let key = pseudonyms.of("alice@example.com");
         assert_eq!(key.len(), 64);
         assert!(!key.contains("alice"));
+        // Not the plain hash anyone could compute from a list of addresses...
+        use sha2::{Digest as _, Sha256};
+        let plain: String = Sha256::digest(b"alice@example.com")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_ne!(key, plain);
+        // ...the same for every instance holding the KEK, another under another KEK.
+        assert_eq!(EmailPseudonyms::new(&kek).of("alice@example.com"), key);
+        let other = crate::key_encryption::LocalKek::generate().expect("kek");
+        assert_ne!(EmailPseudonyms::new(&other).of("alice@example.com"), key);
     }
 }

@@ -1112,6 +1112,60 @@ async fn enrolled(o: &Origin, email: &str, password: &str) -> (Vec<u8>, Vec<Stri
     (secret, recovery)
 }
 
+/// Every file under `dir`, read whole.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            found.push((path, bytes));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_database_dump_does_not_hold_the_totp_secrets() {
+    if std::env::var("EDGEAUTH_TEST_DYNAMODB_ENDPOINT").is_ok() {
+        // The store is elsewhere; the embedded pass reads its files.
+        return;
+    }
+    let o = origin_with(&[WIDE_BUDGETS]).await;
+    let (secret, _) = enrolled(&o, "max@example.com", "max's passphrase").await;
+    let forms = [
+        base64ct::Base64UrlUnpadded::encode_string(&secret).into_bytes(),
+        base64ct::Base64::encode_string(&secret).into_bytes(),
+        base32::encode(base32::Alphabet::Rfc4648 { padding: false }, &secret).into_bytes(),
+        secret.clone(),
+    ];
+    let files = files_under(&o.data_dir);
+    assert!(
+        files.iter().any(|(_, bytes)| bytes.len() > 4096),
+        "no database files found"
+    );
+    for (path, bytes) in &files {
+        for form in &forms {
+            assert!(
+                !bytes.windows(form.len()).any(|w| w == form.as_slice()),
+                "{} holds the secret",
+                path.display()
+            );
+        }
+    }
+    // And the factor still works from what is stored.
+    let now = u64::try_from(edgeauth_origin::clock::now()).expect("time");
+    let r = o
+        .post(
+            "/v1/login",
+            json!({"email": "max@example.com", "password": "max's passphrase",
+                   "otp": edgeauth_origin::mfa::code_at(&secret, now + 30)}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+}
+
 /// Budgets wide enough that only the locks under test refuse.
 const WIDE_BUDGETS: (&str, &str) = (
     "EDGEAUTH_RATE_LIMITS",

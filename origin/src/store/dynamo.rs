@@ -34,7 +34,10 @@ use aws_sdk_dynamodb::{
 };
 use base64ct::{Base64UrlUnpadded, Encoding};
 
-use crate::metrics::{DynamoFailure, METRICS};
+use crate::{
+    key_encryption::Sealer,
+    metrics::{DynamoFailure, METRICS},
+};
 
 use super::{
     AuditEvent, AuditLog, Exchange, FeedEntry, MakeEntry, RefreshRecord, RefreshStore,
@@ -287,7 +290,21 @@ fn parse_hash(text: &str) -> Option<[u8; 32]> {
     Base64UrlUnpadded::decode_vec(text).ok()?.try_into().ok()
 }
 
-fn user_item(user: &User) -> Item {
+/// What a sealed TOTP secret is bound to: its purpose and its owner, so a ciphertext copied to
+/// another account, or into a signing key's place, does not open.
+fn totp_aad(id: UserId) -> Vec<u8> {
+    format!("edgeauth totp secret\0{id}").into_bytes()
+}
+
+/// The stored form of a TOTP secret: sealed under the key-encryption key, base64url.
+fn sealed_totp(sealer: &Sealer, id: UserId, secret: &[u8]) -> Result<AttributeValue, StoreError> {
+    let sealed = sealer
+        .seal(&totp_aad(id), secret)
+        .map_err(|e| StoreError::Unavailable(format!("TOTP secret not sealed: {e}")))?;
+    Ok(s(Base64UrlUnpadded::encode_string(&sealed)))
+}
+
+fn user_item(user: &User, sealer: &Sealer) -> Result<Item, StoreError> {
     let mut item = Item::from([
         ("user_id".into(), s(user.id.to_string())),
         ("email".into(), s(&user.email)),
@@ -306,8 +323,8 @@ fn user_item(user: &User) -> Item {
     }
     if let Some(totp) = &user.totp {
         item.insert(
-            "totp_secret".into(),
-            s(Base64UrlUnpadded::encode_string(&totp.secret)),
+            "totp_sealed".into(),
+            sealed_totp(sealer, user.id, &totp.secret)?,
         );
         item.insert(
             "totp_confirmed".into(),
@@ -322,28 +339,43 @@ fn user_item(user: &User) -> Item {
             AttributeValue::L(totp.recovery_codes.iter().map(s).collect()),
         );
     }
-    item
+    Ok(item)
 }
 
-fn totp_from(item: &Item) -> Option<Totp> {
-    let secret = Base64UrlUnpadded::decode_vec(get_s(item, "totp_secret")?).ok()?;
+/// The TOTP factor of a user item. A secret stored before sealing (`totp_secret`, plain) is
+/// still read; one that will not open (another KEK, or altered) makes the account unreadable
+/// rather than its factor silently absent.
+fn totp_from(item: &Item, sealer: &Sealer, id: UserId) -> Result<Option<Totp>, StoreError> {
+    let secret = if let Some(sealed) = get_s(item, "totp_sealed") {
+        let sealed =
+            Base64UrlUnpadded::decode_vec(sealed).map_err(|_| corrupt("sealed TOTP secret"))?;
+        sealer
+            .open(&totp_aad(id), &sealed)
+            .map_err(|e| StoreError::Unavailable(format!("TOTP secret: {e}")))?
+    } else {
+        match get_s(item, "totp_secret").map(Base64UrlUnpadded::decode_vec) {
+            Some(Ok(secret)) => secret,
+            _ => return Ok(None),
+        }
+    };
     let recovery_codes = match item.get("recovery_codes") {
         Some(AttributeValue::L(list)) => {
             list.iter().filter_map(|v| v.as_s().ok().cloned()).collect()
         }
         _ => Vec::new(),
     };
-    Some(Totp {
+    Ok(Some(Totp {
         secret,
         confirmed: matches!(item.get("totp_confirmed"), Some(AttributeValue::Bool(true))),
         last_step: get_n(item, "totp_last_step")
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(0),
         recovery_codes,
-    })
+    }))
 }
 
-fn user_from(item: &Item) -> Result<User, StoreError> {
+fn user_from(item: &Item, sealer: &Sealer) -> Result<User, StoreError> {
+    let id = UserId(parse_uuid(get_s(item, "user_id"), "user id")?);
     let scopes = match item.get("scopes") {
         Some(AttributeValue::L(list)) => {
             list.iter().filter_map(|v| v.as_s().ok().cloned()).collect()
@@ -351,7 +383,7 @@ fn user_from(item: &Item) -> Result<User, StoreError> {
         _ => Vec::new(),
     };
     Ok(User {
-        id: UserId(parse_uuid(get_s(item, "user_id"), "user id")?),
+        id,
         email: get_s(item, "email")
             .ok_or_else(|| corrupt("email"))?
             .to_owned(),
@@ -361,7 +393,7 @@ fn user_from(item: &Item) -> Result<User, StoreError> {
         scopes,
         display_name: get_s(item, "display_name").map(str::to_owned),
         created_at: get_n(item, "created_at").unwrap_or(0),
-        totp: totp_from(item),
+        totp: totp_from(item, sealer, id)?,
         sessions_revoked_at: get_n(item, "sessions_revoked_at"),
     })
 }
@@ -449,6 +481,8 @@ fn tombstone_key(family_id: uuid::Uuid) -> String {
 pub struct DynamoStore {
     client: Client,
     tables: TableNames,
+    /// Seals TOTP secrets (the signing keys' KEK).
+    sealer: std::sync::Arc<Sealer>,
 }
 
 impl DynamoStore {
@@ -544,11 +578,12 @@ impl DynamoStore {
         }
     }
 
-    /// Stores over `client`, in the tables named by `tables`.
-    pub fn new(client: Client, tables: &TableNames) -> Self {
+    /// Stores over `client`, in the tables named by `tables`, sealing secrets with `sealer`.
+    pub fn new(client: Client, tables: &TableNames, sealer: Sealer) -> Self {
         Self {
             client,
             tables: tables.clone(),
+            sealer: std::sync::Arc::new(sealer),
         }
     }
 
@@ -562,7 +597,9 @@ impl DynamoStore {
             .send()
             .await
             .map_err(unavailable)?;
-        out.item().map(user_from).transpose()
+        out.item()
+            .map(|item| user_from(item, &self.sealer))
+            .transpose()
     }
 }
 
@@ -571,7 +608,7 @@ impl UserStore for DynamoStore {
     async fn create_user(&self, user: &User) -> Result<(), StoreError> {
         let put_user = Put::builder()
             .table_name(&self.tables.users)
-            .set_item(Some(user_item(user)))
+            .set_item(Some(user_item(user, &self.sealer)?))
             .condition_expression("attribute_not_exists(user_id)")
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
@@ -620,7 +657,7 @@ impl UserStore for DynamoStore {
             .await
             .map_err(unavailable)?;
         if let Some(item) = out.items().first() {
-            return user_from(item).map(Some);
+            return user_from(item, &self.sealer).map(Some);
         }
         // GSI reads are eventually consistent; the guard item is read consistently, so a login
         // right after registration finds the account.
@@ -730,9 +767,9 @@ impl UserStore for DynamoStore {
                 "attribute_exists(user_id) AND (attribute_not_exists(totp_confirmed) OR totp_confirmed = :no)",
             )
             .update_expression(
-                "SET totp_secret = :secret, totp_confirmed = :no, totp_last_step = :zero, recovery_codes = :none",
+                "SET totp_sealed = :secret, totp_confirmed = :no, totp_last_step = :zero, recovery_codes = :none REMOVE totp_secret",
             )
-            .expression_attribute_values(":secret", s(Base64UrlUnpadded::encode_string(secret)))
+            .expression_attribute_values(":secret", sealed_totp(&self.sealer, id, secret)?)
             .expression_attribute_values(":no", AttributeValue::Bool(false))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":none", AttributeValue::L(Vec::new()))
