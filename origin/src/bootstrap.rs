@@ -71,7 +71,11 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         }
         (Storage::Dynamodb, None) => client_from_env(&config.dynamodb_region).await,
     };
-    let passwords = PasswordHasher::new(config.argon2, config.hashing_concurrency)?;
+    let passwords = PasswordHasher::new(
+        config.argon2,
+        config.hashing_concurrency,
+        config.hashing_queue,
+    )?;
     let kek = match &config.signing_keys.encryption {
         Some(KeyEncryption::Local { key }) => key.clone(),
         // Only the embedded mode may leave it unset (checked with the configuration).

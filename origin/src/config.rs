@@ -97,6 +97,8 @@ struct RawConfig {
     #[serde(default)]
     hashing_concurrency: Option<usize>,
     #[serde(default)]
+    hashing_queue: Option<usize>,
+    #[serde(default)]
     edge_push_urls: Vec<String>,
     #[serde(default)]
     rate_limits: RateLimits,
@@ -212,6 +214,9 @@ pub struct Config {
     pub argon2: Argon2Cost,
     /// Hashes running at once; defaults to the number of cores.
     pub hashing_concurrency: usize,
+    /// Hashes that may wait for a thread; past it login and register answer 503 (default 16 per
+    /// hashing thread: about a third of a second of waiting at the default cost).
+    pub hashing_queue: usize,
     /// Edge endpoints each revocation is pushed to (checked by `EdgePush::new`).
     pub edge_push_urls: Vec<String>,
     /// Per-client budgets of login, register and refresh.
@@ -231,7 +236,7 @@ pub struct Config {
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 30] = [
+const FIELDS: [&str; 31] = [
     "otlp_traces_endpoint",
     "signing_keys",
     "edge_push_urls",
@@ -262,6 +267,7 @@ const FIELDS: [&str; 30] = [
     "table_prefix",
     "argon2",
     "hashing_concurrency",
+    "hashing_queue",
 ];
 
 impl Config {
@@ -467,6 +473,10 @@ impl Config {
             table_prefix: raw.table_prefix,
             argon2: raw.argon2,
             hashing_concurrency: raw.hashing_concurrency.unwrap_or(cores).max(1),
+            hashing_queue: raw
+                .hashing_queue
+                .unwrap_or(16 * raw.hashing_concurrency.unwrap_or(cores).max(1))
+                .max(1),
             edge_push_urls: raw.edge_push_urls,
             rate_limits: raw.rate_limits,
             client_ip: raw.client_ip,

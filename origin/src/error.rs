@@ -101,7 +101,11 @@ impl From<StoreError> for ApiError {
 
 impl From<PasswordError> for ApiError {
     fn from(e: PasswordError) -> Self {
-        Self::Internal(e.to_string())
+        match e {
+            // A flood of logins: 503 with Retry-After at once, not a wait behind it.
+            PasswordError::Busy(_) => Self::Unavailable(e.to_string()),
+            other => Self::Internal(other.to_string()),
+        }
     }
 }
 

@@ -6,8 +6,16 @@
 //! needs. Dedicated threads rather than tokio's `spawn_blocking`: a hash that lands on whichever
 //! blocking thread is free measured about 25% slower than one on a thread that hashes all day
 //! (argon2's 19 MiB working set stays with the thread; see `scripts/bench origin`).
+//!
+//! The queue is bounded (`hashing_queue`): past it a login answers 503 with `Retry-After` at
+//! once, instead of waiting behind a flood it cannot outlast. A job whose caller has gone (the
+//! client disconnected, the request timed out) is dropped unhashed when a thread reaches it, so
+//! a flood of abandoned logins costs no hashing.
 
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    mpsc, Arc, Mutex,
+};
 
 use argon2::{
     password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString},
@@ -52,6 +60,9 @@ pub enum PasswordError {
     /// The hashing thread was lost (a panic in argon2 or bcrypt, or shutdown).
     #[error("password hashing task failed")]
     Task,
+    /// The queue is full: the caller answers 503 and the client retries.
+    #[error("password hashing is at capacity ({0} waiting)")]
+    Busy(usize),
 }
 
 /// The outcome of checking a password against a stored hash.
@@ -74,6 +85,10 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct PasswordHasher {
     cost: Argon2Cost,
     jobs: mpsc::Sender<Job>,
+    /// Jobs sent and not yet taken by a thread.
+    waiting: Arc<AtomicUsize>,
+    /// Most jobs that may wait.
+    queue_limit: usize,
     /// A hash of a random password with the current cost: verifying an unknown email against it
     /// costs what a real verification costs, so timing does not reveal which emails exist.
     dummy_hash: Arc<String>,
@@ -138,9 +153,13 @@ fn verify_blocking(
 }
 
 impl PasswordHasher {
-    /// A hasher running `concurrency` hashes at once (default: the number of cores); the rest
-    /// wait in order.
-    pub fn new(cost: Argon2Cost, concurrency: usize) -> Result<Self, PasswordError> {
+    /// A hasher running `concurrency` hashes at once (default: the number of cores); up to
+    /// `queue_limit` more wait in order.
+    pub fn new(
+        cost: Argon2Cost,
+        concurrency: usize,
+        queue_limit: usize,
+    ) -> Result<Self, PasswordError> {
         argon2(cost)?;
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
@@ -171,6 +190,8 @@ impl PasswordHasher {
         Ok(Self {
             cost,
             jobs,
+            waiting: Arc::new(AtomicUsize::new(0)),
+            queue_limit,
             dummy_hash: Arc::new(hash_blocking(cost, dummy.as_bytes())?),
         })
     }
@@ -179,16 +200,29 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> Result<T, PasswordError> + Send + 'static,
     ) -> Result<T, PasswordError> {
-        let (done, result) = oneshot::channel();
+        let (done, result) = oneshot::channel::<Result<T, PasswordError>>();
+        // Counted first, so a burst cannot all pass a read of the depth.
+        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
+        if waiting >= self.queue_limit {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(PasswordError::Busy(waiting));
+        }
         // Waiting from here until a thread takes it: the queue depth in the metrics.
         METRICS.hash_queue(1);
+        let depth = self.waiting.clone();
         self.jobs
             .send(Box::new(move || {
+                depth.fetch_sub(1, Ordering::AcqRel);
                 METRICS.hash_queue(-1);
-                // The caller may have gone (client disconnected); the answer is then dropped.
+                // Its caller has gone: nobody would read the answer, so nothing is hashed.
+                if done.is_closed() {
+                    tracing::debug!(event = "hash_abandoned", "caller gone; not hashed");
+                    return;
+                }
                 let _ = done.send(work());
             }))
             .map_err(|_| {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
                 METRICS.hash_queue(-1);
                 PasswordError::Task
             })?;
@@ -233,7 +267,7 @@ mod tests {
             iterations: 1,
             parallelism: 1,
         };
-        PasswordHasher::new(cost, 2).expect("hasher")
+        PasswordHasher::new(cost, 2, 64).expect("hasher")
     }
 
     #[test]
@@ -302,6 +336,7 @@ mod tests {
                 parallelism: 1,
             },
             1,
+            64,
         )
         .expect("hasher");
         assert!(matches!(
@@ -324,5 +359,69 @@ mod tests {
             h.verify_unknown("x".into()).await.expect("verify"),
             Verification::Mismatch
         );
+    }
+
+    /// One thread, held by a job until `release` is dropped... or sent.
+    fn held(hasher: &PasswordHasher) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let hasher = hasher.clone();
+        let running = tokio::spawn(async move {
+            let _ = hasher
+                .run(move || {
+                    let _ = wait.recv();
+                    Ok(())
+                })
+                .await;
+        });
+        (release, running)
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_answers_busy_at_once_and_abandoned_jobs_are_not_run() {
+        let cost = Argon2Cost {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let hasher = PasswordHasher::new(cost, 1, 2).expect("hasher");
+        let (release, running) = held(&hasher);
+        // The thread has taken the holding job once the depth is back to 0.
+        while hasher.waiting.load(Ordering::Acquire) != 0 {
+            tokio::task::yield_now().await;
+        }
+        let ran = Arc::new(AtomicUsize::new(0));
+        let queued: Vec<_> = (0..2)
+            .map(|_| {
+                let (hasher, ran) = (hasher.clone(), ran.clone());
+                tokio::spawn(async move {
+                    hasher
+                        .run(move || {
+                            ran.fetch_add(1, Ordering::AcqRel);
+                            Ok(())
+                        })
+                        .await
+                })
+            })
+            .collect();
+        while hasher.waiting.load(Ordering::Acquire) != 2 {
+            tokio::task::yield_now().await;
+        }
+        // Two wait: the next is refused without waiting.
+        assert!(matches!(
+            hasher.run(|| Ok(())).await,
+            Err(PasswordError::Busy(2))
+        ));
+        // Both waiting callers go away (clients disconnected) before a thread reaches them.
+        for job in &queued {
+            job.abort();
+        }
+        for job in queued {
+            let _ = job.await;
+        }
+        release.send(()).expect("released");
+        running.await.expect("joined");
+        // The queue drained without running them, and takes work again.
+        assert!(hasher.hash("a passphrase".into()).await.is_ok());
+        assert_eq!(ran.load(Ordering::Acquire), 0, "abandoned jobs were hashed");
     }
 }
