@@ -11,10 +11,18 @@
 //! once, instead of waiting behind a flood it cannot outlast. A job whose caller has gone (the
 //! client disconnected, the request timed out) is dropped unhashed when a thread reaches it, so
 //! a flood of abandoned logins costs no hashing.
+//!
+//! A refused password takes as long as the slowest check seen (capped at
+//! [`MAX_FAILURE_FLOOR`]): a legacy bcrypt account costs bcrypt, an argon2 account or an
+//! unknown email argon2, and without the floor the difference would tell an attacker which
+//! emails belong to old accounts. The wait is a timer, not hashing, so it costs no CPU.
 
-use std::sync::{
-    atomic::{AtomicUsize, Ordering},
-    mpsc, Arc, Mutex,
+use std::{
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    time::{Duration, Instant},
 };
 
 use argon2::{
@@ -76,6 +84,21 @@ pub enum Verification {
     MatchRehashed(String),
 }
 
+/// The longest a refused password is held to match the slowest check: past this a check was
+/// an outlier (a stalled machine), not a hash cost worth copying.
+pub const MAX_FAILURE_FLOOR: Duration = Duration::from_secs(1);
+
+/// The bcrypt cost of the previous system's hashes (Node's bcrypt default), checked once at
+/// start so the floor holds before the first legacy login.
+const LEGACY_BCRYPT_COST: u32 = 10;
+
+/// Raises the floor to `took` (capped) and returns the floor now.
+fn raise(floor: &AtomicU64, took: Duration) -> Duration {
+    let micros = u64::try_from(took.min(MAX_FAILURE_FLOOR).as_micros()).unwrap_or(u64::MAX);
+    let before = floor.fetch_max(micros, Ordering::AcqRel);
+    Duration::from_micros(before.max(micros))
+}
+
 /// Work for a hashing thread.
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -89,6 +112,8 @@ pub struct PasswordHasher {
     waiting: Arc<AtomicUsize>,
     /// Most jobs that may wait.
     queue_limit: usize,
+    /// The slowest password check seen, in microseconds: how long every refusal takes.
+    failure_floor_micros: Arc<AtomicU64>,
     /// A hash of a random password with the current cost: verifying an unknown email against it
     /// costs what a real verification costs, so timing does not reveal which emails exist.
     dummy_hash: Arc<String>,
@@ -123,32 +148,52 @@ fn is_outdated(hash: &PasswordHash<'_>, cost: Argon2Cost) -> bool {
         || param("p") != Some(cost.parallelism)
 }
 
+/// [`check_blocking`], and how long the check itself took (a rehash excluded).
 fn verify_blocking(
     cost: Argon2Cost,
     password: &[u8],
     stored: &str,
-) -> Result<Verification, PasswordError> {
+) -> Result<(Verification, Duration), PasswordError> {
+    let started = Instant::now();
+    let verdict = check_blocking(password, stored, cost);
+    let took = started.elapsed();
+    let verification = match verdict {
+        Check::Mismatch => Verification::Mismatch,
+        Check::Match => Verification::Match,
+        Check::Rehash => Verification::MatchRehashed(hash_blocking(cost, password)?),
+    };
+    Ok((verification, took))
+}
+
+/// What a stored hash says of a password, before any rehash.
+enum Check {
+    Mismatch,
+    Match,
+    Rehash,
+}
+
+fn check_blocking(password: &[u8], stored: &str, cost: Argon2Cost) -> Check {
     if is_bcrypt(stored) {
         // Node's bcrypt library writes $2a$/$2b$; a malformed one is a mismatch, not an error.
         return match bcrypt::verify(password, stored) {
-            Ok(true) => Ok(Verification::MatchRehashed(hash_blocking(cost, password)?)),
-            Ok(false) | Err(_) => Ok(Verification::Mismatch),
+            Ok(true) => Check::Rehash,
+            Ok(false) | Err(_) => Check::Mismatch,
         };
     }
     let Ok(parsed) = PasswordHash::new(stored) else {
-        return Ok(Verification::Mismatch);
+        return Check::Mismatch;
     };
     // Verify with the parameters the hash records, whatever the current cost.
     if Argon2::default()
         .verify_password(password, &parsed)
         .is_err()
     {
-        return Ok(Verification::Mismatch);
+        return Check::Mismatch;
     }
     if is_outdated(&parsed, cost) {
-        Ok(Verification::MatchRehashed(hash_blocking(cost, password)?))
+        Check::Rehash
     } else {
-        Ok(Verification::Match)
+        Check::Match
     }
 }
 
@@ -187,13 +232,35 @@ impl PasswordHasher {
                 })?;
         }
         let dummy = uuid::Uuid::new_v4().to_string();
-        Ok(Self {
+        let hasher = Self {
             cost,
             jobs,
             waiting: Arc::new(AtomicUsize::new(0)),
             queue_limit,
+            failure_floor_micros: Arc::new(AtomicU64::new(0)),
             dummy_hash: Arc::new(hash_blocking(cost, dummy.as_bytes())?),
-        })
+        };
+        hasher.seed_failure_floor();
+        Ok(hasher)
+    }
+
+    /// Checks a legacy bcrypt hash once, in the background, so the floor covers bcrypt accounts
+    /// before the first of them logs in.
+    fn seed_failure_floor(&self) {
+        let floor = self.failure_floor_micros.clone();
+        let _ = self.jobs.send(Box::new(move || {
+            let Ok(legacy) = bcrypt::hash("edgeauth failure floor", LEGACY_BCRYPT_COST) else {
+                return;
+            };
+            let started = Instant::now();
+            let _ = bcrypt::verify("another password", &legacy);
+            raise(&floor, started.elapsed());
+        }));
+    }
+
+    /// How long a refused password is held, at least (the slowest check seen).
+    pub fn failure_floor(&self) -> Duration {
+        Duration::from_micros(self.failure_floor_micros.load(Ordering::Acquire))
     }
 
     async fn run<T: Send + 'static>(
@@ -236,15 +303,22 @@ impl PasswordHasher {
             .await
     }
 
-    /// Checks `password` against `stored`, which may be argon2 or bcrypt.
+    /// Checks `password` against `stored`, which may be argon2 or bcrypt. A mismatch is
+    /// answered no sooner than the slowest check seen, whatever this hash cost.
     pub async fn verify(
         &self,
         password: String,
         stored: String,
     ) -> Result<Verification, PasswordError> {
         let cost = self.cost;
-        self.run(move || verify_blocking(cost, password.as_bytes(), &stored))
-            .await
+        let (verification, took) = self
+            .run(move || verify_blocking(cost, password.as_bytes(), &stored))
+            .await?;
+        let floor = raise(&self.failure_floor_micros, took);
+        if verification == Verification::Mismatch {
+            tokio::time::sleep(floor.saturating_sub(took)).await;
+        }
+        Ok(verification)
     }
 
     /// Spends what a real verification spends, for an email with no account. Always a mismatch.
@@ -423,5 +497,45 @@ mod tests {
         // The queue drained without running them, and takes work again.
         assert!(hasher.hash("a passphrase".into()).await.is_ok());
         assert_eq!(ran.load(Ordering::Acquire), 0, "abandoned jobs were hashed");
+    }
+
+    #[tokio::test]
+    async fn a_refused_password_takes_as_long_as_the_slowest_check() {
+        let hasher = hasher();
+        // Once the start-up bcrypt check has run, the floor is a bcrypt check's time.
+        let legacy = bcrypt::hash("the old password", 6).expect("bcrypt");
+        assert_eq!(
+            hasher
+                .verify("a wrong guess".into(), legacy)
+                .await
+                .expect("verify"),
+            Verification::Mismatch
+        );
+        let floor = hasher.failure_floor();
+        assert!(floor > Duration::ZERO);
+        // An argon2 account and an unknown email are refused no sooner than that.
+        let current = hasher.hash("the new password".into()).await.expect("hash");
+        let started = Instant::now();
+        let refused = hasher.verify("a wrong guess".into(), current.clone()).await;
+        assert_eq!(refused.expect("verify"), Verification::Mismatch);
+        assert!(
+            started.elapsed() >= floor,
+            "an argon2 account refused before the floor"
+        );
+        let started = Instant::now();
+        let refused = hasher.verify_unknown("a wrong guess".into()).await;
+        assert_eq!(refused.expect("verify"), Verification::Mismatch);
+        assert!(
+            started.elapsed() >= floor,
+            "an unknown email refused before the floor"
+        );
+        // A right password is not held.
+        assert_eq!(
+            hasher
+                .verify("the new password".into(), current)
+                .await
+                .expect("verify"),
+            Verification::Match
+        );
     }
 }

@@ -603,6 +603,9 @@ impl DynamoStore {
     }
 }
 
+/// A users-table key no item ever has (user ids are UUIDs, guards start with their prefix).
+const ABSENT_USER: &str = "absent#";
+
 #[async_trait::async_trait]
 impl UserStore for DynamoStore {
     async fn create_user(&self, user: &User) -> Result<(), StoreError> {
@@ -645,22 +648,11 @@ impl UserStore for DynamoStore {
     }
 
     async fn find_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.tables.users)
-            .index_name(EMAIL_INDEX)
-            .key_condition_expression("email = :email")
-            .expression_attribute_values(":email", s(email))
-            .limit(1)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        if let Some(item) = out.items().first() {
-            return user_from(item, &self.sealer).map(Some);
-        }
-        // GSI reads are eventually consistent; the guard item is read consistently, so a login
-        // right after registration finds the account.
+        // The guard item, read consistently (a login right after registration finds the
+        // account), then the account: two consistent reads whether or not the email has one.
+        // An unknown email reads a key no item has in the account's place, so the store's
+        // round trips do not tell which emails are registered. (The email index, eventually
+        // consistent, would answer a known email in one call and an unknown in two.)
         let guard = self
             .client
             .get_item()
@@ -672,7 +664,7 @@ impl UserStore for DynamoStore {
             .map_err(unavailable)?;
         match guard.item().and_then(|g| get_s(g, "owner")) {
             Some(owner) => self.user_by_id(owner).await,
-            None => Ok(None),
+            None => self.user_by_id(ABSENT_USER).await.map(|_| None),
         }
     }
 
