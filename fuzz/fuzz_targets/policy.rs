@@ -118,7 +118,7 @@ fuzz_target!(|data: &[u8]| {
         },
     ];
     for answer in answers {
-        let mut cache = TokenCache::new(policy.cache_entries());
+        let mut cache = TokenCache::for_policy(&policy);
         for (method, path, headers) in &requests {
             let request = Request {
                 method,

@@ -120,7 +120,7 @@ fuzz_target!(|data: &[u8]| {
     // Through the request path, if the text can travel in an Authorization header as one token.
     if !token.is_empty() && token.bytes().all(|b| (0x21..0x7f).contains(&b)) {
         let expected = result.as_ref().map(|_| ()).map_err(|d| d.reason);
-        let mut cache = TokenCache::new(16);
+        let mut cache = TokenCache::new(16, 1 << 20);
         assert_eq!(
             request_verdict(token, f, &mut cache),
             expected,
