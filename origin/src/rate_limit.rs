@@ -281,7 +281,8 @@ if tat < now then tat = now end
 local new_tat = tat + interval
 local allow_at = new_tat - period
 if now < allow_at then return allow_at - now end
-redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now)
+-- A budget finer than a millisecond makes the interval 0: the key still needs a positive expiry.
+redis.call('SET', KEYS[1], new_tat, 'PX', math.max(new_tat - now, 1))
 return 0
 ";
 

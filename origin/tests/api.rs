@@ -957,6 +957,23 @@ async fn a_profile_read_before_a_change_is_not_cached_after_it() {
     );
 }
 
+/// The largest budget the configuration accepts (a million a second) makes the GCRA interval
+/// round to 0 ms; Redis refused the script's zero expiry, and since login fails closed that
+/// refused every login (the redis-server pass runs this against the Redis limiter).
+#[tokio::test]
+async fn the_widest_budget_the_configuration_accepts_lets_logins_through() {
+    let o = origin_with(&[(
+        "EDGEAUTH_RATE_LIMITS",
+        r#"{"login":{"count":1000000,"per_seconds":1}}"#,
+    )])
+    .await;
+    o.register("una@example.com", "una's passphrase").await;
+    for _ in 0..3 {
+        let r = o.login("una@example.com", "una's passphrase").await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+}
+
 #[tokio::test]
 async fn the_feed_is_read_within_a_per_client_budget() {
     let o = origin_with(&[
