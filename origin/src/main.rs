@@ -119,15 +119,11 @@ async fn serve_lambda(config: Config) -> anyhow::Result<()> {
                 // An ALB passes no source address. It appends the address that connected to it
                 // to X-Forwarded-For, as the last entry, which no client can forge: that is
                 // the peer (what `client_ip: peer` reads). Entries before it are the client's.
-                Some(RequestContext::Alb(_)) => request
-                    .headers()
-                    .get_all("x-forwarded-for")
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .flat_map(|v| v.split(','))
-                    .map(str::trim)
-                    .next_back()
-                    .map(str::to_owned),
+                Some(RequestContext::Alb(_)) => {
+                    edgeauth_origin::rate_limit::forwarded_for_hops(request.headers())
+                        .next_back()
+                        .map(str::to_owned)
+                }
                 _ => None,
             };
             let (mut parts, body) = request.into_parts();

@@ -162,18 +162,22 @@ pub fn client_ip(source: ClientIpSource, headers: &HeaderMap) -> Option<IpAddr> 
         ClientIpSource::Peer => None,
         ClientIpSource::CfConnectingIp => header("cf-connecting-ip")?.trim().parse().ok(),
         ClientIpSource::XForwardedFor { trusted_proxies } => {
-            // Every value of every X-Forwarded-For line, in order.
-            let hops: Vec<&str> = headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .collect();
+            let hops: Vec<&str> = forwarded_for_hops(headers).collect();
             let index = hops.len().checked_sub(usize::from(trusted_proxies))?;
             hops.get(index)?.parse().ok()
         }
     }
+}
+
+/// Every value of every `X-Forwarded-For` line, in order: the last is the one the nearest proxy
+/// appended.
+pub fn forwarded_for_hops(headers: &HeaderMap) -> impl DoubleEndedIterator<Item = &str> {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
 }
 
 /// The bucket of an address: itself for IPv4, its /64 for IPv6.
