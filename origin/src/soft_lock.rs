@@ -302,6 +302,25 @@ impl CaptchaVerifier {
     }
 }
 
+/// Counts one attempt under `key` before it is checked, and says how far past
+/// `settings.failures` it is: 0 within the limit, 1 for the first attempt past it. A counter
+/// that cannot answer refuses the attempt (503): brute-force protection fails closed.
+async fn count_attempt(
+    counter: &dyn FailureCounter,
+    key: &str,
+    settings: SoftLock,
+    what: &str,
+) -> Result<u32, ApiError> {
+    let attempts = counter
+        .record(key, settings.window_seconds)
+        .await
+        .map_err(|error| {
+            tracing::warn!(event = "failure_counter_unavailable", %error);
+            ApiError::Unavailable(format!("{what} failure counter: {error}"))
+        })?;
+    Ok(attempts.saturating_sub(settings.failures))
+}
+
 /// The login's soft lock: the counter, the CAPTCHA service, the thresholds.
 #[derive(Clone)]
 pub struct LoginGuard {
@@ -346,18 +365,11 @@ impl LoginGuard {
         let Some(captcha) = &self.captcha else {
             return Ok(());
         };
-        let attempts = self
-            .counter
-            .record(account, self.settings.window_seconds)
-            .await
-            .map_err(|error| {
-                tracing::warn!(event = "failure_counter_unavailable", %error);
-                ApiError::Unavailable(format!("login failure counter: {error}"))
-            })?;
-        if attempts <= self.settings.failures {
+        let past = count_attempt(&*self.counter, account, self.settings, "login").await?;
+        if past == 0 {
             return Ok(());
         }
-        if attempts == self.settings.failures + 1 {
+        if past == 1 {
             audit("soft_locked");
         }
         let Some(token) = captcha_token.filter(|t| !t.is_empty() && t.len() <= 2048) else {
@@ -419,18 +431,17 @@ impl SecondFactorGuard {
         user_id: &str,
         audit: &(dyn Fn(&'static str) + Sync),
     ) -> Result<(), ApiError> {
-        let attempts = self
-            .counter
-            .record(&Self::key(user_id), self.settings.window_seconds)
-            .await
-            .map_err(|error| {
-                tracing::warn!(event = "failure_counter_unavailable", %error);
-                ApiError::Unavailable(format!("second-factor counter: {error}"))
-            })?;
-        if attempts <= self.settings.failures {
+        let past = count_attempt(
+            &*self.counter,
+            &Self::key(user_id),
+            self.settings,
+            "second-factor",
+        )
+        .await?;
+        if past == 0 {
             return Ok(());
         }
-        if attempts == self.settings.failures + 1 {
+        if past == 1 {
             tracing::warn!(event = "mfa_locked", %user_id);
             audit("mfa_locked");
         }
