@@ -379,10 +379,7 @@ pub(crate) fn normalise_media_type(value: &str) -> String {
 
 /// Header names travel in lowercase in both hosts (Envoy lowercases them; HTTP/2 requires it).
 fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
-    let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let valid = !name.is_empty() && name.bytes().all(crate::rules::is_tchar);
     if !valid {
         return Err(invalid(
             field,

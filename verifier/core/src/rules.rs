@@ -140,9 +140,14 @@ pub(crate) fn match_route<'r>(
 /// `POST` rule; it is refused rather than folded, since the upstream may not read it as `POST`.
 pub(crate) fn is_rule_method(method: &str) -> bool {
     !method.is_empty()
-        && method.bytes().all(|b| {
-            b.is_ascii_uppercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && method
+            .bytes()
+            .all(|b| is_tchar(b) && !b.is_ascii_lowercase())
+}
+
+/// A `tchar` (RFC 9110 §5.6.2): what method and header names are made of.
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn hex(b: u8) -> Option<u8> {
