@@ -186,6 +186,14 @@ impl LambdaRuntimeApi {
     }
 }
 
+/// Headers as an event carries them: a JSON object, names in lower case.
+fn event_headers(headers: &[(&str, &str)]) -> serde_json::Map<String, Value> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), json!(v)))
+        .collect()
+}
+
 /// An API Gateway HTTP API (payload 2.0) event for `method path` from `source_ip`.
 pub fn http_api_event(
     method: &str,
@@ -194,10 +202,7 @@ pub fn http_api_event(
     body: Option<&Value>,
     source_ip: &str,
 ) -> Value {
-    let headers: serde_json::Map<String, Value> = headers
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), json!(v)))
-        .collect();
+    let headers = event_headers(headers);
     let now = edgeauth_origin::clock::now_millis();
     json!({
         "version": "2.0",
@@ -236,10 +241,7 @@ pub fn alb_event(
     headers: &[(&str, &str)],
     body: Option<&Value>,
 ) -> Value {
-    let headers: serde_json::Map<String, Value> = headers
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), json!(v)))
-        .collect();
+    let headers = event_headers(headers);
     json!({
         "requestContext": {
             "elb": {
