@@ -100,6 +100,11 @@ impl TokenCache {
         self.bytes
     }
 
+    /// Whether it holds anything at all (both bounds above 0).
+    pub fn is_enabled(&self) -> bool {
+        self.max_entries != 0
+    }
+
     /// Entries held.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -298,9 +298,7 @@ pub fn authorize_deferred<H: Headers + ?Sized>(
         return decided(deny(DenyReason::KeysUnavailable));
     };
     // Oversized tokens are refused before they are even looked up.
-    let use_cache = token_text.len() <= policy.max_token_bytes
-        && policy.cache_entries != 0
-        && policy.cache_bytes != 0;
+    let use_cache = token_text.len() <= policy.max_token_bytes && cache.is_enabled();
     if use_cache {
         if let Some(hit) = cache.get(&token_text, keys, now, policy.leeway) {
             // The hit saves the signature; every policy rule still runs against today's policy.
