@@ -77,8 +77,8 @@ pub fn take_page(
 /// The fetcher's side: asking for pages and taking the answers through the host.
 #[cfg(target_family = "wasm")]
 mod fetcher {
+    use crate::abi::LogLevel;
     use edgeauth_core::FeedNext;
-    use proxy_wasm::types::LogLevel;
 
     use super::{take_page, Checking, FeedError, MAX_FEED_BYTES};
     use crate::{

@@ -3,19 +3,10 @@
 //! applies it. Every decision is `edgeauth-core`'s; the key set is handled in [`crate::keys`],
 //! the revocation feed in [`crate::feed`], host calls in [`crate::host`].
 
-use std::{cell::RefCell, collections::HashMap, rc::Rc, time::Duration};
-
-use edgeauth_core::{
-    authorize_deferred, Algorithm, Allowed, Deferred, Denial, DenyReason, KeyCache, KeyRing,
-    Request, SignatureCheck, Step, Thumbprint, TokenCache, Verdict,
-};
-use proxy_wasm::{
-    hostcalls,
-    traits::{Context, HttpContext, RootContext},
-    types::{Action, BufferType, ContextType, LogLevel, MapType},
-};
+use std::{cell::RefCell, collections::HashMap, rc::Rc};
 
 use crate::{
+    abi::{self, Action, BufferType, LogLevel, MapType},
     deny_list::DenyList,
     feed::MAX_FEED_BYTES,
     host::{host_self_test, host_verify, log, now, CallAnswer, Host},
@@ -24,17 +15,17 @@ use crate::{
     metrics::Metrics,
     settings::Settings,
     shared::{self, Lease, SharedData, LEASE_SECONDS},
+    wire,
+};
+use edgeauth_core::{
+    authorize_deferred, Algorithm, Allowed, Deferred, Denial, DenyReason, KeyCache, KeyRing,
+    Request, SignatureCheck, Step, Thumbprint, TokenCache, Verdict,
 };
 
 /// How often every VM wakes: to sync keys and revocations from shared data, and (the fetcher)
 /// to fetch. Half a second: a fresh Envoy has its first keys within a second, and a revocation
 /// read by the fetcher reaches every VM within half a second more.
-const TICK: Duration = Duration::from_millis(500);
-
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::new()) });
-}}
+const TICK_MS: u32 = 500;
 
 /// What one VM keeps: configuration, its copies of the shared keys and deny-list, its
 /// verified-token cache. Shared by the VM's root context and its requests (one thread).
@@ -170,16 +161,7 @@ impl Root {
         }
         vm.record_feed_metrics(now);
     }
-}
-
-impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        _num_headers: usize,
-        body_size: usize,
-        _num_trailers: usize,
-    ) {
+    fn on_http_call_response(&mut self, token_id: u32, body_size: usize) {
         let Some(call) = self.calls.remove(&token_id) else {
             return;
         };
@@ -203,16 +185,14 @@ impl Context for Root {
             }
         }
     }
-}
 
-impl RootContext for Root {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        let configuration = match hostcalls::get_buffer(
+        let configuration = match abi::buffer(
             BufferType::PluginConfiguration,
             0,
             plugin_configuration_size,
         ) {
-            Ok(Some(bytes)) => bytes,
+            Ok(bytes) if !bytes.is_empty() => bytes,
             _ => {
                 log(
                     LogLevel::Critical,
@@ -250,7 +230,7 @@ impl RootContext for Root {
         };
         vm.sync(now().unwrap_or(0));
         self.vm = Some(Rc::new(RefCell::new(vm)));
-        hostcalls::set_tick_period(TICK).is_ok()
+        abi::set_tick_period_ms(TICK_MS).is_ok()
     }
 
     fn on_tick(&mut self) {
@@ -271,16 +251,13 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    /// A request's context; `None` before the plugin is configured.
+    fn exchange(&self) -> Option<Exchange> {
         let vm = self.vm.clone()?;
-        Some(Box::new(Exchange {
+        Some(Exchange {
             vm,
             keys_call: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        })
     }
 }
 
@@ -306,8 +283,12 @@ impl Exchange {
         let Some(now) = now() else {
             return Outcome::Internal("no clock");
         };
-        let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
-            return Outcome::Internal("request headers unreadable");
+        let headers = match abi::header_pairs(MapType::HttpRequestHeaders) {
+            Ok(headers) => headers,
+            Err(abi::MapReadError::Wire(wire::MapError::NameNotText)) => {
+                return Outcome::Deny(DenyReason::InvalidRequest.into());
+            }
+            Err(_) => return Outcome::Internal("request headers unreadable"),
         };
         let pseudo = |name: &str| {
             headers
@@ -393,7 +374,7 @@ impl Exchange {
                     self.vm.borrow_mut().metrics.pending.allowed += 1;
                     Action::Continue
                 }
-                Err(()) => self.fail("request headers could not be changed"),
+                Err(()) => fail("request headers could not be changed"),
             },
             Outcome::Deny(denial) => {
                 let headers = {
@@ -405,49 +386,45 @@ impl Exchange {
                         .or_default() += 1;
                     denial.response_headers(&vm.settings.policy)
                 };
-                let headers: Vec<(&str, &str)> =
-                    headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                if hostcalls::send_http_response(
+                let headers: Vec<(&str, &[u8])> =
+                    headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+                answer(
                     u32::from(denial.status()),
-                    headers,
-                    Some(denial.body().as_bytes()),
+                    &headers,
+                    denial.body().as_bytes(),
                 )
-                .is_err()
-                {
-                    let _ = hostcalls::reset_http_request();
-                }
-                Action::Pause
             }
             Outcome::WaitForKeys(token, started_at) => {
                 self.keys_call = Some((token, started_at));
                 Action::Pause
             }
-            Outcome::Internal(what) => self.fail(what),
+            Outcome::Internal(what) => fail(what),
         }
     }
+}
 
-    /// An internal error: a JSON 500 and a log line, never a pass.
-    fn fail(&self, what: &str) -> Action {
-        log(
-            LogLevel::Error,
-            serde_json::json!({"event": "internal_error", "error": what}),
-        );
-        let body =
-            br#"{"error":"server_error","error_description":"The request could not be checked"}"#;
-        if hostcalls::send_http_response(
-            500,
-            vec![
-                ("content-type", "application/json"),
-                ("cache-control", "no-store"),
-            ],
-            Some(body),
-        )
-        .is_err()
-        {
-            let _ = hostcalls::reset_http_request();
-        }
-        Action::Pause
+/// An internal error: a JSON 500 and a log line, never a pass.
+fn fail(what: &str) -> Action {
+    log(
+        LogLevel::Error,
+        serde_json::json!({"event": "internal_error", "error": what}),
+    );
+    answer(
+        500,
+        &[
+            ("content-type", b"application/json"),
+            ("cache-control", b"no-store"),
+        ],
+        br#"{"error":"server_error","error_description":"The request could not be checked"}"#,
+    )
+}
+
+/// Answers the request from the filter, or resets it if even that fails: it never goes on.
+fn answer(status: u32, headers: &[(&str, &[u8])], body: &[u8]) -> Action {
+    if abi::send_local_response(status, headers, body).is_err() {
+        let _ = abi::close_request();
     }
+    Action::Pause
 }
 
 /// Removes client-supplied identity headers and sets the verified ones. Any failure fails the
@@ -462,22 +439,16 @@ fn apply(allowed: &Allowed) -> Result<(), ()> {
         if changes.set.iter().any(|(set, _)| set == name) {
             continue;
         }
-        hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).map_err(|_| ())?;
+        abi::remove_header(MapType::HttpRequestHeaders, name).map_err(|_| ())?;
     }
     for (name, value) in &changes.set {
-        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).map_err(|_| ())?;
+        abi::replace_header(MapType::HttpRequestHeaders, name, value).map_err(|_| ())?;
     }
     Ok(())
 }
 
-impl Context for Exchange {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        _num_headers: usize,
-        body_size: usize,
-        _num_trailers: usize,
-    ) {
+impl Exchange {
+    fn on_http_call_response(&mut self, token_id: u32, body_size: usize) {
         let Some((_, started_at)) = self.keys_call.filter(|(token, _)| *token == token_id) else {
             return;
         };
@@ -489,14 +460,115 @@ impl Context for Exchange {
         // Decided again with whatever keys there are now; no second refetch.
         let outcome = self.decide(false);
         if let Action::Continue = self.act(outcome) {
-            let _ = hostcalls::resume_http_request();
+            let _ = abi::continue_request();
         }
+    }
+
+    fn on_request_headers(&mut self) -> Action {
+        let outcome = self.decide(true);
+        self.act(outcome)
     }
 }
 
-impl HttpContext for Exchange {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let outcome = self.decide(true);
-        self.act(outcome)
+/// The contexts Envoy created in this VM, and which request waits for which call. Envoy names
+/// contexts by id in every entry point; an id this module does not know (a host bug, or an
+/// entry point after a failed configuration) gets the safe answer, not a trap.
+pub(crate) mod contexts {
+    use std::{cell::RefCell, collections::HashMap};
+
+    use super::{fail, Exchange, Root};
+    use crate::abi::{self, Action};
+
+    #[derive(Default)]
+    struct Contexts {
+        roots: HashMap<u32, Root>,
+        exchanges: HashMap<u32, Exchange>,
+        /// Calls that a request waits for (an unknown `kid`): the call's token, the request's
+        /// context. The answer arrives at the root context; the request must act on it.
+        waiting: HashMap<u32, u32>,
+    }
+
+    thread_local! {
+        static CONTEXTS: RefCell<Contexts> = RefCell::new(Contexts::default());
+    }
+
+    /// Runs `f` on the table. The host does not call in while a callback runs, and a context is
+    /// taken out of the table while its callback runs, so the table is never borrowed twice;
+    /// were it, `f` would not run rather than panic.
+    fn with<T>(f: impl FnOnce(&mut Contexts) -> T) -> Option<T> {
+        CONTEXTS.with(|contexts| contexts.try_borrow_mut().ok().map(|mut c| f(&mut c)))
+    }
+
+    /// Runs a root's callback with the root out of the table; `None` if there is no such root.
+    fn on_root<T>(id: u32, f: impl FnOnce(&mut Root) -> T) -> Option<T> {
+        let mut root = with(|c| c.roots.remove(&id)).flatten()?;
+        let result = f(&mut root);
+        with(|c| c.roots.insert(id, root));
+        Some(result)
+    }
+
+    fn on_exchange<T>(id: u32, f: impl FnOnce(&mut Exchange) -> T) -> Option<T> {
+        let mut exchange = with(|c| c.exchanges.remove(&id)).flatten()?;
+        let result = f(&mut exchange);
+        with(|c| {
+            if let Some((token, _)) = exchange.keys_call {
+                c.waiting.insert(token, id);
+            }
+            c.exchanges.insert(id, exchange)
+        });
+        Some(result)
+    }
+
+    pub(crate) fn create(id: u32, root: u32) {
+        if root == 0 {
+            with(|c| c.roots.insert(id, Root::new()));
+            return;
+        }
+        let exchange = with(|c| c.roots.get(&root).and_then(Root::exchange)).flatten();
+        if let Some(exchange) = exchange {
+            with(|c| c.exchanges.insert(id, exchange));
+        }
+    }
+
+    pub(crate) fn configure(root: u32, configuration_size: usize) -> bool {
+        on_root(root, |r| r.on_configure(configuration_size)).unwrap_or(false)
+    }
+
+    pub(crate) fn tick(root: u32) {
+        on_root(root, Root::on_tick);
+    }
+
+    /// A request without a context has no configured filter behind it: refused, never passed.
+    pub(crate) fn request_headers(id: u32) -> Action {
+        on_exchange(id, Exchange::on_request_headers)
+            .unwrap_or_else(|| fail("no context for the request"))
+    }
+
+    pub(crate) fn call_answered(token: u32, body_size: usize) {
+        if let Some(id) = with(|c| c.waiting.remove(&token)).flatten() {
+            // A request that has gone since has nothing to act on.
+            if abi::set_effective_context(id).is_ok() {
+                on_exchange(id, |e| e.on_http_call_response(token, body_size));
+            }
+            return;
+        }
+        let root = with(|c| {
+            c.roots
+                .iter()
+                .find(|(_, root)| root.calls.contains_key(&token))
+                .map(|(id, _)| *id)
+        })
+        .flatten();
+        if let Some(root) = root {
+            on_root(root, |r| r.on_http_call_response(token, body_size));
+        }
+    }
+
+    pub(crate) fn delete(id: u32) {
+        with(|c| {
+            if c.exchanges.remove(&id).is_none() {
+                c.roots.remove(&id);
+            }
+        });
     }
 }

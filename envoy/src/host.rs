@@ -1,46 +1,33 @@
-//! The host calls this filter makes, each `Result` handled: the clock, logs, shared data, calls
-//! to the origin and Envoy's signature check. The SDK's trait helpers `unwrap` the same calls,
-//! and a trap takes the VM, and every request on its worker thread with it.
-
-use std::time::{Duration, UNIX_EPOCH};
-
-use base64ct::{Base64UrlUnpadded, Encoding as _};
-use edgeauth_core::{Algorithm, KeyRing, Policy};
-use proxy_wasm::{
-    hostcalls,
-    types::{BufferType, LogLevel, MapType},
-};
+//! What the filter asks of Envoy, in its own terms: the clock, logs, shared data, calls to the
+//! origin and Envoy's signature check. Each host call's failure is a value here (see
+//! [`crate::abi`]); none traps the VM.
 
 use crate::{
+    abi::{self, BufferType, LogLevel, MapType},
     host_crypto::{
         host_hash, host_signature, spki_der, verify_arguments, verify_result, SELF_TEST,
     },
     settings::OriginRoute,
     shared::SharedData,
 };
+use base64ct::{Base64UrlUnpadded, Encoding as _};
+use edgeauth_core::{Algorithm, KeyRing, Policy};
 
 /// Seconds since the epoch from the host, or `None`: without a clock no token can be judged,
 /// and guessing one would fail open.
 pub(crate) fn now() -> Option<i64> {
-    let time = hostcalls::get_current_time().ok()?;
-    let seconds = time.duration_since(UNIX_EPOCH).ok()?.as_secs();
-    i64::try_from(seconds).ok()
+    let nanos = abi::current_time_nanos().ok()?;
+    i64::try_from(nanos / 1_000_000_000).ok()
 }
 
 pub(crate) fn log(level: LogLevel, line: serde_json::Value) {
-    let _ = hostcalls::log(level, &line.to_string());
+    let _ = abi::log(level, &line.to_string());
 }
 
 /// A fresh random tag for a deny-list segment: WASI `random_get`, which Envoy provides. Should it
 /// fail, the clock's nanoseconds mixed with this VM's identity still tell two VMs' writes apart.
 pub(crate) fn fresh_tag(me: u64) -> u64 {
-    getrandom::u64().unwrap_or_else(|_| {
-        let nanos = hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as u64);
-        nanos ^ me.rotate_left(32)
-    })
+    getrandom::u64().unwrap_or_else(|_| abi::current_time_nanos().unwrap_or(0) ^ me.rotate_left(32))
 }
 
 /// Envoy's shared data, through the host calls.
@@ -49,16 +36,13 @@ pub(crate) struct Host;
 
 impl SharedData for Host {
     fn get(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(value), cas)) => Some((value, cas)),
-            // A key that holds an empty value (cleared) still has its CAS token.
-            Ok((None, Some(cas))) => Some((Vec::new(), Some(cas))),
-            _ => None,
-        }
+        // A key that holds an empty value (cleared) still has its CAS token; 0 is none.
+        let (value, cas) = abi::shared_data(key).ok()??;
+        Some((value, (cas != 0).then_some(cas)))
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+        abi::set_shared_data(key, value, cas.unwrap_or(0)).is_ok()
     }
 }
 
@@ -74,7 +58,7 @@ impl CallAnswer {
     /// Reads the current call answer; a body over `max` is an error, not a truncation.
     pub(crate) fn read(body_size: usize, max: usize) -> Self {
         let header = |name: &str| {
-            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
+            abi::header_value(MapType::HttpCallResponseHeaders, name)
                 .ok()
                 .flatten()
                 .and_then(|v| String::from_utf8(v).ok())
@@ -84,9 +68,8 @@ impl CallAnswer {
         } else if body_size == 0 {
             Ok(Vec::new())
         } else {
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                .map(Option::unwrap_or_default)
-                .map_err(|status| format!("the body could not be read: {status:?}"))
+            abi::buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .map_err(|status| format!("the body could not be read: {}", status.name()))
         };
         Self {
             status: header(":status").and_then(|s| s.parse().ok()),
@@ -112,24 +95,22 @@ impl CallAnswer {
 
 /// Starts a GET to the origin; `None` if the host refuses (an unknown cluster, say).
 pub(crate) fn call_origin(route: &OriginRoute, path: &str, timeout_ms: u32) -> Option<u32> {
-    let result = hostcalls::dispatch_http_call(
+    let result = abi::http_call(
         &route.cluster,
-        vec![
-            (":method", "GET"),
-            (":path", path),
-            (":authority", &route.authority),
-            ("accept", "application/json"),
+        &[
+            (":method", b"GET"),
+            (":path", path.as_bytes()),
+            (":authority", route.authority.as_bytes()),
+            ("accept", b"application/json"),
         ],
-        None,
-        vec![],
-        Duration::from_millis(u64::from(timeout_ms)),
+        timeout_ms,
     );
     match result {
         Ok(token) => Some(token),
         Err(status) => {
             log(
                 LogLevel::Error,
-                serde_json::json!({"event": "call_refused", "cluster": route.cluster, "status": format!("{status:?}")}),
+                serde_json::json!({"event": "call_refused", "cluster": route.cluster, "status": status.name()}),
             );
             None
         }
@@ -140,12 +121,9 @@ pub(crate) fn call_origin(route: &OriginRoute, path: &str, timeout_ms: u32) -> O
 /// answer (no such function, a key it cannot parse).
 pub(crate) fn host_verify(hash: &str, spki: &[u8], signature: &[u8], text: &[u8]) -> Option<bool> {
     let arguments = verify_arguments(hash, spki, signature, text);
-    match hostcalls::call_foreign_function("verify_signature", Some(&arguments)) {
-        Ok(Some(result)) => verify_result(&result),
-        // An empty message: `result` is false and there is no error text.
-        Ok(None) => Some(false),
-        Err(_) => None,
-    }
+    // An empty answer is an empty message: `result` is false and there is no error text.
+    let result = abi::call_foreign_function("verify_signature", &arguments).ok()?;
+    verify_result(&result)
 }
 
 /// The host's known-answer test: for each algorithm it might take, a valid signature must pass

@@ -89,8 +89,8 @@ pub(crate) use self::vm::call_jwks;
 mod vm {
     use std::rc::Rc;
 
+    use crate::abi::LogLevel;
     use edgeauth_core::{freshness_seconds, KeyRing};
-    use proxy_wasm::types::LogLevel;
 
     use super::{claim_forced_fetch, publish_keys, stored_keys, Published};
     use crate::{

@@ -15,12 +15,14 @@
 //!   fixed ring in shared data; each VM keeps a copy in memory (the core's `DenyState`), so a
 //!   lookup on the request path is a map read.
 //! - **Failure is closed.** A bad configuration makes Envoy refuse the plugin; a host call that
-//!   fails on the request path answers a JSON 500; nothing traps the VM.
+//!   fails on the request path answers a JSON 500; nothing traps the VM. The ABI binding is this
+//!   crate's own, because the SDK's wrappers panic on statuses they do not expect.
 //!
-//! Where to look: `filter` (the proxy-wasm entry, `Root` and `Exchange`), [`keys`] (JWKS fetch,
+//! Where to look: `abi` (the proxy-wasm ABI: host calls and entry points, the only `unsafe`),
+//! `filter` (`Root` and `Exchange`, and the table of contexts), [`keys`] (JWKS fetch,
 //! publication, copy, forced refetch), [`feed`] (feed polling and publishing), [`deny_list`] (the
-//! shared ring), [`shared`] (shared-data records and names), `host` (host calls), `metrics`,
-//! [`host_crypto`] and [`settings`]. The pure parts run natively in tests, over a map with
+//! shared ring), [`shared`] (shared-data records and names), [`wire`] (the ABI's header maps),
+//! `host` (host calls), `metrics`, [`host_crypto`] and [`settings`]. The pure parts run natively in tests, over a map with
 //! Envoy's shared-data semantics; the proxy-wasm glue is compiled for Wasm only.
 
 pub mod deny_list;
@@ -29,7 +31,10 @@ pub mod host_crypto;
 pub mod keys;
 pub mod settings;
 pub mod shared;
+pub mod wire;
 
+#[cfg(target_family = "wasm")]
+mod abi;
 #[cfg(target_family = "wasm")]
 mod filter;
 #[cfg(target_family = "wasm")]

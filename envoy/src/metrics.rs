@@ -2,27 +2,27 @@
 
 use std::collections::HashMap;
 
-use proxy_wasm::{hostcalls, types::MetricType};
+use crate::abi::{self, MetricType};
 
 pub(crate) fn counter(name: &str) -> Option<u32> {
-    hostcalls::define_metric(MetricType::Counter, name).ok()
+    abi::define_metric(MetricType::Counter, name).ok()
 }
 
 pub(crate) fn gauge(name: &str) -> Option<u32> {
-    hostcalls::define_metric(MetricType::Gauge, name).ok()
+    abi::define_metric(MetricType::Gauge, name).ok()
 }
 
 pub(crate) fn bump(metric: Option<u32>, by: u64) {
     if let (Some(id), Ok(by)) = (metric, i64::try_from(by)) {
         if by > 0 {
-            let _ = hostcalls::increment_metric(id, by);
+            let _ = abi::increment_metric(id, by);
         }
     }
 }
 
 pub(crate) fn record(metric: Option<u32>, value: i64) {
     if let Some(id) = metric {
-        let _ = hostcalls::record_metric(id, u64::try_from(value).unwrap_or(0));
+        let _ = abi::record_metric(id, u64::try_from(value).unwrap_or(0));
     }
 }
 

@@ -1,11 +1,12 @@
 //! Arbitrary bytes as everything the Envoy filter reads from outside its own code: the plugin
 //! configuration, the shared-data records another VM wrote (fetcher lease, key set,
-//! deny-list head and segments), and Envoy's `verify_signature`
-//! answer. A panic here would trap the VM, taking every request of its worker thread with it.
+//! deny-list head and segments), Envoy's `verify_signature` answer, and the header maps the ABI
+//! hands over (`wire`). A panic here would trap the VM, taking every request of its worker thread with it.
 //!
 //! Invariants:
 //! - no panic, whatever the bytes;
-//! - every record that decodes encodes back to bytes that decode to the same record;
+//! - every record that decodes encodes back to bytes that decode to the same record, and so does
+//!   every header map;
 //! - the ES256 signature conversion gives DER only for 64 bytes, and its length matches its
 //!   header.
 
@@ -16,6 +17,7 @@ use edgeauth_envoy::{
     host_crypto::{ecdsa_signature_der, verify_result},
     settings::Settings,
     shared::{decode_version, KeysRecord, Lease},
+    wire::{decode_pairs, encode_pairs},
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -36,6 +38,13 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(segment) = Segment::decode(data) {
         assert_eq!(Segment::decode(&segment.encode()), Some(segment));
+    }
+    if let Ok(pairs) = decode_pairs(data) {
+        let borrowed: Vec<(&str, &[u8])> = pairs
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_slice()))
+            .collect();
+        assert_eq!(decode_pairs(&encode_pairs(&borrowed)), Ok(pairs));
     }
     match ecdsa_signature_der(data) {
         Some(der) => {
