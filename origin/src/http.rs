@@ -229,6 +229,9 @@ pub async fn login(
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Response, ApiError> {
     let email = normalise_email(&body.email)?;
+    // Before any store is read: past the hashing queue a flood costs a counter, not the reads
+    // that refresh traffic needs. Said for every email alike, so it tells nothing of accounts.
+    let hashing = state.passwords.reserve()?;
     let account = state.pseudonyms.of(&email);
     // Looked up first so that every event, the soft lock's included, names the account.
     let user = state.users.find_by_email(&email).await?;
@@ -254,12 +257,11 @@ pub async fn login(
         return Err(failed().await);
     }
     let Some(user) = user else {
-        state.passwords.verify_unknown(body.password).await?;
+        hashing.verify_unknown(body.password).await?;
         // Counted like a wrong password, so a soft lock never tells which emails exist.
         return Err(failed().await);
     };
-    match state
-        .passwords
+    match hashing
         .verify(body.password, user.password_hash.clone())
         .await?
     {

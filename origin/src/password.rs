@@ -8,7 +8,9 @@
 //! (argon2's 19 MiB working set stays with the thread; see `scripts/bench origin`).
 //!
 //! The queue is bounded (`hashing_queue`): past it a login answers 503 with `Retry-After` at
-//! once, instead of waiting behind a flood it cannot outlast. A job whose caller has gone (the
+//! once, instead of waiting behind a flood it cannot outlast. A login takes its place in the
+//! queue before it reads any store ([`PasswordHasher::reserve`]), so the refused part of a flood
+//! costs no DynamoDB or Redis reads either. A job whose caller has gone (the
 //! client disconnected, the request timed out) is dropped unhashed when a thread reaches it, so
 //! a flood of abandoned logins costs no hashing.
 //!
@@ -108,7 +110,7 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct PasswordHasher {
     cost: Argon2Cost,
     jobs: mpsc::Sender<Job>,
-    /// Jobs sent and not yet taken by a thread.
+    /// Places taken: logins that will hash, and jobs sent and not yet taken by a thread.
     waiting: Arc<AtomicUsize>,
     /// Most jobs that may wait.
     queue_limit: usize,
@@ -263,40 +265,30 @@ impl PasswordHasher {
         Duration::from_micros(self.failure_floor_micros.load(Ordering::Acquire))
     }
 
-    async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> Result<T, PasswordError> + Send + 'static,
-    ) -> Result<T, PasswordError> {
-        let (done, result) = oneshot::channel::<Result<T, PasswordError>>();
+    /// Takes a place in the hashing queue, or answers [`PasswordError::Busy`] at once. A login
+    /// takes it before it reads any store, so a flood past the queue costs a counter, not the
+    /// DynamoDB and Redis reads that would starve refresh traffic of the same cores.
+    pub fn reserve(&self) -> Result<HashingSlot, PasswordError> {
         // Counted first, so a burst cannot all pass a read of the depth.
         let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
         if waiting >= self.queue_limit {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(PasswordError::Busy(waiting));
         }
-        // Waiting from here until a thread takes it: the queue depth in the metrics.
-        METRICS.hash_queue(1);
-        let depth = self.waiting.clone();
-        self.jobs
-            .send(Box::new(move || {
-                depth.fetch_sub(1, Ordering::AcqRel);
-                METRICS.hash_queue(-1);
-                // Its caller has gone: nobody would read the answer, so nothing is hashed.
-                if done.is_closed() {
-                    tracing::debug!(event = "hash_abandoned", "caller gone; not hashed");
-                    return;
-                }
-                let _ = done.send(work());
-            }))
-            .map_err(|_| {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                METRICS.hash_queue(-1);
-                PasswordError::Task
-            })?;
-        result.await.map_err(|_| PasswordError::Task)?
+        Ok(HashingSlot {
+            hasher: self.clone(),
+            held: true,
+        })
     }
 
-    /// A new argon2id hash (PHC string).
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, PasswordError> + Send + 'static,
+    ) -> Result<T, PasswordError> {
+        self.reserve()?.run(work).await
+    }
+
+    /// A new argon2id hash (PHC string).    /// A new argon2id hash (PHC string).
     pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
         let cost = self.cost;
         self.run(move || hash_blocking(cost, password.as_bytes()))
@@ -310,11 +302,66 @@ impl PasswordHasher {
         password: String,
         stored: String,
     ) -> Result<Verification, PasswordError> {
-        let cost = self.cost;
+        self.reserve()?.verify(password, stored).await
+    }
+}
+
+/// A place in the hashing queue, held from the start of a login until its check is queued.
+/// Dropped unused (the login stopped early), it frees the place.
+#[derive(Debug)]
+pub struct HashingSlot {
+    hasher: PasswordHasher,
+    /// Until the job is sent, this slot holds its count in `waiting`; then the job does.
+    held: bool,
+}
+
+impl Drop for HashingSlot {
+    fn drop(&mut self) {
+        if self.held {
+            self.hasher.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl HashingSlot {
+    async fn run<T: Send + 'static>(
+        mut self,
+        work: impl FnOnce() -> Result<T, PasswordError> + Send + 'static,
+    ) -> Result<T, PasswordError> {
+        let (done, result) = oneshot::channel::<Result<T, PasswordError>>();
+        // Waiting from here until a thread takes it: the queue depth in the metrics.
+        METRICS.hash_queue(1);
+        let depth = self.hasher.waiting.clone();
+        let sent = self.hasher.jobs.send(Box::new(move || {
+            depth.fetch_sub(1, Ordering::AcqRel);
+            METRICS.hash_queue(-1);
+            // Its caller has gone: nobody would read the answer, so nothing is hashed.
+            if done.is_closed() {
+                tracing::debug!(event = "hash_abandoned", "caller gone; not hashed");
+                return;
+            }
+            let _ = done.send(work());
+        }));
+        if sent.is_err() {
+            METRICS.hash_queue(-1);
+            return Err(PasswordError::Task);
+        }
+        self.held = false;
+        result.await.map_err(|_| PasswordError::Task)?
+    }
+
+    /// [`PasswordHasher::verify`] in this place.
+    pub async fn verify(
+        self,
+        password: String,
+        stored: String,
+    ) -> Result<Verification, PasswordError> {
+        let hasher = self.hasher.clone();
+        let cost = hasher.cost;
         let (verification, took) = self
             .run(move || verify_blocking(cost, password.as_bytes(), &stored))
             .await?;
-        let floor = raise(&self.failure_floor_micros, took);
+        let floor = raise(&hasher.failure_floor_micros, took);
         if verification == Verification::Mismatch {
             tokio::time::sleep(floor.saturating_sub(took)).await;
         }
@@ -322,8 +369,8 @@ impl PasswordHasher {
     }
 
     /// Spends what a real verification spends, for an email with no account. Always a mismatch.
-    pub async fn verify_unknown(&self, password: String) -> Result<Verification, PasswordError> {
-        let stored = (*self.dummy_hash).clone();
+    pub async fn verify_unknown(self, password: String) -> Result<Verification, PasswordError> {
+        let stored = (*self.hasher.dummy_hash).clone();
         self.verify(password, stored)
             .await
             .map(|_| Verification::Mismatch)
@@ -430,7 +477,11 @@ mod tests {
             );
         }
         assert_eq!(
-            h.verify_unknown("x".into()).await.expect("verify"),
+            h.reserve()
+                .expect("a place")
+                .verify_unknown("x".into())
+                .await
+                .expect("verify"),
             Verification::Mismatch
         );
     }
@@ -500,6 +551,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_login_holds_its_place_from_before_its_reads_and_gives_it_back_if_it_stops() {
+        let hasher = PasswordHasher::new(
+            Argon2Cost {
+                memory_kib: 1024,
+                iterations: 1,
+                parallelism: 1,
+            },
+            1,
+            2,
+        )
+        .expect("hasher");
+        // Two logins are reading their stores: nothing is queued yet, and the queue is full.
+        let first = hasher.reserve().expect("a place");
+        let second = hasher.reserve().expect("a place");
+        assert!(matches!(hasher.reserve(), Err(PasswordError::Busy(2))));
+        assert!(matches!(
+            hasher.hash("a passphrase".into()).await,
+            Err(PasswordError::Busy(2))
+        ));
+        // One stops early (a locked account, say): its place is free again.
+        drop(first);
+        let third = hasher.reserve().expect("the freed place");
+        // The others' checks run and leave nothing held behind them.
+        let stored = hasher.hash("right".into()).await;
+        assert!(matches!(stored, Err(PasswordError::Busy(2))));
+        assert_eq!(
+            second.verify_unknown("x".into()).await.expect("verify"),
+            Verification::Mismatch
+        );
+        drop(third);
+        assert_eq!(hasher.waiting.load(Ordering::Acquire), 0);
+        assert!(hasher.hash("a passphrase".into()).await.is_ok());
+    }
+
+    #[tokio::test]
     async fn a_refused_password_takes_as_long_as_the_slowest_check() {
         let hasher = hasher();
         // Once the start-up bcrypt check has run, the floor is a bcrypt check's time.
@@ -523,7 +609,11 @@ mod tests {
             "an argon2 account refused before the floor"
         );
         let started = Instant::now();
-        let refused = hasher.verify_unknown("a wrong guess".into()).await;
+        let refused = hasher
+            .reserve()
+            .expect("a place")
+            .verify_unknown("a wrong guess".into())
+            .await;
         assert_eq!(refused.expect("verify"), Verification::Mismatch);
         assert!(
             started.elapsed() >= floor,
