@@ -356,12 +356,11 @@ impl HashingSlot {
         password: String,
         stored: String,
     ) -> Result<Verification, PasswordError> {
-        let hasher = self.hasher.clone();
-        let cost = hasher.cost;
+        let (cost, floor) = (self.hasher.cost, self.hasher.failure_floor_micros.clone());
         let (verification, took) = self
             .run(move || verify_blocking(cost, password.as_bytes(), &stored))
             .await?;
-        let floor = raise(&hasher.failure_floor_micros, took);
+        let floor = raise(&floor, took);
         if verification == Verification::Mismatch {
             tokio::time::sleep(floor.saturating_sub(took)).await;
         }
