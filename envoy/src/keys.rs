@@ -9,6 +9,8 @@
 //!   slow answer (a forced refetch overtaken by a scheduled one, say) is not written over a key
 //!   set fetched later, and its VM adopts the stored one instead.
 
+use edgeauth_core::forced_fetch_claimable;
+
 use crate::shared::{decode_version, KeysRecord, SharedData};
 
 /// Publication attempts before giving up (other VMs kept writing).
@@ -71,8 +73,10 @@ pub fn stored_keys(shared: &impl SharedData, key: &str) -> Option<KeysRecord> {
 /// when the last claim was made.
 pub fn claim_forced_fetch(shared: &impl SharedData, key: &str, now: i64, interval: u32) -> bool {
     let (last, cas) = shared.get(key).unwrap_or_default();
-    let last = i64::try_from(decode_version(Some(&last))).unwrap_or(0);
-    if now.saturating_sub(last) < i64::from(interval) {
+    let last = i64::try_from(decode_version(Some(&last)))
+        .ok()
+        .filter(|&at| at > 0);
+    if !forced_fetch_claimable(last, now, interval) {
         return false;
     }
     shared.set(key, now.to_string().as_bytes(), cas)

@@ -28,6 +28,13 @@ fn interval_passed(since: Option<i64>, now: i64, interval: u32) -> bool {
     since.is_none_or(|at| now.saturating_sub(at) >= i64::from(interval))
 }
 
+/// Whether a refetch forced by an unknown `kid` may be claimed at `now` by one of the instances
+/// that share `last_claim` (the time the last one was claimed), so that however many VMs or
+/// isolates a flood of made-up `kid`s is spread over, together they refetch once per `interval`.
+pub fn forced_fetch_claimable(last_claim: Option<i64>, now: i64, interval: u32) -> bool {
+    interval_passed(last_claim, now, interval)
+}
+
 impl KeyCache {
     /// The keys to verify with at `now`: fresh ones, or the last good ones within `max_stale`.
     pub fn usable(&self, now: i64, max_stale: u32) -> Option<Rc<KeyRing>> {
@@ -153,6 +160,15 @@ mod tests {
         keys.attempted(1001, true);
         assert!(!keys.may_force(1030, 30));
         assert!(keys.may_force(1031, 30));
+    }
+
+    #[test]
+    fn a_shared_claim_holds_every_instance_back_for_the_interval() {
+        assert!(forced_fetch_claimable(None, 1000, 30));
+        assert!(!forced_fetch_claimable(Some(1000), 1029, 30));
+        assert!(forced_fetch_claimable(Some(1000), 1030, 30));
+        // A claim stamped in the future (a clock step back) holds until the interval has passed.
+        assert!(!forced_fetch_claimable(Some(2000), 1000, 30));
     }
 
     #[test]

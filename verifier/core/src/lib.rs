@@ -65,7 +65,7 @@ pub use gate::{
     authorize, authorize_deferred, Deferred, DenyListStatus, Request, RevocationAnswer,
     RevocationCheck, SignatureCheck, Step, WatermarkStatus,
 };
-pub use key_cache::{freshness_seconds, KeyCache};
+pub use key_cache::{forced_fetch_claimable, freshness_seconds, KeyCache};
 pub use key_ring::{
     thumbprint_hex, JwksError, KeyRing, PublicKey, RingKey, SkipReason, SkippedKey, Thumbprint,
 };
