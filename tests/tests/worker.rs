@@ -6,7 +6,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use base64ct::{Base64UrlUnpadded, Encoding};
 use edgeauth_e2e::{send, Stack, StackOptions, DENY_CACHE_SECONDS};
+use serde_json::json;
 
 #[tokio::test]
 async fn a_lost_push_is_repaired_by_the_cron_pull() {
@@ -148,4 +150,108 @@ async fn a_hung_jwks_fetch_is_given_up_at_the_deadline() {
         "answered after {waited:?}"
     );
     stack.expect_edge_log("no answer within 1000 ms").await;
+}
+
+/// Isolates in one location share one forced refetch per interval. A key the origin has just
+/// published reaches every isolate for one JWKS fetch (the others read the claimant's answer),
+/// and made-up `kid`s sent to every isolate cost the origin nothing more: a per-isolate limit
+/// alone lets a flood spread over Cloudflare's many isolates multiply the origin's load.
+#[tokio::test]
+async fn isolates_of_one_location_share_one_forced_jwks_refetch() {
+    let stack = Stack::start_with(StackOptions {
+        second_worker: true,
+        // Longer than the test, so every forced refetch falls in one interval.
+        vars: vec![("KEYS_REFETCH_INTERVAL".to_string(), "300".to_string())],
+        ..StackOptions::default()
+    })
+    .await;
+    let edges = [
+        stack.edge.clone(),
+        stack.second_edge.clone().expect("a second Worker"),
+    ];
+    let at = |edge: &str, token: &str| {
+        send(
+            stack
+                .client
+                .get(format!("{edge}/orders"))
+                .bearer_auth(token),
+        )
+    };
+    let token = stack.login().await;
+    for edge in &edges {
+        assert_eq!(at(edge, &token).await.status, 200);
+    }
+    let served = || {
+        stack
+            .switches
+            .jwks_served
+            .lock()
+            .expect("not poisoned")
+            .len()
+    };
+    let before = served();
+    // Tokens with a made-up signature under `kid`: a key known to the edge makes that a
+    // `bad_signature`, one it does not know an `unknown_key`.
+    let forged = |kid: &str| {
+        let header = Base64UrlUnpadded::encode_string(
+            json!({"alg": "EdDSA", "kid": kid, "typ": "at+jwt"})
+                .to_string()
+                .as_bytes(),
+        );
+        let payload = Base64UrlUnpadded::encode_string(b"{}");
+        format!(
+            "{header}.{payload}.{}",
+            Base64UrlUnpadded::encode_string(&[0; 64])
+        )
+    };
+    // The origin publishes a key; both isolates hold keys fresh for minutes without it.
+    let (new_kid, _) = stack.rotate_origin_key().await;
+    let published = Instant::now();
+    while !stack
+        .client
+        .get(format!("{}/.well-known/jwks.json", stack.origin))
+        .send()
+        .await
+        .expect("the origin answers")
+        .text()
+        .await
+        .expect("a body")
+        .contains(&new_kid)
+    {
+        assert!(
+            published.elapsed() < Duration::from_secs(10),
+            "never published"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for edge in &edges {
+        let answer = at(edge, &forged(&new_kid)).await;
+        assert_eq!(
+            (answer.status, answer.json["reason"].as_str()),
+            (401, Some("bad_signature")),
+            "{edge} does not know {new_kid}"
+        );
+    }
+    let after_publication = served();
+    assert_eq!(
+        after_publication,
+        before + 1,
+        "the isolates fetched the published key from the origin each"
+    );
+    for n in 0..40 {
+        let answer = at(&edges[n % 2], &forged(&format!("made-up-{n}"))).await;
+        assert_eq!(
+            (answer.status, answer.json["reason"].as_str()),
+            (401, Some("unknown_key"))
+        );
+    }
+    assert_eq!(
+        served(),
+        after_publication,
+        "made-up kids through two isolates fetched the JWKS again:\n{}",
+        stack.edge_log()
+    );
+    for edge in &edges {
+        assert_eq!(at(edge, &token).await.status, 200);
+    }
 }

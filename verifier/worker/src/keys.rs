@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use edgeauth_core::{freshness_seconds, KeyRing};
+use edgeauth_core::{forced_fetch_claimable, freshness_seconds, KeyRing};
 use serde_json::json;
 use worker::{
     console_error, Cache, Context, Date, Env, Headers, Method, Request, RequestInit, Response,
@@ -18,6 +18,8 @@ const MAX_JWKS_BYTES: usize = 64 * 1024;
 /// counts freshness (and the feed reader's proof of a missing key) from the origin's answer,
 /// not from its own read.
 const FETCHED_AT_HEADER: &str = "x-edgeauth-fetched-at";
+/// Marks the location's forced-refetch claim with when it was claimed.
+const CLAIMED_AT_HEADER: &str = "x-edgeauth-claimed-at";
 
 /// Keys fetched from the origin or its shared copy.
 struct Fetched {
@@ -59,7 +61,7 @@ pub fn may_force(env: &Env, settings: &Settings, now: i64) -> bool {
 }
 
 /// The keys to verify with at `now`, fetching first when they are due (or, with `force`, when an
-/// unknown `kid` asked for it).
+/// unknown `kid` asked for it: see [`forced_keys`]).
 ///
 /// A request that finds no usable keys while another request's fetch is under way fetches too,
 /// rather than answer 503 for a fetch that has not failed: a cold isolate's first burst costs the
@@ -72,80 +74,159 @@ pub async fn current_keys(
     now: i64,
     force: bool,
 ) -> Option<Rc<KeyRing>> {
+    if force {
+        return forced_keys(env, settings, now).await;
+    }
     let interval = settings.keys_refetch_interval;
     let deadline_ms = u64::from(settings.fetch_timeout_ms);
     let started_ms = Date::now().as_millis();
     let due = with_isolate(env, |i| {
-        let due = if force {
-            i.keys.may_force(now, interval)
-        } else {
-            let in_flight = i.keys_fetch_started_ms.is_some_and(|at| {
-                // A mark older than the deadline is a fetch whose request was cancelled.
-                started_ms.saturating_sub(at) < deadline_ms
-            });
-            i.keys.fetch_due(now, interval)
-                || (in_flight && i.keys.usable(now, settings.keys_max_stale).is_none())
-        };
+        let in_flight = i.keys_fetch_started_ms.is_some_and(|at| {
+            // A mark older than the deadline is a fetch whose request was cancelled.
+            started_ms.saturating_sub(at) < deadline_ms
+        });
+        let due = i.keys.fetch_due(now, interval)
+            || (in_flight && i.keys.usable(now, settings.keys_max_stale).is_none());
         if due {
-            i.keys.attempted(now, force);
+            i.keys.attempted(now, false);
             i.keys_fetch_started_ms = Some(started_ms);
         }
         due
     });
     if due {
-        // A forced fetch must reach the origin: the shared copy is what lacks the new `kid`.
-        let fetched = fetch_keys(settings, now, !force).await;
+        let fetched = fetch_keys(settings, now, true).await;
         with_isolate(env, |i| {
             if i.keys_fetch_started_ms == Some(started_ms) {
                 i.keys_fetch_started_ms = None;
             }
-            if let Ok(keys) = fetched.as_ref() {
-                i.keys
-                    .store(keys.ring.clone(), keys.fetched_at, keys.fresh_until);
-            }
         });
-        if let Err(error) = fetched {
-            console_error!(
-                "{}",
-                json!({"event": "jwks_fetch_failed", "error": error, "url": settings.jwks_url})
-            );
+        store(env, settings, fetched);
+    }
+    usable(env, settings, now)
+}
+
+/// The keys after a token with an unknown `kid`: refetched from the origin, at most once per
+/// `KEYS_REFETCH_INTERVAL` for all the isolates of a location.
+///
+/// Every isolate has its own limit, and a location shares a claim besides: a Cache API entry
+/// saying when an isolate last went to the origin for an unknown `kid`. An isolate that finds the
+/// claim taken reads the claimant's answer from the shared copy instead. Until that answer is
+/// there (the claimant's fetch is under way, or failed) the isolate keeps its own right to
+/// refetch, so it looks again on its next unknown `kid` and picks up a rotated key as soon as the
+/// claimant has it. Two isolates that read the claim in the same instant both fetch: the Cache
+/// API has no compare-and-swap, so the bound is one fetch per interval and per such race.
+async fn forced_keys(env: &Env, settings: &Settings, now: i64) -> Option<Rc<KeyRing>> {
+    if !may_force(env, settings, now) {
+        return usable(env, settings, now);
+    }
+    let cache = Cache::default();
+    match claim_forced_fetch(&cache, settings, now).await {
+        None => {
+            with_isolate(env, |i| i.keys.attempted(now, true));
+            // The shared copy is what lacks the new `kid`: this fetch must reach the origin.
+            let fetched = fetch_keys(settings, now, false).await;
+            store(env, settings, fetched);
+        }
+        Some(claimed_at) => {
+            if let Some(theirs) = shared_copy(&cache, settings, now)
+                .await
+                .filter(|copy| copy.fetched_at >= claimed_at)
+            {
+                with_isolate(env, |i| i.keys.attempted(now, true));
+                store(env, settings, Ok(theirs));
+            }
         }
     }
+    usable(env, settings, now)
+}
+
+/// Claims the location's forced refetch at `now`. `None`: claimed, go to the origin. `Some(at)`:
+/// another isolate claimed it at `at`, within the interval. A Cache API that fails to answer
+/// leaves each isolate its own limit, as before there was a claim.
+async fn claim_forced_fetch(cache: &Cache, settings: &Settings, now: i64) -> Option<i64> {
+    let interval = settings.keys_refetch_interval;
+    let url = forced_fetch_claim_url(&settings.jwks_url);
+    if let Ok(Some(claim)) = cache.get(url.as_str(), true).await {
+        let claimed_at = claim
+            .headers()
+            .get(CLAIMED_AT_HEADER)
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse::<i64>().ok());
+        if !forced_fetch_claimable(claimed_at, now, interval) {
+            return claimed_at;
+        }
+    }
+    let headers = Headers::new();
+    let claim = headers
+        .set("cache-control", &format!("max-age={interval}"))
+        .and_then(|()| headers.set(CLAIMED_AT_HEADER, &now.to_string()))
+        .and_then(|()| Response::empty());
+    if let Ok(claim) = claim {
+        let _ = cache.put(url.as_str(), claim.with_headers(headers)).await;
+    }
+    None
+}
+
+/// The Cache API key of the forced-refetch claim: the JWKS URL with a query of its own, so it
+/// never answers a request for the JWKS itself.
+fn forced_fetch_claim_url(jwks_url: &str) -> String {
+    let separator = if jwks_url.contains('?') { '&' } else { '?' };
+    format!("{jwks_url}{separator}edgeauth-forced-refetch")
+}
+
+fn store(env: &Env, settings: &Settings, fetched: Result<Fetched, String>) {
+    match fetched {
+        Ok(keys) => with_isolate(env, |i| {
+            i.keys.store(keys.ring, keys.fetched_at, keys.fresh_until);
+        }),
+        Err(error) => console_error!(
+            "{}",
+            json!({"event": "jwks_fetch_failed", "error": error, "url": settings.jwks_url})
+        ),
+    }
+}
+
+fn usable(env: &Env, settings: &Settings, now: i64) -> Option<Rc<KeyRing>> {
     with_isolate(env, |i| i.keys.usable(now, settings.keys_max_stale))
+}
+
+/// The Cache API copy another isolate stored, if it is still fresh at `now`.
+async fn shared_copy(cache: &Cache, settings: &Settings, now: i64) -> Option<Fetched> {
+    let mut copy = cache.get(settings.jwks_url.as_str(), true).await.ok()??;
+    let fetched_at = copy
+        .headers()
+        .get(FETCHED_AT_HEADER)
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse::<i64>().ok())?;
+    let max_age = freshness_seconds(
+        copy.headers()
+            .get("cache-control")
+            .ok()
+            .flatten()
+            .as_deref(),
+    );
+    let body = copy.bytes().await.ok()?;
+    let fresh_until = fetched_at + i64::from(max_age.unwrap_or(settings.keys_default_max_age));
+    if fresh_until <= now {
+        return None;
+    }
+    let ring = parse_jwks(&body, settings).ok()?;
+    Some(Fetched {
+        ring,
+        fetched_at,
+        fresh_until,
+    })
 }
 
 /// The origin's keys: from the Cache API copy another isolate stored, when allowed and fresh,
 /// else from the origin (then stored there for the others).
-async fn fetch_keys(settings: &Settings, now: i64, shared_copy: bool) -> Result<Fetched, String> {
+async fn fetch_keys(settings: &Settings, now: i64, shared: bool) -> Result<Fetched, String> {
     let cache = Cache::default();
-    if shared_copy {
-        if let Ok(Some(mut copy)) = cache.get(settings.jwks_url.as_str(), true).await {
-            let fetched_at = copy
-                .headers()
-                .get(FETCHED_AT_HEADER)
-                .ok()
-                .flatten()
-                .and_then(|v| v.parse::<i64>().ok());
-            let max_age = freshness_seconds(
-                copy.headers()
-                    .get("cache-control")
-                    .ok()
-                    .flatten()
-                    .as_deref(),
-            );
-            if let (Some(fetched_at), Ok(body)) = (fetched_at, copy.bytes().await) {
-                let fresh_until =
-                    fetched_at + i64::from(max_age.unwrap_or(settings.keys_default_max_age));
-                if fresh_until > now {
-                    if let Ok(ring) = parse_jwks(&body, settings) {
-                        return Ok(Fetched {
-                            ring,
-                            fetched_at,
-                            fresh_until,
-                        });
-                    }
-                }
-            }
+    if shared {
+        if let Some(copy) = shared_copy(&cache, settings, now).await {
+            return Ok(copy);
         }
     }
     let mut init = RequestInit::new();
