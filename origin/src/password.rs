@@ -199,6 +199,33 @@ fn check_blocking(password: &[u8], stored: &str, cost: Argon2Cost) -> Check {
     }
 }
 
+/// Runs the calling thread (a hashing thread) under Linux's SCHED_IDLE policy, so that it gets
+/// only the CPU that nothing else wants. A hash is 40 ms of CPU that a login waits for anyway; a
+/// refresh or `/v1/me` is a millisecond that must not wait behind it. Nice 19 was not enough: a
+/// woken request thread still waited for a hashing thread's time slice at every hop, and a login
+/// flood took refresh p99 from 28 ms to 671 ms (`scripts/bench origin`). A SCHED_IDLE thread is
+/// preempted at once by any other thread that wakes, and a core running only hashes counts as
+/// idle when the kernel places a woken thread. The request threads keep their policy. A flood
+/// therefore fills the hashing queue (answered 503) rather than slowing every endpoint; when the
+/// cores are busy with other work, logins wait in the queue. If the policy cannot be set, hashing
+/// goes on at normal priority and says so.
+fn yield_to_requests() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{
+            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+            ThreadPriority, ThreadSchedulePolicy,
+        };
+        if let Err(error) = set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Min,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+        ) {
+            tracing::warn!(?error, "a hashing thread keeps normal priority");
+        }
+    }
+}
+
 impl PasswordHasher {
     /// A hasher running `concurrency` hashes at once (default: the number of cores); up to
     /// `queue_limit` more wait in order.
@@ -214,19 +241,23 @@ impl PasswordHasher {
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
-                .spawn(move || loop {
-                    // The lock is held only while waiting for the next job, never while hashing.
-                    let next = match queue.lock() {
-                        Ok(queue) => queue.recv(),
-                        Err(_) => return,
-                    };
-                    match next {
-                        // A panic fails that one call (its answer channel drops) and keeps the
-                        // thread, so the pool never shrinks.
-                        Ok(job) => {
-                            drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)))
+                .spawn(move || {
+                    yield_to_requests();
+                    loop {
+                        // The lock is held only while waiting for the next job, never while
+                        // hashing.
+                        let next = match queue.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(_) => return,
+                        };
+                        match next {
+                            // A panic fails that one call (its answer channel drops) and keeps
+                            // the thread, so the pool never shrinks.
+                            Ok(job) => {
+                                drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)))
+                            }
+                            Err(mpsc::RecvError) => return,
                         }
-                        Err(mpsc::RecvError) => return,
                     }
                 })
                 .map_err(|e| {
@@ -417,6 +448,59 @@ mod tests {
             h.verify("wrong".into(), stored).await.expect("verify"),
             Verification::Mismatch
         );
+    }
+
+    /// The scheduling policy (`/proc/.../stat` field 41) of each of this process's threads named
+    /// `argon2-*`, and of the caller.
+    #[cfg(target_os = "linux")]
+    fn policies() -> (Vec<u32>, u32) {
+        fn policy_of(stat: &str) -> u32 {
+            // Fields are counted from the state (field 3), after the parenthesised name.
+            let after_name = &stat[stat.rfind(')').expect("a stat line") + 2..];
+            after_name
+                .split(' ')
+                .nth(41 - 3)
+                .and_then(|n| n.parse().ok())
+                .expect("a policy")
+        }
+        let mut hashing = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").expect("/proc") {
+            let task = task.expect("a task").path();
+            let (Ok(name), Ok(stat)) = (
+                std::fs::read_to_string(task.join("comm")),
+                std::fs::read_to_string(task.join("stat")),
+            ) else {
+                continue; // ended meanwhile
+            };
+            if name.starts_with("argon2-") {
+                hashing.push(policy_of(&stat));
+            }
+        }
+        let own = std::fs::read_to_string("/proc/thread-self/stat").expect("own stat");
+        (hashing, policy_of(&own))
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_yield_to_every_other_thread_and_request_threads_do_not() {
+        const SCHED_OTHER: u32 = 0;
+        const SCHED_IDLE: u32 = 5;
+        let h = hasher();
+        h.hash("a password".into()).await.expect("hash");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (hashing, caller) = policies();
+            assert_eq!(caller, SCHED_OTHER, "the caller's policy changed");
+            assert!(!hashing.is_empty(), "no hashing thread");
+            if hashing.iter().all(|&policy| policy == SCHED_IDLE) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hashing threads' policies: {hashing:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]
