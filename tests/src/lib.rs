@@ -96,11 +96,27 @@ fn artefact(var: &str, default: PathBuf) -> PathBuf {
     path
 }
 
+/// Ports handed out so far by [`free_port`], from a random start.
+static NEXT_PORT: std::sync::LazyLock<AtomicUsize> =
+    std::sync::LazyLock::new(|| AtomicUsize::new(uuid::Uuid::new_v4().as_u128() as usize));
+
+/// A loopback port nothing listens on, for a server started next. Picked below Linux's
+/// ephemeral range (32768–60999), from which the kernel gives every `bind(0)` and every outgoing
+/// connection its port: a port found free there (by binding port 0) can be taken by any process,
+/// wrangler's and workerd's own ports or a connection's source port, before the server meant to
+/// have it binds. That happened in a cold run: the origin could not bind, and the test talked to
+/// whatever held its port.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    const FIRST: usize = 10_000;
+    const PORTS: usize = 32_768 - FIRST;
+    for _ in 0..PORTS {
+        let port = FIRST + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % PORTS;
+        let port = u16::try_from(port).expect("below 32768");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below 32768")
 }
 
 async fn wait_until_listening(port: u16, child: &mut Child, what: &str, log: &Path) {
