@@ -1,7 +1,5 @@
 //! The router: `fn app(AppState) -> Router`, so tests drive it without a socket.
 
-use std::sync::Arc;
-
 use axum::{
     extract::{DefaultBodyLimit, State},
     http::{header, HeaderValue},
@@ -13,89 +11,52 @@ use axum::{
 use serde_json::json;
 
 use crate::{
-    audit::{self, Audit},
-    auth::SelfVerifier,
-    config::Config,
-    deny_list::DenyListKeeper,
-    edge_push::EdgePush,
+    api::{accounts, feed, mfa, sessions, tokens},
+    audit,
     error::ApiError,
-    http,
-    key_rotation::SigningKeys,
-    password::PasswordHasher,
-    rate_limit::{self, Endpoint, RateLimiter},
-    soft_lock::{EmailPseudonyms, LoginGuard, SecondFactorGuard},
-    store::{profile_cache::ProfileCache, RefreshStore, RevocationFeed, UserStore},
+    rate_limit::{self, Endpoint, RouteBudget},
+    state::AppState,
 };
-
-/// What every handler may use. Stores are trait objects so one router serves every backend.
-#[derive(Clone)]
-#[allow(missing_debug_implementations)] // the store trait objects have no Debug
-pub struct AppState {
-    /// Validated configuration.
-    pub config: Arc<Config>,
-    /// Signing keys, reread from the table in the background.
-    pub keys: SigningKeys,
-    /// Users.
-    pub users: Arc<dyn UserStore>,
-    /// Refresh tokens.
-    pub refresh: Arc<dyn RefreshStore>,
-    /// Password hashing on a bounded pool.
-    pub passwords: PasswordHasher,
-    /// Revoked access tokens, sessions and users, kept complete from the feed.
-    pub deny_list: DenyListKeeper,
-    /// The signed revocation feed.
-    pub feed: Arc<dyn RevocationFeed>,
-    /// Profiles, cache-aside in front of DynamoDB.
-    pub profile_cache: Arc<dyn ProfileCache>,
-    /// Verifies callers' access tokens with the edges' core.
-    pub verifier: Arc<SelfVerifier>,
-    /// Sends each revocation to the edges at once.
-    pub edge_push: EdgePush,
-    /// Per-client budgets of the credential endpoints.
-    pub rate_limiter: Arc<dyn RateLimiter>,
-    /// Soft lock of emails under attack.
-    pub login_guard: LoginGuard,
-    /// Second-factor guessing per account.
-    pub second_factor_guard: SecondFactorGuard,
-    /// Keyed pseudonyms of emails (soft-lock counters, audit subjects of unknown emails).
-    pub pseudonyms: EmailPseudonyms,
-    /// Security events.
-    pub audit: Audit,
-}
 
 /// The origin's routes.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
     // The budget is taken before the body is read or a password hashed.
-    let limited =
-        |endpoint: Endpoint| from_fn_with_state((state.clone(), endpoint), rate_limit::limit);
+    let limited = |endpoint: Endpoint| {
+        let budget = RouteBudget::new(
+            state.rate_limiter.clone(),
+            endpoint,
+            &state.config.rate_limits,
+        );
+        from_fn_with_state(budget, rate_limit::limit)
+    };
     Router::new()
         .route(
             "/v1/register",
-            post(http::register).route_layer(limited(Endpoint::Register)),
+            post(accounts::register).route_layer(limited(Endpoint::Register)),
         )
         .route(
             "/v1/login",
-            post(http::login).route_layer(limited(Endpoint::Login)),
+            post(tokens::login).route_layer(limited(Endpoint::Login)),
         )
         .route(
             "/v1/token/refresh",
-            post(http::refresh).route_layer(limited(Endpoint::Refresh)),
+            post(tokens::refresh).route_layer(limited(Endpoint::Refresh)),
         )
-        .route("/v1/me", get(http::me).patch(http::update_me))
-        .route("/v1/me/audit", get(http::my_audit))
-        .route("/v1/me/mfa/totp", post(http::start_totp))
-        .route("/v1/me/mfa/totp/confirm", post(http::confirm_totp))
-        .route("/v1/logout", post(http::logout))
-        .route("/v1/sessions", get(http::sessions))
-        .route("/v1/sessions/revoke-all", post(http::revoke_all))
+        .route("/v1/me", get(accounts::me).patch(accounts::update_me))
+        .route("/v1/me/audit", get(accounts::my_audit))
+        .route("/v1/me/mfa/totp", post(mfa::start_totp))
+        .route("/v1/me/mfa/totp/confirm", post(mfa::confirm_totp))
+        .route("/v1/logout", post(sessions::logout))
+        .route("/v1/sessions", get(sessions::sessions))
+        .route("/v1/sessions/revoke-all", post(sessions::revoke_all))
         .route(
             "/v1/sessions/{id}",
-            axum::routing::delete(http::revoke_session),
+            axum::routing::delete(sessions::revoke_session),
         )
         .route(
             "/v1/revocations",
-            get(http::revocations).route_layer(limited(Endpoint::Feed)),
+            get(feed::revocations).route_layer(limited(Endpoint::Feed)),
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -106,7 +67,10 @@ pub fn app(state: AppState) -> Router {
         // Each route's own answers, with its template (`MatchedPath`) as the label.
         .layer(axum::middleware::from_fn(observe))
         // Outermost: the request id and client address every other layer and handler reads.
-        .layer(from_fn_with_state(state.clone(), audit::request_context))
+        .layer(from_fn_with_state(
+            state.config.client_ip,
+            audit::request_context,
+        ))
         .with_state(state)
 }
 

@@ -22,9 +22,8 @@ use axum::{
 use tracing::Instrument as _;
 
 use crate::{
-    app::AppState,
     clock,
-    rate_limit::{client_ip, ClientAddress},
+    rate_limit::{client_ip, ClientAddress, ClientIpSource},
     store::{AuditEvent, AuditLog},
 };
 
@@ -45,7 +44,7 @@ fn acceptable_request_id(value: &str) -> bool {
 /// Middleware for every route: the request id and the client's address (from the trusted source,
 /// [`crate::rate_limit::client_ip`]) as request extensions, and a tracing span with the id.
 pub async fn request_context(
-    State(state): State<AppState>,
+    State(source): State<ClientIpSource>,
     peer: Result<ConnectInfo<std::net::SocketAddr>, ExtensionRejection>,
     mut request: Request,
     next: Next,
@@ -57,7 +56,7 @@ pub async fn request_context(
         .filter(|v| acceptable_request_id(v))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     let peer = peer.ok().map(|ConnectInfo(addr)| addr.ip());
-    let ip = client_ip(state.config.client_ip, request.headers()).or(peer);
+    let ip = client_ip(source, request.headers()).or(peer);
     request.extensions_mut().insert(ClientAddress(ip));
     request.extensions_mut().insert(RequestId(id.clone()));
     // Field names follow OpenTelemetry's HTTP conventions, so a trace backend reads them as such.

@@ -6,7 +6,6 @@ use std::{path::Path, sync::Arc};
 use anyhow::Context;
 
 use crate::{
-    app::AppState,
     audit::Audit,
     auth::SelfVerifier,
     config::{Config, Storage},
@@ -20,6 +19,7 @@ use crate::{
         CaptchaVerifier, EmailPseudonyms, FailureCounter, LoginGuard, MemoryFailureCounter,
         RedisFailureCounter, SecondFactorGuard,
     },
+    state::AppState,
     store::deny::{MemoryDenyList, RedisDenyList},
     store::dynamo::{client_for_endpoint, client_from_env, create_tables, DynamoStore, TableNames},
     store::profile_cache::{MemoryProfileCache, ProfileCache, RedisProfileCache},
@@ -216,7 +216,7 @@ pub async fn set_scopes_command(
     email: &str,
     scopes: &[String],
 ) -> anyhow::Result<()> {
-    let email = crate::http::normalise_email(email).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let email = crate::api::accounts::normalise_email(email).map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = build_state(config).await?;
     let user = state
         .users

@@ -4,6 +4,7 @@
 //! users and refresh tokens live in DynamoDB (dynoxide in-process in the embedded default), so
 //! instances scale out behind a load balancer.
 
+pub mod api;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -13,7 +14,6 @@ pub mod config;
 pub mod deny_list;
 pub mod edge_push;
 pub mod error;
-pub mod http;
 pub mod key_encryption;
 pub mod key_rotation;
 pub mod keys;
@@ -24,5 +24,6 @@ pub mod password;
 pub mod rate_limit;
 pub mod server;
 pub mod soft_lock;
+pub mod state;
 pub mod store;
 pub mod telemetry;

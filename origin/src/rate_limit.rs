@@ -19,7 +19,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv6Addr},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -32,7 +32,6 @@ use axum::{
 use serde::Deserialize;
 
 use crate::{
-    app::AppState,
     error::ApiError,
     store::{redis_connection::RedisConnection, StoreError},
 };
@@ -363,10 +362,34 @@ impl Endpoint {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddress(pub Option<IpAddr>);
 
+/// What [`limit`] needs for one route: the shared limiter and that endpoint's budget.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // the limiter is a trait object without Debug
+pub struct RouteBudget {
+    limiter: Arc<dyn RateLimiter>,
+    endpoint: Endpoint,
+    limit: Limit,
+}
+
+impl RouteBudget {
+    /// `endpoint`'s budget from `limits`, taken from `limiter`.
+    pub fn new(limiter: Arc<dyn RateLimiter>, endpoint: Endpoint, limits: &RateLimits) -> Self {
+        Self {
+            limiter,
+            endpoint,
+            limit: endpoint.limit(limits),
+        }
+    }
+}
+
 /// Middleware: takes one request from the client's budget for `endpoint`, or answers 429 with
 /// `Retry-After`. The address is the [`ClientAddress`] that `audit::request_context` found.
 pub async fn limit(
-    State((state, endpoint)): State<(AppState, Endpoint)>,
+    State(RouteBudget {
+        limiter,
+        endpoint,
+        limit,
+    }): State<RouteBudget>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -378,11 +401,7 @@ pub async fn limit(
     // request shares one budget.
     let client = ip.map_or_else(|| "unknown".to_string(), bucket);
     let key = format!("{}:{client}", endpoint.name());
-    match state
-        .rate_limiter
-        .acquire(&key, endpoint.limit(&state.config.rate_limits))
-        .await
-    {
+    match limiter.acquire(&key, limit).await {
         Ok(Decision::Allowed) => next.run(request).await,
         Ok(Decision::Limited { retry_after }) => {
             tracing::info!(event = "rate_limited", endpoint = endpoint.name(), %client);

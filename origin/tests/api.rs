@@ -21,7 +21,7 @@ use tower::ServiceExt;
 
 struct Origin {
     router: Router,
-    state: edgeauth_origin::app::AppState,
+    state: edgeauth_origin::state::AppState,
     data_dir: std::path::PathBuf,
 }
 
