@@ -61,6 +61,15 @@ ensure_redis() {
     apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
 }
 
+# A real SMTP server for the mail tests: aiosmtpd from Debian (python3-aiosmtpd), which the tests
+# start themselves, one per test, storing what it receives in a Maildir. Debian's interpreter,
+# not whatever python3 is first on PATH. Exports AIOSMTPD_PYTHON.
+ensure_mail_server() {
+    export AIOSMTPD_PYTHON=/usr/bin/python3
+    "$AIOSMTPD_PYTHON" -c 'import aiosmtpd' 2>/dev/null && return 0
+    apt-get update -qq && apt-get install -y -qq python3-aiosmtpd >/dev/null
+}
+
 # npm tools for the Worker (package.json: wrangler with workerd and miniflare, wasm-opt, esbuild,
 # jose). `npm ci` again only when package-lock.json changed since the last install.
 ensure_npm_tools() {

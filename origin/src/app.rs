@@ -11,7 +11,7 @@ use axum::{
 use serde_json::json;
 
 use crate::{
-    api::{accounts, feed, mfa, sessions, tokens},
+    api::{accounts, email, feed, mfa, password, sessions, tokens},
     audit,
     error::ApiError,
     rate_limit::{self, Endpoint, RouteBudget},
@@ -42,6 +42,22 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/token/refresh",
             post(tokens::refresh).route_layer(limited(Endpoint::Refresh)),
+        )
+        .route(
+            "/v1/email/verify",
+            post(email::verify).route_layer(limited(Endpoint::Mail)),
+        )
+        .route(
+            "/v1/email/verify/resend",
+            post(email::resend).route_layer(limited(Endpoint::Mail)),
+        )
+        .route(
+            "/v1/password/forgot",
+            post(password::forgot).route_layer(limited(Endpoint::Mail)),
+        )
+        .route(
+            "/v1/password/reset",
+            post(password::reset).route_layer(limited(Endpoint::Mail)),
         )
         .route("/v1/me", get(accounts::me).patch(accounts::update_me))
         .route("/v1/me/audit", get(accounts::my_audit))

@@ -13,6 +13,7 @@ use crate::{
     edge_push::EdgePush,
     key_encryption::{KeyEncryption, LocalKek, Sealer},
     key_rotation::{KeyContext, SigningKeys},
+    mail::Mailer,
     password::PasswordHasher,
     rate_limit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter},
     soft_lock::{
@@ -149,7 +150,12 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         None => Arc::new(MemoryProfileCache::default()),
     };
     let edge_push = EdgePush::new(&config.edge_push_urls)?;
+    let mailer = match &config.mail {
+        Some(settings) => Mailer::start(settings)?,
+        None => Mailer::disabled(),
+    };
     Ok(AppState {
+        mailer,
         audit,
         login_guard,
         second_factor_guard,

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use crate::{
     key_rotation::KeyRotationSettings,
     keys::SigningAlgorithm,
+    mail::MailSettings,
     password::Argon2Cost,
     rate_limit::{ClientIpSource, RateLimits},
     server::ServerTimeouts,
@@ -118,6 +119,69 @@ struct RawConfig {
     signing_keys: KeyRotationSettings,
     #[serde(default)]
     otlp_traces_endpoint: Option<String>,
+    #[serde(default)]
+    mail: Option<MailSettings>,
+    #[serde(default)]
+    email_verification: EmailVerification,
+    #[serde(default)]
+    password_reset: PasswordReset,
+}
+
+/// `password_reset`: the links that set a new password (with `mail`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordReset {
+    /// How long a reset link works (default 30 minutes, 5 minutes to 1 day): a mailbox is read
+    /// on more devices than an account is used on, so the link should not outlive the errand.
+    #[serde(default = "default_reset_link_ttl")]
+    pub link_ttl_seconds: u32,
+}
+
+impl Default for PasswordReset {
+    fn default() -> Self {
+        Self {
+            link_ttl_seconds: default_reset_link_ttl(),
+        }
+    }
+}
+
+fn default_reset_link_ttl() -> u32 {
+    30 * 60
+}
+
+/// `email_verification`: what an account may do before its address is verified. It applies
+/// only with `mail`: without mail no address can be verified, and none is asked to be.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailVerification {
+    /// Whether an account may log in before its address is verified (default `true`: a user
+    /// who has not opened the mail yet can still use the app, and only `verified_scopes` wait
+    /// for it; `false` answers such a login 403 `email_not_verified`).
+    #[serde(default = "default_login_unverified")]
+    pub login_unverified: bool,
+    /// Scopes granted only once the address is verified (default none).
+    #[serde(default)]
+    pub verified_scopes: Vec<String>,
+    /// How long a verification link works (default 1 day, 10 minutes to 7 days).
+    #[serde(default = "default_verify_link_ttl")]
+    pub link_ttl_seconds: u32,
+}
+
+impl Default for EmailVerification {
+    fn default() -> Self {
+        Self {
+            login_unverified: default_login_unverified(),
+            verified_scopes: Vec::new(),
+            link_ttl_seconds: default_verify_link_ttl(),
+        }
+    }
+}
+
+fn default_login_unverified() -> bool {
+    true
+}
+fn default_verify_link_ttl() -> u32 {
+    24 * 3600
 }
 
 fn default_mfa_scopes() -> Vec<String> {
@@ -233,10 +297,19 @@ pub struct Config {
     pub captcha: Option<Captcha>,
     /// Scopes granted only in sessions that passed a second factor.
     pub mfa_scopes: Vec<String>,
+    /// The SMTP server; `None`: no mail, and no email verification.
+    pub mail: Option<MailSettings>,
+    /// What an account may do before its address is verified (with `mail`).
+    pub email_verification: EmailVerification,
+    /// The links that set a new password (with `mail`).
+    pub password_reset: PasswordReset,
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 31] = [
+const FIELDS: [&str; 34] = [
+    "password_reset",
+    "mail",
+    "email_verification",
     "otlp_traces_endpoint",
     "signing_keys",
     "edge_push_urls",
@@ -420,6 +493,34 @@ impl Config {
                 "must be an http(s) URL, e.g. http://localhost:4318/v1/traces",
             ));
         }
+        if let Some(mail) = &raw.mail {
+            mail.validate()
+                .map_err(|problem| invalid("mail", &problem))?;
+        }
+        if raw.mail.is_none() && raw.email_verification != EmailVerification::default() {
+            return Err(invalid(
+                "email_verification",
+                "needs `mail`: without it no address can be verified",
+            ));
+        }
+        if raw.mail.is_none() && raw.password_reset != PasswordReset::default() {
+            return Err(invalid(
+                "password_reset",
+                "needs `mail`: the links go by mail",
+            ));
+        }
+        if !(300..=24 * 3600).contains(&raw.password_reset.link_ttl_seconds) {
+            return Err(invalid(
+                "password_reset",
+                "link_ttl_seconds must be between 5 minutes and 1 day",
+            ));
+        }
+        if !(600..=7 * 24 * 3600).contains(&raw.email_verification.link_ttl_seconds) {
+            return Err(invalid(
+                "email_verification",
+                "link_ttl_seconds must be between 10 minutes and 7 days",
+            ));
+        }
         raw.signing_keys
             .validate(raw.jwks_max_age_seconds, raw.access_token_ttl_seconds)
             .map_err(|problem| invalid("signing_keys", &problem))?;
@@ -485,6 +586,9 @@ impl Config {
             server_timeouts: raw.server_timeouts,
             captcha: raw.captcha,
             mfa_scopes: raw.mfa_scopes,
+            mail: raw.mail,
+            email_verification: raw.email_verification,
+            password_reset: raw.password_reset,
         })
     }
 }
@@ -601,6 +705,40 @@ mod tests {
         ]
         .concat();
         assert!(build(None, &with_redis).is_ok());
+        // What only mail can do is refused without it; a plain-text server must be local.
+        assert_eq!(
+            field(build(
+                None,
+                &[(
+                    "EDGEAUTH_EMAIL_VERIFICATION",
+                    r#"{"login_unverified":false}"#
+                )]
+            )),
+            "email_verification"
+        );
+        assert_eq!(
+            field(build(
+                None,
+                &[("EDGEAUTH_PASSWORD_RESET", r#"{"link_ttl_seconds":600}"#)]
+            )),
+            "password_reset"
+        );
+        let mail = r#"{"smtp_host":"smtp.example.com","tls":"none","from":"a@example.com","link_base_url":"https://app.example.com"}"#;
+        assert_eq!(field(build(None, &[("EDGEAUTH_MAIL", mail)])), "mail");
+        let local = mail.replace("smtp.example.com", "127.0.0.1");
+        let c = build(
+            None,
+            &[
+                ("EDGEAUTH_MAIL", local.as_str()),
+                (
+                    "EDGEAUTH_EMAIL_VERIFICATION",
+                    r#"{"login_unverified":false}"#,
+                ),
+            ],
+        )
+        .expect("mail on loopback");
+        assert!(!c.email_verification.login_unverified);
+        assert_eq!(c.password_reset.link_ttl_seconds, 1800);
         assert!(
             matches!(build(Some(r#"{"audiense":"x"}"#), &[]), Err(ConfigError::Syntax(m)) if m.contains("audiense"))
         );

@@ -81,6 +81,16 @@ pub enum ApiError {
         /// Seconds until the next request is allowed (`Retry-After`).
         retry_after_seconds: u64,
     },
+    /// 400: a mailed link's token is wrong, expired, used, or replaced by a newer link.
+    #[error("this link is invalid, expired, used, or replaced by a newer one")]
+    InvalidLink,
+    /// 403: the password was right; the account's address is not verified yet, and this origin
+    /// lets only verified accounts log in (`email_verification.login_unverified`).
+    #[error("verify your email address first: open the link in the mail, or ask for a new one")]
+    EmailNotVerified,
+    /// 404: the endpoint needs something this origin is not configured with.
+    #[error("not enabled on this server: {0}")]
+    NotEnabled(&'static str),
     /// 503: a dependency is down; says which for the log, not the client.
     #[error("{0} unavailable")]
     Unavailable(String),
@@ -129,6 +139,9 @@ impl ApiError {
             Self::InvalidOtp => (StatusCode::UNAUTHORIZED, "invalid_otp"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::MfaLocked { .. } => (StatusCode::TOO_MANY_REQUESTS, "mfa_locked"),
+            Self::InvalidLink => (StatusCode::BAD_REQUEST, "invalid_link"),
+            Self::EmailNotVerified => (StatusCode::FORBIDDEN, "email_not_verified"),
+            Self::NotEnabled(_) => (StatusCode::NOT_FOUND, "not_enabled"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
             Self::Token { .. } => (StatusCode::UNAUTHORIZED, "invalid_token"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),

@@ -17,6 +17,7 @@ pub mod error;
 pub mod key_encryption;
 pub mod key_rotation;
 pub mod keys;
+pub mod mail;
 pub mod metrics;
 pub mod mfa;
 pub mod outbound;

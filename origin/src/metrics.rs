@@ -63,6 +63,13 @@ pub struct ConnectionLabels {
     connection: &'static str,
 }
 
+/// A mail's template and what became of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MailLabels {
+    template: &'static str,
+    outcome: &'static str,
+}
+
 /// The origin's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -75,6 +82,9 @@ pub struct Metrics {
     redis_errors: Family<ConnectionLabels, Counter>,
     deny_list_entries: Gauge,
     signing_key_age: Gauge,
+    mail_messages: Family<MailLabels, Counter>,
+    mail_send_errors: Counter,
+    mail_queue: Gauge,
     /// When the current signing key started signing; the age is computed at scrape time.
     signing_key_since: AtomicI64,
 }
@@ -160,6 +170,24 @@ impl Metrics {
             "Age of the key that currently signs tokens",
             signing_key_age.clone(),
         );
+        let mail_messages = Family::<MailLabels, Counter>::default();
+        registry.register(
+            "mail_messages",
+            "Mail messages delivered to the SMTP server (sent) or given up (failed), by template",
+            mail_messages.clone(),
+        );
+        let mail_send_errors = Counter::default();
+        registry.register(
+            "mail_send_errors",
+            "Delivery attempts the SMTP server did not take, each retried later",
+            mail_send_errors.clone(),
+        );
+        let mail_queue = Gauge::default();
+        registry.register(
+            "mail_queue_depth",
+            "Mail messages queued or waiting for a retry",
+            mail_queue.clone(),
+        );
         Self {
             registry,
             requests,
@@ -171,6 +199,9 @@ impl Metrics {
             redis_errors,
             deny_list_entries,
             signing_key_age,
+            mail_messages,
+            mail_send_errors,
+            mail_queue,
             signing_key_since: AtomicI64::new(i64::MIN),
         }
     }
@@ -234,6 +265,23 @@ impl Metrics {
     /// The current signing key started signing at `since` (Unix seconds).
     pub fn signing_key_since(&self, since: i64) {
         self.signing_key_since.store(since, Ordering::Relaxed);
+    }
+
+    /// A mail message of `template` left the queue: `sent` or `failed`.
+    pub fn mail(&self, template: &'static str, outcome: &'static str) {
+        self.mail_messages
+            .get_or_create(&MailLabels { template, outcome })
+            .inc();
+    }
+
+    /// A delivery attempt that will be retried.
+    pub fn mail_send_error(&self) {
+        self.mail_send_errors.inc();
+    }
+
+    /// A mail message queued (`+1`) or done (`-1`).
+    pub fn mail_queue(&self, change: i64) {
+        self.mail_queue.inc_by(change);
     }
 
     /// The exposition, in the OpenMetrics text format.

@@ -77,6 +77,25 @@ pub struct RateLimits {
     /// address.
     #[serde(default = "default_feed")]
     pub feed: Limit,
+    /// The endpoints that mail a link or take one (`/v1/email/*`, `/v1/password/*`): per client.
+    #[serde(default = "default_mail")]
+    pub mail: Limit,
+    /// Mail to one address, whoever asks for it: so that nobody can flood an inbox.
+    #[serde(default = "default_mail_per_address")]
+    pub mail_per_address: Limit,
+}
+
+fn default_mail() -> Limit {
+    Limit {
+        count: 10,
+        per_seconds: 3600,
+    }
+}
+fn default_mail_per_address() -> Limit {
+    Limit {
+        count: 3,
+        per_seconds: 3600,
+    }
 }
 
 fn default_login() -> Limit {
@@ -111,6 +130,8 @@ impl Default for RateLimits {
             register: default_register(),
             refresh: default_refresh(),
             feed: default_feed(),
+            mail: default_mail(),
+            mail_per_address: default_mail_per_address(),
         }
     }
 }
@@ -123,6 +144,8 @@ impl RateLimits {
             ("register", self.register),
             ("refresh", self.refresh),
             ("feed", self.feed),
+            ("mail", self.mail),
+            ("mail_per_address", self.mail_per_address),
         ] {
             if limit.count == 0 || limit.count > 1_000_000 {
                 return Err(format!("{name}.count must be between 1 and 1000000"));
@@ -336,6 +359,8 @@ pub enum Endpoint {
     Refresh,
     /// `GET /v1/revocations`
     Feed,
+    /// The endpoints that mail a link or take one.
+    Mail,
 }
 
 impl Endpoint {
@@ -345,6 +370,7 @@ impl Endpoint {
             Self::Register => "register",
             Self::Refresh => "refresh",
             Self::Feed => "feed",
+            Self::Mail => "mail",
         }
     }
 
@@ -354,6 +380,7 @@ impl Endpoint {
             Self::Register => limits.register,
             Self::Refresh => limits.refresh,
             Self::Feed => limits.feed,
+            Self::Mail => limits.mail,
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::{
     deny_list::DenyListKeeper,
     edge_push::EdgePush,
     key_rotation::SigningKeys,
+    mail::Mailer,
     password::PasswordHasher,
     rate_limit::RateLimiter,
     soft_lock::{EmailPseudonyms, LoginGuard, SecondFactorGuard},
@@ -50,4 +51,6 @@ pub struct AppState {
     pub pseudonyms: EmailPseudonyms,
     /// Security events.
     pub audit: Audit,
+    /// Outgoing mail, from a background queue.
+    pub mailer: Mailer,
 }

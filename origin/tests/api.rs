@@ -19,6 +19,8 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+mod email;
+
 struct Origin {
     router: Router,
     state: edgeauth_origin::state::AppState,
@@ -1354,6 +1356,10 @@ async fn the_served_openapi_document_matches_the_router() {
         "/v1/logout",
         "/v1/revocations",
         "/v1/me",
+        "/v1/email/verify",
+        "/v1/email/verify/resend",
+        "/v1/password/forgot",
+        "/v1/password/reset",
         "/.well-known/jwks.json",
         "/healthz",
         "/readyz",
@@ -1547,8 +1553,13 @@ async fn imported_bcrypt_accounts_log_in_and_are_upgraded_to_argon2id() {
         created_at: 0,
         totp: None,
         sessions_revoked_at: None,
+        email_verified: false,
     };
-    o.state.users.create_user(&user).await.expect("imported");
+    o.state
+        .users
+        .create_user(&user, None)
+        .await
+        .expect("imported");
     assert_eq!(
         o.login("tess@example.com", "wrong passphrase").await.status,
         StatusCode::UNAUTHORIZED
@@ -2117,7 +2128,7 @@ async fn security_events_are_recorded_and_readable_by_their_user() {
             .await;
         assert_eq!(r.status, StatusCode::OK);
         events = r.body["events"].as_array().cloned().unwrap_or_default();
-        if events.len() >= 4 {
+        if events.len() >= 5 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(40)).await;
@@ -2133,8 +2144,8 @@ async fn security_events_are_recorded_and_readable_by_their_user() {
         })
         .collect();
     assert_eq!(
-        seen,
-        vec![
+        seen[..seen.len().min(4)],
+        [
             ("login", "req-login-3", "203.0.113.7"),
             ("logout", generated.as_str(), "198.51.100.3"),
             ("login", "req-login-2", "203.0.113.7"),
@@ -2142,6 +2153,12 @@ async fn security_events_are_recorded_and_readable_by_their_user() {
         ],
         "newest first"
     );
+    // The oldest: the account's creation (no proxy header, so no address).
+    assert_eq!(
+        seen.get(4).map(|(event, _, ip)| (*event, *ip)),
+        Some(("register", ""))
+    );
+    assert_eq!(seen.len(), 5, "{seen:?}");
     // Another user sees none of them.
     o.register("uma@example.com", "uma's passphrase").await;
     let other = o.login("uma@example.com", "uma's passphrase").await;
@@ -2159,7 +2176,12 @@ async fn security_events_are_recorded_and_readable_by_their_user() {
         )
         .await;
     let theirs = r.body["events"].as_array().cloned().unwrap_or_default();
-    assert!(theirs.iter().all(|e| e["event"] == "login"), "{theirs:?}");
+    assert!(
+        theirs
+            .iter()
+            .all(|e| e["event"] == "login" || e["event"] == "register"),
+        "{theirs:?}"
+    );
 }
 
 /// A token's claims, read without verification (the test trusts its own origin).
@@ -2502,7 +2524,7 @@ async fn metrics_count_requests_by_route_template_and_time_the_stores() {
         );
         named += 1;
     }
-    assert_eq!(named, 9, "the contract's table was not read");
+    assert_eq!(named, 12, "the contract's table was not read");
     // No raw path, user or address is ever a label.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         assert!(

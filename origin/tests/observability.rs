@@ -372,6 +372,13 @@ fn the_contract_is_the_fixed_one() {
             Kind::Counter,
             vec!["method", "route", "status"],
         ),
+        (
+            "edgeauth_mail_messages_total",
+            Kind::Counter,
+            vec!["outcome", "template"],
+        ),
+        ("edgeauth_mail_queue_depth", Kind::Gauge, vec![]),
+        ("edgeauth_mail_send_errors_total", Kind::Counter, vec![]),
         ("edgeauth_password_hash_queue_depth", Kind::Gauge, vec![]),
         (
             "edgeauth_redis_errors_total",

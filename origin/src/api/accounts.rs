@@ -9,11 +9,16 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{private_json, ApiJson};
+use super::{
+    email::{address_may_receive, mail_accepted, new_link},
+    private_json, ApiJson,
+};
 use crate::{
     api::caller::Caller,
+    audit::{email_subject, RequestFacts},
     clock::now,
     error::ApiError,
+    mail::Notice,
     state::AppState,
     store::{profile_cache::Profile, StoreError, User, UserId},
 };
@@ -125,14 +130,20 @@ pub(crate) fn check_password(password: &str) -> Result<(), ApiError> {
     }
 }
 
-/// `POST /v1/register`: 201 with the new user's id.
+/// `POST /v1/register`. Without `mail`: 201 with the new user's id, or 409 `email_taken`. With
+/// `mail`, addresses are verified, and the answer is 202 with one body whether or not the
+/// address has an account, after the same work (a hash, one transaction that creates the
+/// account or finds its address taken): a new account is mailed its verification link, the
+/// owner of an existing one a notice that someone tried to register with their address.
 pub async fn register(
     State(state): State<AppState>,
+    facts: RequestFacts,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Response, ApiError> {
     let email = normalise_email(&body.email)?;
     check_password(&body.password)?;
     let password_hash = state.passwords.hash(body.password).await?;
+    let now = now();
     let user = User {
         id: UserId(uuid::Uuid::new_v4()),
         email,
@@ -141,15 +152,48 @@ pub async fn register(
         display_name: None,
         totp: None,
         sessions_revoked_at: None,
-        created_at: now(),
+        created_at: now,
+        email_verified: false,
     };
-    state.users.create_user(&user).await?;
-    tracing::info!(event = "register", user_id = %user.id, "account created");
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"user_id": user.id.to_string()})),
-    )
-        .into_response())
+    if !state.mailer.enabled() {
+        state.users.create_user(&user, None).await?;
+        tracing::info!(event = "register", user_id = %user.id, "account created");
+        state.audit.record("register", &user.id.to_string(), &facts);
+        return Ok((
+            StatusCode::CREATED,
+            Json(json!({"user_id": user.id.to_string()})),
+        )
+            .into_response());
+    }
+    let ttl = state.config.email_verification.link_ttl_seconds;
+    let (token, link) = new_link(user.id, ttl, now);
+    match state.users.create_user(&user, Some(&link)).await {
+        Ok(()) => {
+            tracing::info!(event = "register", user_id = %user.id, "account created");
+            state.audit.record("register", &user.id.to_string(), &facts);
+            state.mailer.send(
+                &user.email,
+                Notice::VerifyEmail {
+                    token,
+                    valid_minutes: ttl / 60,
+                },
+            );
+        }
+        Err(StoreError::EmailTaken) => {
+            let account = state.pseudonyms.of(&user.email);
+            state
+                .audit
+                .record("register_address_taken", &email_subject(&account), &facts);
+            // Off the answer's path: the budget check is a round trip only this branch makes.
+            tokio::spawn(async move {
+                if address_may_receive(&state, &user.email).await {
+                    state.mailer.send(&user.email, Notice::AlreadyRegistered);
+                }
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(mail_accepted())
 }
 
 /// Longest display name, in characters.

@@ -3,8 +3,10 @@
 
 pub mod accounts;
 pub mod caller;
+pub mod email;
 pub mod feed;
 pub mod mfa;
+pub mod password;
 pub mod sessions;
 pub mod tokens;
 

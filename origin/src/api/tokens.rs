@@ -104,6 +104,14 @@ pub async fn login(
             }
         }
     }
+    if state.mailer.enabled()
+        && !state.config.email_verification.login_unverified
+        && !user.email_verified
+    {
+        // The password was right: the attempt is no failure, and the lock is not cleared.
+        audit("login_unverified_email");
+        return Err(ApiError::EmailNotVerified);
+    }
     let now = now();
     let codes = (body.otp.as_deref(), body.recovery_code.as_deref());
     let mfa = second_factor(&state, &user, codes, now, &audit).await?;
@@ -232,11 +240,15 @@ fn token_response(
         iss: config.issuer.clone(),
         aud: config.audience.clone(),
         sub: user.id.to_string(),
-        // Scopes that need a second factor only in sessions that passed one.
+        // Scopes that need a second factor only in sessions that passed one, and those that
+        // need a verified address only once it is.
         scope: user
             .scopes
             .iter()
             .filter(|scope| session.mfa || !config.mfa_scopes.contains(scope))
+            .filter(|scope| {
+                user.email_verified || !config.email_verification.verified_scopes.contains(scope)
+            })
             .map(String::as_str)
             .collect::<Vec<_>>()
             .join(" "),

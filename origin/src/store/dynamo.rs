@@ -40,8 +40,9 @@ use crate::{
 };
 
 use super::{
-    AuditEvent, AuditLog, Exchange, FeedEntry, MakeEntry, RefreshRecord, RefreshStore,
-    RevocationFeed, SigningKeyStore, StoreError, StoredKey, Totp, User, UserId, UserStore,
+    AuditEvent, AuditLog, Exchange, FeedEntry, LinkPurpose, LinkToken, MakeEntry, RefreshRecord,
+    RefreshStore, RevocationFeed, SigningKeyStore, StoreError, StoredKey, Totp, User, UserId,
+    UserStore,
 };
 
 const EMAIL_INDEX: &str = "email-index";
@@ -321,6 +322,9 @@ fn user_item(user: &User, sealer: &Sealer) -> Result<Item, StoreError> {
     if let Some(at) = user.sessions_revoked_at {
         item.insert("sessions_revoked_at".into(), n(at));
     }
+    if user.email_verified {
+        item.insert("email_verified".into(), AttributeValue::Bool(true));
+    }
     if let Some(totp) = &user.totp {
         item.insert(
             "totp_sealed".into(),
@@ -395,6 +399,7 @@ fn user_from(item: &Item, sealer: &Sealer) -> Result<User, StoreError> {
         created_at: get_n(item, "created_at").unwrap_or(0),
         totp: totp_from(item, sealer, id)?,
         sessions_revoked_at: get_n(item, "sessions_revoked_at"),
+        email_verified: matches!(item.get("email_verified"), Some(AttributeValue::Bool(true))),
     })
 }
 
@@ -603,15 +608,33 @@ impl DynamoStore {
     }
 }
 
+/// The user item's attributes holding the live link of `purpose`: its hash and its expiry.
+fn link_attributes(purpose: LinkPurpose) -> (&'static str, &'static str) {
+    match purpose {
+        LinkPurpose::VerifyEmail => ("verify_link_hash", "verify_link_expires_at"),
+        LinkPurpose::ResetPassword => ("reset_link_hash", "reset_link_expires_at"),
+    }
+}
+
 /// A users-table key no item ever has (user ids are UUIDs, guards start with their prefix).
 const ABSENT_USER: &str = "absent#";
 
 #[async_trait::async_trait]
 impl UserStore for DynamoStore {
-    async fn create_user(&self, user: &User) -> Result<(), StoreError> {
+    async fn create_user(
+        &self,
+        user: &User,
+        verification: Option<&LinkToken>,
+    ) -> Result<(), StoreError> {
+        let mut item = user_item(user, &self.sealer)?;
+        if let Some(link) = verification {
+            let (hash, expires) = link_attributes(LinkPurpose::VerifyEmail);
+            item.insert(hash.into(), s(hash_key(&link.hash)));
+            item.insert(expires.into(), n(link.expires_at));
+        }
         let put_user = Put::builder()
             .table_name(&self.tables.users)
-            .set_item(Some(user_item(user, &self.sealer)?))
+            .set_item(Some(item))
             .condition_expression("attribute_not_exists(user_id)")
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
@@ -670,6 +693,100 @@ impl UserStore for DynamoStore {
 
     async fn get_user(&self, id: UserId) -> Result<Option<User>, StoreError> {
         self.user_by_id(&id.to_string()).await
+    }
+
+    async fn set_link(
+        &self,
+        id: UserId,
+        purpose: LinkPurpose,
+        link: &LinkToken,
+    ) -> Result<(), StoreError> {
+        let (hash, expires) = link_attributes(purpose);
+        self.client
+            .update_item()
+            .table_name(&self.tables.users)
+            .key("user_id", s(id.to_string()))
+            .condition_expression("attribute_exists(user_id)")
+            .update_expression(format!("SET {hash} = :h, {expires} = :e"))
+            .expression_attribute_values(":h", s(hash_key(&link.hash)))
+            .expression_attribute_values(":e", n(link.expires_at))
+            .send()
+            .await
+            .map_err(|e| condition_failed_as(e, StoreError::NotFound))?;
+        Ok(())
+    }
+
+    async fn verify_email(
+        &self,
+        id: UserId,
+        hash: &[u8; 32],
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (hash_name, expires) = link_attributes(LinkPurpose::VerifyEmail);
+        // The comparison is DynamoDB's, in the same write that ends the link: two requests with
+        // one link cannot both pass.
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.tables.users)
+            .key("user_id", s(id.to_string()))
+            .condition_expression(format!("{hash_name} = :h AND {expires} > :now"))
+            .update_expression(format!(
+                "SET email_verified = :yes REMOVE {hash_name}, {expires}"
+            ))
+            .expression_attribute_values(":h", s(hash_key(hash)))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .send()
+            .await;
+        conditional(result)
+    }
+
+    async fn reset_password(
+        &self,
+        id: UserId,
+        hash: &[u8; 32],
+        now: i64,
+        password_hash: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let (hash_name, expires) = link_attributes(LinkPurpose::ResetPassword);
+        // As in `revoke_sessions`: a rotation that commits before this write ends too.
+        let at = now.max(crate::clock::now());
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.tables.users)
+            .key("user_id", s(id.to_string()))
+            .condition_expression(format!("{hash_name} = :h AND {expires} > :now"))
+            .update_expression("SET password_hash = :p, sessions_revoked_at = :at")
+            .expression_attribute_values(":h", s(hash_key(hash)))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":p", s(password_hash))
+            .expression_attribute_values(":at", n(at))
+            .send()
+            .await;
+        Ok(conditional(result)?.then_some(at))
+    }
+
+    async fn end_link(
+        &self,
+        id: UserId,
+        purpose: LinkPurpose,
+        hash: &[u8; 32],
+    ) -> Result<(), StoreError> {
+        let (hash_name, expires) = link_attributes(purpose);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.tables.users)
+            .key("user_id", s(id.to_string()))
+            .condition_expression(format!("{hash_name} = :h"))
+            .update_expression(format!("REMOVE {hash_name}, {expires}"))
+            .expression_attribute_values(":h", s(hash_key(hash)))
+            .send()
+            .await;
+        // Gone or replaced already: nothing of this link is left to end.
+        conditional(result).map(drop)
     }
 
     async fn update_password_hash(&self, id: UserId, hash: &str) -> Result<(), StoreError> {

@@ -37,6 +37,27 @@ pub struct User {
     pub totp: Option<Totp>,
     /// The last revoke-all: sessions (refresh tokens) issued at or before it are refused.
     pub sessions_revoked_at: Option<i64>,
+    /// Whether the owner of the address opened a verification link sent to it.
+    pub email_verified: bool,
+}
+
+/// What a link mailed to a user is for. Each purpose has at most one live link per account: a
+/// new one replaces the last, which stops working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkPurpose {
+    /// Verifies the account's address.
+    VerifyEmail,
+    /// Sets a new password.
+    ResetPassword,
+}
+
+/// A mailed link's token as stored: its SHA-256 only, and when it stops working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkToken {
+    /// SHA-256 of the token.
+    pub hash: [u8; 32],
+    /// Seconds since the epoch.
+    pub expires_at: i64,
 }
 
 /// A user's TOTP second factor.
@@ -96,8 +117,44 @@ pub enum StoreError {
 /// Accounts.
 #[async_trait::async_trait]
 pub trait UserStore: Send + Sync {
-    /// Creates an account; the email is unique atomically.
-    async fn create_user(&self, user: &User) -> Result<(), StoreError>;
+    /// Creates an account, with its first verification link when given; the email is unique
+    /// atomically.
+    async fn create_user(
+        &self,
+        user: &User,
+        verification: Option<&LinkToken>,
+    ) -> Result<(), StoreError>;
+    /// Makes `link` the account's only live link for `purpose`; `NotFound` without an account.
+    async fn set_link(
+        &self,
+        id: UserId,
+        purpose: LinkPurpose,
+        link: &LinkToken,
+    ) -> Result<(), StoreError>;
+    /// Marks the address verified if `hash` is the account's live verification link at `now`,
+    /// and ends the link, in one conditional write: `true` once; `false` for a wrong, expired,
+    /// used or replaced link, or no account.
+    async fn verify_email(&self, id: UserId, hash: &[u8; 32], now: i64)
+        -> Result<bool, StoreError>;
+    /// If `hash` is the account's live reset link at `now`: replaces the password hash and
+    /// records a revoke-all at `now` (as [`Self::revoke_sessions`]) in one conditional write, and
+    /// returns the epoch stored. The link stays live until [`Self::end_link`], so that a reset
+    /// whose revocation could not be published can be retried with it. `None` for a wrong,
+    /// expired or replaced link, or no account.
+    async fn reset_password(
+        &self,
+        id: UserId,
+        hash: &[u8; 32],
+        now: i64,
+        password_hash: &str,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Ends the account's link of `purpose` if it is still the one with `hash`.
+    async fn end_link(
+        &self,
+        id: UserId,
+        purpose: LinkPurpose,
+        hash: &[u8; 32],
+    ) -> Result<(), StoreError>;
     /// Finds an account by email.
     async fn find_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
     /// Reads an account.
@@ -218,6 +275,9 @@ pub struct AuditEvent {
     pub user_id: String,
     /// When, in milliseconds since the epoch.
     pub at_ms: i64,
+    /// `register`, `register_address_taken` (under the email's pseudonym),
+    /// `email_verification_sent`, `email_verified`, `login_unverified_email`,
+    /// `password_reset_requested`, `password_reset`,
     /// `login`, `login_failed`, `soft_locked`, `captcha_solved`, `captcha_failed`,
     /// `mfa_enrolment_started`, `mfa_enabled`, `mfa_failed`, `recovery_code_used`,
     /// `refresh_reuse`, `logout`, `session_revoked`, `revoke_all`; under `system:signing-keys`:

@@ -28,6 +28,10 @@ pub struct Profile {
     pub scopes: Vec<String>,
     /// Seconds since the epoch.
     pub created_at: i64,
+    /// Whether the address was verified (a profile cached before this was recorded says no
+    /// until it expires).
+    #[serde(default)]
+    pub email_verified: bool,
 }
 
 impl From<&User> for Profile {
@@ -38,6 +42,7 @@ impl From<&User> for Profile {
             display_name: user.display_name.clone(),
             scopes: user.scopes.clone(),
             created_at: user.created_at,
+            email_verified: user.email_verified,
         }
     }
 }
@@ -247,6 +252,7 @@ mod tests {
             display_name: Some(name.into()),
             scopes: vec!["profile".into()],
             created_at: 0,
+            email_verified: false,
         }
     }
 

@@ -1,0 +1,132 @@
+//! A forgotten password: a mailed link that sets a new one and ends every session.
+
+use axum::{extract::State, response::Response};
+use edgeauth_core::Revocation;
+use serde::Deserialize;
+
+use super::{
+    accounts::{check_password, normalise_email},
+    email::{address_may_receive, mail_accepted, new_link, parse_link, AddressBody},
+    feed::revoke_everywhere,
+    no_content, ApiJson,
+};
+use crate::{
+    audit::RequestFacts,
+    clock::now,
+    error::ApiError,
+    mail::Notice,
+    state::AppState,
+    store::{LinkPurpose, UserId},
+};
+
+/// `POST /v1/password/forgot`: mails a reset link, which replaces the last, to the account with
+/// this address. Always 202 with the same body, before any store is read, so neither content nor
+/// timing tells whether the address has an account.
+pub async fn forgot(
+    State(state): State<AppState>,
+    facts: RequestFacts,
+    ApiJson(body): ApiJson<AddressBody>,
+) -> Result<Response, ApiError> {
+    if !state.mailer.enabled() {
+        return Err(ApiError::NotEnabled("password reset needs `mail`"));
+    }
+    let email = normalise_email(&body.email)?;
+    tokio::spawn(async move {
+        if let Err(error) = mail_reset_link(&state, &email, &facts).await {
+            tracing::warn!(event = "reset_link_not_sent", %error);
+        }
+    });
+    Ok(mail_accepted())
+}
+
+async fn mail_reset_link(
+    state: &AppState,
+    email: &str,
+    facts: &RequestFacts,
+) -> Result<(), ApiError> {
+    if !address_may_receive(state, email).await {
+        return Ok(());
+    }
+    let Some(user) = state.users.find_by_email(email).await? else {
+        return Ok(());
+    };
+    let ttl = state.config.password_reset.link_ttl_seconds;
+    let (token, link) = new_link(user.id, ttl, now());
+    state
+        .users
+        .set_link(user.id, LinkPurpose::ResetPassword, &link)
+        .await?;
+    state.mailer.send(
+        &user.email,
+        Notice::PasswordReset {
+            token,
+            valid_minutes: ttl / 60,
+        },
+    );
+    state
+        .audit
+        .record("password_reset_requested", &user.id.to_string(), facts);
+    Ok(())
+}
+
+/// `POST /v1/password/reset` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetBody {
+    /// The `token` of the link's fragment.
+    pub token: String,
+    /// The new password.
+    pub password: String,
+}
+
+/// `POST /v1/password/reset`: the link's token sets a new password and ends every session of
+/// the account, everywhere (a revoke-all: refresh tokens stop working, and every access token
+/// issued until now is refused by the origin and the edges). 204, and the owner is mailed a
+/// notice; 400 `invalid_link` for a token that is wrong, expired, used, or replaced by a newer
+/// link. In this order, each durable before the next: the password and the revoke-all's
+/// watermark in one conditional write, the revocation published, the link ended. After a 503
+/// the same link and password finish the reset; once it has answered 204, the link is spent.
+pub async fn reset(
+    State(state): State<AppState>,
+    facts: RequestFacts,
+    ApiJson(body): ApiJson<ResetBody>,
+) -> Result<Response, ApiError> {
+    check_password(&body.password)?;
+    let (user, hash) = parse_link(&body.token).ok_or(ApiError::InvalidLink)?;
+    let password_hash = state.passwords.hash(body.password).await?;
+    let now = now();
+    let Some(revoked_through) = state
+        .users
+        .reset_password(user, &hash, now, &password_hash)
+        .await?
+    else {
+        return Err(ApiError::InvalidLink);
+    };
+    end_sessions(&state, user, revoked_through, now).await?;
+    state
+        .users
+        .end_link(user, LinkPurpose::ResetPassword, &hash)
+        .await?;
+    state
+        .audit
+        .record("password_reset", &user.to_string(), &facts);
+    if let Some(account) = state.users.get_user(user).await? {
+        state.mailer.send(&account.email, Notice::PasswordChanged);
+    }
+    Ok(no_content())
+}
+
+/// Publishes the revoke-all stored at `revoked_through` and holds it in the deny-list.
+async fn end_sessions(
+    state: &AppState,
+    user: UserId,
+    revoked_through: i64,
+    now: i64,
+) -> Result<(), ApiError> {
+    let revocation = Revocation::User {
+        subject: user.to_string(),
+        revoked_through,
+        expires_at: revoked_through + i64::from(state.config.access_token_ttl_seconds),
+    };
+    revoke_everywhere(state, &revocation, now).await.map(drop)
+}
