@@ -30,7 +30,7 @@ pub fn app(state: AppState) -> Router {
         );
         from_fn_with_state(budget, rate_limit::limit)
     };
-    Router::new()
+    let router = Router::new()
         .route(
             "/v1/register",
             post(accounts::register).route_layer(limited(Endpoint::Register)),
@@ -60,6 +60,10 @@ pub fn app(state: AppState) -> Router {
             post(password::reset).route_layer(limited(Endpoint::Mail)),
         )
         .route("/v1/me", get(accounts::me).patch(accounts::update_me))
+        .route(
+            "/v1/me/password",
+            post(password::change).route_layer(limited(Endpoint::Login)),
+        )
         .route("/v1/me/audit", get(accounts::my_audit))
         .route("/v1/me/mfa/totp", post(mfa::start_totp))
         .route("/v1/me/mfa/totp/confirm", post(mfa::confirm_totp))
@@ -82,12 +86,20 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         // Each route's own answers, with its template (`MatchedPath`) as the label.
         .layer(axum::middleware::from_fn(observe))
-        // Outermost: the request id and client address every other layer and handler reads.
+        // The request id and client address every other layer and handler reads.
         .layer(from_fn_with_state(
             state.config.client_ip,
             audit::request_context,
-        ))
-        .with_state(state)
+        ));
+    // Outermost, so that every answer (a 429, a 503) carries CORS headers a page can read, and a
+    // preflight is answered before anything else runs.
+    let router = if state.config.cors.allowed_origins.is_empty() {
+        router
+    } else {
+        let settings = std::sync::Arc::new(state.config.cors.clone());
+        router.layer(from_fn_with_state(settings, crate::cors::cors))
+    };
+    router.with_state(state)
 }
 
 /// Records every answer in the metrics: its route template (never the raw path, so a session

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::{
+    cors::CorsSettings,
     key_rotation::KeyRotationSettings,
     keys::SigningAlgorithm,
     mail::MailSettings,
@@ -125,6 +126,8 @@ struct RawConfig {
     email_verification: EmailVerification,
     #[serde(default)]
     password_reset: PasswordReset,
+    #[serde(default)]
+    cors: CorsSettings,
 }
 
 /// `password_reset`: the links that set a new password (with `mail`).
@@ -303,10 +306,13 @@ pub struct Config {
     pub email_verification: EmailVerification,
     /// The links that set a new password (with `mail`).
     pub password_reset: PasswordReset,
+    /// The web apps allowed to call the origin from a browser, and to spend the refresh cookie.
+    pub cors: CorsSettings,
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 34] = [
+const FIELDS: [&str; 35] = [
+    "cors",
     "password_reset",
     "mail",
     "email_verification",
@@ -493,6 +499,9 @@ impl Config {
                 "must be an http(s) URL, e.g. http://localhost:4318/v1/traces",
             ));
         }
+        raw.cors
+            .validate()
+            .map_err(|problem| invalid("cors", &problem))?;
         if let Some(mail) = &raw.mail {
             mail.validate()
                 .map_err(|problem| invalid("mail", &problem))?;
@@ -589,6 +598,7 @@ impl Config {
             mail: raw.mail,
             email_verification: raw.email_verification,
             password_reset: raw.password_reset,
+            cors: raw.cors,
         })
     }
 }

@@ -88,6 +88,10 @@ pub enum ApiError {
     /// lets only verified accounts log in (`email_verification.login_unverified`).
     #[error("verify your email address first: open the link in the mail, or ask for a new one")]
     EmailNotVerified,
+    /// 403: the refresh cookie came from a page not on `cors.allowed_origins`, without
+    /// `X-Requested-With` (a cross-site request forgery, or a client that should send it).
+    #[error("the refresh cookie is taken only from an allowed origin or with X-Requested-With")]
+    CrossSiteRefresh,
     /// 404: the endpoint needs something this origin is not configured with.
     #[error("not enabled on this server: {0}")]
     NotEnabled(&'static str),
@@ -142,6 +146,7 @@ impl ApiError {
             Self::InvalidLink => (StatusCode::BAD_REQUEST, "invalid_link"),
             Self::EmailNotVerified => (StatusCode::FORBIDDEN, "email_not_verified"),
             Self::NotEnabled(_) => (StatusCode::NOT_FOUND, "not_enabled"),
+            Self::CrossSiteRefresh => (StatusCode::FORBIDDEN, "cross_site_refresh"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
             Self::Token { .. } => (StatusCode::UNAUTHORIZED, "invalid_token"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod clock;
 pub mod config;
+pub mod cors;
 pub mod deny_list;
 pub mod edge_push;
 pub mod error;

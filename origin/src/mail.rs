@@ -160,6 +160,12 @@ pub enum Notice {
     },
     /// The password was changed, and every session ended.
     PasswordChanged,
+    /// One-time codes for the account were refused past the limit: someone who knows the
+    /// password is guessing the second factor.
+    SecondFactorLocked {
+        /// How long codes are refused.
+        minutes: u32,
+    },
 }
 
 impl Notice {
@@ -170,6 +176,7 @@ impl Notice {
             Self::AlreadyRegistered => "already_registered",
             Self::PasswordReset { .. } => "password_reset",
             Self::PasswordChanged => "password_changed",
+            Self::SecondFactorLocked { .. } => "second_factor_locked",
         }
     }
 
@@ -232,6 +239,19 @@ impl Notice {
                     "If it was not you, reset your password now and check your account's recent \
                      activity."
                         .into(),
+                ],
+                Some((format!("{base}/forgot-password"), "Reset my password")),
+            ),
+            Self::SecondFactorLocked { minutes } => (
+                "Someone is trying to sign in to your account",
+                vec![
+                    "Your password was entered correctly, followed by too many wrong one-time \
+                     codes. Whoever did it knows your password."
+                        .into(),
+                    format!(
+                        "One-time codes are refused for the next {minutes} minutes. If it was not \
+                         you, change your password now."
+                    ),
                 ],
                 Some((format!("{base}/forgot-password"), "Reset my password")),
             ),

@@ -319,7 +319,7 @@ impl PasswordHasher {
         self.reserve()?.run(work).await
     }
 
-    /// A new argon2id hash (PHC string).    /// A new argon2id hash (PHC string).
+    /// A new argon2id hash (PHC string).
     pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
         let cost = self.cost;
         self.run(move || hash_blocking(cost, password.as_bytes()))

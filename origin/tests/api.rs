@@ -19,6 +19,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+mod browser;
 mod email;
 
 struct Origin {
@@ -393,6 +394,7 @@ impl Origin {
         self.send(
             Request::post("/v1/token/refresh")
                 .header(header::COOKIE, format!("theme=dark; refresh_token={token}"))
+                .header("x-requested-with", "fetch")
                 .body(Body::empty())
                 .expect("request"),
         )
@@ -1360,6 +1362,7 @@ async fn the_served_openapi_document_matches_the_router() {
         "/v1/email/verify/resend",
         "/v1/password/forgot",
         "/v1/password/reset",
+        "/v1/me/password",
         "/.well-known/jwks.json",
         "/healthz",
         "/readyz",

@@ -1,4 +1,5 @@
-//! A forgotten password: a mailed link that sets a new one and ends every session.
+//! Passwords: a forgotten one (a mailed link that sets a new one and ends every session), and a
+//! change by a signed-in user (who gives the current one; the other sessions end).
 
 use axum::{extract::State, response::Response};
 use edgeauth_core::Revocation;
@@ -6,17 +7,22 @@ use serde::Deserialize;
 
 use super::{
     accounts::{check_password, normalise_email},
+    caller_account,
     email::{address_may_receive, mail_accepted, new_link, parse_link, AddressBody},
     feed::revoke_everywhere,
-    no_content, ApiJson,
+    no_content,
+    sessions::end_session,
+    ApiJson,
 };
 use crate::{
+    api::caller::Caller,
     audit::RequestFacts,
     clock::now,
     error::ApiError,
     mail::Notice,
+    password::Verification,
     state::AppState,
-    store::{LinkPurpose, UserId},
+    store::{LinkPurpose, StoreError, UserId},
 };
 
 /// `POST /v1/password/forgot`: mails a reset link, which replaces the last, to the account with
@@ -129,4 +135,62 @@ async fn end_sessions(
         expires_at: revoked_through + i64::from(state.config.access_token_ttl_seconds),
     };
     revoke_everywhere(state, &revocation, now).await.map(drop)
+}
+
+/// `POST /v1/me/password` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeBody {
+    /// The password now: a stolen access token alone changes nothing.
+    pub current_password: String,
+    /// The new password.
+    pub new_password: String,
+}
+
+/// `POST /v1/me/password`: a signed-in user sets a new password, giving the current one. Every
+/// other session of the account ends at once, everywhere (as `DELETE /v1/sessions/{id}` ends
+/// one); the caller's stays. 204, and the owner is mailed a notice; 401 `invalid_credentials`
+/// for a wrong current password, which changes nothing. The other sessions end before the
+/// password is replaced, so a retry after a 503 still gives the current password it knows.
+pub async fn change(
+    State(state): State<AppState>,
+    facts: RequestFacts,
+    caller: Caller,
+    ApiJson(body): ApiJson<ChangeBody>,
+) -> Result<Response, ApiError> {
+    check_password(&body.new_password)?;
+    let hashing = state.passwords.reserve()?;
+    let user = caller_account(&state, &caller).await?;
+    match hashing
+        .verify(body.current_password, user.password_hash.clone())
+        .await?
+    {
+        Verification::Mismatch => {
+            state
+                .audit
+                .record("password_change_failed", &user.id.to_string(), &facts);
+            return Err(ApiError::InvalidCredentials);
+        }
+        Verification::Match | Verification::MatchRehashed(_) => {}
+    }
+    let password_hash = state.passwords.hash(body.new_password).await?;
+    let now = now();
+    for session in state.refresh.sessions(user.id, now).await? {
+        if caller.session != Some(session.family_id) {
+            end_session(&state, session.family_id, now).await?;
+        }
+    }
+    match state
+        .users
+        .update_password_hash(user.id, &password_hash)
+        .await
+    {
+        Err(StoreError::NotFound) => return Err(ApiError::InvalidCredentials),
+        other => other?,
+    }
+    state
+        .audit
+        .record("password_changed", &user.id.to_string(), &facts);
+    state.mailer.send(&user.email, Notice::PasswordChanged);
+    Ok(no_content())
 }

@@ -108,16 +108,28 @@ pub async fn revoke_session(
     if !owned {
         return Err(ApiError::SessionNotFound);
     }
-    let revocation = Revocation::Session {
-        sid: family.to_string(),
-        expires_at: now + i64::from(state.config.access_token_ttl_seconds),
-    };
-    revoke_everywhere(&state, &revocation, now).await?;
-    state.refresh.revoke_family(family).await?;
+    end_session(&state, family, now).await?;
     state
         .audit
         .record("session_revoked", &caller.user_id.to_string(), &facts);
     Ok(no_content())
+}
+
+/// Ends session `family` everywhere: a signed feed entry revokes its access tokens at the edges
+/// and in the origin's deny-list, then its refresh tokens stop working. Until the last step a
+/// retry finds the session still live and finishes.
+pub(crate) async fn end_session(
+    state: &AppState,
+    family: uuid::Uuid,
+    now: i64,
+) -> Result<(), ApiError> {
+    let revocation = Revocation::Session {
+        sid: family.to_string(),
+        expires_at: now + i64::from(state.config.access_token_ttl_seconds),
+    };
+    revoke_everywhere(state, &revocation, now).await?;
+    state.refresh.revoke_family(family).await?;
+    Ok(())
 }
 
 /// `POST /v1/sessions/revoke-all`: ends every session of the caller at once, everywhere: their

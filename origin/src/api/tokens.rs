@@ -24,6 +24,7 @@ use crate::{
     clock::now,
     error::ApiError,
     keys::AccessClaims,
+    mail::Notice,
     mfa,
     password::Verification,
     state::AppState,
@@ -152,7 +153,22 @@ async fn second_factor(
     let user_id = user.id.to_string();
     let passed = match codes {
         (Some(code), _) => {
-            state.second_factor_guard.attempt(&user_id, audit).await?;
+            // The owner hears of the lock: whoever set it off knows their password.
+            let audit_and_tell = |event: &'static str| {
+                audit(event);
+                if event == "mfa_locked" {
+                    state.mailer.send(
+                        &user.email,
+                        Notice::SecondFactorLocked {
+                            minutes: state.config.second_factor_lock.window_seconds / 60,
+                        },
+                    );
+                }
+            };
+            state
+                .second_factor_guard
+                .attempt(&user_id, &audit_and_tell)
+                .await?;
             let passed = match mfa::matching_step(&totp.secret, code, now) {
                 Some(step) => state.users.use_totp_step(user.id, step).await?,
                 None => false,
@@ -337,9 +353,17 @@ pub async fn refresh(
         Some(parsed.refresh_token)
     };
     let refresh_in_body = from_body.is_some();
-    let presented = from_body
-        .or_else(|| cookie_value(&headers, REFRESH_COOKIE).map(str::to_owned))
-        .ok_or(ApiError::InvalidGrant)?;
+    let presented = match from_body {
+        Some(token) => token,
+        None => {
+            let token = cookie_value(&headers, REFRESH_COOKIE).ok_or(ApiError::InvalidGrant)?;
+            // A cookie goes with every request to this path, a forged one's too (see `cors`).
+            if !state.config.cors.cookie_may_be_spent(&headers) {
+                return Err(ApiError::CrossSiteRefresh);
+            }
+            token.to_owned()
+        }
+    };
     let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     let now = now();
     let Some(record) = state.refresh.get(&hash, now).await? else {

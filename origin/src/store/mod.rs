@@ -277,7 +277,8 @@ pub struct AuditEvent {
     pub at_ms: i64,
     /// `register`, `register_address_taken` (under the email's pseudonym),
     /// `email_verification_sent`, `email_verified`, `login_unverified_email`,
-    /// `password_reset_requested`, `password_reset`,
+    /// `password_reset_requested`, `password_reset`, `password_changed`,
+    /// `password_change_failed`,
     /// `login`, `login_failed`, `soft_locked`, `captcha_solved`, `captcha_failed`,
     /// `mfa_enrolment_started`, `mfa_enabled`, `mfa_failed`, `recovery_code_used`,
     /// `refresh_reuse`, `logout`, `session_revoked`, `revoke_all`; under `system:signing-keys`:

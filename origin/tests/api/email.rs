@@ -656,3 +656,101 @@ async fn a_verification_link_does_not_reset_a_password() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn a_password_change_needs_the_current_one_and_ends_the_other_sessions_only() {
+    let mail = MailServer::start();
+    let o = mailing_origin(&mail, &[]).await;
+    o.register("cleo@example.com", PASSWORD).await;
+    mail.wait_for("cleo@example.com", 1).await;
+    let session = || async {
+        let r = o
+            .post(
+                "/v1/login",
+                json!({"email": "cleo@example.com", "password": PASSWORD, "refresh_token_in_body": true}),
+            )
+            .await;
+        let field = |name: &str| r.body[name].as_str().expect(name).to_string();
+        (field("access_token"), field("refresh_token"))
+    };
+    let (here, here_refresh) = session().await;
+    let (other, other_refresh) = session().await;
+    let change = |current: &str| {
+        o.with_bearer(
+            "POST",
+            "/v1/me/password",
+            &here,
+            Some(json!({"current_password": current, "new_password": NEW_PASSWORD})),
+        )
+    };
+
+    // A stolen access token alone changes nothing.
+    let r = change("a guess").await;
+    assert_eq!(r.body["error"], "invalid_credentials", "{}", r.body);
+    assert_eq!(
+        o.with_bearer("GET", "/v1/me", &other, None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        o.login("cleo@example.com", PASSWORD).await.status,
+        StatusCode::OK
+    );
+
+    let r = change(PASSWORD).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_eq!(
+        o.login("cleo@example.com", PASSWORD).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        o.login("cleo@example.com", NEW_PASSWORD).await.status,
+        StatusCode::OK
+    );
+    // The other session is over, its access and refresh tokens both; this one goes on.
+    assert_eq!(
+        o.with_bearer("GET", "/v1/me", &other, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = o
+        .post("/v1/token/refresh", json!({"refresh_token": other_refresh}))
+        .await;
+    assert_eq!(r.body["error"], "invalid_grant", "{}", r.body);
+    assert_eq!(
+        o.with_bearer("GET", "/v1/me", &here, None).await.status,
+        StatusCode::OK
+    );
+    let r = o
+        .post("/v1/token/refresh", json!({"refresh_token": here_refresh}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let sent = mail.wait_for("cleo@example.com", 2).await;
+    assert!(
+        sent.iter()
+            .any(|m| m.subject == "Your password was changed"),
+        "{sent:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_owner_is_told_when_one_time_codes_lock_their_factor() {
+    let mail = MailServer::start();
+    let o = mailing_origin(&mail, &[WIDE_BUDGETS]).await;
+    let (secret, _) = enrolled(&o, "tom@example.com", PASSWORD).await;
+    for _ in 0..7 {
+        o.post(
+            "/v1/login",
+            json!({"email": "tom@example.com", "password": PASSWORD, "otp": wrong_code(&secret)}),
+        )
+        .await;
+    }
+    mail.wait_for("tom@example.com", 2).await;
+    // Queued behind it, a second notice would have arrived by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = mail.received("tom@example.com");
+    let told: Vec<&Mail> = sent
+        .iter()
+        .filter(|m| m.subject == "Someone is trying to sign in to your account")
+        .collect();
+    assert_eq!(told.len(), 1, "once per lock: {sent:?}");
+    assert!(told[0].text.contains("15 minutes"), "{}", told[0].text);
+}
