@@ -22,7 +22,10 @@ use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Re
 use aws_credential_types::Credentials;
 use aws_sdk_dynamodb::{
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
-    operation::transact_write_items::TransactWriteItemsError,
+    operation::{
+        transact_write_items::TransactWriteItemsError,
+        update_item::builders::UpdateItemFluentBuilder,
+    },
     types::{
         AttributeDefinition, AttributeValue, BillingMode, ConditionCheck,
         CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex, GlobalSecondaryIndexUpdate,
@@ -592,6 +595,14 @@ impl DynamoStore {
         }
     }
 
+    /// An update of account `id`'s item, for the caller to give its expressions.
+    fn update_user(&self, id: UserId) -> UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.tables.users)
+            .key("user_id", s(id.to_string()))
+    }
+
     async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
         let out = self
             .client
@@ -702,10 +713,7 @@ impl UserStore for DynamoStore {
         link: &LinkToken,
     ) -> Result<(), StoreError> {
         let (hash, expires) = link_attributes(purpose);
-        self.client
-            .update_item()
-            .table_name(&self.tables.users)
-            .key("user_id", s(id.to_string()))
+        self.update_user(id)
             .condition_expression("attribute_exists(user_id)")
             .update_expression(format!("SET {hash} = :h, {expires} = :e"))
             .expression_attribute_values(":h", s(hash_key(&link.hash)))
@@ -726,10 +734,7 @@ impl UserStore for DynamoStore {
         // The comparison is DynamoDB's, in the same write that ends the link: two requests with
         // one link cannot both pass.
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.tables.users)
-            .key("user_id", s(id.to_string()))
+            .update_user(id)
             .condition_expression(format!("{hash_name} = :h AND {expires} > :now"))
             .update_expression(format!(
                 "SET email_verified = :yes REMOVE {hash_name}, {expires}"
@@ -753,10 +758,7 @@ impl UserStore for DynamoStore {
         // As in `revoke_sessions`: a rotation that commits before this write ends too.
         let at = now.max(crate::clock::now());
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.tables.users)
-            .key("user_id", s(id.to_string()))
+            .update_user(id)
             .condition_expression(format!("{hash_name} = :h AND {expires} > :now"))
             .update_expression("SET password_hash = :p, sessions_revoked_at = :at")
             .expression_attribute_values(":h", s(hash_key(hash)))
@@ -776,10 +778,7 @@ impl UserStore for DynamoStore {
     ) -> Result<(), StoreError> {
         let (hash_name, expires) = link_attributes(purpose);
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.tables.users)
-            .key("user_id", s(id.to_string()))
+            .update_user(id)
             .condition_expression(format!("{hash_name} = :h"))
             .update_expression(format!("REMOVE {hash_name}, {expires}"))
             .expression_attribute_values(":h", s(hash_key(hash)))
@@ -790,10 +789,7 @@ impl UserStore for DynamoStore {
     }
 
     async fn update_password_hash(&self, id: UserId, hash: &str) -> Result<(), StoreError> {
-        self.client
-            .update_item()
-            .table_name(&self.tables.users)
-            .key("user_id", s(id.to_string()))
+        self.update_user(id)
             .update_expression("SET password_hash = :h")
             .condition_expression("attribute_exists(user_id)")
             .expression_attribute_values(":h", s(hash))
@@ -805,10 +801,7 @@ impl UserStore for DynamoStore {
 
     async fn update_display_name(&self, id: UserId, name: Option<&str>) -> Result<(), StoreError> {
         let request = self
-            .client
-            .update_item()
-            .table_name(&self.tables.users)
-            .key("user_id", s(id.to_string()))
+            .update_user(id)
             .condition_expression("attribute_exists(user_id)");
         let request = match name {
             Some(name) => request
@@ -838,10 +831,7 @@ impl UserStore for DynamoStore {
         // this write, even in a second after `at`, must be ended by it too. So the epoch is the
         // clock now if that is later than `at`.
         let at = at.max(crate::clock::now());
-        self.client
-            .update_item()
-            .table_name(&self.tables.users)
-            .key("user_id", s(id.to_string()))
+        self.update_user(id)
             .condition_expression("attribute_exists(user_id)")
             .update_expression("SET sessions_revoked_at = :at")
             .expression_attribute_values(":at", n(at))
@@ -852,10 +842,7 @@ impl UserStore for DynamoStore {
     }
 
     async fn set_scopes(&self, id: UserId, scopes: &[String]) -> Result<(), StoreError> {
-        self.client
-            .update_item()
-            .table_name(&self.tables.users)
-            .key("user_id", s(id.to_string()))
+        self.update_user(id)
             .condition_expression("attribute_exists(user_id)")
             .update_expression("SET scopes = :s")
             .expression_attribute_values(":s", AttributeValue::L(scopes.iter().map(s).collect()))
@@ -868,10 +855,7 @@ impl UserStore for DynamoStore {
     async fn start_totp(&self, id: UserId, secret: &[u8]) -> Result<(), StoreError> {
         // A confirmed factor is never replaced this way: a stolen access token must not be able
         // to swap the owner's authenticator for the thief's.
-        self.client
-            .update_item()
-            .table_name(&self.tables.users)
-            .key("user_id", s(id.to_string()))
+        self.update_user(id)
             .condition_expression(
                 "attribute_exists(user_id) AND (attribute_not_exists(totp_confirmed) OR totp_confirmed = :no)",
             )
@@ -895,10 +879,7 @@ impl UserStore for DynamoStore {
         recovery_codes: &[String],
     ) -> Result<bool, StoreError> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.tables.users)
-            .key("user_id", s(id.to_string()))
+            .update_user(id)
             .condition_expression("totp_confirmed = :no")
             .update_expression(
                 "SET totp_confirmed = :yes, totp_last_step = :step, recovery_codes = :codes",
@@ -917,10 +898,7 @@ impl UserStore for DynamoStore {
 
     async fn use_totp_step(&self, id: UserId, step: u64) -> Result<bool, StoreError> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.tables.users)
-            .key("user_id", s(id.to_string()))
+            .update_user(id)
             .condition_expression("totp_confirmed = :yes AND totp_last_step < :step")
             .update_expression("SET totp_last_step = :step")
             .expression_attribute_values(":yes", AttributeValue::Bool(true))
@@ -945,10 +923,7 @@ impl UserStore for DynamoStore {
         // with one code cannot both use it.
         let path = format!("recovery_codes[{index}]");
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.tables.users)
-            .key("user_id", s(id.to_string()))
+            .update_user(id)
             .condition_expression(format!("{path} = :code"))
             .update_expression(format!("REMOVE {path}"))
             .expression_attribute_values(":code", s(hash))
