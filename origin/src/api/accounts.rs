@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    email::{address_may_receive, mail_accepted, new_link},
+    email::{address_may_receive, link_notice, link_ttl, mail_accepted, new_link},
     private_json, ApiJson,
 };
 use crate::{
@@ -20,7 +20,7 @@ use crate::{
     error::ApiError,
     mail::Notice,
     state::AppState,
-    store::{profile_cache::Profile, StoreError, User, UserId},
+    store::{profile_cache::Profile, LinkPurpose, StoreError, User, UserId},
 };
 
 /// NIST SP 800-63B §5.1.1.2: at least 8 characters; long passphrases welcome, up to a bound that
@@ -165,7 +165,7 @@ pub async fn register(
         )
             .into_response());
     }
-    let ttl = state.config.email_verification.link_ttl_seconds;
+    let ttl = link_ttl(&state, LinkPurpose::VerifyEmail);
     let (token, link) = new_link(user.id, ttl, now);
     match state.users.create_user(&user, Some(&link)).await {
         Ok(()) => {
@@ -173,10 +173,7 @@ pub async fn register(
             state.audit.record("register", &user.id.to_string(), &facts);
             state.mailer.send(
                 &user.email,
-                Notice::VerifyEmail {
-                    token,
-                    valid_minutes: ttl / 60,
-                },
+                link_notice(LinkPurpose::VerifyEmail, token, ttl),
             );
         }
         Err(StoreError::EmailTaken) => {

@@ -44,7 +44,7 @@ pub(crate) fn new_link(user: UserId, ttl_seconds: u32, now: i64) -> (String, Lin
 }
 
 /// The account a link token names and the hash to compare; `None` for text that is no token.
-pub(crate) fn parse_link(token: &str) -> Option<(UserId, [u8; 32])> {
+pub fn parse_link(token: &str) -> Option<(UserId, [u8; 32])> {
     let mut bytes = [0u8; LINK_BYTES];
     let decoded = Base64UrlUnpadded::decode(token.as_bytes(), &mut bytes).ok()?;
     if decoded.len() != LINK_BYTES {
@@ -138,44 +138,106 @@ pub async fn resend(
     facts: RequestFacts,
     ApiJson(body): ApiJson<AddressBody>,
 ) -> Result<Response, ApiError> {
+    accept_link_request(state, facts, &body, LinkPurpose::VerifyEmail)
+}
+
+/// What differs between the links one asks to be mailed.
+struct LinkKind {
+    /// The answer without `mail`.
+    not_enabled: &'static str,
+    /// The warning when the work after the answer fails.
+    not_sent: &'static str,
+    /// The audit event once the link is mailed.
+    sent: &'static str,
+}
+
+fn kind(purpose: LinkPurpose) -> LinkKind {
+    match purpose {
+        LinkPurpose::VerifyEmail => LinkKind {
+            not_enabled: "email verification needs `mail`",
+            not_sent: "verification_not_resent",
+            sent: "email_verification_sent",
+        },
+        LinkPurpose::ResetPassword => LinkKind {
+            not_enabled: "password reset needs `mail`",
+            not_sent: "reset_link_not_sent",
+            sent: "password_reset_requested",
+        },
+    }
+}
+
+/// How long a link of `purpose` works.
+pub(crate) fn link_ttl(state: &AppState, purpose: LinkPurpose) -> u32 {
+    match purpose {
+        LinkPurpose::VerifyEmail => state.config.email_verification.link_ttl_seconds,
+        LinkPurpose::ResetPassword => state.config.password_reset.link_ttl_seconds,
+    }
+}
+
+/// The message that carries a link of `purpose` with `token`, working for `ttl` seconds.
+pub(crate) fn link_notice(purpose: LinkPurpose, token: String, ttl: u32) -> Notice {
+    let valid_minutes = ttl / 60;
+    match purpose {
+        LinkPurpose::VerifyEmail => Notice::VerifyEmail {
+            token,
+            valid_minutes,
+        },
+        LinkPurpose::ResetPassword => Notice::PasswordReset {
+            token,
+            valid_minutes,
+        },
+    }
+}
+
+/// A request to mail a link of `purpose` to an address (resend, forgot): 202 with the same body
+/// before any store is read, whatever the address; the lookup, the new link and the mail happen
+/// after the answer.
+pub(crate) fn accept_link_request(
+    state: AppState,
+    facts: RequestFacts,
+    body: &AddressBody,
+    purpose: LinkPurpose,
+) -> Result<Response, ApiError> {
+    let kind = kind(purpose);
     if !state.mailer.enabled() {
-        return Err(ApiError::NotEnabled("email verification needs `mail`"));
+        return Err(ApiError::NotEnabled(kind.not_enabled));
     }
     let email = normalise_email(&body.email)?;
     tokio::spawn(async move {
-        if let Err(error) = resend_link(&state, &email, &facts).await {
-            tracing::warn!(event = "verification_not_resent", %error);
+        if let Err(error) = mail_link(&state, &email, &facts, purpose).await {
+            tracing::warn!(event = kind.not_sent, %error);
         }
     });
     Ok(mail_accepted())
 }
 
-async fn resend_link(state: &AppState, email: &str, facts: &RequestFacts) -> Result<(), ApiError> {
+/// Mails a new link of `purpose`, replacing the last, to the account with `email`, if the
+/// address's budget allows; nothing for an unknown address, nor a verification link for a
+/// verified one.
+async fn mail_link(
+    state: &AppState,
+    email: &str,
+    facts: &RequestFacts,
+    purpose: LinkPurpose,
+) -> Result<(), ApiError> {
     if !address_may_receive(state, email).await {
         return Ok(());
     }
     let Some(user) = state.users.find_by_email(email).await? else {
         return Ok(());
     };
-    if user.email_verified {
+    if purpose == LinkPurpose::VerifyEmail && user.email_verified {
         return Ok(());
     }
-    let ttl = state.config.email_verification.link_ttl_seconds;
+    let ttl = link_ttl(state, purpose);
     let (token, link) = new_link(user.id, ttl, now());
+    state.users.set_link(user.id, purpose, &link).await?;
     state
-        .users
-        .set_link(user.id, LinkPurpose::VerifyEmail, &link)
-        .await?;
-    state.mailer.send(
-        &user.email,
-        Notice::VerifyEmail {
-            token,
-            valid_minutes: ttl / 60,
-        },
-    );
+        .mailer
+        .send(&user.email, link_notice(purpose, token, ttl));
     state
         .audit
-        .record("email_verification_sent", &user.id.to_string(), facts);
+        .record(kind(purpose).sent, &user.id.to_string(), facts);
     Ok(())
 }
 

@@ -2,16 +2,14 @@
 //! change by a signed-in user (who gives the current one; the other sessions end).
 
 use axum::{extract::State, response::Response};
-use edgeauth_core::Revocation;
 use serde::Deserialize;
 
 use super::{
-    accounts::{check_password, normalise_email},
+    accounts::check_password,
     caller_account,
-    email::{address_may_receive, mail_accepted, new_link, parse_link, AddressBody},
-    feed::revoke_everywhere,
+    email::{accept_link_request, parse_link, AddressBody},
     no_content,
-    sessions::end_session,
+    sessions::{end_all_sessions, end_session},
     ApiJson,
 };
 use crate::{
@@ -22,7 +20,7 @@ use crate::{
     mail::Notice,
     password::Verification,
     state::AppState,
-    store::{LinkPurpose, StoreError, UserId},
+    store::{LinkPurpose, StoreError},
 };
 
 /// `POST /v1/password/forgot`: mails a reset link, which replaces the last, to the account with
@@ -33,46 +31,7 @@ pub async fn forgot(
     facts: RequestFacts,
     ApiJson(body): ApiJson<AddressBody>,
 ) -> Result<Response, ApiError> {
-    if !state.mailer.enabled() {
-        return Err(ApiError::NotEnabled("password reset needs `mail`"));
-    }
-    let email = normalise_email(&body.email)?;
-    tokio::spawn(async move {
-        if let Err(error) = mail_reset_link(&state, &email, &facts).await {
-            tracing::warn!(event = "reset_link_not_sent", %error);
-        }
-    });
-    Ok(mail_accepted())
-}
-
-async fn mail_reset_link(
-    state: &AppState,
-    email: &str,
-    facts: &RequestFacts,
-) -> Result<(), ApiError> {
-    if !address_may_receive(state, email).await {
-        return Ok(());
-    }
-    let Some(user) = state.users.find_by_email(email).await? else {
-        return Ok(());
-    };
-    let ttl = state.config.password_reset.link_ttl_seconds;
-    let (token, link) = new_link(user.id, ttl, now());
-    state
-        .users
-        .set_link(user.id, LinkPurpose::ResetPassword, &link)
-        .await?;
-    state.mailer.send(
-        &user.email,
-        Notice::PasswordReset {
-            token,
-            valid_minutes: ttl / 60,
-        },
-    );
-    state
-        .audit
-        .record("password_reset_requested", &user.id.to_string(), facts);
-    Ok(())
+    accept_link_request(state, facts, &body, LinkPurpose::ResetPassword)
 }
 
 /// `POST /v1/password/reset` body.
@@ -108,7 +67,7 @@ pub async fn reset(
     else {
         return Err(ApiError::InvalidLink);
     };
-    end_sessions(&state, user, revoked_through, now).await?;
+    end_all_sessions(&state, user, revoked_through, now).await?;
     state
         .users
         .end_link(user, LinkPurpose::ResetPassword, &hash)
@@ -120,21 +79,6 @@ pub async fn reset(
         state.mailer.send(&account.email, Notice::PasswordChanged);
     }
     Ok(no_content())
-}
-
-/// Publishes the revoke-all stored at `revoked_through` and holds it in the deny-list.
-async fn end_sessions(
-    state: &AppState,
-    user: UserId,
-    revoked_through: i64,
-    now: i64,
-) -> Result<(), ApiError> {
-    let revocation = Revocation::User {
-        subject: user.to_string(),
-        revoked_through,
-        expires_at: revoked_through + i64::from(state.config.access_token_ttl_seconds),
-    };
-    revoke_everywhere(state, &revocation, now).await.map(drop)
 }
 
 /// `POST /v1/me/password` body.

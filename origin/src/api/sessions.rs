@@ -17,6 +17,7 @@ use crate::{
     clock::now,
     error::ApiError,
     state::AppState,
+    store::UserId,
 };
 
 /// `POST /v1/logout`: ends the caller's session at once, everywhere. In this order, each step
@@ -154,15 +155,26 @@ pub async fn revoke_all(
         Some(stored) if issued_at.is_none_or(|iat| iat <= stored) => stored,
         _ => state.users.revoke_sessions(caller.user_id, now).await?,
     };
-    // Every token issued through `at` expires by then: the entry matters no longer.
-    let revocation = Revocation::User {
-        subject: caller.user_id.to_string(),
-        revoked_through: at,
-        expires_at: at + i64::from(state.config.access_token_ttl_seconds),
-    };
-    revoke_everywhere(&state, &revocation, now).await?;
+    end_all_sessions(&state, caller.user_id, at, now).await?;
     state
         .audit
         .record("revoke_all", &caller.user_id.to_string(), &facts);
     Ok(no_content())
+}
+
+/// Publishes the revoke-all of `user` stored at `revoked_through` (the feed, pushed to the
+/// edges) and holds it in the origin's deny-list.
+pub(crate) async fn end_all_sessions(
+    state: &AppState,
+    user: UserId,
+    revoked_through: i64,
+    now: i64,
+) -> Result<(), ApiError> {
+    // Every token issued through `revoked_through` expires by then: the entry matters no longer.
+    let revocation = Revocation::User {
+        subject: user.to_string(),
+        revoked_through,
+        expires_at: revoked_through + i64::from(state.config.access_token_ttl_seconds),
+    };
+    revoke_everywhere(state, &revocation, now).await.map(drop)
 }

@@ -9,8 +9,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sha2::Digest as _;
-
 use super::*;
 
 /// The interpreter that has aiosmtpd: `AIOSMTPD_PYTHON` (scripts/test), else Debian's, which
@@ -379,9 +377,7 @@ async fn a_link_stops_working_when_it_expires() {
     .await;
     o.register("exp@example.com", PASSWORD).await;
     let token = mail.wait_for("exp@example.com", 1).await[0].token();
-    let decoded = base64ct::Base64UrlUnpadded::decode_vec(&token).expect("b64");
-    let user = edgeauth_origin::store::UserId(uuid::Uuid::from_slice(&decoded[..16]).expect("id"));
-    let hash: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+    let (user, hash) = edgeauth_origin::api::email::parse_link(&token).expect("a link token");
     let now = edgeauth_origin::clock::now();
     // Asked as the store would be 601 s from now; the link itself is left for the next step.
     assert!(!o
@@ -621,9 +617,7 @@ async fn a_reset_link_stops_working_when_it_expires() {
     mail.wait_for("max@example.com", 1).await;
     o.forgot("max@example.com").await;
     let token = token_of(&mail, "max@example.com", 2, "Reset your password").await;
-    let decoded = base64ct::Base64UrlUnpadded::decode_vec(&token).expect("b64");
-    let user = edgeauth_origin::store::UserId(uuid::Uuid::from_slice(&decoded[..16]).expect("id"));
-    let hash: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+    let (user, hash) = edgeauth_origin::api::email::parse_link(&token).expect("a link token");
     let now = edgeauth_origin::clock::now();
     let later = o
         .state
