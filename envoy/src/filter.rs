@@ -271,7 +271,8 @@ struct Exchange {
 /// What to do with a request.
 enum Outcome {
     Allow(Allowed),
-    Deny(Denial),
+    /// Refuse, with the reply's headers (the core's, for this request).
+    Deny(Vec<(&'static str, String)>, Denial),
     /// Wait for keys: a refetch for an unknown `kid` started at this time.
     WaitForKeys(u32, i64),
     /// The host could not give what a verdict needs; fail closed.
@@ -286,7 +287,8 @@ impl Exchange {
         let headers = match abi::header_pairs(MapType::HttpRequestHeaders) {
             Ok(headers) => headers,
             Err(abi::MapReadError::Wire(wire::MapError::NameNotText)) => {
-                return Outcome::Deny(DenyReason::InvalidRequest.into());
+                // Headers that cannot be read name no origin: a refusal without CORS.
+                return self.refuse(DenyReason::InvalidRequest.into(), &[]);
             }
             Err(_) => return Outcome::Internal("request headers unreadable"),
         };
@@ -298,7 +300,7 @@ impl Exchange {
         };
         let (Some(Ok(method)), Some(Ok(path))) = (pseudo(":method"), pseudo(":path")) else {
             // A path that is not text cannot be matched against the route rules.
-            return Outcome::Deny(DenyReason::InvalidRequest.into());
+            return self.refuse(DenyReason::InvalidRequest.into(), &headers);
         };
         let request = Request {
             method,
@@ -359,11 +361,16 @@ impl Exchange {
             {
                 match call_jwks(&vm.settings) {
                     Some(token) => Outcome::WaitForKeys(token, now),
-                    None => Outcome::Deny(denial),
+                    None => refuse(vm, denial, &headers),
                 }
             }
-            Verdict::Deny(denial) => Outcome::Deny(denial),
+            Verdict::Deny(denial) => refuse(vm, denial, &headers),
         }
+    }
+
+    /// A refusal of a request with these headers, before the VM is borrowed.
+    fn refuse(&self, denial: Denial, headers: &[(String, Vec<u8>)]) -> Outcome {
+        refuse(&self.vm.borrow(), denial, headers)
     }
 
     /// Carries out an outcome; the action for the request-headers callback.
@@ -376,16 +383,15 @@ impl Exchange {
                 }
                 Err(()) => fail("request headers could not be changed"),
             },
-            Outcome::Deny(denial) => {
-                let headers = {
-                    let mut vm = self.vm.borrow_mut();
-                    *vm.metrics
-                        .pending
-                        .denied
-                        .entry(denial.reason.code())
-                        .or_default() += 1;
-                    denial.response_headers(&vm.settings.policy)
-                };
+            Outcome::Deny(headers, denial) => {
+                *self
+                    .vm
+                    .borrow_mut()
+                    .metrics
+                    .pending
+                    .denied
+                    .entry(denial.reason.code())
+                    .or_default() += 1;
                 let headers: Vec<(&str, &[u8])> =
                     headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
                 answer(
@@ -401,6 +407,15 @@ impl Exchange {
             Outcome::Internal(what) => fail(what),
         }
     }
+}
+
+/// A refusal of a request with `headers`: the core's reply headers, CORS for a page on the
+/// policy's `cors` origins included.
+fn refuse(vm: &Vm, denial: Denial, headers: &[(String, Vec<u8>)]) -> Outcome {
+    Outcome::Deny(
+        denial.response_headers(&vm.settings.policy, headers),
+        denial,
+    )
 }
 
 /// An internal error: a JSON 500 and a log line, never a pass.

@@ -42,7 +42,7 @@ fn header_value_ok(value: &str) -> bool {
     value.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
-fn check_verdict(verdict: &Verdict, policy: &Policy) {
+fn check_verdict(verdict: &Verdict, policy: &Policy, request_headers: &[(&str, &str)]) {
     match verdict {
         Verdict::Allow(allowed) => {
             for name in &allowed.header_changes.remove {
@@ -54,7 +54,7 @@ fn check_verdict(verdict: &Verdict, policy: &Policy) {
             }
         }
         Verdict::Deny(denial) => {
-            for (name, value) in denial.response_headers(policy) {
+            for (name, value) in denial.response_headers(policy, request_headers) {
                 assert!(header_name_ok(name), "reply header {name:?}");
                 assert!(header_value_ok(&value), "{name}: {value:?}");
             }
@@ -91,7 +91,14 @@ fuzz_target!(|data: &[u8]| {
     let cookie = format!("access_token={GOOD_TOKEN}");
     let query = format!("/orders?access_token={GOOD_TOKEN}");
     let requests: [Case<'_>; 6] = [
-        ("GET", "/orders", vec![("authorization", bearer.as_str())]),
+        (
+            "GET",
+            "/orders",
+            vec![
+                ("authorization", bearer.as_str()),
+                ("origin", "https://app.example.test"),
+            ],
+        ),
         (
             "POST",
             "/admin/users",
@@ -131,7 +138,7 @@ fuzz_target!(|data: &[u8]| {
                     Step::Done(verdict) => verdict,
                     Step::CheckRevocation(check) => check.finish(answer, &policy),
                 };
-                check_verdict(&verdict, &policy);
+                check_verdict(&verdict, &policy, headers);
             }
         }
     }

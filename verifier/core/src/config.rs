@@ -14,7 +14,11 @@ use alloc::{
 
 use serde::Deserialize;
 
-use crate::{alg::Algorithm, rules::RouteRule};
+use crate::{
+    alg::Algorithm,
+    cors::{allowed_origins, RawCors},
+    rules::RouteRule,
+};
 
 /// Why a policy was refused at load time.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -88,6 +92,9 @@ pub struct RawPolicy {
     /// Whether CORS preflight requests pass without a token.
     #[serde(default)]
     pub cors_preflight_bypass: bool,
+    /// Web apps whose pages may read the edge's refusals (default: none).
+    #[serde(default)]
+    pub cors: Option<RawCors>,
     /// Identity headers.
     #[serde(default)]
     pub headers: RawHeaders,
@@ -310,6 +317,8 @@ pub struct Policy {
     pub(crate) query_parameter: Option<String>,
     pub(crate) routes: Vec<RouteRule>,
     pub(crate) cors_preflight_bypass: bool,
+    /// Exact origins whose pages may read refusals; empty: refusals carry no CORS header.
+    pub(crate) cors_allowed_origins: Vec<String>,
     pub(crate) user_id_header: String,
     pub(crate) scope_header: String,
     /// Lowercase names removed from every request: identity headers first, then the rest, then
@@ -359,6 +368,11 @@ impl Policy {
     /// Largest accepted token in bytes.
     pub fn max_token_bytes(&self) -> usize {
         self.max_token_bytes
+    }
+
+    /// The origins whose pages may read the edge's refusals (`cors.allowed_origins`).
+    pub fn cors_allowed_origins(&self) -> &[String] {
+        &self.cors_allowed_origins
     }
 
     /// Seconds a client should wait after a 503.
@@ -602,6 +616,8 @@ impl TryFrom<RawPolicy> for Policy {
             return Err(invalid("retry_after_seconds", "must be between 1 and 3600"));
         }
 
+        let cors_allowed_origins = allowed_origins(raw.cors.unwrap_or_default())?;
+
         Ok(Self {
             issuers: raw.issuers,
             audiences: raw.audiences,
@@ -617,6 +633,7 @@ impl TryFrom<RawPolicy> for Policy {
             query_parameter: sources.query_parameter,
             routes: raw.routes,
             cors_preflight_bypass: raw.cors_preflight_bypass,
+            cors_allowed_origins,
             user_id_header,
             scope_header,
             strip_headers,
@@ -661,6 +678,7 @@ mod tests {
         assert_eq!(p.cookie, None);
         assert_eq!(p.query_parameter, None);
         assert!(!p.cors_preflight_bypass);
+        assert!(p.cors_allowed_origins.is_empty());
         assert_eq!(
             p.strip_headers,
             vec![

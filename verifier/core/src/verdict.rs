@@ -8,7 +8,7 @@ use alloc::{
     vec::Vec,
 };
 
-use crate::{config::Policy, token::VerifiedToken};
+use crate::{config::Policy, cors::refusal_headers, extract::Headers, token::VerifiedToken};
 
 /// Why a request was refused. One variant per failure; [`DenyReason::code`] is the stable name
 /// used in metrics, logs and response bodies.
@@ -260,9 +260,15 @@ impl Denial {
         body.to_string()
     }
 
-    /// Every header of the local reply, ready for a host to copy.
-    pub fn response_headers(&self, policy: &Policy) -> Vec<(&'static str, String)> {
-        let mut headers = Vec::with_capacity(4);
+    /// Every header of the local reply to a request with `request_headers`, ready for a host to
+    /// copy: the RFC 6750 ones, and CORS for a page on one of the policy's `cors` origins (so the
+    /// page can tell a refusal from an outage; see the `cors` module).
+    pub fn response_headers<H: Headers + ?Sized>(
+        &self,
+        policy: &Policy,
+        request_headers: &H,
+    ) -> Vec<(&'static str, String)> {
+        let mut headers = Vec::with_capacity(8);
         headers.push(("content-type", "application/json".to_string()));
         headers.push(("cache-control", "no-store".to_string()));
         if let Some(value) = self.www_authenticate(policy) {
@@ -271,6 +277,10 @@ impl Denial {
         if let Some(seconds) = self.retry_after(policy) {
             headers.push(("retry-after", seconds.to_string()));
         }
+        headers.extend(refusal_headers(
+            &policy.cors_allowed_origins,
+            request_headers,
+        ));
         headers
     }
 }
@@ -370,10 +380,39 @@ mod tests {
             assert_eq!(d.status(), 503);
             assert_eq!(d.retry_after(&p), Some(7));
             assert_eq!(d.www_authenticate(&p), None);
+            let no_headers: [(&str, &str); 0] = [];
             assert!(d
-                .response_headers(&p)
+                .response_headers(&p, &no_headers[..])
                 .contains(&("retry-after", "7".into())));
         }
+    }
+
+    #[test]
+    fn refusals_carry_cors_for_a_listed_origin_only() {
+        let p = policy(r#","cors":{"allowed_origins":["https://app.example.com"]}"#);
+        let d = Denial::from(DenyReason::Expired);
+        let from_app = [("origin", "https://app.example.com")];
+        let headers = d.response_headers(&p, &from_app[..]);
+        assert!(headers.contains(&("www-authenticate", d.www_authenticate(&p).expect("401"))));
+        assert!(headers.contains(&(
+            "access-control-allow-origin",
+            "https://app.example.com".into()
+        )));
+        assert!(headers.contains(&("access-control-allow-credentials", "true".into())));
+        assert!(headers.contains(&("vary", "origin".into())));
+        let from_elsewhere = [("origin", "https://evil.example.com")];
+        let headers = d.response_headers(&p, &from_elsewhere[..]);
+        assert!(!headers
+            .iter()
+            .any(|(n, _)| n.starts_with("access-control-")));
+        assert!(headers.contains(&("vary", "origin".into())));
+        // No list: the reply is what it always was.
+        let plain = policy("");
+        assert_eq!(
+            d.response_headers(&plain, &from_app[..]).len(),
+            3,
+            "content-type, cache-control, www-authenticate"
+        );
     }
 
     #[test]

@@ -253,7 +253,7 @@ async fn handle(request: web_sys::Request, env: &Env, ctx: &Context) -> worker::
                 method: &method,
                 path: &path_only,
             });
-            deny_response(&denial, &settings).map(Into::into)
+            deny_response(&denial, &settings, &headers).map(Into::into)
         }
         Verdict::Allow(allowed) => {
             log(RequestLine {
@@ -285,8 +285,9 @@ pub fn path_and_query(url: &str) -> &str {
 }
 
 /// The request's headers as the core reads them: only the few it asks for (`authorization`, a
-/// configured cookie) cross from the runtime into Wasm. The runtime joins repeated headers with
-/// ", ", which the core refuses as a malformed credential, as it refuses two values.
+/// configured cookie, `origin` for a refusal's CORS) cross from the runtime into Wasm. The
+/// runtime joins repeated headers with ", ", which the core refuses as a malformed credential,
+/// as it refuses two values, and splits again where it reads origins.
 #[derive(Debug)]
 pub struct RequestHeaders<'a>(&'a Headers);
 

@@ -5,7 +5,7 @@ use edgeauth_core::Denial;
 use serde_json::json;
 use worker::{console_error, Headers, Response};
 
-use crate::settings::Settings;
+use crate::{settings::Settings, RequestHeaders};
 
 /// A JSON answer that no cache keeps.
 pub fn json_response(status: u16, body: &serde_json::Value) -> worker::Result<Response> {
@@ -33,10 +33,15 @@ pub fn unreachable_response() -> Response {
     Response::builder().with_status(500).empty()
 }
 
-/// The core's answer for a refused request: its status, `WWW-Authenticate` and body.
-pub fn deny_response(denial: &Denial, settings: &Settings) -> worker::Result<Response> {
+/// The core's answer for a refused request: its status, `WWW-Authenticate`, CORS for a page on
+/// the policy's `cors` origins, and body.
+pub fn deny_response(
+    denial: &Denial,
+    settings: &Settings,
+    request_headers: &RequestHeaders<'_>,
+) -> worker::Result<Response> {
     let headers = Headers::new();
-    for (name, value) in denial.response_headers(&settings.policy) {
+    for (name, value) in denial.response_headers(&settings.policy, request_headers) {
         headers.set(name, &value)?;
     }
     Ok(Response::from_bytes(denial.body().into_bytes())?
