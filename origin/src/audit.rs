@@ -160,6 +160,14 @@ impl Audit {
         }
     }
 
+    /// Stores what is queued, then keeps of `user_id`'s events only the network each came from
+    /// ([`network_of`]): an account's deletion keeps its security record (what happened, when,
+    /// in which request) under its random id, which nothing links to a person any more.
+    pub async fn pseudonymise(&self, user_id: &str) -> Result<u32, crate::store::StoreError> {
+        self.flush().await;
+        self.log.pseudonymise(user_id).await
+    }
+
     /// A user's newest events first.
     pub async fn for_user(
         &self,
@@ -218,6 +226,28 @@ async fn write_batches(log: Arc<dyn AuditLog>, mut queue: tokio::sync::mpsc::Rec
     }
 }
 
+/// The network an address belongs to, as kept of a deleted account's events: an IPv4 address's
+/// /24, an IPv6 address's /48 (a site's prefix, RFC 6177), written as a CIDR block. Anything
+/// else (a network already) is returned as it is.
+pub fn network_of(address: &str) -> String {
+    let parsed = address.parse::<std::net::IpAddr>().map(|ip| match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    });
+    match parsed {
+        Ok(std::net::IpAddr::V4(v4)) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{a}.{b}.{c}.0/24")
+        }
+        Ok(std::net::IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            let network = std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0);
+            format!("{network}/48")
+        }
+        Err(_) => address.to_owned(),
+    }
+}
+
 /// An event's subject before or without an account: the email's hash, never the address.
 pub fn email_subject(account_key: &str) -> String {
     format!("email:{account_key}")
@@ -243,6 +273,19 @@ mod tests {
         ) -> Result<Vec<AuditEvent>, crate::store::StoreError> {
             Ok(Vec::new())
         }
+        async fn pseudonymise(&self, _: &str) -> Result<u32, crate::store::StoreError> {
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn a_deleted_accounts_events_keep_the_network_not_the_address() {
+        assert_eq!(network_of("203.0.113.77"), "203.0.113.0/24");
+        assert_eq!(network_of("2001:db8:1:2:3:4:5:6"), "2001:db8:1::/48");
+        assert_eq!(network_of("::ffff:203.0.113.77"), "203.0.113.0/24");
+        // Applied twice, nothing more changes: a retried deletion rewrites nothing.
+        assert_eq!(network_of("203.0.113.0/24"), "203.0.113.0/24");
+        assert_eq!(network_of("2001:db8:1::/48"), "2001:db8:1::/48");
     }
 
     #[tokio::test]

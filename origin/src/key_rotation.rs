@@ -536,6 +536,9 @@ mod tests {
         async fn for_user(&self, _: &str, _: u32) -> Result<Vec<AuditEvent>, StoreError> {
             Ok(Vec::new())
         }
+        async fn pseudonymise(&self, _: &str) -> Result<u32, StoreError> {
+            Ok(0)
+        }
     }
 
     fn policy() -> Policy {

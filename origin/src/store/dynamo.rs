@@ -28,7 +28,7 @@ use aws_sdk_dynamodb::{
     },
     types::{
         AttributeDefinition, AttributeValue, BillingMode, ConditionCheck,
-        CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex, GlobalSecondaryIndexUpdate,
+        CreateGlobalSecondaryIndexAction, Delete, GlobalSecondaryIndex, GlobalSecondaryIndexUpdate,
         IndexStatus, KeySchemaElement, KeyType, KeysAndAttributes, Projection, ProjectionType, Put,
         PutRequest, ScalarAttributeType, TableStatus, TimeToLiveSpecification, TransactWriteItem,
         Update, WriteRequest,
@@ -931,6 +931,90 @@ impl UserStore for DynamoStore {
             .await;
         conditional(result)
     }
+
+    async fn replace_recovery_codes(
+        &self,
+        id: UserId,
+        recovery_codes: &[String],
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .update_user(id)
+            .condition_expression("totp_confirmed = :yes")
+            .update_expression("SET recovery_codes = :codes")
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .expression_attribute_values(
+                ":codes",
+                AttributeValue::L(recovery_codes.iter().map(s).collect()),
+            )
+            .send()
+            .await;
+        conditional(result)
+    }
+
+    async fn remove_totp(&self, id: UserId) -> Result<(), StoreError> {
+        let result = self
+            .update_user(id)
+            .condition_expression("attribute_exists(user_id)")
+            .update_expression(
+                "REMOVE totp_sealed, totp_secret, totp_confirmed, totp_last_step, recovery_codes",
+            )
+            .send()
+            .await;
+        conditional(result).map(drop)
+    }
+
+    async fn delete_user(&self, user: &User) -> Result<(), StoreError> {
+        let delete_user = Delete::builder()
+            .table_name(&self.tables.users)
+            .key("user_id", s(user.id.to_string()))
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        // Only the guard this account holds: an address is never freed from under another.
+        let delete_guard = Delete::builder()
+            .table_name(&self.tables.users)
+            .key("user_id", s(format!("{GUARD_PREFIX}{}", user.email)))
+            .condition_expression("attribute_not_exists(#owner) OR #owner = :id")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":id", s(user.id.to_string()))
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        for _ in 0..TRANSACTION_ATTEMPTS {
+            let result = self
+                .client
+                .transact_write_items()
+                .transact_items(
+                    TransactWriteItem::builder()
+                        .delete(delete_user.clone())
+                        .build(),
+                )
+                .transact_items(
+                    TransactWriteItem::builder()
+                        .delete(delete_guard.clone())
+                        .build(),
+                )
+                .send()
+                .await;
+            let Err(e) = result else { return Ok(()) };
+            match cancellation_codes(&e).as_deref() {
+                Some(codes) if codes.iter().any(|c| c == "TransactionConflict") => continue,
+                // Another account holds the address: this one's guard went already.
+                Some([_, guard]) if guard == "ConditionalCheckFailed" => {
+                    self.client
+                        .delete_item()
+                        .table_name(&self.tables.users)
+                        .key("user_id", s(user.id.to_string()))
+                        .send()
+                        .await
+                        .map_err(unavailable)?;
+                    return Ok(());
+                }
+                _ => return Err(unavailable(e)),
+            }
+        }
+        Err(StoreError::Unavailable(
+            "account deletion lost its races with other transactions".into(),
+        ))
+    }
 }
 
 /// An update whose condition decides: `true` when applied, `false` when the condition failed.
@@ -1101,6 +1185,25 @@ impl RefreshStore for DynamoStore {
                     tracing::warn!(%family_id, error = %unavailable(e), "ended session's token not deleted");
                 }
             }
+        }
+        Ok(deleted)
+    }
+
+    async fn revoke_user(&self, user: UserId) -> Result<u32, StoreError> {
+        // Ended sessions included: their tokens are deleted only best effort.
+        let mut families: Vec<uuid::Uuid> = Vec::new();
+        for item in self
+            .refresh_by(USER_INDEX, "user_id", user.to_string())
+            .await?
+        {
+            let family = refresh_from(&item)?.family_id;
+            if !families.contains(&family) {
+                families.push(family);
+            }
+        }
+        let mut deleted = 0;
+        for family in families {
+            deleted += self.revoke_family(family).await?;
         }
         Ok(deleted)
     }
@@ -1457,19 +1560,8 @@ impl AuditLog for DynamoStore {
     }
 
     async fn for_user(&self, user_id: &str, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
-        let answer = self
-            .client
-            .query()
-            .table_name(&self.tables.audit)
-            .key_condition_expression("user_id = :u")
-            .expression_attribute_values(":u", s(user_id))
-            .scan_index_forward(false)
-            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
-            .send()
-            .await
-            .map_err(unavailable)?;
-        answer
-            .items()
+        let items = self.audit_items(user_id, Some(limit)).await?;
+        items
             .iter()
             .map(|item| {
                 Ok(AuditEvent {
@@ -1483,6 +1575,93 @@ impl AuditLog for DynamoStore {
                 })
             })
             .collect()
+    }
+
+    async fn pseudonymise(&self, user_id: &str) -> Result<u32, StoreError> {
+        let mut changed = Vec::new();
+        for mut item in self.audit_items(user_id, None).await? {
+            let Some(ip) = get_s(&item, "client_ip") else {
+                continue;
+            };
+            let network = crate::audit::network_of(ip);
+            if network != ip {
+                item.insert("client_ip".to_owned(), s(network));
+                changed.push(item);
+            }
+        }
+        for batch in changed.chunks(25) {
+            let mut pending = batch
+                .iter()
+                .map(|item| {
+                    PutRequest::builder()
+                        .set_item(Some(item.clone()))
+                        .build()
+                        .map(|put| WriteRequest::builder().put_request(put).build())
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // What DynamoDB leaves unprocessed (throttling) is sent again a few times; the caller
+            // retries the whole (idempotent) rewrite past that.
+            for _ in 0..3 {
+                if pending.is_empty() {
+                    break;
+                }
+                let answer = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.tables.audit, pending)
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                pending = answer
+                    .unprocessed_items()
+                    .and_then(|items| items.get(&self.tables.audit))
+                    .cloned()
+                    .unwrap_or_default();
+            }
+            if !pending.is_empty() {
+                return Err(StoreError::Unavailable(
+                    "audit events left unprocessed".into(),
+                ));
+            }
+        }
+        Ok(u32::try_from(changed.len()).unwrap_or(u32::MAX))
+    }
+}
+
+impl DynamoStore {
+    /// The audit items of `user_id`, newest first: at most `limit`, or all of them, page by page.
+    async fn audit_items(
+        &self,
+        user_id: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let wanted =
+                limit.map(|l| l.saturating_sub(u32::try_from(items.len()).unwrap_or(u32::MAX)));
+            if wanted == Some(0) {
+                return Ok(items);
+            }
+            let out = self
+                .client
+                .query()
+                .table_name(&self.tables.audit)
+                .key_condition_expression("user_id = :u")
+                .expression_attribute_values(":u", s(user_id))
+                .scan_index_forward(false)
+                .set_limit(wanted.map(|w| i32::try_from(w).unwrap_or(i32::MAX)))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            items.extend(out.items().iter().cloned());
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(items),
+            }
+        }
     }
 }
 

@@ -185,6 +185,19 @@ pub trait UserStore: Send + Sync {
     async fn use_totp_step(&self, id: UserId, step: u64) -> Result<bool, StoreError>;
     /// Removes a recovery code's hash if it is there; `false` if it was not (used or wrong).
     async fn use_recovery_code(&self, id: UserId, hash: &str) -> Result<bool, StoreError>;
+    /// Replaces every recovery code of a confirmed factor; `false` if there is none.
+    async fn replace_recovery_codes(
+        &self,
+        id: UserId,
+        recovery_codes: &[String],
+    ) -> Result<bool, StoreError>;
+    /// Removes the TOTP factor, confirmed or pending, with its recovery codes. Removing none is
+    /// no error.
+    async fn remove_totp(&self, id: UserId) -> Result<(), StoreError>;
+    /// Deletes the account and its email's guard in one transaction, so the address can register
+    /// again; with them go everything the account's item held (password hash, TOTP secret,
+    /// recovery codes, live links). Deleting an account that is gone already is no error.
+    async fn delete_user(&self, user: &User) -> Result<(), StoreError>;
 }
 
 /// Refresh tokens.
@@ -223,6 +236,9 @@ pub trait RefreshStore: Send + Sync {
     /// Ends a session: once this returns, no token of it is exchanged again, whatever rotation
     /// is in flight. Then deletes its tokens, best effort; returns how many.
     async fn revoke_family(&self, family_id: uuid::Uuid) -> Result<u32, StoreError>;
+    /// Ends every session the user has, had or left tokens of, as [`Self::revoke_family`] ends
+    /// one, deleting their tokens: for an account's deletion. Returns how many tokens went.
+    async fn revoke_user(&self, user: UserId) -> Result<u32, StoreError>;
 }
 
 /// How an exchange of a refresh token ([`RefreshStore::rotate`], [`RefreshStore::use_grace`])
@@ -281,6 +297,8 @@ pub struct AuditEvent {
     /// `password_change_failed`,
     /// `login`, `login_failed`, `soft_locked`, `captcha_solved`, `captcha_failed`,
     /// `mfa_enrolment_started`, `mfa_enabled`, `mfa_failed`, `recovery_code_used`,
+    /// `mfa_disabled`, `recovery_codes_replaced`, `reauthentication_failed`,
+    /// `account_deletion_failed`, `account_deleted` (without the client's address),
     /// `refresh_reuse`, `logout`, `session_revoked`, `revoke_all`; under `system:signing-keys`:
     /// `signing_key_created`, `signing_key_imported`, `signing_key_rotated`,
     /// `signing_key_retired`.
@@ -298,6 +316,10 @@ pub trait AuditLog: Send + Sync {
     async fn record(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
     /// A user's newest events first, at most `limit`.
     async fn for_user(&self, user_id: &str, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Cuts the client address of every event of `user_id` to its network
+    /// ([`crate::audit::network_of`]): what is kept of a deleted account. Returns how many
+    /// events changed.
+    async fn pseudonymise(&self, user_id: &str) -> Result<u32, StoreError>;
 }
 
 /// A signing key as stored: its schedule in the clear, its private JWK sealed
