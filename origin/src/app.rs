@@ -60,12 +60,27 @@ pub fn app(state: AppState) -> Router {
             post(password::reset).route_layer(limited(Endpoint::Mail)),
         )
         .route("/v1/me", get(accounts::me).patch(accounts::update_me))
+        // The actions that check a password again spend the login budget.
+        .route(
+            "/v1/me",
+            axum::routing::delete(accounts::delete_me).route_layer(limited(Endpoint::Login)),
+        )
+        .route("/v1/me/export", get(accounts::export_me))
         .route(
             "/v1/me/password",
             post(password::change).route_layer(limited(Endpoint::Login)),
         )
         .route("/v1/me/audit", get(accounts::my_audit))
-        .route("/v1/me/mfa/totp", post(mfa::start_totp))
+        .route(
+            "/v1/me/mfa/totp",
+            post(mfa::start_totp)
+                .delete(mfa::remove_totp)
+                .route_layer(limited(Endpoint::Login)),
+        )
+        .route(
+            "/v1/me/mfa/recovery-codes",
+            post(mfa::replace_recovery_codes).route_layer(limited(Endpoint::Login)),
+        )
         .route("/v1/me/mfa/totp/confirm", post(mfa::confirm_totp))
         .route("/v1/logout", post(sessions::logout))
         .route("/v1/sessions", get(sessions::sessions))

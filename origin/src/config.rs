@@ -72,6 +72,8 @@ struct RawConfig {
     session_max_seconds: u32,
     #[serde(default = "default_refresh_grace")]
     refresh_grace_seconds: u32,
+    #[serde(default = "default_reauthentication_max_age")]
+    reauthentication_max_age_seconds: u32,
     #[serde(default = "default_signing_algorithm")]
     signing_algorithm: SigningAlgorithm,
     #[serde(default = "default_data_dir")]
@@ -187,6 +189,10 @@ fn default_verify_link_ttl() -> u32 {
     24 * 3600
 }
 
+fn default_reauthentication_max_age() -> u32 {
+    300
+}
+
 fn default_mfa_scopes() -> Vec<String> {
     vec!["admin".into()]
 }
@@ -250,6 +256,9 @@ pub struct Config {
     pub session_max_seconds: u32,
     /// How long after a rotation the old refresh token may be exchanged once more (two tabs).
     pub refresh_grace_seconds: u32,
+    /// How long after its login a session may delete the account, change the password or manage
+    /// the second factor without giving the password again (default 5 minutes; 0: always ask).
+    pub reauthentication_max_age_seconds: u32,
     /// Algorithm of newly generated signing keys.
     pub signing_algorithm: SigningAlgorithm,
     /// Rotation schedule and encryption of the signing keys.
@@ -311,7 +320,8 @@ pub struct Config {
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 35] = [
+const FIELDS: [&str; 36] = [
+    "reauthentication_max_age_seconds",
     "cors",
     "password_reset",
     "mail",
@@ -424,6 +434,12 @@ impl Config {
         }
         if raw.refresh_grace_seconds > 60 {
             return Err(invalid("refresh_grace_seconds", "must be at most 60"));
+        }
+        if raw.reauthentication_max_age_seconds > 3600 {
+            return Err(invalid(
+                "reauthentication_max_age_seconds",
+                "must be at most 3600",
+            ));
         }
         if raw.audience.is_empty() {
             return Err(invalid("audience", "must not be empty"));
@@ -568,6 +584,7 @@ impl Config {
             refresh_token_ttl_seconds: raw.refresh_token_ttl_seconds,
             session_max_seconds: raw.session_max_seconds,
             refresh_grace_seconds: raw.refresh_grace_seconds,
+            reauthentication_max_age_seconds: raw.reauthentication_max_age_seconds,
             signing_algorithm: raw.signing_algorithm,
             signing_keys: raw.signing_keys,
             otlp_traces_endpoint: raw.otlp_traces_endpoint,

@@ -56,6 +56,19 @@ pub enum ApiError {
     /// `recovery_code` (`mfa`).
     #[error("this account needs a second factor: send otp or recovery_code")]
     MfaRequired,
+    /// 401: the action needs the password again (`password` in the body), or a session that
+    /// logged in within `max_age_seconds` (RFC 9470 step-up: `insufficient_user_authentication`
+    /// with `max_age`).
+    #[error(
+        "this action needs your password, or a login within the last {max_age_seconds} seconds"
+    )]
+    ReauthenticationRequired {
+        /// `reauthentication_max_age_seconds`.
+        max_age_seconds: u32,
+    },
+    /// 409: the account has no confirmed second factor to manage.
+    #[error("no second factor is enabled on this account")]
+    MfaNotEnabled,
     /// 404: no live session of the caller has this id.
     #[error("no such session")]
     SessionNotFound,
@@ -139,6 +152,10 @@ impl ApiError {
             Self::CaptchaRequired => (StatusCode::UNAUTHORIZED, "captcha_required"),
             Self::MfaRequired => (StatusCode::UNAUTHORIZED, "mfa_required"),
             Self::MfaAlreadyEnabled => (StatusCode::CONFLICT, "mfa_already_enabled"),
+            Self::MfaNotEnabled => (StatusCode::CONFLICT, "mfa_not_enabled"),
+            Self::ReauthenticationRequired { .. } => {
+                (StatusCode::UNAUTHORIZED, "insufficient_user_authentication")
+            }
             Self::SessionNotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::InvalidOtp => (StatusCode::UNAUTHORIZED, "invalid_otp"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
@@ -206,7 +223,15 @@ impl IntoResponse for ApiError {
         {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
         }
-        if status == StatusCode::UNAUTHORIZED {
+        if let Self::ReauthenticationRequired { max_age_seconds } = self {
+            // RFC 9470 §3: the token is fine, the authentication behind it is too old.
+            let challenge = format!(
+                "Bearer error=\"insufficient_user_authentication\", error_description=\"A more recent authentication is required\", max_age={max_age_seconds}"
+            );
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                headers.insert(header::WWW_AUTHENTICATE, value);
+            }
+        } else if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response

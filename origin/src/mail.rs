@@ -166,6 +166,10 @@ pub enum Notice {
         /// How long codes are refused.
         minutes: u32,
     },
+    /// The account's second factor was turned off.
+    SecondFactorRemoved,
+    /// The account was deleted, with everything it held.
+    AccountDeleted,
 }
 
 impl Notice {
@@ -177,6 +181,8 @@ impl Notice {
             Self::PasswordReset { .. } => "password_reset",
             Self::PasswordChanged => "password_changed",
             Self::SecondFactorLocked { .. } => "second_factor_locked",
+            Self::SecondFactorRemoved => "second_factor_removed",
+            Self::AccountDeleted => "account_deleted",
         }
     }
 
@@ -254,6 +260,28 @@ impl Notice {
                     ),
                 ],
                 Some((format!("{base}/forgot-password"), "Reset my password")),
+            ),
+            Self::SecondFactorRemoved => (
+                "Two-step verification was turned off",
+                vec![
+                    "The one-time codes that protected your account were just turned off: your \
+                     password alone now logs in."
+                        .into(),
+                    "If it was not you, reset your password now and turn two-step verification \
+                     on again."
+                        .into(),
+                ],
+                Some((format!("{base}/forgot-password"), "Reset my password")),
+            ),
+            Self::AccountDeleted => (
+                "Your account was deleted",
+                vec![
+                    "Your account and everything it held were just deleted, and every session of \
+                     it was logged out. This address is no longer kept with it."
+                        .into(),
+                    "This is the last message you will get from us about it.".into(),
+                ],
+                None,
             ),
         };
         let mut text = lines.join("\n\n");

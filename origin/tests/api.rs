@@ -21,6 +21,7 @@ use tower::ServiceExt;
 
 mod browser;
 mod email;
+mod lifecycle;
 
 struct Origin {
     router: Router,
@@ -1363,6 +1364,9 @@ async fn the_served_openapi_document_matches_the_router() {
         "/v1/password/forgot",
         "/v1/password/reset",
         "/v1/me/password",
+        "/v1/me/export",
+        "/v1/me/mfa/totp",
+        "/v1/me/mfa/recovery-codes",
         "/.well-known/jwks.json",
         "/healthz",
         "/readyz",
@@ -1370,6 +1374,8 @@ async fn the_served_openapi_document_matches_the_router() {
         assert!(paths.contains_key(route), "{route} is not documented");
     }
     assert!(paths["/v1/me"].get("patch").is_some());
+    assert!(paths["/v1/me"].get("delete").is_some());
+    assert!(paths["/v1/me/mfa/totp"].get("delete").is_some());
 }
 
 #[tokio::test]

@@ -11,10 +11,13 @@ use serde_json::json;
 
 use super::{
     email::{address_may_receive, link_notice, link_ttl, mail_accepted, new_link},
-    private_json, ApiJson,
+    private_json,
+    reauthentication::{confirm, Asks, Proof},
+    sessions::end_all_sessions,
+    ApiJson,
 };
 use crate::{
-    api::caller::Caller,
+    api::caller::{Caller, RevokingAll},
     audit::{email_subject, RequestFacts},
     clock::now,
     error::ApiError,
@@ -287,6 +290,111 @@ pub async fn my_audit(State(state): State<AppState>, caller: Caller) -> Result<R
         .for_user(&caller.user_id.to_string(), AUDIT_PAGE)
         .await?;
     Ok(private_json(json!({ "events": events })))
+}
+
+/// Most security events an export holds: a year of them (the audit log's retention) for any
+/// account used by a person.
+const EXPORT_EVENTS: u32 = 10_000;
+
+/// `GET /v1/me/export`: everything the origin holds about the caller, as one JSON document
+/// (GDPR art. 20): the account (never its password hash, TOTP secret or recovery codes, which
+/// are credentials, not data about the person), its live sessions and its security events.
+pub async fn export_me(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let user = super::caller_account(&state, &caller).await?;
+    let now = now();
+    let sessions: Vec<serde_json::Value> = state
+        .refresh
+        .sessions(user.id, now)
+        .await?
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.family_id,
+                "logged_in_at": s.session_started_at,
+                "last_active_at": s.issued_at,
+                "expires_at": s.expires_at,
+                "mfa": s.mfa,
+            })
+        })
+        .collect();
+    let events = state
+        .audit
+        .for_user(&user.id.to_string(), EXPORT_EVENTS)
+        .await?;
+    let totp = user.totp.as_ref().filter(|t| t.confirmed);
+    let mut response = private_json(json!({
+        "exported_at": now,
+        "account": {
+            "user_id": user.id.to_string(),
+            "email": user.email,
+            "email_verified": user.email_verified,
+            "display_name": user.display_name,
+            "scopes": user.scopes,
+            "created_at": user.created_at,
+            "second_factor": {
+                "totp": totp.is_some(),
+                "recovery_codes_left": totp.map_or(0, |t| t.recovery_codes.len()),
+            },
+        },
+        "sessions": sessions,
+        "security_events": events,
+    }));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_DISPOSITION,
+        axum::http::HeaderValue::from_static("attachment; filename=\"account-export.json\""),
+    );
+    Ok(response)
+}
+
+/// `DELETE /v1/me`: deletes the caller's account (GDPR art. 17), with re-authentication (the
+/// password and, with a second factor, a code; or a recent login). In this order, each step
+/// durable before the next, so that a 503 is retried with the same token and proof until it
+/// answers 204:
+/// 1. a revoke-all, published: every access token of the account is refused at once by the
+///    edges and the origin, and no refresh token is exchanged again;
+/// 2. every session's refresh tokens deleted, and the cached profile;
+/// 3. the account's security events keep only the network each came from;
+/// 4. the account and its email's guard, in one transaction (the password hash, TOTP secret,
+///    recovery codes and live links were attributes of it): the address may register again.
+///
+/// The owner is mailed a last notice; an `account_deleted` event, without the address it came
+/// from, stays under the account's random id.
+pub async fn delete_me(
+    State(state): State<AppState>,
+    facts: RequestFacts,
+    RevokingAll(caller): RevokingAll,
+    ApiJson(proof): ApiJson<Proof>,
+) -> Result<Response, ApiError> {
+    let user = confirm(
+        &state,
+        &facts,
+        &caller,
+        proof,
+        Asks::PasswordAndSecondFactor,
+        "account_deletion_failed",
+    )
+    .await?;
+    let now = now();
+    let revoked_through = state.users.revoke_sessions(user.id, now).await?;
+    end_all_sessions(&state, user.id, revoked_through, now).await?;
+    state.refresh.revoke_user(user.id).await?;
+    state.profile_cache.invalidate(user.id).await?;
+    let subject = user.id.to_string();
+    state.audit.pseudonymise(&subject).await?;
+    state.users.delete_user(&user).await?;
+    tracing::info!(event = "account_deleted", user_id = %user.id, "account deleted");
+    let without_address = RequestFacts {
+        client_ip: None,
+        ..facts
+    };
+    state
+        .audit
+        .record("account_deleted", &subject, &without_address);
+    state.mailer.send(&user.email, Notice::AccountDeleted);
+    Ok(super::no_content())
 }
 
 #[cfg(test)]

@@ -26,8 +26,10 @@ pub struct Caller {
 #[derive(Debug)]
 pub struct LoggingOut(pub Caller);
 
-/// A caller of revoke-all: its token verified and neither it nor its session revoked; whether a
-/// revoke-all covers it is for the handler to judge (a retry re-applies the stored watermark).
+/// A caller of revoke-all or of an account's deletion: its token verified and neither it nor
+/// its session revoked; whether a revoke-all covers it is for the handler to judge (a retry
+/// re-applies the stored watermark; a deletion revokes everything first and is retried with the
+/// same token, re-authenticated by the password again).
 #[derive(Debug)]
 pub struct RevokingAll(pub Caller);
 

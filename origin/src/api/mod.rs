@@ -7,6 +7,7 @@ pub mod email;
 pub mod feed;
 pub mod mfa;
 pub mod password;
+pub mod reauthentication;
 pub mod sessions;
 pub mod tokens;
 

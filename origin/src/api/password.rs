@@ -6,9 +6,9 @@ use serde::Deserialize;
 
 use super::{
     accounts::check_password,
-    caller_account,
     email::{accept_link_request, parse_link, AddressBody},
     no_content,
+    reauthentication::{confirm, Asks, Proof},
     sessions::{end_all_sessions, end_session},
     ApiJson,
 };
@@ -18,7 +18,6 @@ use crate::{
     clock::now,
     error::ApiError,
     mail::Notice,
-    password::Verification,
     state::AppState,
     store::{LinkPurpose, StoreError},
 };
@@ -85,17 +84,20 @@ pub async fn reset(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeBody {
-    /// The password now: a stolen access token alone changes nothing.
-    pub current_password: String,
+    /// The password now: a stolen access token alone changes nothing. It may be left out in a
+    /// session that logged in within `reauthentication_max_age_seconds`.
+    #[serde(default)]
+    pub current_password: Option<String>,
     /// The new password.
     pub new_password: String,
 }
 
-/// `POST /v1/me/password`: a signed-in user sets a new password, giving the current one. Every
-/// other session of the account ends at once, everywhere (as `DELETE /v1/sessions/{id}` ends
-/// one); the caller's stays. 204, and the owner is mailed a notice; 401 `invalid_credentials`
-/// for a wrong current password, which changes nothing. The other sessions end before the
-/// password is replaced, so a retry after a 503 still gives the current password it knows.
+/// `POST /v1/me/password`: a signed-in user sets a new password, giving the current one (or
+/// within a few minutes of logging in). Every other session of the account ends at once,
+/// everywhere (as `DELETE /v1/sessions/{id}` ends one); the caller's stays. 204, and the owner
+/// is mailed a notice; 401 `invalid_credentials` for a wrong current password, which changes
+/// nothing. The other sessions end before the password is replaced, so a retry after a 503
+/// still gives the current password it knows.
 pub async fn change(
     State(state): State<AppState>,
     facts: RequestFacts,
@@ -103,20 +105,19 @@ pub async fn change(
     ApiJson(body): ApiJson<ChangeBody>,
 ) -> Result<Response, ApiError> {
     check_password(&body.new_password)?;
-    let hashing = state.passwords.reserve()?;
-    let user = caller_account(&state, &caller).await?;
-    match hashing
-        .verify(body.current_password, user.password_hash.clone())
-        .await?
-    {
-        Verification::Mismatch => {
-            state
-                .audit
-                .record("password_change_failed", &user.id.to_string(), &facts);
-            return Err(ApiError::InvalidCredentials);
-        }
-        Verification::Match | Verification::MatchRehashed(_) => {}
-    }
+    let proof = Proof {
+        password: body.current_password,
+        ..Proof::default()
+    };
+    let user = confirm(
+        &state,
+        &facts,
+        &caller,
+        proof,
+        Asks::Password,
+        "password_change_failed",
+    )
+    .await?;
     let password_hash = state.passwords.hash(body.new_password).await?;
     let now = now();
     for session in state.refresh.sessions(user.id, now).await? {

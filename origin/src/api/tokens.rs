@@ -140,7 +140,7 @@ pub async fn login(
 /// code leaves the login's attempt counted toward the soft lock, and each one-time code is
 /// counted, before it is checked, toward the factor's own lock.
 /// `codes`: the request's `otp` and `recovery_code`.
-async fn second_factor(
+pub(crate) async fn second_factor(
     state: &AppState,
     user: &User,
     codes: (Option<&str>, Option<&str>),

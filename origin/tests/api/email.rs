@@ -748,3 +748,47 @@ async fn the_owner_is_told_when_one_time_codes_lock_their_factor() {
     assert_eq!(told.len(), 1, "once per lock: {sent:?}");
     assert!(told[0].text.contains("15 minutes"), "{}", told[0].text);
 }
+
+#[tokio::test]
+async fn the_owner_is_told_when_the_factor_goes_and_when_the_account_does() {
+    let mail = MailServer::start();
+    let o = mailing_origin(&mail, &[]).await;
+    let (secret, _) = enrolled(&o, "gil@example.com", "gil's passphrase").await;
+    let now = u64::try_from(edgeauth_origin::clock::now()).expect("time");
+    let code = edgeauth_origin::mfa::code_at(&secret, now + 30);
+    let login = o
+        .post(
+            "/v1/login",
+            json!({"email": "gil@example.com", "password": "gil's passphrase", "otp": code}),
+        )
+        .await;
+    let token = login.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let r = o
+        .with_bearer("DELETE", "/v1/me/mfa/totp", &token, Some(json!({})))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
+    // The verification link, then the notice.
+    let received = mail.wait_for("gil@example.com", 2).await;
+    assert_eq!(received[1].subject, "Two-step verification was turned off");
+
+    let r = o
+        .with_bearer("DELETE", "/v1/me", &token, Some(json!({})))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
+    let received = mail.wait_for("gil@example.com", 3).await;
+    assert_eq!(received[2].subject, "Your account was deleted");
+    assert!(
+        !received[2].text.contains("#token="),
+        "{}",
+        received[2].text
+    );
+    // The address is free again: registering it makes a new account (its link), not a notice
+    // that it is taken.
+    let again = o.register("gil@example.com", "gil's new passphrase").await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    let received = mail.wait_for("gil@example.com", 4).await;
+    assert_eq!(received[3].subject, "Verify your email address");
+}
