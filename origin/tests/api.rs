@@ -1108,30 +1108,41 @@ async fn enrolled(o: &Origin, email: &str, password: &str) -> (Vec<u8>, Vec<Stri
         .as_str()
         .expect("token")
         .to_string();
-    let started = o.with_bearer("POST", "/v1/me/mfa/totp", &token, None).await;
-    let secret = base32::decode(
-        base32::Alphabet::Rfc4648 { padding: false },
-        started.body["secret"].as_str().expect("secret"),
-    )
-    .expect("base32");
-    let now = u64::try_from(edgeauth_origin::clock::now()).expect("time");
-    let code = edgeauth_origin::mfa::code_at(&secret, now);
-    let confirmed = o
-        .with_bearer(
-            "POST",
-            "/v1/me/mfa/totp/confirm",
-            &token,
-            Some(json!({"code": code})),
+    o.enrol_totp(&token, None).await
+}
+
+impl Origin {
+    /// Enrols and confirms a TOTP factor with `token` (and `proof`, if the session is not
+    /// recent): the secret and the ten recovery codes. The confirming code is the current step's.
+    async fn enrol_totp(&self, token: &str, proof: Option<Value>) -> (Vec<u8>, Vec<String>) {
+        let started = self
+            .with_bearer("POST", "/v1/me/mfa/totp", token, proof)
+            .await;
+        assert_eq!(started.status, StatusCode::OK, "{:?}", started.body);
+        let secret = base32::decode(
+            base32::Alphabet::Rfc4648 { padding: false },
+            started.body["secret"].as_str().expect("secret"),
         )
-        .await;
-    assert_eq!(confirmed.status, StatusCode::OK, "{:?}", confirmed.body);
-    let recovery = confirmed.body["recovery_codes"]
-        .as_array()
-        .expect("codes")
-        .iter()
-        .map(|c| c.as_str().expect("text").to_string())
-        .collect();
-    (secret, recovery)
+        .expect("base32");
+        let now = u64::try_from(edgeauth_origin::clock::now()).expect("time");
+        let code = edgeauth_origin::mfa::code_at(&secret, now);
+        let confirmed = self
+            .with_bearer(
+                "POST",
+                "/v1/me/mfa/totp/confirm",
+                token,
+                Some(json!({"code": code})),
+            )
+            .await;
+        assert_eq!(confirmed.status, StatusCode::OK, "{:?}", confirmed.body);
+        let recovery = confirmed.body["recovery_codes"]
+            .as_array()
+            .expect("codes")
+            .iter()
+            .map(|c| c.as_str().expect("text").to_string())
+            .collect();
+        (secret, recovery)
+    }
 }
 
 /// Every file under `dir`, read whole.

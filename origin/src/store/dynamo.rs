@@ -1530,33 +1530,7 @@ impl AuditLog for DynamoStore {
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             requests.push(WriteRequest::builder().put_request(put).build());
         }
-        // What DynamoDB leaves unprocessed (throttling) is sent once more, then reported.
-        let mut pending = requests;
-        for _ in 0..2 {
-            if pending.is_empty() {
-                return Ok(());
-            }
-            let answer = self
-                .client
-                .batch_write_item()
-                .request_items(&self.tables.audit, pending)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            pending = answer
-                .unprocessed_items()
-                .and_then(|items| items.get(&self.tables.audit))
-                .cloned()
-                .unwrap_or_default();
-        }
-        if pending.is_empty() {
-            Ok(())
-        } else {
-            Err(StoreError::Unavailable(format!(
-                "{} audit events left unprocessed",
-                pending.len()
-            )))
-        }
+        self.write_audit_batch(requests).await
     }
 
     async fn for_user(&self, user_id: &str, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
@@ -1589,8 +1563,9 @@ impl AuditLog for DynamoStore {
                 changed.push(item);
             }
         }
+        // Rewritten whole, so a retry after a failure part-way finds the rest to do.
         for batch in changed.chunks(25) {
-            let mut pending = batch
+            let requests = batch
                 .iter()
                 .map(|item| {
                     PutRequest::builder()
@@ -1600,36 +1575,44 @@ impl AuditLog for DynamoStore {
                         .map_err(|e| StoreError::Unavailable(e.to_string()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            // What DynamoDB leaves unprocessed (throttling) is sent again a few times; the caller
-            // retries the whole (idempotent) rewrite past that.
-            for _ in 0..3 {
-                if pending.is_empty() {
-                    break;
-                }
-                let answer = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.tables.audit, pending)
-                    .send()
-                    .await
-                    .map_err(unavailable)?;
-                pending = answer
-                    .unprocessed_items()
-                    .and_then(|items| items.get(&self.tables.audit))
-                    .cloned()
-                    .unwrap_or_default();
-            }
-            if !pending.is_empty() {
-                return Err(StoreError::Unavailable(
-                    "audit events left unprocessed".into(),
-                ));
-            }
+            self.write_audit_batch(requests).await?;
         }
         Ok(u32::try_from(changed.len()).unwrap_or(u32::MAX))
     }
 }
 
 impl DynamoStore {
+    /// Writes up to 25 audit items in one `BatchWriteItem`. What DynamoDB leaves unprocessed
+    /// (throttling) is sent once more, then reported.
+    async fn write_audit_batch(&self, requests: Vec<WriteRequest>) -> Result<(), StoreError> {
+        let mut pending = requests;
+        for _ in 0..2 {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let answer = self
+                .client
+                .batch_write_item()
+                .request_items(&self.tables.audit, pending)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            pending = answer
+                .unprocessed_items()
+                .and_then(|items| items.get(&self.tables.audit))
+                .cloned()
+                .unwrap_or_default();
+        }
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!(
+                "{} audit events left unprocessed",
+                pending.len()
+            )))
+        }
+    }
+
     /// The audit items of `user_id`, newest first: at most `limit`, or all of them, page by page.
     async fn audit_items(
         &self,

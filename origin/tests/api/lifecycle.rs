@@ -324,30 +324,11 @@ async fn the_factor_is_turned_off_and_codes_replaced_only_with_a_code() {
         .as_str()
         .expect("token")
         .to_string();
-    let started = o
-        .with_bearer(
-            "POST",
-            "/v1/me/mfa/totp",
-            &token,
-            Some(json!({"password": "di's passphrase"})),
-        )
+    let (secret, old_codes) = o
+        .enrol_totp(&token, Some(json!({"password": "di's passphrase"})))
         .await;
-    let secret = base32::decode(
-        base32::Alphabet::Rfc4648 { padding: false },
-        started.body["secret"].as_str().expect("secret"),
-    )
-    .expect("base32");
     let now = u64::try_from(edgeauth_origin::clock::now()).expect("time");
     let code = |offset: u64| edgeauth_origin::mfa::code_at(&secret, now + offset);
-    let confirmed = o
-        .with_bearer(
-            "POST",
-            "/v1/me/mfa/totp/confirm",
-            &token,
-            Some(json!({"code": code(0)})),
-        )
-        .await;
-    let old_codes = confirmed.body["recovery_codes"].clone();
 
     // The password alone, or with a wrong code, turns nothing off.
     let off = |body: Value| o.with_bearer("DELETE", "/v1/me/mfa/totp", &token, Some(body));
@@ -433,24 +414,9 @@ async fn a_recent_login_stands_in_for_the_factor_only_if_it_passed_it() {
     let o = origin().await;
     let (token, _) = o.signed_in("eve@example.com", "eve's passphrase").await;
     // Enrolled from a session that logged in seconds ago, with the password alone.
-    let started = o.with_bearer("POST", "/v1/me/mfa/totp", &token, None).await;
-    assert_eq!(started.status, StatusCode::OK, "{:?}", started.body);
-    let secret = base32::decode(
-        base32::Alphabet::Rfc4648 { padding: false },
-        started.body["secret"].as_str().expect("secret"),
-    )
-    .expect("base32");
+    let (secret, _) = o.enrol_totp(&token, None).await;
     let now = u64::try_from(edgeauth_origin::clock::now()).expect("time");
     let code = |offset: u64| edgeauth_origin::mfa::code_at(&secret, now + offset);
-    let confirmed = o
-        .with_bearer(
-            "POST",
-            "/v1/me/mfa/totp/confirm",
-            &token,
-            Some(json!({"code": code(0)})),
-        )
-        .await;
-    assert_eq!(confirmed.status, StatusCode::OK, "{:?}", confirmed.body);
     // That session is recent but never passed the factor: it cannot turn it off unproven.
     let r = o
         .with_bearer("DELETE", "/v1/me/mfa/totp", &token, Some(json!({})))
