@@ -106,7 +106,7 @@ static NEXT_PORT: std::sync::LazyLock<AtomicUsize> =
 /// wrangler's and workerd's own ports or a connection's source port, before the server meant to
 /// have it binds. That happened in a cold run: the origin could not bind, and the test talked to
 /// whatever held its port.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     const FIRST: usize = 10_000;
     const PORTS: usize = 32_768 - FIRST;
     for _ in 0..PORTS {
@@ -147,6 +147,30 @@ async fn listening(port: u16, child: &mut Child, what: &str, log: &Path) -> Resu
     Err(format!(
         "{what} did not listen on {port} within 60 s:\n{output}"
     ))
+}
+
+/// Starts `command` in a process group of its own (stopped whole with `killpg`), its output in
+/// `<dir>/<name>.log`, and waits until it listens on `port`.
+pub(crate) async fn start_listening(
+    mut command: Command,
+    dir: &Path,
+    name: &str,
+    port: u16,
+) -> Child {
+    let log_path = dir.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{name} does not start ({e}): run ./scripts/test, which installs it")
+        });
+    wait_until_listening(port, &mut child, name, &log_path).await;
+    child
 }
 
 /// Serialises stacks across test threads.
@@ -258,8 +282,59 @@ async fn relay(State(state): State<RelayState>, request: Request) -> Response {
     }
 }
 
-/// The sample upstream: answers 200 with the method, path, headers and body it received.
-async fn echo(method: Method, headers: HeaderMap, request: Request) -> Response {
+/// The sample upstream: answers 200 with the method, path, headers and body it received, and
+/// answers CORS for the stack's web pages ([`StackOptions::page_origins`]) as an API behind the
+/// edges would: their preflights (which the edges pass on), and readable answers with
+/// credentials.
+async fn echo(
+    State(pages): State<Arc<Vec<String>>>,
+    method: Method,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    let page = headers
+        .get("origin")
+        .and_then(|v| v.to_str().ok())
+        .filter(|origin| pages.iter().any(|page| page == origin))
+        .map(str::to_string);
+    let mut answer = match &page {
+        Some(_)
+            if method == Method::OPTIONS
+                && headers.contains_key("access-control-request-method") =>
+        {
+            (
+                StatusCode::NO_CONTENT,
+                [
+                    (
+                        "access-control-allow-methods",
+                        "GET, POST, PUT, PATCH, DELETE",
+                    ),
+                    (
+                        "access-control-allow-headers",
+                        "authorization, content-type",
+                    ),
+                    ("access-control-max-age", "600"),
+                ],
+            )
+                .into_response()
+        }
+        _ => echo_request(method, headers, request).await,
+    };
+    if !pages.is_empty() {
+        let reply = answer.headers_mut();
+        reply.append("vary", axum::http::HeaderValue::from_static("origin"));
+        if let Some(page) = page.and_then(|p| axum::http::HeaderValue::from_str(&p).ok()) {
+            reply.insert("access-control-allow-origin", page);
+            reply.insert(
+                "access-control-allow-credentials",
+                axum::http::HeaderValue::from_static("true"),
+            );
+        }
+    }
+    answer
+}
+
+async fn echo_request(method: Method, headers: HeaderMap, request: Request) -> Response {
     let path = request
         .uri()
         .path_and_query()
@@ -323,6 +398,15 @@ pub struct StackOptions {
     /// Worker only: a second Worker process on the same Workers KV (another isolate), at
     /// [`Stack::second_edge`].
     pub second_worker: bool,
+    /// Worker only: Envoy with the filter beside the Worker, in front of the same upstream and
+    /// origins, at [`Stack::envoy`] (a web page calls the API through both).
+    pub envoy_beside: bool,
+    /// Web pages (exact origins) that call the stack from a browser: the origins' CORS lists
+    /// them (`cors.allowed_origins`), so does the edges' policy (with `cors_preflight_bypass`),
+    /// and the sample upstream answers their preflights and requests.
+    pub page_origins: Vec<String>,
+    /// Further origin configuration (`EDGEAUTH_*` variables), e.g. `EDGEAUTH_MAIL`.
+    pub origin_env: Vec<(String, String)>,
 }
 
 impl Default for StackOptions {
@@ -338,6 +422,9 @@ impl Default for StackOptions {
             access_ttl: 900,
             retire_margin: 120,
             second_worker: false,
+            envoy_beside: false,
+            page_origins: Vec::new(),
+            origin_env: Vec::new(),
         }
     }
 }
@@ -364,6 +451,9 @@ pub struct Stack {
     pub edge_kind: Edge,
     /// The edge's URL (requests to the API go here).
     pub edge: String,
+    /// Envoy beside the Worker ([`StackOptions::envoy_beside`]): its filter's URL.
+    pub envoy: Option<String>,
+    envoy_beside_child: Option<Child>,
     /// Envoy only: the listener with Envoy's native `jwt_authn`, configured like the filter.
     pub native: Option<String>,
     /// Envoy only: its admin interface (`/stats`).
@@ -407,7 +497,12 @@ impl Stack {
         switches
             .jwks_down
             .store(options.jwks_down_at_start, Ordering::SeqCst);
-        let upstream = serve(Router::new().fallback(echo)).await;
+        let upstream = serve(
+            Router::new()
+                .fallback(echo)
+                .with_state(Arc::new(options.page_origins.clone())),
+        )
+        .await;
 
         let dynamodb = start_dynamodb(&dir).await;
         let (redis_child, redis) = start_redis(&dir).await;
@@ -445,6 +540,7 @@ impl Stack {
             access_ttl: options.access_ttl,
             retire_margin: options.retire_margin,
             redis: redis.clone(),
+            extra: origin_extra(&options),
         };
         // The origins import this key file into the empty table: the stack knows their key.
         let first_key = SigningKey::generate(SigningAlgorithm::EdDsa).expect("a key");
@@ -462,10 +558,15 @@ impl Stack {
             origin_children.push(start_origin(&dir, &settings).await);
         }
 
-        let policy = format!(
-            r#"{{"issuers":["{ISSUER}"],"audiences":["{AUDIENCE}"]{}}}"#,
-            options.policy_extra
-        );
+        let mut policy_extra = options.policy_extra.clone();
+        if !options.page_origins.is_empty() {
+            policy_extra.push_str(&format!(
+                r#","cors":{{"allowed_origins":{}}},"cors_preflight_bypass":true"#,
+                json!(options.page_origins)
+            ));
+        }
+        let policy =
+            format!(r#"{{"issuers":["{ISSUER}"],"audiences":["{AUDIENCE}"]{policy_extra}}}"#);
         if options.edge == Edge::Envoy {
             let envoy = start_envoy(&dir, &policy, upstream, relay_address, &options).await;
             let stack = Self {
@@ -481,6 +582,8 @@ impl Stack {
                 edge_child: envoy.child,
                 edge_kind: Edge::Envoy,
                 edge: envoy.filter,
+                envoy: None,
+                envoy_beside_child: None,
                 native: Some(envoy.native),
                 admin: Some(envoy.admin),
                 origin,
@@ -494,6 +597,11 @@ impl Stack {
             return stack;
         }
 
+        let envoy_beside = if options.envoy_beside {
+            Some(start_envoy(&dir, &policy, upstream, relay_address, &options).await)
+        } else {
+            None
+        };
         let mut vars = vec![
             ("POLICY".to_string(), policy),
             (
@@ -525,7 +633,11 @@ impl Stack {
             (None, None)
         };
 
-        Self {
+        let (envoy, envoy_beside_child, admin) = match envoy_beside {
+            Some(envoy) => (Some(envoy.filter), Some(envoy.child), Some(envoy.admin)),
+            None => (None, None, None),
+        };
+        let stack = Self {
             _turn: turn,
             dir,
             origin_settings,
@@ -538,13 +650,19 @@ impl Stack {
             edge_child: worker_child,
             edge_kind: Edge::Worker,
             edge: worker,
+            envoy,
+            envoy_beside_child,
             native: None,
-            admin: None,
+            admin,
             origin,
             origins,
             switches,
             client,
+        };
+        if stack.envoy.is_some() {
+            stack.wait_until_envoy_is_ready().await;
         }
+        stack
     }
 
     /// Waits until the filter has its first keys and has read the feed once: what a readiness
@@ -817,7 +935,10 @@ impl Drop for Stack {
         // wrangler runs workerd as its child: the process group (led by wrangler) takes both;
         // Envoy leads a group of its own. (Never through the `kill` command: procps reads
         // `kill -TERM -<pgid>` as "every process" on this machine.)
-        for child in std::iter::once(&self.edge_child).chain(self.second_child.as_ref()) {
+        let children = std::iter::once(&self.edge_child)
+            .chain(self.second_child.as_ref())
+            .chain(self.envoy_beside_child.as_ref());
+        for child in children {
             if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
                 if pid > 1 {
                     let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
@@ -848,6 +969,19 @@ struct OriginSettings {
     access_ttl: u32,
     retire_margin: u32,
     redis: String,
+    /// Further `EDGEAUTH_*` variables ([`StackOptions::origin_env`], CORS for the pages).
+    extra: Vec<(String, String)>,
+}
+
+/// The origins' configuration beyond the stack's own: the options' variables, and CORS for the
+/// stack's web pages.
+fn origin_extra(options: &StackOptions) -> Vec<(String, String)> {
+    let mut extra = options.origin_env.clone();
+    if !options.page_origins.is_empty() {
+        let cors = json!({"allowed_origins": options.page_origins}).to_string();
+        extra.push(("EDGEAUTH_CORS".to_string(), cors));
+    }
+    extra
 }
 
 /// The key-encryption key of every stack's origins.
@@ -931,6 +1065,7 @@ fn origin_env(dir: &Path, settings: &OriginSettings) -> Vec<(String, String)> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    .chain(settings.extra.iter().cloned())
     .collect()
 }
 
@@ -1198,9 +1333,8 @@ async fn start_envoy(
     let config = envoy_config(ports, policy, upstream, relay, &wasm, options.token_caches);
     let config_path = dir.join("envoy.yaml");
     std::fs::write(&config_path, config).expect("envoy config");
-    let log_path = dir.join("envoy.log");
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let mut child = Command::new(envoy)
+    let mut command = Command::new(envoy);
+    command
         .arg("--config-path")
         .arg(&config_path)
         // Two worker threads: three VMs (with the main thread's), so the fetcher election and
@@ -1212,16 +1346,9 @@ async fn start_envoy(
             "--log-level",
             "warn",
         ])
-        .args(["--component-log-level", "wasm:info"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log file"))
-        .stderr(log)
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("envoy starts");
-    wait_until_listening(ports.0, &mut child, "envoy", &log_path).await;
-    wait_until_listening(ports.1, &mut child, "envoy", &log_path).await;
+        .args(["--component-log-level", "wasm:info"]);
+    let mut child = start_listening(command, dir, "envoy", ports.0).await;
+    wait_until_listening(ports.1, &mut child, "envoy", &dir.join("envoy.log")).await;
     Envoy {
         child,
         filter: format!("http://127.0.0.1:{}", ports.0),

@@ -16,6 +16,7 @@ on_every_edge!(
     a_fresh_edge_without_keys_answers_503,
     revoke_all_is_refused_at_the_edge_for_every_session,
     what_upstreams_read_differently_gets_the_same_rule_and_the_same_verdict,
+    a_refusal_is_readable_by_a_listed_page_and_by_no_other,
 );
 
 async fn a_valid_token_reaches_the_upstream_with_verified_identity_only(edge: Edge) {
@@ -132,6 +133,108 @@ async fn bad_tokens_get_rfc_6750_answers(edge: Edge) {
         );
     }
     assert!(!stack.edge_log().contains("internal_error"));
+}
+
+async fn a_refusal_is_readable_by_a_listed_page_and_by_no_other(edge: Edge) {
+    const APP: &str = "http://app.e2e.test:8443";
+    let stack = Stack::start_with(StackOptions {
+        edge,
+        page_origins: vec![APP.to_string()],
+        ..StackOptions::default()
+    })
+    .await;
+    let now = edgeauth_origin::clock::now();
+    let expired = stack.mint(&json!({"iat": now - 1200, "exp": now - 600}));
+    let refused_from = |origins: &[&str]| {
+        let mut request = stack
+            .client
+            .get(format!("{}/orders", stack.edge))
+            .bearer_auth(&expired);
+        for origin in origins {
+            request = request.header("origin", *origin);
+        }
+        send(request)
+    };
+    let cors_of = |answer: &edgeauth_e2e::Answer| {
+        let mut names: Vec<String> = answer
+            .headers
+            .keys()
+            .map(|name| name.as_str().to_string())
+            .filter(|name| name.starts_with("access-control-"))
+            .collect();
+        names.sort();
+        names
+    };
+
+    // A page on the listed origin reads the refusal and why: it can refresh, not report an outage.
+    let answer = refused_from(&[APP]).await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(answer.json["reason"], "token_expired");
+    assert_eq!(answer.header("access-control-allow-origin"), Some(APP));
+    assert_eq!(
+        answer.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    let exposed = answer
+        .header("access-control-expose-headers")
+        .unwrap_or_default();
+    assert!(
+        exposed.contains("www-authenticate") && exposed.contains("retry-after"),
+        "{exposed}"
+    );
+    assert!(answer.header("www-authenticate").is_some());
+    assert_eq!(answer.header("vary"), Some("origin"));
+
+    // Any other page, no page, or two origins that disagree: nothing a browser would let it read.
+    for origins in [
+        &["http://evil.e2e.test:8443"][..],
+        &[],
+        &[APP, "http://evil.e2e.test:8443"],
+    ] {
+        let answer = refused_from(origins).await;
+        assert_eq!(answer.status, 401);
+        assert_eq!(cors_of(&answer), Vec::<String>::new(), "{origins:?}");
+        assert_eq!(answer.header("vary"), Some("origin"), "{origins:?}");
+    }
+
+    // A missing token is refused alike, and the preflight still reaches the upstream, which
+    // answers it (its CORS is the upstream's job, as on its answers to valid tokens).
+    let missing = send(
+        stack
+            .client
+            .get(format!("{}/orders", stack.edge))
+            .header("origin", APP),
+    )
+    .await;
+    assert_eq!(
+        (
+            missing.status,
+            missing.header("access-control-allow-origin")
+        ),
+        (401, Some(APP))
+    );
+    let preflight = send(
+        stack
+            .client
+            .request(reqwest::Method::OPTIONS, format!("{}/orders", stack.edge))
+            .header("origin", APP)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization"),
+    )
+    .await;
+    assert_eq!(preflight.status, 204, "{:?}", preflight.json);
+    assert_eq!(preflight.header("access-control-allow-origin"), Some(APP));
+    let token = stack.login().await;
+    let allowed = send(
+        stack
+            .client
+            .get(format!("{}/orders", stack.edge))
+            .bearer_auth(&token)
+            .header("origin", APP),
+    )
+    .await;
+    assert_eq!(allowed.status, 200);
+    assert_eq!(allowed.header("access-control-allow-origin"), Some(APP));
 }
 
 async fn logout_is_refused_at_the_edge_within_the_bound(edge: Edge) {
