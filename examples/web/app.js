@@ -162,6 +162,7 @@ function showEdgeAnswer(edge, answer) {
 
 for (const edge of ["worker", "envoy"]) {
   $(`call-${edge}`).addEventListener("click", async () => {
+    show($(`${edge}-result`), "Calling…", { status: "", reason: "" });
     const name = edge === "worker" ? "the Worker" : "Envoy";
     showEdgeAnswer(edge, await withAccess(name, (token) => callEdge(edge, token)));
   });
