@@ -70,6 +70,16 @@ ensure_mail_server() {
     apt-get update -qq && apt-get install -y -qq python3-aiosmtpd >/dev/null
 }
 
+# A real browser for the end-to-end suite's browser test: Debian's Chromium and its chromedriver
+# (WebDriver), run headless. From the distribution's packages only: nothing downloads a browser
+# build. Exports EDGEAUTH_E2E_CHROMIUM and EDGEAUTH_E2E_CHROMEDRIVER.
+ensure_chromium() {
+    export EDGEAUTH_E2E_CHROMIUM=/usr/bin/chromium EDGEAUTH_E2E_CHROMEDRIVER=/usr/bin/chromedriver
+    [ -x "$EDGEAUTH_E2E_CHROMIUM" ] && [ -x "$EDGEAUTH_E2E_CHROMEDRIVER" ] && return 0
+    apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 ||
+        { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+}
+
 # npm tools for the Worker (package.json: wrangler with workerd and miniflare, wasm-opt, esbuild,
 # jose). `npm ci` again only when package-lock.json changed since the last install.
 ensure_npm_tools() {

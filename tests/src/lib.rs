@@ -44,7 +44,9 @@ use nix::{
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
+pub mod browser;
 pub mod lambda;
+pub mod mail;
 
 /// The password of every account a stack registers.
 const PASSWORD: &str = "correct horse battery staple";

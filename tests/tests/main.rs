@@ -18,6 +18,7 @@ macro_rules! on_every_edge {
     };
 }
 
+mod browser;
 mod edge;
 mod envoy;
 mod lambda;
