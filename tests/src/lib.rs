@@ -7,13 +7,16 @@
 //! - an edge in front of it, either the Worker in workerd, through `wrangler dev --local` (local
 //!   Workers KV, Cron Triggers fired through `/__scheduled`), or real Envoy with the edgeauth
 //!   filter, beside a second listener with Envoy's native `jwt_authn` configured alike;
-//! - a sample upstream that answers with what it received;
+//! - a sample upstream that answers with what it received (and CORS for the stack's web pages);
 //! - a relay in front of the origin's JWKS, feed and the Worker's push route, which a test can
-//!   switch off to play an outage or a lost push.
+//!   switch off to play an outage or a lost push;
+//! - for the browser test: a real SMTP server ([`mail`]), and the example web client served by
+//!   `scripts/web-serve.mjs` in headless Chromium over WebDriver ([`browser`]).
 //!
 //! `scripts/test` builds the origin, the Worker and the filter first and says where they are
 //! (`EDGEAUTH_E2E_ORIGIN_BIN`, `EDGEAUTH_E2E_WORKER_MAIN`, `EDGEAUTH_E2E_WRANGLER`,
-//! `EDGEAUTH_E2E_ENVOY`, `EDGEAUTH_E2E_ENVOY_WASM`). Stacks are
+//! `EDGEAUTH_E2E_ENVOY`, `EDGEAUTH_E2E_ENVOY_WASM`; its `ensure_chromium` names the browser,
+//! `EDGEAUTH_E2E_CHROMIUM` and `EDGEAUTH_E2E_CHROMEDRIVER`). Stacks are
 //! started one at a time (a process-wide lock), so parallel test threads never race for the
 //! machine's two cores.
 
