@@ -227,7 +227,7 @@ fn yield_to_requests() {
 }
 
 impl PasswordHasher {
-    /// A hasher running `concurrency` hashes at once (default: the number of cores); up to
+    /// A hasher running `concurrency` hashes at once (default: the cores less one); up to
     /// `queue_limit` more wait in order.
     pub fn new(
         cost: Argon2Cost,
