@@ -136,6 +136,13 @@ build_envoy_filter() {
     export ENVOY_WASM="$CARGO_TARGET_DIR/wasm32-wasip1/release/edgeauth_envoy.wasm"
 }
 
+# The Envoy filter as a native dynamic module: the libedgeauth_envoy.so Envoy 1.40 loads with
+# dlopen (same crate, host target, the release profile). Exports ENVOY_MODULE.
+build_envoy_module() {
+    cargo build --locked --release -p edgeauth-envoy --lib
+    export ENVOY_MODULE="$CARGO_TARGET_DIR/release/libedgeauth_envoy.so"
+}
+
 # >>> ops (ops/check): promtool >>>
 # promtool checks and unit-tests the Prometheus rules in ops/prometheus. Prometheus's release
 # tarballs are downloads from GitHub, which these machines cannot reach; Debian's `prometheus`

@@ -3,7 +3,7 @@
 //! applies it. Every decision is `edgeauth-core`'s; the key set is handled in [`crate::keys`],
 //! the revocation feed in [`crate::feed`], host calls in [`crate::host`].
 
-use std::{cell::RefCell, collections::HashMap, rc::Rc};
+use std::{cell::RefCell, collections::HashMap, rc::Rc, sync::Arc};
 
 use crate::{
     abi::{self, Action, BufferType, LogLevel, MapType},
@@ -80,7 +80,7 @@ impl Vm {
         self.deny_list.sync(&Host, &self.shared, now);
     }
 
-    pub(crate) fn usable_keys(&self, now: i64) -> Option<Rc<KeyRing>> {
+    pub(crate) fn usable_keys(&self, now: i64) -> Option<Arc<KeyRing>> {
         self.keys.usable(now, self.settings.keys_max_stale)
     }
 }

@@ -91,7 +91,7 @@ pub(crate) use self::vm::call_jwks;
 /// The VM's side: copying, fetching and publishing through the host.
 #[cfg(target_family = "wasm")]
 mod vm {
-    use std::rc::Rc;
+    use std::sync::Arc;
 
     use crate::abi::LogLevel;
     use edgeauth_core::{freshness_seconds, KeyRing};
@@ -121,7 +121,7 @@ mod vm {
         fn adopt(&mut self, record: &KeysRecord) {
             if let Ok((ring, _)) = KeyRing::from_jwks(&record.jwks, &self.settings.policy) {
                 self.keys
-                    .store(Rc::new(ring), record.fetched_at, record.fresh_until);
+                    .store(Arc::new(ring), record.fetched_at, record.fresh_until);
             }
             self.keys_version = record.version;
         }
@@ -176,7 +176,7 @@ mod vm {
                         LogLevel::Info,
                         serde_json::json!({"event": "jwks_loaded", "kids": kids, "fresh_for": max_age, "version": version}),
                     );
-                    self.keys.store(Rc::new(ring), started_at, fresh_until);
+                    self.keys.store(Arc::new(ring), started_at, fresh_until);
                     self.keys_version = version;
                 }
                 // A call started later has already published: its keys are the ones to hold.

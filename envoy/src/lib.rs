@@ -33,6 +33,9 @@ pub mod settings;
 pub mod shared;
 pub mod wire;
 
+#[cfg(not(target_family = "wasm"))]
+pub mod native;
+
 #[cfg(target_family = "wasm")]
 mod abi;
 #[cfg(target_family = "wasm")]

@@ -69,6 +69,9 @@ pub enum Edge {
     Worker,
     /// Envoy with the edgeauth filter (and a `jwt_authn` listener beside it).
     Envoy,
+    /// Envoy with the edgeauth filter as a native dynamic module (`libedgeauth_envoy.so`), the
+    /// same configuration as [`Edge::Envoy`]'s (and a `jwt_authn` listener beside it).
+    EnvoyNative,
 }
 
 impl Edge {
@@ -78,9 +81,14 @@ impl Edge {
         Duration::from_secs(match self {
             // The push, then KV (local: immediate) and the isolate's deny cache.
             Edge::Worker => DENY_CACHE_SECONDS + 5,
-            // The feed poll, the half-second tick that spreads it to every VM, the call.
-            Edge::Envoy => FEED_POLL_SECONDS + 5,
+            // The feed poll, the half-second tick (that spreads it to every VM), the call.
+            Edge::Envoy | Edge::EnvoyNative => FEED_POLL_SECONDS + 5,
         })
+    }
+
+    /// Whether this edge is Envoy, whichever build of the filter.
+    pub fn is_envoy(self) -> bool {
+        matches!(self, Edge::Envoy | Edge::EnvoyNative)
     }
 }
 
@@ -535,7 +543,7 @@ impl Stack {
         // Envoy reads the feed; only the Worker has a push route.
         let push_urls = match options.edge {
             Edge::Worker => format!("[\"{relay_url}/push\"]"),
-            Edge::Envoy => "[]".to_string(),
+            Edge::Envoy | Edge::EnvoyNative => "[]".to_string(),
         };
         let origin_settings = OriginSettings {
             port: ports[0],
@@ -572,7 +580,7 @@ impl Stack {
         }
         let policy =
             format!(r#"{{"issuers":["{ISSUER}"],"audiences":["{AUDIENCE}"]{policy_extra}}}"#);
-        if options.edge == Edge::Envoy {
+        if options.edge.is_envoy() {
             let envoy = start_envoy(&dir, &policy, upstream, relay_address, &options).await;
             let stack = Self {
                 _turn: turn,
@@ -585,7 +593,7 @@ impl Stack {
                 second_edge: None,
                 first_key,
                 edge_child: envoy.child,
-                edge_kind: Edge::Envoy,
+                edge_kind: options.edge,
                 edge: envoy.filter,
                 envoy: None,
                 envoy_beside_child: None,
@@ -688,16 +696,22 @@ impl Stack {
     /// Envoy only: the filter's metric `name` (without Envoy's `wasmcustom.` prefix), if defined.
     pub async fn metric(&self, name: &str) -> Option<u64> {
         let admin = self.admin.as_ref()?;
+        // The Wasm filter's metrics are under Envoy's `wasmcustom.`, the module's under its
+        // `metrics_namespace` (Envoy's default).
+        let namespace = match self.edge_kind {
+            Edge::EnvoyNative => "dynamicmodulescustom",
+            Edge::Worker | Edge::Envoy => "wasmcustom",
+        };
         let text = self
             .client
-            .get(format!("{admin}/stats?filter=^wasmcustom\\.edgeauth"))
+            .get(format!("{admin}/stats?filter=^{namespace}\\.edgeauth"))
             .send()
             .await
             .ok()?
             .text()
             .await
             .ok()?;
-        let wanted = format!("wasmcustom.{name}: ");
+        let wanted = format!("{namespace}.{name}: ");
         text.lines()
             .find_map(|line| line.strip_prefix(&wanted))
             .and_then(|value| value.trim().parse().ok())
@@ -925,7 +939,7 @@ impl Stack {
     pub fn edge_log(&self) -> String {
         let file = match self.edge_kind {
             Edge::Worker => "worker.log",
-            Edge::Envoy => "envoy.log",
+            Edge::Envoy | Edge::EnvoyNative => "envoy.log",
         };
         std::fs::read_to_string(self.dir.join(file)).unwrap_or_default()
     }
@@ -1197,6 +1211,14 @@ struct Envoy {
     admin: String,
 }
 
+/// Which build of the filter Envoy loads.
+enum FilterBuild {
+    /// The `.wasm`, in Envoy's V8 runtime.
+    Wasm(PathBuf),
+    /// The native dynamic module (`libedgeauth_envoy.so`).
+    Module(PathBuf),
+}
+
 /// The Envoy configuration of a stack: one listener with the edgeauth filter, one with
 /// `jwt_authn` configured like it (issuer, audience, leeway, required `exp`, lifetime cap, the
 /// same JWKS through the same relay), both routing to the sample upstream.
@@ -1205,7 +1227,7 @@ fn envoy_config(
     policy: &str,
     upstream: SocketAddr,
     relay: SocketAddr,
-    wasm: &Path,
+    filter: &FilterBuild,
     token_caches: bool,
 ) -> String {
     let (filter_port, native_port, admin_port) = ports;
@@ -1251,8 +1273,10 @@ fn envoy_config(
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#
         )
     };
-    let wasm_filter = format!(
-        r#"          - name: envoy.filters.http.wasm
+    let configuration = serde_json::to_string(&filter_configuration.to_string()).expect("a string");
+    let edgeauth_filter = match filter {
+        FilterBuild::Wasm(wasm) => format!(
+            r#"          - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
               config:
@@ -1266,9 +1290,22 @@ fn envoy_config(
                   vm_id: edgeauth
                   runtime: envoy.wasm.runtime.v8
                   code: {{ local: {{ filename: {wasm} }} }}"#,
-        configuration = serde_json::to_string(&filter_configuration.to_string()).expect("a string"),
-        wasm = serde_json::to_string(&wasm.display().to_string()).expect("a string"),
-    );
+            wasm = serde_json::to_string(&wasm.display().to_string()).expect("a string"),
+        ),
+        FilterBuild::Module(module) => format!(
+            r#"          - name: envoy.filters.http.dynamic_modules
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config:
+                do_not_close: true
+                module: {{ local: {{ filename: {module} }} }}
+              filter_name: edgeauth
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: {configuration}"#,
+            module = serde_json::to_string(&module.display().to_string()).expect("a string"),
+        ),
+    };
     let native_filter = format!(
         r#"          - name: envoy.filters.http.jwt_authn
             typed_config:
@@ -1308,7 +1345,7 @@ fn envoy_config(
     format!(
         "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}\n\
          static_resources:\n  listeners:{}{}\n  clusters:{}{}\n",
-        listener("edgeauth", filter_port, wasm_filter),
+        listener("edgeauth", filter_port, edgeauth_filter),
         listener("jwt_authn", native_port, native_filter),
         cluster("upstream", upstream),
         cluster("origin", relay),
@@ -1330,12 +1367,25 @@ async fn start_envoy(
     );
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| repo_root().join("target"), PathBuf::from);
-    let wasm = artefact(
-        "EDGEAUTH_E2E_ENVOY_WASM",
-        target.join("wasm32-wasip1/release/edgeauth_envoy.wasm"),
-    );
+    let filter = match options.edge {
+        Edge::EnvoyNative => FilterBuild::Module(artefact(
+            "EDGEAUTH_E2E_ENVOY_MODULE",
+            target.join("release/libedgeauth_envoy.so"),
+        )),
+        Edge::Worker | Edge::Envoy => FilterBuild::Wasm(artefact(
+            "EDGEAUTH_E2E_ENVOY_WASM",
+            target.join("wasm32-wasip1/release/edgeauth_envoy.wasm"),
+        )),
+    };
     let ports = (free_port(), free_port(), free_port());
-    let config = envoy_config(ports, policy, upstream, relay, &wasm, options.token_caches);
+    let config = envoy_config(
+        ports,
+        policy,
+        upstream,
+        relay,
+        &filter,
+        options.token_caches,
+    );
     let config_path = dir.join("envoy.yaml");
     std::fs::write(&config_path, config).expect("envoy config");
     let mut command = Command::new(envoy);

@@ -571,7 +571,7 @@ async fn what_upstreams_read_differently_gets_the_same_rule_and_the_same_verdict
     )
     .await;
     assert!(matches!(http1.status, 400 | 501), "{}", http1.status);
-    if edge == Edge::Envoy {
+    if edge.is_envoy() {
         let http2 = reqwest::Client::builder()
             .http2_prior_knowledge()
             .build()

@@ -15,6 +15,12 @@ macro_rules! on_every_edge {
                 super::$scenario(edgeauth_e2e::Edge::Envoy).await
             })*
         }
+        mod envoy_native {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(edgeauth_e2e::Edge::EnvoyNative).await
+            })*
+        }
     };
 }
 

@@ -10,14 +10,15 @@
 //! for expiry); forced refetches too happen at most once per interval, counted on their own, so a
 //! flood of made-up `kid`s cannot turn an edge into a load generator against the origin.
 
-use alloc::{rc::Rc, string::ToString};
+use alloc::{string::ToString, sync::Arc};
 
 use crate::key_ring::KeyRing;
 
-/// A host's keys and the bookkeeping that decides when to fetch again.
-#[derive(Debug, Default)]
+/// A host's keys and the bookkeeping that decides when to fetch again. The ring is behind an
+/// `Arc` so that a native host can hand one key set to every worker thread; a clone is cheap.
+#[derive(Debug, Clone, Default)]
 pub struct KeyCache {
-    ring: Option<Rc<KeyRing>>,
+    ring: Option<Arc<KeyRing>>,
     fetched_at: i64,
     fresh_until: i64,
     last_attempt: Option<i64>,
@@ -37,7 +38,7 @@ pub fn forced_fetch_claimable(last_claim: Option<i64>, now: i64, interval: u32) 
 
 impl KeyCache {
     /// The keys to verify with at `now`: fresh ones, or the last good ones within `max_stale`.
-    pub fn usable(&self, now: i64, max_stale: u32) -> Option<Rc<KeyRing>> {
+    pub fn usable(&self, now: i64, max_stale: u32) -> Option<Arc<KeyRing>> {
         self.ring
             .as_ref()
             .filter(|_| now < self.fresh_until.saturating_add(i64::from(max_stale)))
@@ -66,7 +67,7 @@ impl KeyCache {
 
     /// A fetch made at `fetched_at` succeeded: these keys are fresh until `fresh_until`. An
     /// older answer than the keys held (a slow call overtaken by a later one) is ignored.
-    pub fn store(&mut self, ring: Rc<KeyRing>, fetched_at: i64, fresh_until: i64) {
+    pub fn store(&mut self, ring: Arc<KeyRing>, fetched_at: i64, fresh_until: i64) {
         if self.ring.is_some() && fetched_at < self.fetched_at {
             return;
         }
@@ -117,12 +118,12 @@ mod tests {
     use super::*;
     use crate::config::Policy;
 
-    fn ring() -> Rc<KeyRing> {
+    fn ring() -> Arc<KeyRing> {
         let policy = Policy::from_json(r#"{"issuers":["https://a.example"],"audiences":["api"]}"#)
             .expect("policy");
         let jwks = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k","alg":"EdDSA",
             "x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
-        Rc::new(KeyRing::from_jwks(jwks, &policy).expect("jwks").0)
+        Arc::new(KeyRing::from_jwks(jwks, &policy).expect("jwks").0)
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and refetched when due (expiry) or forced (an unknown `kid`, rate limited by the core's
 //! [`edgeauth_core::KeyCache`]).
 
-use std::rc::Rc;
+use std::{rc::Rc, sync::Arc};
 
 use edgeauth_core::{forced_fetch_claimable, freshness_seconds, KeyRing};
 use serde_json::json;
@@ -23,7 +23,7 @@ const CLAIMED_AT_HEADER: &str = "x-edgeauth-claimed-at";
 
 /// Keys fetched from the origin or its shared copy.
 struct Fetched {
-    ring: Rc<KeyRing>,
+    ring: Arc<KeyRing>,
     /// When the origin answered with them.
     fetched_at: i64,
     fresh_until: i64,
@@ -37,7 +37,7 @@ pub async fn keys_for_request(
     settings: &Rc<Settings>,
     now: i64,
     ctx: &Context,
-) -> Option<Rc<KeyRing>> {
+) -> Option<Arc<KeyRing>> {
     let usable = with_isolate(env, |i| i.keys.usable(now, settings.keys_max_stale));
     if usable.is_none() {
         return current_keys(env, settings, now, false).await;
@@ -73,7 +73,7 @@ pub async fn current_keys(
     settings: &Settings,
     now: i64,
     force: bool,
-) -> Option<Rc<KeyRing>> {
+) -> Option<Arc<KeyRing>> {
     if force {
         return forced_keys(env, settings, now).await;
     }
@@ -115,7 +115,7 @@ pub async fn current_keys(
 /// refetch, so it looks again on its next unknown `kid` and picks up a rotated key as soon as the
 /// claimant has it. Two isolates that read the claim in the same instant both fetch: the Cache
 /// API has no compare-and-swap, so the bound is one fetch per interval and per such race.
-async fn forced_keys(env: &Env, settings: &Settings, now: i64) -> Option<Rc<KeyRing>> {
+async fn forced_keys(env: &Env, settings: &Settings, now: i64) -> Option<Arc<KeyRing>> {
     if !may_force(env, settings, now) {
         return usable(env, settings, now);
     }
@@ -187,7 +187,7 @@ fn store(env: &Env, settings: &Settings, fetched: Result<Fetched, String>) {
     }
 }
 
-fn usable(env: &Env, settings: &Settings, now: i64) -> Option<Rc<KeyRing>> {
+fn usable(env: &Env, settings: &Settings, now: i64) -> Option<Arc<KeyRing>> {
     with_isolate(env, |i| i.keys.usable(now, settings.keys_max_stale))
 }
 
@@ -267,7 +267,7 @@ async fn fetch_keys(settings: &Settings, now: i64, shared: bool) -> Result<Fetch
     })
 }
 
-fn parse_jwks(body: &[u8], settings: &Settings) -> Result<Rc<KeyRing>, String> {
+fn parse_jwks(body: &[u8], settings: &Settings) -> Result<Arc<KeyRing>, String> {
     if body.len() > MAX_JWKS_BYTES {
         return Err(format!("the JWKS is over {MAX_JWKS_BYTES} bytes"));
     }
@@ -278,5 +278,5 @@ fn parse_jwks(body: &[u8], settings: &Settings) -> Result<Rc<KeyRing>, String> {
             json!({"event": "jwks_key_skipped", "kid": key.kid, "reason": format!("{:?}", key.reason)}),
         );
     }
-    Ok(Rc::new(ring))
+    Ok(Arc::new(ring))
 }
