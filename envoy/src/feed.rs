@@ -197,56 +197,15 @@ mod fetcher {
 
 #[cfg(test)]
 mod tests {
-    use base64ct::{Base64UrlUnpadded, Encoding as _};
-    use ed25519_dalek::{Signer as _, SigningKey};
-    use edgeauth_core::{FeedNext, KeyRing, Policy, REVOCATION_TYPE};
+    use edgeauth_core::FeedNext;
     use serde_json::json;
 
     use super::*;
-    use crate::{keys::claim_forced_fetch, shared::testing::EnvoyMap};
-
-    const ISSUER: &str = "https://auth.example";
-    const NOW: i64 = 1_800_000_000;
-
-    fn policy() -> Policy {
-        Policy::from_json(&format!(
-            r#"{{"issuers":["{ISSUER}"],"audiences":["api"],"algorithms":["EdDSA"]}}"#
-        ))
-        .expect("a policy")
-    }
-
-    fn key(seed: u8) -> SigningKey {
-        SigningKey::from_bytes(&[seed; 32])
-    }
-
-    fn ring(keys: &[(u8, &str)]) -> KeyRing {
-        let keys: Vec<_> = keys
-            .iter()
-            .map(|(seed, kid)| {
-                let x = Base64UrlUnpadded::encode_string(key(*seed).verifying_key().as_bytes());
-                json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA"})
-            })
-            .collect();
-        let jwks = json!({ "keys": keys }).to_string();
-        KeyRing::from_jwks(jwks.as_bytes(), &policy())
-            .expect("a ring")
-            .0
-    }
-
-    /// A feed entry revoking `jti`, signed by key `seed` under `kid`.
-    fn entry(seq: u64, jti: &str, seed: u8, kid: &str) -> serde_json::Value {
-        let header = json!({"alg": "EdDSA", "kid": kid, "typ": REVOCATION_TYPE}).to_string();
-        let payload = json!({"iss": ISSUER, "seq": seq, "jti": jti, "exp": NOW + 900, "iat": NOW})
-            .to_string();
-        let input = format!(
-            "{}.{}",
-            Base64UrlUnpadded::encode_string(header.as_bytes()),
-            Base64UrlUnpadded::encode_string(payload.as_bytes())
-        );
-        let signature = key(seed).sign(input.as_bytes()).to_bytes();
-        let jws = format!("{input}.{}", Base64UrlUnpadded::encode_string(&signature));
-        json!({"seq": seq, "jws": jws})
-    }
+    use crate::{
+        keys::claim_forced_fetch,
+        shared::testing::EnvoyMap,
+        testing::{entry, policy, ring, NOW},
+    };
 
     /// After a rotation the origin signs entry 2 with a key this edge has not fetched, while
     /// requests with made-up `kid`s hold the forced-fetch slot. The reader stops at entry 2

@@ -1,7 +1,8 @@
 //! # edgeauth-envoy
 //!
 //! The edge verifier as an Envoy HTTP filter (proxy-wasm ABI 0.2.1, built for `wasm32-wasip1`),
-//! for a sidecar in a service mesh. Every decision is `edgeauth-core`'s, so a token gets the
+//! for a sidecar in a service mesh; built for the host instead, the same filter is a native Envoy
+//! dynamic module (the `native` module). Every decision is `edgeauth-core`'s, so a token gets the
 //! same verdict here as in the Worker and the CLI; this crate only translates Envoy's host calls.
 //!
 //! - **Keys.** One VM is elected fetcher through shared data with compare-and-swap (Envoy runs a
@@ -35,6 +36,8 @@ pub mod wire;
 
 #[cfg(not(target_family = "wasm"))]
 pub mod native;
+#[cfg(test)]
+mod testing;
 
 #[cfg(target_family = "wasm")]
 mod abi;

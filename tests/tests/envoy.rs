@@ -76,7 +76,17 @@ async fn on_a_new_connection(stack: &Stack, token: &str) -> Answer {
 /// differ are listed with the reason; each is the filter being stricter, on purpose.
 #[tokio::test]
 async fn the_filter_and_jwt_authn_agree_on_every_case_both_support() {
-    let stack = Stack::start_on(Edge::Envoy).await;
+    the_filter_and_jwt_authn_agree(Edge::Envoy).await;
+}
+
+/// The same cases, with the filter as a native dynamic module: the same verdicts.
+#[tokio::test]
+async fn the_native_module_and_jwt_authn_agree_on_every_case_both_support() {
+    the_filter_and_jwt_authn_agree(Edge::EnvoyNative).await;
+}
+
+async fn the_filter_and_jwt_authn_agree(edge: Edge) {
+    let stack = Stack::start_on(edge).await;
     let native = stack.native.clone().expect("a jwt_authn listener");
     let now = edgeauth_origin::clock::now();
 
@@ -210,7 +220,7 @@ async fn the_filter_and_jwt_authn_agree_on_every_case_both_support() {
     ];
 
     // The logout above must have reached the filter before its case is judged.
-    tokio::time::sleep(edgeauth_e2e::Edge::Envoy.revocation_bound()).await;
+    tokio::time::sleep(edge.revocation_bound()).await;
     let mut report = Vec::new();
     let mut disagreements = Vec::new();
     for (case, headers, filter_accepts, native_accepts, why) in &cases {
@@ -250,7 +260,18 @@ async fn the_filter_and_jwt_authn_agree_on_every_case_both_support() {
 /// the origin, and the keys and revocations it reads reach every VM.
 #[tokio::test]
 async fn one_vm_fetches_for_all_and_every_vm_decides_alike() {
-    let stack = Stack::start_on(Edge::Envoy).await;
+    one_fetch_serves_every_worker(Edge::Envoy).await;
+}
+
+/// The native module: one configuration shared by every worker thread, fetching on the main
+/// thread; a revocation reaches every worker at once.
+#[tokio::test]
+async fn the_native_modules_one_fetch_serves_every_worker_thread() {
+    one_fetch_serves_every_worker(Edge::EnvoyNative).await;
+}
+
+async fn one_fetch_serves_every_worker(edge: Edge) {
+    let stack = Stack::start_on(edge).await;
     let token = stack.login().await;
     // New connections land on both worker threads.
     for _ in 0..12 {
@@ -270,7 +291,7 @@ async fn one_vm_fetches_for_all_and_every_vm_decides_alike() {
     assert!(reads <= 8, "{reads} feed reads in about three seconds");
 
     stack.logout(&token).await;
-    tokio::time::sleep(Edge::Envoy.revocation_bound()).await;
+    tokio::time::sleep(edge.revocation_bound()).await;
     for _ in 0..12 {
         let answer = on_a_new_connection(&stack, &token).await;
         assert_eq!(answer.json["reason"], "token_revoked");
@@ -281,6 +302,10 @@ async fn one_vm_fetches_for_all_and_every_vm_decides_alike() {
         stack.metric("edgeauth.denied.token_revoked").await,
         Some(12)
     );
+    if edge == Edge::EnvoyNative {
+        // The module has counters only.
+        return;
+    }
     assert_eq!(
         stack
             .metric("edgeauth.revocation_feed.revoked_tokens")
@@ -293,7 +318,17 @@ async fn one_vm_fetches_for_all_and_every_vm_decides_alike() {
 /// the filter, and the VM keeps serving.
 #[tokio::test]
 async fn hostile_header_bytes_are_refused_and_never_trap_the_vm() {
-    let stack = Stack::start_on(Edge::Envoy).await;
+    hostile_header_bytes_are_refused(Edge::Envoy).await;
+}
+
+/// The same bytes through the native module: refused, and Envoy keeps serving.
+#[tokio::test]
+async fn hostile_header_bytes_are_refused_and_never_crash_the_native_module() {
+    hostile_header_bytes_are_refused(Edge::EnvoyNative).await;
+}
+
+async fn hostile_header_bytes_are_refused(edge: Edge) {
+    let stack = Stack::start_on(edge).await;
     let token = stack.login().await;
     let binary = HeaderValue::from_bytes(b"Bearer \xff\xfe\x80abc.def.ghi").expect("obs-text");
     let huge = format!("Bearer {}", "A".repeat(50_000));

@@ -17,8 +17,8 @@ use std::sync::{
 use arc_swap::ArcSwap;
 use edgeauth_core::{
     authorize_deferred, forced_fetch_claimable, freshness_seconds, Allowed, Deferred, Denial,
-    DenyReason, DenyState, FeedNext, FeedPage, FeedReader, KeyCache, KeyRing, Request, Step,
-    TokenCache, Verdict,
+    DenyReason, DenyState, FeedNext, FeedPage, FeedReader, KeyCache, KeyRing, Request,
+    SignatureCheck, Step, TokenCache, Verdict,
 };
 
 use crate::{feed::MAX_FEED_BYTES, keys::MAX_JWKS_BYTES, settings::Settings};
@@ -280,6 +280,50 @@ impl Edge {
         self.fetcher().reader
     }
 
+    /// Decides a request from its headers as Envoy hands them over: names and values are bytes
+    /// nobody checked, pseudo-headers (`:method`, `:path`) included. What is not text where text
+    /// is needed is a 400, never a panic.
+    pub fn decide_headers(
+        &self,
+        view: &View,
+        raw: &[(&[u8], &[u8])],
+        now: i64,
+        tokens: &mut TokenCache,
+        verify: impl FnOnce(&SignatureCheck, &KeyRing) -> bool,
+        may_refetch: bool,
+    ) -> Outcome {
+        let mut headers = Vec::with_capacity(raw.len());
+        for (name, value) in raw {
+            match std::str::from_utf8(name) {
+                Ok(name) => headers.push((name, *value)),
+                // A header that cannot be read names no origin: a refusal without CORS.
+                Err(_) => return self.invalid_request(&[]),
+            }
+        }
+        let pseudo = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| std::str::from_utf8(v))
+        };
+        let (Some(Ok(method)), Some(Ok(path))) = (pseudo(":method"), pseudo(":path")) else {
+            // A path that is not text cannot be matched against the route rules.
+            return self.invalid_request(&headers);
+        };
+        let request = Request {
+            method,
+            path,
+            headers: headers.as_slice(),
+        };
+        self.decide(view, &request, now, tokens, verify, may_refetch)
+    }
+
+    fn invalid_request(&self, headers: &[(&str, &[u8])]) -> Outcome {
+        let denial: Denial = DenyReason::InvalidRequest.into();
+        let headers = denial.response_headers(&self.settings.policy, headers);
+        Outcome::Deny(denial, headers)
+    }
+
     /// Decides a request at `now` from what `view` holds. `verify` checks a signature the core
     /// hands over; `may_refetch` is false once the request has waited for a refetch.
     pub fn decide<H: edgeauth_core::Headers + ?Sized>(
@@ -288,7 +332,7 @@ impl Edge {
         request: &Request<'_, H>,
         now: i64,
         tokens: &mut TokenCache,
-        verify: impl FnOnce(&edgeauth_core::SignatureCheck, &KeyRing) -> bool,
+        verify: impl FnOnce(&SignatureCheck, &KeyRing) -> bool,
         may_refetch: bool,
     ) -> Outcome {
         let settings = &self.settings;
@@ -327,6 +371,250 @@ impl Edge {
                 let headers = denial.response_headers(&settings.policy, request.headers);
                 Outcome::Deny(denial, headers)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use edgeauth_core::FEED_PAGE_LIMIT;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        native::crypto,
+        testing::{access_token, entry, jwks, policy_json, NOW},
+    };
+
+    fn edge() -> Edge {
+        let configuration = json!({
+            "policy": serde_json::from_str::<serde_json::Value>(&policy_json()).expect("JSON"),
+            "jwks": {"cluster": "origin", "path": "/.well-known/jwks.json"},
+            "revocation_feed": {"cluster": "origin", "path": "/v1/revocations"},
+        });
+        Edge::new(Settings::from_json(configuration.to_string().as_bytes()).expect("settings"))
+    }
+
+    fn ok(body: String) -> Answer {
+        Answer {
+            status: Some(200),
+            cache_control: Some("max-age=300".into()),
+            body: body.into_bytes(),
+        }
+    }
+
+    fn page(entries: Vec<serde_json::Value>, next: u64) -> Answer {
+        ok(json!({"entries": entries, "next": next}).to_string())
+    }
+
+    /// The reason the edge gives a request carrying `token`, as Envoy would hand it over.
+    fn reason(edge: &Edge, token: &str, now: i64) -> &'static str {
+        let bearer = format!("Bearer {token}");
+        let headers: [(&[u8], &[u8]); 3] = [
+            (b":method", b"GET"),
+            (b":path", b"/orders"),
+            (b"authorization", bearer.as_bytes()),
+        ];
+        let mut tokens = TokenCache::for_policy(&edge.settings.policy);
+        let view = edge.view();
+        match edge.decide_headers(&view, &headers, now, &mut tokens, crypto::verify, false) {
+            Outcome::Allow(_) => "allowed",
+            Outcome::Deny(denial, _) => denial.reason.code(),
+            Outcome::FetchKeys => "fetch_keys",
+        }
+    }
+
+    fn fetched(edge: &Edge, keys: &[(u8, &str)], now: i64) {
+        assert_eq!(edge.due(now).first(), Some(&Call::Keys { started_at: now }));
+        edge.take_keys(&ok(jwks(keys)), now, now, true)
+            .expect("keys taken");
+    }
+
+    /// A revocation stored by the thread that read the feed is what every other thread's next
+    /// request sees: there is one view, not a copy per thread to sync.
+    #[test]
+    fn a_stored_revocation_is_refused_on_every_thread_at_once() {
+        let edge = Arc::new(edge());
+        fetched(&edge, &[(1, "k1")], NOW);
+        let token = access_token("jti-1", 1, "k1");
+        let calls = edge.due(NOW);
+        assert_eq!(calls, vec![Call::Feed { after: 0 }]);
+        edge.take_feed(&page(vec![], 0), 0, NOW).expect("read");
+        assert_eq!(reason(&edge, &token, NOW), "allowed");
+
+        assert_eq!(edge.due(NOW + 1), vec![Call::Feed { after: 0 }]);
+        let next = edge
+            .take_feed(&page(vec![entry(1, "jti-1", 1, "k1")], 1), 0, NOW + 1)
+            .expect("read");
+        assert_eq!(next, FeedNext::CaughtUp);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (edge, token) = (edge.clone(), token.clone());
+                std::thread::spawn(move || reason(&edge, &token, NOW + 1))
+            })
+            .collect();
+        for thread in threads {
+            assert_eq!(thread.join().expect("no panic"), "token_revoked");
+        }
+    }
+
+    /// A page that fails, or answers a cursor that has moved, stores nothing and moves nothing:
+    /// the same entries are asked for again.
+    #[test]
+    fn the_cursor_moves_only_past_stored_revocations() {
+        let edge = edge();
+        fetched(&edge, &[(1, "k1")], NOW);
+        assert_eq!(edge.due(NOW), vec![Call::Feed { after: 0 }]);
+        let failed = Answer {
+            status: Some(503),
+            ..Answer::default()
+        };
+        assert!(edge.take_feed(&failed, 0, NOW).is_err());
+        assert_eq!(edge.feed_reader().cursor(), 0);
+        assert_eq!(edge.view().feed_read_at, 0, "nothing vouched for");
+        assert_eq!(edge.due(NOW + 1), vec![Call::Feed { after: 0 }]);
+        edge.take_feed(&page(vec![entry(1, "a", 1, "k1")], 1), 0, NOW + 1)
+            .expect("read");
+        assert_eq!(edge.feed_reader().cursor(), 1);
+        // A late answer to the old cursor is not applied over the newer state.
+        assert_eq!(
+            edge.take_feed(&page(vec![], 0), 0, NOW + 2),
+            Ok(FeedNext::ReadMore)
+        );
+        assert_eq!(edge.feed_reader().cursor(), 1);
+        // A full page is followed by the next one at once.
+        let full: Vec<_> = (2..2 + FEED_PAGE_LIMIT as u64)
+            .map(|seq| entry(seq, &format!("jti-{seq}"), 1, "k1"))
+            .collect();
+        assert_eq!(edge.due(NOW + 3), vec![Call::Feed { after: 1 }]);
+        let last = 1 + FEED_PAGE_LIMIT as u64;
+        assert_eq!(
+            edge.take_feed(&page(full, last), 1, NOW + 3),
+            Ok(FeedNext::ReadMore)
+        );
+        assert_eq!(edge.due(NOW + 3), vec![Call::Feed { after: last }]);
+    }
+
+    /// After a rotation the feed carries an entry signed by a key this edge has not fetched.
+    /// The reader stops before it, the keys are fetched, and the entry is applied: never
+    /// skipped.
+    #[test]
+    fn an_entry_signed_by_a_key_not_yet_fetched_waits_for_the_keys() {
+        let edge = edge();
+        fetched(&edge, &[(1, "k1")], NOW);
+        assert_eq!(edge.due(NOW), vec![Call::Feed { after: 0 }]);
+        let rotated = page(vec![entry(1, "a", 1, "k1"), entry(2, "b", 2, "k2")], 2);
+        assert_eq!(edge.take_feed(&rotated, 0, NOW), Ok(FeedNext::NeedKeys));
+        assert_eq!(edge.feed_reader().cursor(), 1, "stopped before entry 2");
+        // The refetch is claimed for the feed; the poll waits for its answer.
+        assert_eq!(
+            edge.due(NOW + 1),
+            vec![
+                Call::Keys {
+                    started_at: NOW + 1
+                },
+                Call::Feed { after: 1 }
+            ]
+        );
+        edge.call_failed(Call::Feed { after: 1 });
+        edge.take_keys(&ok(jwks(&[(1, "k1"), (2, "k2")])), NOW + 1, NOW + 1, true)
+            .expect("keys");
+        assert_eq!(
+            edge.due(NOW + 1),
+            vec![Call::Feed { after: 1 }],
+            "read again at once"
+        );
+        edge.take_feed(&rotated, 1, NOW + 1).expect("read");
+        assert_eq!(edge.feed_reader().cursor(), 2);
+        assert_eq!(
+            reason(&edge, &access_token("b", 2, "k2"), NOW + 1),
+            "token_revoked"
+        );
+    }
+
+    /// Made-up `kid`s on every worker thread at once win one refetch per interval between them.
+    #[test]
+    fn one_refetch_per_interval_is_claimed_across_threads() {
+        let edge = Arc::new(edge());
+        let won: usize = (0..8)
+            .map(|_| {
+                let edge = edge.clone();
+                std::thread::spawn(move || usize::from(edge.claim_forced_fetch(NOW)))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().expect("no panic"))
+            .sum();
+        assert_eq!(won, 1);
+        let interval = i64::from(edge.settings.keys_refetch_interval);
+        assert!(!edge.claim_forced_fetch(NOW + interval - 1));
+        assert!(edge.claim_forced_fetch(NOW + interval));
+    }
+
+    /// An unknown `kid` makes the winning request fetch keys; with the keys it passes.
+    #[test]
+    fn an_unknown_kid_fetches_keys_once_then_decides_with_them() {
+        let edge = edge();
+        fetched(&edge, &[(1, "k1")], NOW);
+        edge.take_feed(&page(vec![], 0), 0, NOW).expect("read");
+        let rotated = access_token("c", 2, "k2");
+        let bearer = format!("Bearer {rotated}");
+        let headers: [(&[u8], &[u8]); 3] = [
+            (b":method", b"GET"),
+            (b":path", b"/orders"),
+            (b"authorization", bearer.as_bytes()),
+        ];
+        let mut tokens = TokenCache::for_policy(&edge.settings.policy);
+        let decide = |may_refetch, tokens: &mut TokenCache| {
+            edge.decide_headers(
+                &edge.view(),
+                &headers,
+                NOW,
+                tokens,
+                crypto::verify,
+                may_refetch,
+            )
+        };
+        assert!(matches!(decide(true, &mut tokens), Outcome::FetchKeys));
+        // The next request within the interval is refused without another fetch.
+        assert!(
+            matches!(decide(true, &mut tokens), Outcome::Deny(d, _) if d.reason == DenyReason::UnknownKey)
+        );
+        edge.take_keys(&ok(jwks(&[(1, "k1"), (2, "k2")])), NOW, NOW, false)
+            .expect("keys");
+        assert!(matches!(decide(false, &mut tokens), Outcome::Allow(_)));
+    }
+
+    /// Bytes Envoy passes through unchecked: a header name or a path that is not text is a 400,
+    /// and nothing panics.
+    #[test]
+    fn header_bytes_that_are_not_text_are_refused() {
+        let edge = edge();
+        fetched(&edge, &[(1, "k1")], NOW);
+        let mut tokens = TokenCache::for_policy(&edge.settings.policy);
+        let cases: [&[(&[u8], &[u8])]; 4] = [
+            &[
+                (b":method", b"GET"),
+                (b":path", b"/\xff"),
+                (b"authorization", b"Bearer x"),
+            ],
+            &[(b":method", b"GET"), (b":path", b"/a"), (b"x-\xfe", b"v")],
+            &[(b":path", b"/a")],
+            &[],
+        ];
+        for headers in cases {
+            let outcome = edge.decide_headers(
+                &edge.view(),
+                headers,
+                NOW,
+                &mut tokens,
+                crypto::verify,
+                true,
+            );
+            assert!(
+                matches!(&outcome, Outcome::Deny(d, _) if d.reason == DenyReason::InvalidRequest),
+                "{outcome:?}"
+            );
         }
     }
 }

@@ -31,7 +31,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use edgeauth_core::{DenyReason, Request, TokenCache};
+use edgeauth_core::{DenyReason, TokenCache};
 use serde_json::json;
 
 use self::{
@@ -319,40 +319,11 @@ fn request_headers(stream: &mut Stream, envoy: &mut Filter) -> HeadersStatus {
 
 fn decide(stream: &Stream, envoy: &Filter, may_refetch: bool) -> Outcome {
     let edge = &stream.edge;
-    let raw = envoy.request_headers();
-    let mut headers = Vec::with_capacity(raw.len());
-    for (name, value) in raw {
-        match std::str::from_utf8(name) {
-            Ok(name) => headers.push((name, value)),
-            // A header that cannot be read names no origin: a refusal without CORS.
-            Err(_) => return refusal(edge, &[]),
-        }
-    }
-    let pseudo = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| std::str::from_utf8(v))
-    };
-    let (Some(Ok(method)), Some(Ok(path))) = (pseudo(":method"), pseudo(":path")) else {
-        // A path that is not text cannot be matched against the route rules.
-        return refusal(edge, &headers);
-    };
-    let request = Request {
-        method,
-        path,
-        headers: headers.as_slice(),
-    };
+    let headers = envoy.request_headers();
     let view = edge.view();
     with_tokens(edge, |tokens| {
-        edge.decide(&view, &request, now(), tokens, crypto::verify, may_refetch)
+        edge.decide_headers(&view, &headers, now(), tokens, crypto::verify, may_refetch)
     })
-}
-
-fn refusal(edge: &Edge, headers: &[(&str, &[u8])]) -> Outcome {
-    let denial: edgeauth_core::Denial = DenyReason::InvalidRequest.into();
-    let headers = denial.response_headers(&edge.settings.policy, headers);
-    Outcome::Deny(denial, headers)
 }
 
 fn act(stream: &mut Stream, envoy: &mut Filter, outcome: Outcome) -> HeadersStatus {
