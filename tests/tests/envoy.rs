@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use base64ct::{Base64UrlUnpadded, Encoding as _};
-use edgeauth_e2e::{send, Answer, Edge, Stack, AUDIENCE, ISSUER};
+use edgeauth_e2e::{
+    envoy_binary, previous_envoy_binary, send, validate_native_example, Answer, Edge, Stack,
+    AUDIENCE, ISSUER,
+};
 use edgeauth_origin::keys::{SigningAlgorithm, SigningKey};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
@@ -370,4 +373,26 @@ async fn hostile_header_bytes_are_refused(edge: Edge) {
     for sign in ["panicked", "Wasm VM failed", "wasm trap", "internal_error"] {
         assert!(!log.contains(sign), "{sign} in:\n{log}");
     }
+}
+
+/// Envoy only warns when a module's ABI version differs from its own, and Envoy 1.39 (ABI
+/// `v0.1.0`) exports every callback the module calls under the same names. The module must see
+/// that it was not written for that ABI and refuse to load, so that Envoy refuses the
+/// configuration instead of running it. The same configuration loads in Envoy 1.40.
+#[test]
+fn the_native_module_refuses_to_load_in_an_envoy_of_another_abi() {
+    let (accepted, output) = validate_native_example(&envoy_binary());
+    assert!(accepted, "Envoy 1.40 refused the module:\n{output}");
+    assert!(
+        output.contains("Dynamic module ABI version v0.2.0 matched"),
+        "{output}"
+    );
+
+    let (accepted, output) = validate_native_example(&previous_envoy_binary());
+    assert!(!accepted, "Envoy 1.39 accepted the module:\n{output}");
+    assert!(
+        output.contains("does not offer the dynamic-module ABI v0.2.0")
+            && output.contains("Failed to initialize dynamic module"),
+        "{output}"
+    );
 }

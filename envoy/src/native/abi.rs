@@ -5,9 +5,10 @@
 //! it.
 //!
 //! - **Callbacks are looked up when Envoy loads the library** ([`envoy_dynamic_module_on_program_init`]),
-//!   by name in Envoy's own symbol table. If Envoy lacks any of them (another ABI), the library
-//!   answers the load with NULL and Envoy refuses it with "Failed to initialize dynamic module",
-//!   instead of running against functions that are not there. Looking them up, rather than
+//!   by name in Envoy's own symbol table, with a marker of ABI `v0.2.0` ([`ABI_MARKER`]). If
+//!   Envoy lacks any of them (another ABI), the library answers the load with NULL and Envoy
+//!   refuses it with "Failed to initialize dynamic module", instead of running against functions
+//!   that are not there or not what they were. Looking them up, rather than
 //!   linking against them, also lets the pure parts link into ordinary test binaries.
 //! - **No panic crosses into Envoy**: every hook runs under `catch_unwind`. A request whose hook
 //!   panicked is answered 500; any other hook does nothing.
@@ -26,6 +27,13 @@ use super::{FilterConfig, Stream};
 
 /// The ABI version this library was written against, answered to Envoy at load.
 pub const ABI_VERSION: &CStr = c"v0.2.0";
+
+/// A callback that first appeared in ABI `v0.2.0` (Envoy 1.40). The module does not call it; its
+/// presence tells this ABI from `v0.1.0` (Envoy 1.39), which exports every callback the module
+/// calls under the same names. Envoy itself only warns when a module's ABI version differs from
+/// its own, so without this an Envoy 1.39 would run the module against an ABI it was not written
+/// for.
+const ABI_MARKER: &CStr = c"envoy_dynamic_module_callback_http_has_filter_state";
 
 /// Bytes Envoy owns (`envoy_dynamic_module_type_envoy_buffer`).
 #[repr(C)]
@@ -255,41 +263,46 @@ impl Callbacks {
                 ),
             )
         };
-        match callbacks {
-            (
-                Some(get_headers_size),
-                Some(get_headers),
-                Some(set_header),
-                Some(send_response),
-                Some(continue_decoding),
-                Some(filter_callout),
-                Some(config_callout),
-                Some(config_scheduler_new),
-                Some(config_scheduler_commit),
-                Some(config_scheduler_delete),
-                Some(log),
-                Some(log_enabled),
-                Some(define_counter),
-                Some(filter_increment_counter),
-                Some(config_increment_counter),
-            ) => Ok(Self {
-                get_headers_size,
-                get_headers,
-                set_header,
-                send_response,
-                continue_decoding,
-                filter_callout,
-                config_callout,
-                config_scheduler_new,
-                config_scheduler_commit,
-                config_scheduler_delete,
-                log,
-                log_enabled,
-                define_counter,
-                filter_increment_counter,
-                config_increment_counter,
-            }),
-            _ => Err(missing),
+        // SAFETY: looked up for its presence only, never called.
+        let marker = unsafe { lookup::<*mut c_void>(ABI_MARKER, &mut missing) };
+        match (marker, callbacks) {
+            (None, _) => Err(missing),
+            (Some(_), callbacks) => match callbacks {
+                (
+                    Some(get_headers_size),
+                    Some(get_headers),
+                    Some(set_header),
+                    Some(send_response),
+                    Some(continue_decoding),
+                    Some(filter_callout),
+                    Some(config_callout),
+                    Some(config_scheduler_new),
+                    Some(config_scheduler_commit),
+                    Some(config_scheduler_delete),
+                    Some(log),
+                    Some(log_enabled),
+                    Some(define_counter),
+                    Some(filter_increment_counter),
+                    Some(config_increment_counter),
+                ) => Ok(Self {
+                    get_headers_size,
+                    get_headers,
+                    set_header,
+                    send_response,
+                    continue_decoding,
+                    filter_callout,
+                    config_callout,
+                    config_scheduler_new,
+                    config_scheduler_commit,
+                    config_scheduler_delete,
+                    log,
+                    log_enabled,
+                    define_counter,
+                    filter_increment_counter,
+                    config_increment_counter,
+                }),
+                _ => Err(missing),
+            },
         }
     }
 }
