@@ -145,6 +145,56 @@ type FilterPtr = *mut c_void;
 type ConfigPtr = *mut c_void;
 type SchedulerPtr = *mut c_void;
 
+/// A callout's start, for a request (`http_filter_http_callout`) or a configuration
+/// (`http_filter_config_http_callout`): the same signature, on the owner's pointer.
+type StartCallout = unsafe extern "C" fn(
+    *mut c_void,
+    *mut u64,
+    ModuleBuffer,
+    *mut ModuleHeader,
+    usize,
+    ModuleBuffer,
+    u64,
+) -> u32;
+
+/// Starts a GET-style callout without a body through `start`, on `owner`.
+///
+/// # Safety
+/// `start` must be the callout callback for `owner`'s kind, called on the thread the ABI requires
+/// for it (the request's worker, or the main thread for a configuration).
+unsafe fn start_callout(
+    start: StartCallout,
+    owner: *mut c_void,
+    cluster: &str,
+    headers: &[(&str, &[u8])],
+    timeout_ms: u32,
+) -> Result<u64, CalloutRefused> {
+    let mut headers = module_headers(headers);
+    let mut id = 0u64;
+    // Envoy copies what it is given during the call and writes the id.
+    let result = start(
+        owner,
+        &mut id,
+        ModuleBuffer::of(cluster.as_bytes()),
+        headers.as_mut_ptr(),
+        headers.len(),
+        ModuleBuffer::EMPTY,
+        u64::from(timeout_ms),
+    );
+    if result == CALLOUT_SUCCESS {
+        Ok(id)
+    } else {
+        Err(CalloutRefused(result))
+    }
+}
+
+fn module_headers(headers: &[(&str, &[u8])]) -> Vec<ModuleHeader> {
+    headers
+        .iter()
+        .map(|(name, value)| ModuleHeader::of(name.as_bytes(), value))
+        .collect()
+}
+
 /// The callbacks this filter uses, looked up in Envoy at load.
 struct Callbacks {
     get_headers_size: unsafe extern "C" fn(FilterPtr, u32) -> usize,
@@ -153,24 +203,8 @@ struct Callbacks {
     send_response:
         unsafe extern "C" fn(FilterPtr, u32, *mut ModuleHeader, usize, ModuleBuffer, ModuleBuffer),
     continue_decoding: unsafe extern "C" fn(FilterPtr),
-    filter_callout: unsafe extern "C" fn(
-        FilterPtr,
-        *mut u64,
-        ModuleBuffer,
-        *mut ModuleHeader,
-        usize,
-        ModuleBuffer,
-        u64,
-    ) -> u32,
-    config_callout: unsafe extern "C" fn(
-        ConfigPtr,
-        *mut u64,
-        ModuleBuffer,
-        *mut ModuleHeader,
-        usize,
-        ModuleBuffer,
-        u64,
-    ) -> u32,
+    filter_callout: StartCallout,
+    config_callout: StartCallout,
     config_scheduler_new: unsafe extern "C" fn(ConfigPtr) -> SchedulerPtr,
     config_scheduler_commit: unsafe extern "C" fn(SchedulerPtr, u64),
     config_scheduler_delete: unsafe extern "C" fn(SchedulerPtr),
@@ -420,10 +454,7 @@ impl Filter {
         body: &[u8],
         details: &str,
     ) {
-        let mut headers: Vec<ModuleHeader> = headers
-            .iter()
-            .map(|(name, value)| ModuleHeader::of(name.as_bytes(), value))
-            .collect();
+        let mut headers = module_headers(headers);
         // SAFETY: Envoy copies the headers, body and details during the call.
         unsafe {
             (self.callbacks.send_response)(
@@ -461,27 +492,15 @@ impl Filter {
         headers: &[(&str, &[u8])],
         timeout_ms: u32,
     ) -> Result<u64, CalloutRefused> {
-        let mut headers: Vec<ModuleHeader> = headers
-            .iter()
-            .map(|(name, value)| ModuleHeader::of(name.as_bytes(), value))
-            .collect();
-        let mut id = 0u64;
-        // SAFETY: Envoy copies what it is given during the call and writes the id.
-        let result = unsafe {
-            (self.callbacks.filter_callout)(
+        // SAFETY: the filter pointer is the one of the running hook, on its worker thread.
+        unsafe {
+            start_callout(
+                self.callbacks.filter_callout,
                 self.ptr,
-                &mut id,
-                ModuleBuffer::of(cluster.as_bytes()),
-                headers.as_mut_ptr(),
-                headers.len(),
-                ModuleBuffer::EMPTY,
-                u64::from(timeout_ms),
+                cluster,
+                headers,
+                timeout_ms,
             )
-        };
-        if result == CALLOUT_SUCCESS {
-            Ok(id)
-        } else {
-            Err(CalloutRefused(result))
         }
     }
 }
@@ -509,27 +528,15 @@ impl ConfigHandle {
         headers: &[(&str, &[u8])],
         timeout_ms: u32,
     ) -> Result<u64, CalloutRefused> {
-        let mut headers: Vec<ModuleHeader> = headers
-            .iter()
-            .map(|(name, value)| ModuleHeader::of(name.as_bytes(), value))
-            .collect();
-        let mut id = 0u64;
-        // SAFETY: called on the main thread from a configuration hook; Envoy copies its inputs.
-        let result = unsafe {
-            (self.callbacks.config_callout)(
+        // SAFETY: called on the main thread from a configuration hook.
+        unsafe {
+            start_callout(
+                self.callbacks.config_callout,
                 self.ptr,
-                &mut id,
-                ModuleBuffer::of(cluster.as_bytes()),
-                headers.as_mut_ptr(),
-                headers.len(),
-                ModuleBuffer::EMPTY,
-                u64::from(timeout_ms),
+                cluster,
+                headers,
+                timeout_ms,
             )
-        };
-        if result == CALLOUT_SUCCESS {
-            Ok(id)
-        } else {
-            Err(CalloutRefused(result))
         }
     }
 
