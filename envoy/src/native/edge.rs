@@ -79,9 +79,20 @@ impl Answer {
 struct Fetcher {
     view: View,
     reader: FeedReader,
-    keys_in_flight: bool,
-    feed_in_flight: bool,
+    /// When the JWKS call in flight started.
+    keys_in_flight: Option<i64>,
+    /// When the feed call in flight started.
+    feed_in_flight: Option<i64>,
     last_feed_call: Option<i64>,
+}
+
+/// Whether a call started at `started` is still awaited at `now`. Envoy answers every callout
+/// (its timeout is `fetch_timeout_ms`), but an answer it gives inline, before the callout's id is
+/// known, would be lost: past twice the timeout a call counts as lost, so fetching can never stop
+/// for good.
+fn awaited(started: Option<i64>, now: i64, timeout_ms: u32) -> bool {
+    let patience = 2 * i64::from(timeout_ms.div_ceil(1000));
+    started.is_some_and(|at| now.saturating_sub(at) <= patience)
 }
 
 /// One filter configuration: settings, the view requests read, the fetcher state.
@@ -145,9 +156,10 @@ impl Edge {
             .keys
             .fetch_due(now, settings.keys_refetch_interval)
             || (fetcher.reader.waiting().is_some() && self.claim_forced_fetch(now));
-        if !fetcher.keys_in_flight && keys_wanted {
+        let timeout = settings.fetch_timeout_ms;
+        if !awaited(fetcher.keys_in_flight, now, timeout) && keys_wanted {
             fetcher.view.keys.attempted(now, false);
-            fetcher.keys_in_flight = true;
+            fetcher.keys_in_flight = Some(now);
             calls.push(Call::Keys { started_at: now });
         }
         let usable = fetcher
@@ -158,8 +170,8 @@ impl Edge {
         let poll_due = fetcher
             .last_feed_call
             .is_none_or(|at| now.saturating_sub(at) >= i64::from(settings.feed_poll));
-        if usable && poll_due && !fetcher.feed_in_flight {
-            fetcher.feed_in_flight = true;
+        if usable && poll_due && !awaited(fetcher.feed_in_flight, now, timeout) {
+            fetcher.feed_in_flight = Some(now);
             fetcher.last_feed_call = Some(now);
             calls.push(Call::Feed {
                 after: fetcher.reader.cursor(),
@@ -172,8 +184,8 @@ impl Edge {
     pub fn call_failed(&self, call: Call) {
         let mut fetcher = self.fetcher();
         match call {
-            Call::Keys { .. } => fetcher.keys_in_flight = false,
-            Call::Feed { .. } => fetcher.feed_in_flight = false,
+            Call::Keys { .. } => fetcher.keys_in_flight = None,
+            Call::Feed { .. } => fetcher.feed_in_flight = None,
         }
     }
 
@@ -210,7 +222,7 @@ impl Edge {
     ) -> Result<usize, String> {
         let mut fetcher = self.fetcher();
         if scheduled {
-            fetcher.keys_in_flight = false;
+            fetcher.keys_in_flight = None;
         }
         let body = answer.body_if_ok(MAX_JWKS_BYTES)?;
         let (ring, _skipped) = KeyRing::from_jwks(body, &self.settings.policy)
@@ -237,7 +249,7 @@ impl Edge {
     /// nothing, so it is read again.
     pub fn take_feed(&self, answer: &Answer, after: u64, now: i64) -> Result<FeedNext, String> {
         let mut fetcher = self.fetcher();
-        fetcher.feed_in_flight = false;
+        fetcher.feed_in_flight = None;
         let body = answer.body_if_ok(MAX_FEED_BYTES)?;
         let page: FeedPage =
             serde_json::from_slice(body).map_err(|e| format!("not a feed page: {e}"))?;
@@ -540,6 +552,18 @@ mod tests {
             reason(&edge, &access_token("b", 2, "k2"), NOW + 1),
             "token_revoked"
         );
+    }
+
+    /// A feed call whose answer never comes (Envoy gave it inline, say) holds the next poll back
+    /// only for twice the fetch timeout; then the feed is asked again.
+    #[test]
+    fn a_call_never_answered_is_started_again_after_twice_the_timeout() {
+        let edge = edge();
+        fetched(&edge, &[(1, "k1")], NOW);
+        assert_eq!(edge.due(NOW), vec![Call::Feed { after: 0 }]);
+        // The default fetch timeout is 3 s: six seconds of patience.
+        assert_eq!(edge.due(NOW + 6), vec![], "still awaited");
+        assert_eq!(edge.due(NOW + 7), vec![Call::Feed { after: 0 }]);
     }
 
     /// Made-up `kid`s on every worker thread at once win one refetch per interval between them.
