@@ -13,9 +13,10 @@ mod native {
     use ed25519_dalek::{Signer as _, SigningKey};
     use edgeauth_core::{authorize_deferred, Deferred, Request, TokenCache};
     use edgeauth_envoy::{
+        call_answer::CallAnswer,
         native::{
             crypto,
-            edge::{Answer, Edge, Outcome},
+            edge::{Edge, Outcome},
         },
         settings::Settings,
     };
@@ -44,10 +45,10 @@ mod native {
         });
         let edge =
             Edge::new(Settings::from_json(configuration.to_string().as_bytes()).expect("settings"));
-        let ok = |body: String| Answer {
+        let ok = |body: String| CallAnswer {
             status: Some(200),
             cache_control: Some("max-age=3600".into()),
-            body: body.into_bytes(),
+            body: Ok(body.into_bytes()),
         };
         let now = now();
         edge.take_keys(&ok(jwks.to_string()), now, now, true)

@@ -82,9 +82,10 @@ mod fetcher {
 
     use super::{take_page, Checking, FeedError, MAX_FEED_BYTES};
     use crate::{
+        call_answer::CallAnswer,
         deny_list::PublishError,
         filter::{Call, Root, Vm},
-        host::{call_origin, fresh_tag, log, CallAnswer, Host},
+        host::{call_origin, fresh_tag, log, Host},
         keys::call_jwks,
         metrics::{bump, record},
     };

@@ -7,9 +7,10 @@ use std::{cell::RefCell, collections::HashMap, rc::Rc, sync::Arc};
 
 use crate::{
     abi::{self, Action, BufferType, LogLevel, MapType},
+    call_answer::CallAnswer,
     deny_list::DenyList,
     feed::MAX_FEED_BYTES,
-    host::{host_self_test, host_verify, log, now, CallAnswer, Host},
+    host::{host_self_test, host_verify, log, now, Host},
     host_crypto::{host_hash, host_signature, spki_der},
     keys::{call_jwks, MAX_JWKS_BYTES},
     metrics::Metrics,

@@ -4,6 +4,7 @@
 
 use crate::{
     abi::{self, BufferType, LogLevel, MapType},
+    call_answer::CallAnswer,
     host_crypto::{
         host_hash, host_signature, spki_der, verify_arguments, verify_result, SELF_TEST,
     },
@@ -46,14 +47,7 @@ impl SharedData for Host {
     }
 }
 
-/// A finished call to the origin, read from the host.
-#[derive(Debug)]
-pub(crate) struct CallAnswer {
-    pub(crate) status: Option<u16>,
-    pub(crate) cache_control: Option<String>,
-    body: Result<Vec<u8>, String>,
-}
-
+/// Read from the proxy-wasm host.
 impl CallAnswer {
     /// Reads the current call answer; a body over `max` is an error, not a truncation.
     pub(crate) fn read(body_size: usize, max: usize) -> Self {
@@ -76,20 +70,6 @@ impl CallAnswer {
             cache_control: header("cache-control"),
             body,
         }
-    }
-
-    pub(crate) fn body_if_ok(&self, max: usize) -> Result<&[u8], String> {
-        match self.status {
-            Some(200) => {}
-            Some(status) => return Err(format!("the origin answered {status}")),
-            // No `:status`: the call failed (no connection, timeout, reset).
-            None => return Err("the call failed".to_string()),
-        }
-        let body = self.body.as_deref().map_err(Clone::clone)?;
-        if body.len() > max {
-            return Err(format!("the answer is over {max} bytes"));
-        }
-        Ok(body)
     }
 }
 

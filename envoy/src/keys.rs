@@ -98,8 +98,9 @@ mod vm {
 
     use super::{claim_forced_fetch, publish_keys, stored_keys, Published};
     use crate::{
+        call_answer::CallAnswer,
         filter::Vm,
-        host::{call_origin, log, CallAnswer, Host},
+        host::{call_origin, log, Host},
         metrics::bump,
         settings::Settings,
         shared::KeysRecord,

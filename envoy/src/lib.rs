@@ -23,9 +23,10 @@
 //! `filter` (`Root` and `Exchange`, and the table of contexts), [`keys`] (JWKS fetch,
 //! publication, copy, forced refetch), [`feed`] (feed polling and publishing), [`deny_list`] (the
 //! shared ring), [`shared`] (shared-data records and names), [`wire`] (the ABI's header maps),
-//! `host` (host calls), `metrics`, [`host_crypto`] and [`settings`]. The pure parts run natively in tests, over a map with
+//! [`call_answer`] (an answer from the origin, for both builds), `host` (host calls), `metrics`, [`host_crypto`] and [`settings`]. The pure parts run natively in tests, over a map with
 //! Envoy's shared-data semantics; the proxy-wasm glue is compiled for Wasm only.
 
+pub mod call_answer;
 pub mod deny_list;
 pub mod feed;
 pub mod host_crypto;

@@ -16,9 +16,10 @@
 
 use edgeauth_core::{DenyReason, TokenCache};
 use edgeauth_envoy::{
+    call_answer::CallAnswer,
     native::{
         crypto,
-        edge::{Answer, Edge, Outcome},
+        edge::{Edge, Outcome},
     },
     settings::Settings,
 };
@@ -34,11 +35,11 @@ const CONFIGURATION: &str = r#"{
 const JWKS: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"current","alg":"EdDSA",
     "x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
 
-fn ok(body: &[u8]) -> Answer {
-    Answer {
+fn ok(body: &[u8]) -> CallAnswer {
+    CallAnswer {
         status: Some(200),
         cache_control: None,
-        body: body.to_vec(),
+        body: Ok(body.to_vec()),
     }
 }
 

@@ -24,6 +24,7 @@ use std::{
 };
 
 use super::{FilterConfig, Stream};
+use crate::call_answer::CallAnswer;
 
 /// The ABI version this library was written against, answered to Envoy at load.
 pub const ABI_VERSION: &CStr = c"v0.2.0";
@@ -613,8 +614,8 @@ fn callout_answer(
     headers_size: usize,
     chunks: *const EnvoyBuffer,
     chunks_size: usize,
-) -> super::edge::Answer {
-    let mut answer = super::edge::Answer::default();
+) -> CallAnswer {
+    let mut answer = CallAnswer::failed();
     if result != CALLOUT_SUCCESS {
         return answer;
     }
@@ -628,15 +629,15 @@ fn callout_answer(
             _ => {}
         }
     }
+    let mut body = Vec::new();
     if !chunks.is_null() {
         // SAFETY: as above.
         for chunk in unsafe { std::slice::from_raw_parts(chunks, chunks_size) } {
             // SAFETY: as above.
-            answer
-                .body
-                .extend_from_slice(unsafe { envoy_bytes(chunk.ptr, chunk.length) });
+            body.extend_from_slice(unsafe { envoy_bytes(chunk.ptr, chunk.length) });
         }
     }
+    answer.body = Ok(body);
     answer
 }
 

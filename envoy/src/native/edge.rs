@@ -21,7 +21,9 @@ use edgeauth_core::{
     SignatureCheck, Step, TokenCache, Verdict,
 };
 
-use crate::{feed::MAX_FEED_BYTES, keys::MAX_JWKS_BYTES, settings::Settings};
+use crate::{
+    call_answer::CallAnswer, feed::MAX_FEED_BYTES, keys::MAX_JWKS_BYTES, settings::Settings,
+};
 
 /// What requests read: replaced whole, never changed in place.
 #[derive(Debug, Clone, Default)]
@@ -47,31 +49,6 @@ pub enum Call {
         /// The cursor asked from.
         after: u64,
     },
-}
-
-/// An answer from the origin, as Envoy handed it over.
-#[derive(Debug, Clone, Default)]
-pub struct Answer {
-    /// `:status`; `None` if the call failed (no connection, reset, timeout).
-    pub status: Option<u16>,
-    /// `cache-control`.
-    pub cache_control: Option<String>,
-    /// The body.
-    pub body: Vec<u8>,
-}
-
-impl Answer {
-    fn body_if_ok(&self, max: usize) -> Result<&[u8], String> {
-        match self.status {
-            Some(200) => {}
-            Some(status) => return Err(format!("the origin answered {status}")),
-            None => return Err("the call failed".to_string()),
-        }
-        if self.body.len() > max {
-            return Err(format!("the answer is over {max} bytes"));
-        }
-        Ok(&self.body)
-    }
 }
 
 /// The writers' side: the master copy of the view and what is in flight.
@@ -215,7 +192,7 @@ impl Edge {
     /// refetch for an unknown `kid`). Returns how many keys the set holds.
     pub fn take_keys(
         &self,
-        answer: &Answer,
+        answer: &CallAnswer,
         started_at: i64,
         now: i64,
         scheduled: bool,
@@ -247,7 +224,7 @@ impl Edge {
     /// Takes a feed page asked for after `after`: stores its revocations, then moves the cursor
     /// (never the other way round), and says what to do next. A page that cannot be read moves
     /// nothing, so it is read again.
-    pub fn take_feed(&self, answer: &Answer, after: u64, now: i64) -> Result<FeedNext, String> {
+    pub fn take_feed(&self, answer: &CallAnswer, after: u64, now: i64) -> Result<FeedNext, String> {
         let mut fetcher = self.fetcher();
         fetcher.feed_in_flight = None;
         let body = answer.body_if_ok(MAX_FEED_BYTES)?;
@@ -417,15 +394,15 @@ mod tests {
         Edge::new(Settings::from_json(configuration.to_string().as_bytes()).expect("settings"))
     }
 
-    fn ok(body: String) -> Answer {
-        Answer {
+    fn ok(body: String) -> CallAnswer {
+        CallAnswer {
             status: Some(200),
             cache_control: Some("max-age=300".into()),
-            body: body.into_bytes(),
+            body: Ok(body.into_bytes()),
         }
     }
 
-    fn page(entries: Vec<serde_json::Value>, next: u64) -> Answer {
+    fn page(entries: Vec<serde_json::Value>, next: u64) -> CallAnswer {
         ok(json!({"entries": entries, "next": next}).to_string())
     }
 
@@ -487,9 +464,9 @@ mod tests {
         let edge = edge();
         fetched(&edge, &[(1, "k1")], NOW);
         assert_eq!(edge.due(NOW), vec![Call::Feed { after: 0 }]);
-        let failed = Answer {
+        let failed = CallAnswer {
             status: Some(503),
-            ..Answer::default()
+            ..CallAnswer::failed()
         };
         assert!(edge.take_feed(&failed, 0, NOW).is_err());
         assert_eq!(edge.feed_reader().cursor(), 0);

@@ -36,9 +36,12 @@ use serde_json::json;
 
 use self::{
     abi::{ConfigHandle, Filter, HeadersStatus, LogLevel, Scheduler},
-    edge::{Answer, Call, Edge, Outcome},
+    edge::{Call, Edge, Outcome},
 };
-use crate::settings::{OriginRoute, Settings};
+use crate::{
+    call_answer::CallAnswer,
+    settings::{OriginRoute, Settings},
+};
 
 /// How often the configuration looks for due fetches, as the Wasm build's tick.
 const TICK: Duration = Duration::from_millis(500);
@@ -238,7 +241,7 @@ fn config_tick(config: &FilterConfig) {
 }
 
 /// A configuration callout's answer, on the main thread; what it makes due starts at once.
-fn config_answered(config: &FilterConfig, id: u64, answer: &Answer) {
+fn config_answered(config: &FilterConfig, id: u64, answer: &CallAnswer) {
     let call = config
         .calls
         .lock()
@@ -387,7 +390,7 @@ fn act(stream: &mut Stream, envoy: &mut Filter, outcome: Outcome) -> HeadersStat
 
 /// The answer to a request's JWKS refetch: the keys are everyone's, then the request is
 /// decided again (no second refetch) and continued or answered.
-fn keys_answered(stream: &mut Stream, envoy: &mut Filter, id: u64, answer: &Answer) {
+fn keys_answered(stream: &mut Stream, envoy: &mut Filter, id: u64, answer: &CallAnswer) {
     let Some((_, started_at)) = stream.keys_call.filter(|(call, _)| *call == id) else {
         return;
     };
