@@ -211,6 +211,27 @@ mod tests {
     }
 
     #[test]
+    fn blanks_around_the_scheme_and_token_are_spaces_or_tabs() {
+        let p = policy("");
+        for value in ["Bearer a.b.c", " \tBearer \t a.b.c\t ", "Bearer\ta.b.c"] {
+            let h = vec![("authorization", value)];
+            assert_eq!(
+                extract_token(&p, "/", &h),
+                Ok(Some("a.b.c".into())),
+                "{value:?}"
+            );
+        }
+        for value in ["Bearer a.b\tc", "Bearer", " Bearer \t ", "Bearer a.b.c x"] {
+            let h = vec![("authorization", value)];
+            let got = extract_token(&p, "/", &h);
+            assert_eq!(got, Err(DenyReason::InvalidRequest), "{value:?}");
+        }
+        // A scheme that only starts like "Bearer" is another scheme.
+        let h = vec![("authorization", "Bearerx a.b.c")];
+        assert_eq!(extract_token(&p, "/", &h), Ok(None));
+    }
+
+    #[test]
     fn other_schemes_are_not_tokens() {
         let p = policy("");
         let h = vec![("authorization", "Basic dXNlcjpwYXNz")];
