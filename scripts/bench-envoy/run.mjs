@@ -15,7 +15,8 @@
 //
 // For EdDSA, ES256 and RS256 it reports requests per second, the microseconds each filter adds
 // per request over the baseline, and the ratios to jwt_authn (cache on against cache on, off
-// against off); then the .wasm size.
+// against off); then the .so and .wasm sizes, and each filter's memory per worker thread (from
+// Envoys started apart with one and with three workers).
 import { spawn } from "node:child_process";
 import { readFileSync, writeFileSync, mkdtempSync, rmSync } from "node:fs";
 import { gzipSync } from "node:zlib";
@@ -64,8 +65,10 @@ const jwtAuthn = (cache) => `
                   clock_skew_seconds: 30
                   require_expiration: true
                   max_lifetime: 3600s
-                  forward: true
-                  claim_to_headers: [{ header_name: x-user-id, claim_name: sub }]
+                  forward: false
+                  claim_to_headers:
+                  - { header_name: x-user-id, claim_name: sub }
+                  - { header_name: x-user-scope, claim_name: scope }
                   local_jwks: { inline_string: ${json(json(jwks))} }
                   ${cache ? "jwt_cache_config: { jwt_cache_size: 10000 }" : ""}
               rules:
@@ -147,11 +150,12 @@ const origin = `
                 - header: { key: cache-control, value: "public, max-age=3600" }
               - match: { prefix: "/v1/revocations" }
                 direct_response: { status: 200, body: { inline_string: '{"entries":[],"next":0}' } }`;
-const config = `
+// An Envoy configuration with these listeners and the origin cluster.
+const envoyConfig = (listeners) => `
 admin:
   address: { socket_address: { address: 127.0.0.1, port_value: ${ports.admin} } }
 static_resources:
-  listeners:${listener("none", "", answer)}${listener("empty_wasm", emptyFilter, answer)}${listener("jwt_authn_cache", jwtAuthn(true), answer)}${listener("jwt_authn", jwtAuthn(false), answer)}${listener("edgeauth_cache", edgeauth(true), answer)}${listener("edgeauth", edgeauth(false), answer)}${listener("native_cache", native(true), answer)}${listener("native", native(false), answer)}${listener("origin", "", origin)}
+  listeners:${listeners.join("")}
   clusters:
   - name: origin
     type: STATIC
@@ -163,18 +167,21 @@ static_resources:
         - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: ${ports.origin} } } }
 `;
 
-const dir = mkdtempSync(path.join(tmpdir(), "edgeauth-bench-envoy-"));
-writeFileSync(path.join(dir, "envoy.yaml"), config);
-const envoy = spawn(
-  envoyBin,
-  ["-c", path.join(dir, "envoy.yaml"), "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"],
-  { stdio: ["ignore", "ignore", "inherit"] },
-);
-const stop = () => {
-  envoy.kill("SIGKILL");
-  rmSync(dir, { recursive: true, force: true });
-};
-process.on("exit", stop);
+// Starts Envoy on `yaml` with `concurrency` worker threads; `stop` kills it and removes its files.
+function startEnvoy(yaml, concurrency) {
+  const dir = mkdtempSync(path.join(tmpdir(), "edgeauth-bench-envoy-"));
+  writeFileSync(path.join(dir, "envoy.yaml"), yaml);
+  const child = spawn(
+    envoyBin,
+    ["-c", path.join(dir, "envoy.yaml"), "--concurrency", String(concurrency), "--disable-hot-restart", "--log-level", "warn"],
+    { stdio: ["ignore", "ignore", "inherit"] },
+  );
+  const stop = () => {
+    child.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  };
+  return { child, stop };
+}
 
 const url = (name) => `http://127.0.0.1:${ports[name]}/orders`;
 async function status(name, token) {
@@ -187,21 +194,39 @@ async function status(name, token) {
 }
 // Ready when every listener accepts a valid token (the filter has fetched its keys and read
 // the feed).
-const deadline = Date.now() + 30_000;
-for (const name of variants) {
-  while ((await status(name, tokens.EdDSA)) !== 200) {
-    if (Date.now() > deadline) throw new Error(`${name} never answered 200`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
+async function ready(names) {
+  const deadline = Date.now() + 30_000;
+  for (const name of names) {
+    while ((await status(name, tokens.EdDSA)) !== 200) {
+      if (Date.now() > deadline) throw new Error(`${name} never answered 200`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
   }
 }
 
+const { child: envoy, stop } = startEnvoy(
+  envoyConfig([
+    listener("none", "", answer),
+    listener("empty_wasm", emptyFilter, answer),
+    listener("jwt_authn_cache", jwtAuthn(true), answer),
+    listener("jwt_authn", jwtAuthn(false), answer),
+    listener("edgeauth_cache", edgeauth(true), answer),
+    listener("edgeauth", edgeauth(false), answer),
+    listener("native_cache", native(true), answer),
+    listener("native", native(false), answer),
+    listener("origin", "", origin),
+  ]),
+  1,
+);
+process.on("exit", stop);
+await ready(variants);
 
 // Envoy on one core and wrk on the other, so they do not take turns on a core. Then, per
 // algorithm, every variant runs in ROUNDS interleaved rounds (the order rotating each round) and
 // keeps its median round: drift and a stall on a shared machine touch every variant alike, and
 // one bad round does not decide a ratio.
 const cpu = pinServer(envoy.pid);
-const ROUNDS = 3;
+const ROUNDS = 5;
 const median = (runs) => [...runs].sort((a, b) => a.rps - b.rps)[Math.floor(runs.length / 2)];
 const results = {};
 for (const alg of algorithms) {
@@ -223,8 +248,36 @@ for (const alg of algorithms) {
 const stats = await (await fetch(`http://127.0.0.1:${ports.admin}/stats?filter=^(wasmcustom|dynamicmodulescustom)`)).text();
 // Envoy's resident memory with every listener loaded (both filters, both caches filled by the
 // runs): the whole process, for scale; Envoy does not attribute memory to a filter.
-const rssKb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${envoy.pid}/status`, "utf8"))?.[1] ?? NaN);
+const rss = (pid) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? NaN);
+const rssKb = rss(envoy.pid);
 stop();
+
+// Memory per worker thread. Envoy does not say what a filter holds, so, per filter (cache on),
+// one Envoy is started with one worker and one with three, and each gets a second of traffic
+// per algorithm over eight connections (spread over the workers by the kernel) before its
+// resident memory is read; a worker costs the difference over the two extra workers: its
+// runtime (a V8 VM for the Wasm filter), its copies of the keys and its caches.
+const memoryVariants = ["none", "jwt_authn_cache", "edgeauth_cache", "native_cache"];
+const memoryFilters = {
+  none: "",
+  jwt_authn_cache: jwtAuthn(true),
+  edgeauth_cache: edgeauth(true),
+  native_cache: native(true),
+};
+const memory = {};
+for (const name of memoryVariants) {
+  memory[name] = {};
+  for (const workers of [1, 3]) {
+    const running = startEnvoy(envoyConfig([listener(name, memoryFilters[name], answer), listener("origin", "", origin)]), workers);
+    try {
+      await ready([name]);
+      for (const alg of algorithms) await wrk(url(name), tokens[alg], 1);
+      memory[name][workers] = rss(running.child.pid);
+    } finally {
+      running.stop();
+    }
+  }
+}
 
 const added = (alg, name) => 1e6 / results[alg][name].rps - 1e6 / results[alg].none.rps;
 const fmt = (n, digits = 1) => n.toFixed(digits);
@@ -262,7 +315,8 @@ const errors = algorithms
 lines.push(
   "",
   "- Both filters do the same checks where they overlap (signature, `iss`, `aud`, `exp`/`nbf` with 30 s leeway, lifetime cap); " +
-    "edgeauth also checks `typ`, requires `sub` and `jti`, looks the `jti` up in its deny-list and sets the identity headers.",
+    "both remove `Authorization` before forwarding and set `x-user-id` and `x-user-scope` from the claims; " +
+    "edgeauth also checks `typ`, requires `sub` and `jti` and looks the token up in its deny-list.",
   `- Goal, no slower than jwt_authn (cache on against cache on, off against off): ${misses.length ? `**misses** (${misses.join(", ")})` : "meets"}` +
     ` (non-2xx answers during the runs: ${errors}).`,
   `- A Rust proxy-wasm filter that does nothing adds at least ${fmt(floor)} µs per request here; jwt_authn with its cache adds at most ${fmt(nativeCached)} µs.` +
@@ -307,7 +361,19 @@ lines.push(
   "",
   `- Native goal, at least jwt_authn's requests per second (cache on against cache on, off against off): ${nativeMisses.length ? `**misses** (${nativeMisses.join(", ")})` : "meets"}.`,
   `- \`libedgeauth_envoy.so\`: ${fmt(moduleBytes.length / 1024)} KB (release profile).`,
-  `- Envoy's resident memory after the runs, all eight listeners and both builds loaded: ${fmt(rssKb / 1024)} MB (the whole process; Envoy does not attribute memory to a filter).`,
+  `- Envoy's resident memory after the runs, all eight listeners and both builds loaded: ${fmt(rssKb / 1024)} MB (the whole process).`,
+  "",
+  "### Memory per worker thread",
+  "",
+  "One Envoy per filter (cache on), started with one worker and with three, each after a second of traffic per algorithm; per worker = (three workers − one worker) ÷ 2.",
+  "",
+  "| Filter | resident, 1 worker | resident, 3 workers | per worker |",
+  "|---|---:|---:|---:|",
+  ...memoryVariants.map((name) => {
+    const label = { none: "no auth filter", jwt_authn_cache: "jwt_authn", edgeauth_cache: "edgeauth Wasm filter", native_cache: "edgeauth native module" }[name];
+    const [one, three] = [memory[name][1], memory[name][3]];
+    return `| ${label} | ${fmt(one / 1024)} MB | ${fmt(three / 1024)} MB | ${fmt((three - one) / 2 / 1024, 2)} MB |`;
+  }),
 );
 const wasmBytes = readFileSync(wasm);
 lines.push(
