@@ -107,9 +107,9 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     }
     keys.spawn_refresh();
     let verifier = Arc::new(verifier);
-    let deny_list: Arc<dyn DenyList> = match &config.redis_denylist_url {
-        Some(url) => {
-            let redis = RedisDenyList::new(url)?;
+    let deny_list: Arc<dyn DenyList> = match &config.redis_denylist {
+        Some(target) => {
+            let redis = RedisDenyList::new(target)?;
             redis.check_no_eviction().await?;
             Arc::new(redis)
         }
@@ -125,16 +125,16 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     spawn_deny_list_count(deny_list.clone());
     // Rate limits are security state every instance must share, like the deny-list: they live
     // in the same Redis, or in-process when the deny-list is.
-    let rate_limiter: Arc<dyn RateLimiter> = match &config.redis_denylist_url {
-        Some(url) => Arc::new(RedisRateLimiter::new(
-            RedisConnection::new(url, RATE_LIMIT_REDIS_TIMEOUT, "rate_limit")?,
+    let rate_limiter: Arc<dyn RateLimiter> = match &config.redis_denylist {
+        Some(target) => Arc::new(RedisRateLimiter::new(
+            RedisConnection::new(target, RATE_LIMIT_REDIS_TIMEOUT, "rate_limit")?,
             &config.table_prefix,
         )),
         None => Arc::new(MemoryRateLimiter::default()),
     };
-    let failures: Arc<dyn FailureCounter> = match &config.redis_denylist_url {
-        Some(url) => Arc::new(RedisFailureCounter::new(
-            RedisConnection::new(url, RATE_LIMIT_REDIS_TIMEOUT, "soft_lock")?,
+    let failures: Arc<dyn FailureCounter> = match &config.redis_denylist {
+        Some(target) => Arc::new(RedisFailureCounter::new(
+            RedisConnection::new(target, RATE_LIMIT_REDIS_TIMEOUT, "soft_lock")?,
             &config.table_prefix,
         )),
         None => Arc::new(MemoryFailureCounter::default()),
@@ -145,8 +145,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     };
     let second_factor_guard = SecondFactorGuard::new(failures.clone(), config.second_factor_lock);
     let login_guard = LoginGuard::new(failures, captcha, config.soft_lock);
-    let profile_cache: Arc<dyn ProfileCache> = match &config.redis_cache_url {
-        Some(url) => Arc::new(RedisProfileCache::new(url)?),
+    let profile_cache: Arc<dyn ProfileCache> = match &config.redis_cache {
+        Some(target) => Arc::new(RedisProfileCache::new(target)?),
         None => Arc::new(MemoryProfileCache::default()),
     };
     let edge_push = EdgePush::new(&config.edge_push_urls)?;

@@ -54,6 +54,16 @@ pub enum Storage {
     Dynamodb,
 }
 
+/// Where one of the origin's Redis roles (the deny-list, the profile cache) lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server (or a primary behind one endpoint): `redis://` or `rediss://`.
+    Server(String),
+    /// A Redis Cluster (ElastiCache in cluster mode), found from these seed nodes; it has
+    /// database 0 only.
+    Cluster(Vec<String>),
+}
+
 /// The configuration as written. See the README for each field.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,7 +99,11 @@ struct RawConfig {
     #[serde(default)]
     redis_denylist_url: Option<String>,
     #[serde(default)]
+    redis_denylist_cluster: Vec<String>,
+    #[serde(default)]
     redis_cache_url: Option<String>,
+    #[serde(default)]
+    redis_cache_cluster: Vec<String>,
     #[serde(default = "default_profile_cache_ttl")]
     profile_cache_ttl_seconds: u32,
     #[serde(default = "default_region")]
@@ -239,6 +253,51 @@ fn default_table_prefix() -> String {
     "edgeauth-".into()
 }
 
+/// A Redis role's target from its `_url` field or its `_cluster` field, never both.
+fn redis_target(
+    (url_field, url): (&'static str, Option<String>),
+    (cluster_field, seeds): (&'static str, Vec<String>),
+) -> Result<Option<RedisTarget>, ConfigError> {
+    let invalid = |field, problem: String| ConfigError::Invalid { field, problem };
+    let is_redis = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+    match (url, seeds.is_empty()) {
+        (Some(_), false) => Err(invalid(
+            url_field,
+            format!(
+                "and `{cluster_field}` exclude each other: one server, or a cluster's seed nodes"
+            ),
+        )),
+        (Some(url), true) if !is_redis(&url) => Err(invalid(
+            url_field,
+            "must be a redis:// or rediss:// URL".to_owned(),
+        )),
+        (Some(url), true) => Ok(Some(RedisTarget::Server(url))),
+        (None, true) => Ok(None),
+        (None, false) => {
+            for seed in &seeds {
+                if !is_redis(seed) {
+                    return Err(invalid(
+                        cluster_field,
+                        format!("`{seed}` must be a redis:// or rediss:// URL"),
+                    ));
+                }
+                // A cluster has database 0 only: a seed naming another would be ignored.
+                let database = seed
+                    .split_once("://")
+                    .and_then(|(_, rest)| rest.split_once('/'))
+                    .map_or("", |(_, path)| path.split(['?', '#']).next().unwrap_or(""));
+                if !(database.is_empty() || database == "0") {
+                    return Err(invalid(
+                        cluster_field,
+                        format!("`{seed}` names database {database}: a Redis Cluster has database 0 only"),
+                    ));
+                }
+            }
+            Ok(Some(RedisTarget::Cluster(seeds)))
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -277,11 +336,13 @@ pub struct Config {
     pub dynamodb_endpoint: Option<String>,
     /// DynamoDB region.
     pub dynamodb_region: String,
-    /// Redis for the access-token deny-list (`maxmemory-policy noeviction`); `None` keeps it
-    /// in-process, for the embedded mode's one instance only.
-    pub redis_denylist_url: Option<String>,
-    /// Redis for the profile cache (a separate connection); `None` keeps it in-process.
-    pub redis_cache_url: Option<String>,
+    /// Redis for the access-token deny-list, the rate limits and the soft locks
+    /// (`maxmemory-policy noeviction`), from `redis_denylist_url` or `redis_denylist_cluster`;
+    /// `None` keeps them in-process, for the embedded mode's one instance only.
+    pub redis_denylist: Option<RedisTarget>,
+    /// Redis for the profile cache (a separate connection), from `redis_cache_url` or
+    /// `redis_cache_cluster`; `None` keeps it in-process.
+    pub redis_cache: Option<RedisTarget>,
     /// How long a cached profile lives.
     pub profile_cache_ttl_seconds: u32,
     /// Prefix of every table name.
@@ -320,7 +381,7 @@ pub struct Config {
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 36] = [
+const FIELDS: [&str; 38] = [
     "reauthentication_max_age_seconds",
     "cors",
     "password_reset",
@@ -337,8 +398,10 @@ const FIELDS: [&str; 36] = [
     "rate_limits",
     "client_ip",
     "redis_cache_url",
+    "redis_cache_cluster",
     "profile_cache_ttl_seconds",
     "redis_denylist_url",
+    "redis_denylist_cluster",
     "listen",
     "refresh_grace_seconds",
     "issuer",
@@ -465,17 +528,14 @@ impl Config {
                 "must be letters, digits, `-`, `_` or `.`",
             ));
         }
-        for (field, url) in [
-            ("redis_denylist_url", &raw.redis_denylist_url),
-            ("redis_cache_url", &raw.redis_cache_url),
-        ] {
-            if url
-                .as_ref()
-                .is_some_and(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
-            {
-                return Err(invalid(field, "must be a redis:// or rediss:// URL"));
-            }
-        }
+        let redis_denylist = redis_target(
+            ("redis_denylist_url", raw.redis_denylist_url),
+            ("redis_denylist_cluster", raw.redis_denylist_cluster),
+        )?;
+        let redis_cache = redis_target(
+            ("redis_cache_url", raw.redis_cache_url),
+            ("redis_cache_cluster", raw.redis_cache_cluster),
+        )?;
         if !(1..=86_400).contains(&raw.profile_cache_ttl_seconds) {
             return Err(invalid(
                 "profile_cache_ttl_seconds",
@@ -557,10 +617,10 @@ impl Config {
         }
         // Several instances must share one deny-list: each one's in-process list would hold only
         // the logouts it served, and the others would honour every other revoked token.
-        if (raw.storage == Storage::Dynamodb || lambda) && raw.redis_denylist_url.is_none() {
+        if (raw.storage == Storage::Dynamodb || lambda) && redis_denylist.is_none() {
             return Err(invalid(
                 "redis_denylist_url",
-                "is required with storage `dynamodb` and on Lambda: every instance must share one deny-list",
+                "(or `redis_denylist_cluster`) is required with storage `dynamodb` and on Lambda: every instance must share one deny-list",
             ));
         }
         if raw.storage == Storage::Embedded && raw.dynamodb_endpoint.is_some() {
@@ -602,8 +662,8 @@ impl Config {
             storage: raw.storage,
             dynamodb_endpoint: raw.dynamodb_endpoint,
             dynamodb_region: raw.dynamodb_region,
-            redis_denylist_url: raw.redis_denylist_url,
-            redis_cache_url: raw.redis_cache_url,
+            redis_denylist,
+            redis_cache,
             profile_cache_ttl_seconds: raw.profile_cache_ttl_seconds,
             table_prefix: raw.table_prefix,
             argon2: raw.argon2,
@@ -737,6 +797,35 @@ mod tests {
         ]
         .concat();
         assert!(build(None, &with_redis).is_ok());
+        // A cluster is given by its seed nodes, and is a shared deny-list too.
+        let seeds = r#"["redis://a:7000","rediss://b:7001/0"]"#;
+        let with_cluster = [
+            shared.as_slice(),
+            &[("EDGEAUTH_REDIS_DENYLIST_CLUSTER", seeds)],
+        ]
+        .concat();
+        let config = build(None, &with_cluster).expect("a cluster");
+        assert_eq!(
+            config.redis_denylist,
+            Some(RedisTarget::Cluster(vec![
+                "redis://a:7000".into(),
+                "rediss://b:7001/0".into()
+            ]))
+        );
+        assert_eq!(config.redis_cache, None);
+        let both = [
+            ("EDGEAUTH_REDIS_CACHE_URL", "redis://r:6379"),
+            ("EDGEAUTH_REDIS_CACHE_CLUSTER", seeds),
+        ];
+        assert_eq!(field(build(None, &both)), "redis_cache_url");
+        // A cluster has database 0 only: a seed naming another is a mistake, not ignored.
+        for bad in [r#"["redis://a:7000/1"]"#, r#"["http://a:7000"]"#] {
+            assert_eq!(
+                field(build(None, &[("EDGEAUTH_REDIS_CACHE_CLUSTER", bad)])),
+                "redis_cache_cluster",
+                "{bad}"
+            );
+        }
         // What only mail can do is refused without it; a plain-text server must be local.
         assert_eq!(
             field(build(

@@ -12,8 +12,11 @@ use edgeauth_core::{verify_token, KeyRing, Policy, Revocation};
 use edgeauth_origin::{
     app::app,
     bootstrap::{build_state, create_tables_command},
-    config::{Config, Storage},
-    store::{DenyList as _, StoreError},
+    config::{Config, RedisTarget, Storage},
+    store::{
+        deny::{key as deny_key, Held},
+        DenyList as _, StoreError,
+    },
 };
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -40,10 +43,57 @@ fn signing_keys(mut fields: Value) -> String {
     fields.to_string()
 }
 
+/// The run's shared Redis, if any: one server (`EDGEAUTH_TEST_REDIS_URL`) or a Redis Cluster
+/// (`EDGEAUTH_TEST_REDIS_CLUSTER`, a JSON list of its seed nodes' URLs).
+fn test_redis() -> Option<RedisTarget> {
+    if let Ok(seeds) = std::env::var("EDGEAUTH_TEST_REDIS_CLUSTER") {
+        let seeds = serde_json::from_str(&seeds).expect("EDGEAUTH_TEST_REDIS_CLUSTER: a JSON list");
+        return Some(RedisTarget::Cluster(seeds));
+    }
+    std::env::var("EDGEAUTH_TEST_REDIS_URL")
+        .ok()
+        .map(RedisTarget::Server)
+}
+
+/// The origin's settings for `redis`: deny-list and profile cache.
+fn redis_settings(redis: &RedisTarget) -> [(String, String); 2] {
+    let (field, value) = match redis {
+        RedisTarget::Server(url) => ("URL", url.clone()),
+        RedisTarget::Cluster(seeds) => ("CLUSTER", json!(seeds).to_string()),
+    };
+    ["DENYLIST", "CACHE"].map(|role| (format!("EDGEAUTH_REDIS_{role}_{field}"), value.clone()))
+}
+
+/// Runs `cmd` on `redis`, routed by its key in a cluster.
+async fn redis_query<T: redis::FromRedisValue>(redis: &RedisTarget, cmd: &redis::Cmd) -> T {
+    match redis {
+        RedisTarget::Server(url) => {
+            let mut connection = redis::Client::open(url.as_str())
+                .expect("client")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connection");
+            cmd.query_async(&mut connection)
+                .await
+                .expect("redis command")
+        }
+        RedisTarget::Cluster(seeds) => {
+            let mut connection = redis::cluster::ClusterClient::new(seeds.clone())
+                .expect("client")
+                .get_async_connection()
+                .await
+                .expect("connection");
+            cmd.query_async(&mut connection)
+                .await
+                .expect("redis command")
+        }
+    }
+}
+
 /// The backend under test: the embedded default, or, when `EDGEAUTH_TEST_DYNAMODB_ENDPOINT` is
 /// set (scripts/test sets it), a separate dynoxide server through the same SDK path, each test in
-/// its own tables; likewise `EDGEAUTH_TEST_REDIS_URL` puts the deny-list in a real Redis instead of
-/// the in-process map. The same tests run against both.
+/// its own tables; likewise [`test_redis`] puts the deny-list in a real Redis (one server, then a
+/// cluster) instead of the in-process map. The same tests run against each.
 fn test_env(data_dir: &std::path::Path, extra: &[(&str, &str)]) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = [
         ("EDGEAUTH_DATA_DIR", data_dir.to_string_lossy().to_string()),
@@ -62,12 +112,20 @@ fn test_env(data_dir: &std::path::Path, extra: &[(&str, &str)]) -> HashMap<Strin
         env.insert("EDGEAUTH_TABLE_PREFIX".into(), format!("{prefix}-"));
         env.insert("EDGEAUTH_SIGNING_KEYS".into(), signing_keys(json!({})));
     }
-    if let Ok(url) = std::env::var("EDGEAUTH_TEST_REDIS_URL") {
-        // Two separately configured connections, here to one server, as in development.
-        env.insert("EDGEAUTH_REDIS_DENYLIST_URL".into(), url.clone());
-        env.insert("EDGEAUTH_REDIS_CACHE_URL".into(), url);
+    if let Some(redis) = test_redis() {
+        // Two separately configured connections, here to one server or cluster.
+        env.extend(redis_settings(&redis));
     }
     for (k, v) in extra {
+        // A test's own Redis for a role replaces the run's, server or cluster.
+        for (mine, twin) in [("_URL", "_CLUSTER"), ("_CLUSTER", "_URL")] {
+            if let Some(role) = k
+                .strip_prefix("EDGEAUTH_REDIS_")
+                .and_then(|r| r.strip_suffix(mine))
+            {
+                env.remove(&format!("EDGEAUTH_REDIS_{role}{twin}"));
+            }
+        }
         env.insert((*k).to_string(), (*v).to_string());
     }
     env
@@ -576,14 +634,10 @@ async fn missing_or_unknown_refresh_tokens_are_invalid_grant() {
 /// Shared storage that cannot be reached: nothing listens on port 1, so every call fails to
 /// connect.
 fn dead_dynamodb_config(dir: &std::path::Path) -> Config {
-    // Shared storage needs a shared deny-list: the run's Redis, or one as dead as the store.
-    let redis =
-        std::env::var("EDGEAUTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:1".into());
-    let env = test_env(
+    let mut env = test_env(
         dir,
         &[
             ("EDGEAUTH_STORAGE", "dynamodb"),
-            ("EDGEAUTH_REDIS_DENYLIST_URL", redis.as_str()),
             ("EDGEAUTH_DYNAMODB_ENDPOINT", "http://127.0.0.1:1"),
             (
                 "EDGEAUTH_SIGNING_KEYS",
@@ -591,6 +645,13 @@ fn dead_dynamodb_config(dir: &std::path::Path) -> Config {
             ),
         ],
     );
+    // Shared storage needs a shared deny-list: the run's Redis, or one as dead as the store.
+    if test_redis().is_none() {
+        env.insert(
+            "EDGEAUTH_REDIS_DENYLIST_URL".into(),
+            "redis://127.0.0.1:1".into(),
+        );
+    }
     Config::from_sources(None, |k| env.get(k).cloned()).expect("configuration")
 }
 
@@ -2520,7 +2581,7 @@ async fn metrics_count_requests_by_route_template_and_time_the_stores() {
     assert!(sample(text, "edgeauth_deny_list_entries").is_some());
     let age = sample(text, "edgeauth_signing_key_age_seconds").expect("key age");
     assert!((0.0..86_400.0).contains(&age), "{age}");
-    if std::env::var("EDGEAUTH_TEST_REDIS_URL").is_ok() {
+    if test_redis().is_some() {
         at_least_one(r#"edgeauth_redis_request_duration_seconds_count{connection="rate_limit"}"#);
     }
     // Every metric of the contract the rules and the dashboard read is exposed, with its type.
@@ -2884,10 +2945,10 @@ async fn a_deny_list_redis_that_may_evict_is_refused_at_start() {
 
 #[tokio::test]
 async fn redis_holds_never_shorten_and_watermarks_never_fall() {
-    let Ok(url) = std::env::var("EDGEAUTH_TEST_REDIS_URL") else {
+    let Some(redis) = test_redis() else {
         return;
     };
-    let list = edgeauth_origin::store::deny::RedisDenyList::new(&url).expect("client");
+    let list = edgeauth_origin::store::deny::RedisDenyList::new(&redis).expect("client");
     let now = edgeauth_origin::clock::now();
     let subject = uuid::Uuid::new_v4().to_string();
     let user = |through: i64, exp: i64| Revocation::User {
@@ -2902,20 +2963,9 @@ async fn redis_holds_never_shorten_and_watermarks_never_fall() {
     list.apply(&user(now - 500, now + 400), 30, now)
         .await
         .expect("applied");
-    let mut connection = redis::Client::open(url.as_str())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connection");
-    let key = format!("edgeauth:deny:user:{subject}");
-    let (through, ttl): (i64, i64) = redis::pipe()
-        .cmd("GET")
-        .arg(&key)
-        .cmd("TTL")
-        .arg(&key)
-        .query_async(&mut connection)
-        .await
-        .expect("read");
+    let key = deny_key(Held::User, &subject);
+    let through: i64 = redis_query(&redis, redis::cmd("GET").arg(&key)).await;
+    let ttl: i64 = redis_query(&redis, redis::cmd("TTL").arg(&key)).await;
     assert_eq!(through, now);
     assert!(
         (929..=930).contains(&ttl),
@@ -2932,11 +2982,7 @@ async fn redis_holds_never_shorten_and_watermarks_never_fall() {
     list.apply(&token(now + 10), 30, now)
         .await
         .expect("applied");
-    let ttl: i64 = redis::cmd("TTL")
-        .arg(format!("edgeauth:deny:jti:{jti}"))
-        .query_async(&mut connection)
-        .await
-        .expect("ttl");
+    let ttl: i64 = redis_query(&redis, redis::cmd("TTL").arg(deny_key(Held::Token, &jti))).await;
     assert!((89..=90).contains(&ttl), "{ttl}");
 }
 

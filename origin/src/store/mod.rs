@@ -395,6 +395,10 @@ pub trait DenyList: Send + Sync {
     async fn rebuild_finished(&self, mark: &str) -> Result<bool, StoreError>;
     /// Live entries (tokens, sessions and users), for the metrics.
     async fn live_entries(&self, now: i64) -> Result<u64, StoreError>;
+    /// What identifies the servers holding the list now. It changes when one is restarted or
+    /// replaced (a Redis failover), which may have lost writes it had acknowledged: Redis
+    /// replicates after it answers. `None` where no acknowledged write can be lost.
+    async fn holders(&self) -> Result<Option<String>, StoreError>;
 }
 
 /// Locks an in-process store's state. A poisoned lock (a panic while it was held) makes the store

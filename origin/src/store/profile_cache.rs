@@ -14,6 +14,7 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 use serde::{Deserialize, Serialize};
 
 use super::{redis_connection::RedisConnection, StoreError, User, UserId};
+use crate::config::RedisTarget;
 
 /// What is cached of a user: the profile, never the password hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,17 +152,19 @@ const CACHE_TIMEOUT: Duration = Duration::from_millis(200);
 const KEY_PREFIX: &str = "edgeauth:profile:";
 const GENERATION_PREFIX: &str = "edgeauth:profile-generation:";
 
-/// Profiles in Redis as JSON under `edgeauth:profile:<user id>`, with a TTL.
+/// Profiles in Redis as JSON under `edgeauth:profile:{<user id>}`, with a TTL. The braces are a
+/// Redis Cluster hash tag: the entry and its generation, which one script and one transaction
+/// use together, hash to the same slot.
 #[derive(Debug, Clone)]
 pub struct RedisProfileCache {
     redis: RedisConnection,
 }
 
 impl RedisProfileCache {
-    /// A cache on the Redis at `url` (connected on first use).
-    pub fn new(url: &str) -> Result<Self, StoreError> {
+    /// A cache on the Redis `target` (connected on first use).
+    pub fn new(target: &RedisTarget) -> Result<Self, StoreError> {
         Ok(Self {
-            redis: RedisConnection::new(url, CACHE_TIMEOUT, "profile_cache")?,
+            redis: RedisConnection::new(target, CACHE_TIMEOUT, "profile_cache")?,
         })
     }
 }
@@ -181,8 +184,8 @@ const GENERATION_SECONDS: u32 = 3600;
 impl RedisProfileCache {
     fn keys(id: UserId) -> (String, String) {
         (
-            format!("{KEY_PREFIX}{id}"),
-            format!("{GENERATION_PREFIX}{id}"),
+            format!("{KEY_PREFIX}{{{id}}}"),
+            format!("{GENERATION_PREFIX}{{{id}}}"),
         )
     }
 }
