@@ -6,6 +6,14 @@
 //! rebuilt from the feed at start, and again whenever it is found incomplete: by a check every
 //! [`CHECK_EVERY`], or by any read that finds it so. Until then what it does not hold is
 //! answered `Unavailable`, which the policy refuses, never "not listed".
+//!
+//! A Redis can also lose a few writes and go on, complete in every other way: it answers a write
+//! before it replicates it, so a replica promoted when its master fails (or a server restarted
+//! from its append-only file) may lack the last entries it acknowledged. The check every
+//! [`CHECK_EVERY`] also reads which servers hold the list ([`DenyList::holders`]); when they
+//! changed, the feed is applied again from the start. And every instance applies the feed's new
+//! entries on each check, so an entry whose write to the list failed (or that an instance of an
+//! older version wrote elsewhere) is held everywhere within a check.
 
 use std::{sync::Arc, time::Duration};
 
@@ -40,8 +48,17 @@ struct Inner {
     verifier: Arc<SelfVerifier>,
     /// Woken by a read that found the list incomplete.
     wanted: tokio::sync::Notify,
-    /// One rebuild at a time in this instance.
-    rebuilding: tokio::sync::Mutex<()>,
+    /// How far this instance has applied the feed; one rebuild or catch-up at a time.
+    applied: tokio::sync::Mutex<Applied>,
+}
+
+/// What this instance last applied to the list.
+#[derive(Default)]
+struct Applied {
+    /// Every feed entry up to this `seq` has been applied since the last rebuild.
+    through: u64,
+    /// The list's holders when the last rebuild began (`None`: not read, or nothing to read).
+    holders: Option<String>,
 }
 
 impl DenyListKeeper {
@@ -59,7 +76,7 @@ impl DenyListKeeper {
                 keys,
                 verifier,
                 wanted: tokio::sync::Notify::new(),
-                rebuilding: tokio::sync::Mutex::new(()),
+                applied: tokio::sync::Mutex::new(Applied::default()),
             }),
         }
     }
@@ -114,7 +131,38 @@ impl DenyListKeeper {
     /// Applies every live feed entry, all pages from the start, then marks the list complete.
     /// `false` if the list lost its contents meanwhile (it stays incomplete: run again).
     pub async fn rebuild(&self, now: i64) -> Result<bool, StoreError> {
-        let _one = self.inner.rebuilding.lock().await;
+        let mut applied = self.inner.applied.lock().await;
+        // Read first: holders that change during the rebuild make the next check rebuild again.
+        let holders = match self.inner.list.holders().await {
+            Ok(holders) => holders,
+            Err(error) => {
+                tracing::warn!(%error, "deny-list holders unknown");
+                None
+            }
+        };
+        let mark = self.inner.list.rebuild_started().await?;
+        let (through, count) = self.apply_after(0, now).await?;
+        let complete = self.inner.list.rebuild_finished(&mark).await?;
+        if complete {
+            *applied = Applied { through, holders };
+            tracing::info!(applied = count, through, "deny-list rebuilt from the feed");
+        } else {
+            tracing::warn!("deny-list lost its contents during the rebuild; rebuilding again");
+        }
+        Ok(complete)
+    }
+
+    /// Applies the feed's entries after the last one this instance applied.
+    async fn catch_up(&self, now: i64) -> Result<(), StoreError> {
+        let mut applied = self.inner.applied.lock().await;
+        let (through, _) = self.apply_after(applied.through, now).await?;
+        applied.through = through;
+        Ok(())
+    }
+
+    /// Applies every live feed entry after `seq`, all pages: the last `seq` read, and how many
+    /// entries were applied.
+    async fn apply_after(&self, seq: u64, now: i64) -> Result<(u64, u64), StoreError> {
         let keys = self
             .inner
             .keys
@@ -122,8 +170,7 @@ impl DenyListKeeper {
             .ok_or_else(|| StoreError::Unavailable("signing keys not loaded yet".into()))?;
         let policy = self.inner.verifier.policy();
         let leeway = self.leeway();
-        let mark = self.inner.list.rebuild_started().await?;
-        let (mut cursor, mut applied) = (0, 0u64);
+        let (mut cursor, mut applied) = (seq, 0u64);
         loop {
             // The feed leaves out entries past their `exp`; those still within the leeway are
             // wanted, so it is asked as of `leeway` seconds ago.
@@ -147,17 +194,22 @@ impl DenyListKeeper {
                 }
             }
             if next <= cursor {
-                break;
+                return Ok((cursor, applied));
             }
             cursor = next;
         }
-        let complete = self.inner.list.rebuild_finished(&mark).await?;
-        if complete {
-            tracing::info!(applied, through = cursor, "deny-list rebuilt from the feed");
-        } else {
-            tracing::warn!("deny-list lost its contents during the rebuild; rebuilding again");
+    }
+
+    /// Whether the list's holders changed since the last rebuild began. Holders first known
+    /// now (the rebuild could not read them) are taken as they are.
+    async fn holders_changed(&self) -> Result<bool, StoreError> {
+        let now = self.inner.list.holders().await?;
+        let mut applied = self.inner.applied.lock().await;
+        if applied.holders.is_none() {
+            applied.holders = now;
+            return Ok(false);
         }
-        Ok(complete)
+        Ok(now.is_some() && applied.holders != now)
     }
 
     /// Checks every [`CHECK_EVERY`], and when a read found the list incomplete, and rebuilds it
@@ -173,14 +225,33 @@ impl DenyListKeeper {
                     () = keeper.inner.wanted.notified() => {}
                     () = tokio::time::sleep(CHECK_EVERY) => {}
                 }
-                match keeper.inner.list.complete().await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        if let Err(error) = keeper.rebuild(crate::clock::now()).await {
-                            tracing::warn!(%error, "deny-list not rebuilt; retrying");
+                let now = crate::clock::now();
+                let rebuild = match keeper.inner.list.complete().await {
+                    Ok(true) => match keeper.holders_changed().await {
+                        Ok(true) => {
+                            tracing::warn!("deny-list servers changed (a failover or a restart); applying the feed again");
+                            true
                         }
+                        Ok(false) => false,
+                        // Not known now (a master failing over, say): asked again next time.
+                        Err(error) => {
+                            tracing::warn!(%error, "deny-list holders unknown");
+                            false
+                        }
+                    },
+                    Ok(false) => true,
+                    Err(error) => {
+                        tracing::warn!(%error, "deny-list unavailable");
+                        continue;
                     }
-                    Err(error) => tracing::warn!(%error, "deny-list unavailable"),
+                };
+                let done = if rebuild {
+                    keeper.rebuild(now).await.map(drop)
+                } else {
+                    keeper.catch_up(now).await
+                };
+                if let Err(error) = done {
+                    tracing::warn!(%error, "deny-list not brought up to date with the feed; retrying");
                 }
             }
         });
