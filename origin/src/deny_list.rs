@@ -14,11 +14,15 @@
 //! changed, the feed is applied again from the start. And every instance applies the feed's new
 //! entries on each check, so an entry whose write to the list failed (or that an instance of an
 //! older version wrote elsewhere) is held everywhere within a check.
+//!
+//! Until then, each instance also holds in process every entry it applied or read from the feed,
+//! and what either copy lists is refused: a write a failover lost is refused by the instance that
+//! made it at once, and by the others from their next check, not only once the list is rebuilt.
 
 use std::{sync::Arc, time::Duration};
 
 use edgeauth_core::{
-    verify_revocation, DenyListStatus, Revocation, RevocationAnswer, RevocationCheck,
+    verify_revocation, DenyListStatus, DenyState, Revocation, RevocationAnswer, RevocationCheck,
     RevocationError, WatermarkStatus,
 };
 
@@ -50,6 +54,8 @@ struct Inner {
     wanted: tokio::sync::Notify,
     /// How far this instance has applied the feed; one rebuild or catch-up at a time.
     applied: tokio::sync::Mutex<Applied>,
+    /// What this instance applied or read from the feed, live entries only.
+    held_here: std::sync::Mutex<DenyState>,
 }
 
 /// What this instance last applied to the list.
@@ -77,6 +83,7 @@ impl DenyListKeeper {
                 verifier,
                 wanted: tokio::sync::Notify::new(),
                 applied: tokio::sync::Mutex::new(Applied::default()),
+                held_here: std::sync::Mutex::new(DenyState::default()),
             }),
         }
     }
@@ -88,7 +95,15 @@ impl DenyListKeeper {
 
     /// Holds a revocation as long as a token it revokes can pass at this origin.
     pub async fn apply(&self, revocation: &Revocation, now: i64) -> Result<(), StoreError> {
-        self.inner.list.apply(revocation, self.leeway(), now).await
+        self.hold(revocation, self.leeway(), now).await
+    }
+
+    /// Holds `revocation` here, then in the shared list.
+    async fn hold(&self, revocation: &Revocation, leeway: i64, now: i64) -> Result<(), StoreError> {
+        if let Ok(mut here) = self.inner.held_here.lock() {
+            here.apply(revocation, leeway);
+        }
+        self.inner.list.apply(revocation, leeway, now).await
     }
 
     /// The answer for a verified token; a list that cannot be read answers `Unavailable`, and
@@ -99,7 +114,10 @@ impl DenyListKeeper {
                 if !read.complete {
                     self.inner.wanted.notify_one();
                 }
-                read.answer
+                match self.inner.held_here.lock() {
+                    Ok(here) => listed_in_either(read.answer, here.answer(check, now, true)),
+                    Err(_) => read.answer,
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, "deny-list unavailable");
@@ -157,6 +175,9 @@ impl DenyListKeeper {
         let mut applied = self.inner.applied.lock().await;
         let (through, _) = self.apply_after(applied.through, now).await?;
         applied.through = through;
+        if let Ok(mut here) = self.inner.held_here.lock() {
+            here.sweep(now);
+        }
         Ok(())
     }
 
@@ -182,7 +203,7 @@ impl DenyListKeeper {
             for entry in &entries {
                 match verify_revocation(&entry.jws, now, &keys.ring, policy) {
                     Ok(revocation) => {
-                        self.inner.list.apply(&revocation, leeway, now).await?;
+                        self.hold(&revocation, leeway, now).await?;
                         applied += 1;
                     }
                     Err(RevocationError::Expired) => {}
@@ -255,5 +276,56 @@ impl DenyListKeeper {
                 }
             }
         });
+    }
+}
+
+/// The shared list's answer, with what the in-process copy lists added: a revocation either
+/// holds is in force; otherwise the shared list's answer stands (its "unavailable" included).
+fn listed_in_either(shared: RevocationAnswer, here: RevocationAnswer) -> RevocationAnswer {
+    let listed = |shared: DenyListStatus, here: DenyListStatus| {
+        if here == DenyListStatus::Listed {
+            here
+        } else {
+            shared
+        }
+    };
+    let user = match (shared.user, here.user) {
+        (WatermarkStatus::RevokedThrough(a), WatermarkStatus::RevokedThrough(b)) => {
+            WatermarkStatus::RevokedThrough(a.max(b))
+        }
+        (_, here @ WatermarkStatus::RevokedThrough(_)) => here,
+        (shared, _) => shared,
+    };
+    RevocationAnswer {
+        jti: listed(shared.jti, here.jti),
+        session: listed(shared.session, here.session),
+        user,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_either_copy_lists_is_in_force() {
+        use DenyListStatus::{Listed, NotListed, Unavailable};
+        let answer = |jti, session, user| RevocationAnswer { jti, session, user };
+        let clear = answer(NotListed, NotListed, WatermarkStatus::None);
+        // The shared list lost an entry the process holds.
+        let here = answer(NotListed, Listed, WatermarkStatus::RevokedThrough(10));
+        assert_eq!(
+            listed_in_either(clear, here),
+            answer(NotListed, Listed, WatermarkStatus::RevokedThrough(10))
+        );
+        // The later watermark wins; the shared list's "unavailable" is never turned into "clear".
+        let shared = answer(Unavailable, Listed, WatermarkStatus::RevokedThrough(20));
+        assert_eq!(listed_in_either(shared, here), shared);
+        let shared = answer(Unavailable, Unavailable, WatermarkStatus::Unavailable);
+        assert_eq!(
+            listed_in_either(shared, clear),
+            shared,
+            "what the process does not hold is not vouched for"
+        );
     }
 }
