@@ -61,6 +61,62 @@ ensure_redis() {
     apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
 }
 
+# A Redis Cluster of six redis-server processes (three masters, three replicas) keeping its files
+# in directory $1, for the origin's third test configuration. The cluster bus ports are free
+# ports too: the default (port + 10000) can land in the ephemeral range and collide. Without
+# repl-diskless-sync-delay 0 a master holds its replica's first sync for 5 s; a replica writes
+# that sync to its --dir, hence a file of its own. Returns once every node serves all 16384
+# slots, sees the three replicas and, if a replica, is linked to its master: no test meets a
+# cluster still settling. Exports REDIS_CLUSTER_SEEDS (a JSON array of the six URLs) and
+# REDIS_CLUSTER_PIDS (as the servers start, so the caller's trap stops them if this fails).
+start_redis_cluster() {
+    local dir i port used=" " ports=() out info nodes settled
+    dir=$(cd "$1" && pwd) || return 1 # --dir changes the server's directory: paths are absolute
+    export REDIS_CLUSTER_PIDS=""
+    for _ in $(seq 1 12); do
+        # free_port's socket closes at once: the next call could return the same port.
+        port=$(free_port)
+        while [[ $used == *" $port "* ]]; do port=$(free_port); done
+        used+="$port "
+    done
+    read -ra ports <<<"$used"
+    for i in 0 1 2 3 4 5; do
+        port=${ports[i]}
+        redis-server --bind 127.0.0.1 --port "$port" --cluster-port "${ports[i + 6]}" \
+            --cluster-enabled yes --cluster-config-file "$dir/nodes-$port.conf" \
+            --cluster-node-timeout 2000 --cluster-require-full-coverage no --save '' \
+            --appendonly no --maxmemory-policy noeviction --dir "$dir" --daemonize no \
+            --repl-diskless-sync-delay 0 --dbfilename "dump-$port.rdb" \
+            >"$dir/redis-$port.log" 2>&1 &
+        REDIS_CLUSTER_PIDS+="${REDIS_CLUSTER_PIDS:+ }$!"
+        echo "$!" >>"$dir/pids"
+    done
+    ports=("${ports[@]:0:6}")
+    for port in "${ports[@]}"; do wait_for_port "$port" || return 1; done
+    out=$(redis-cli --cluster create "${ports[@]/#/127.0.0.1:}" --cluster-replicas 1 \
+        --cluster-yes 2>&1) || { echo "$out" >&2; return 1; }
+    # `--cluster create` returns before the nodes agree (gossip can show a replica as a master
+    # for a while): wait until all of them do.
+    for _ in $(seq 1 150); do
+        settled=1
+        for port in "${ports[@]}"; do
+            info=$(redis-cli -p "$port" cluster info 2>&1; redis-cli -p "$port" info replication 2>&1) || true
+            nodes=$(redis-cli -p "$port" cluster nodes 2>&1) || true
+            grep -q '^cluster_state:ok' <<<"$info" && grep -q '^cluster_slots_ok:16384' <<<"$info" &&
+                [ "$(grep -c slave <<<"$nodes")" = 3 ] || settled=0
+            if grep -q '^role:slave' <<<"$info"; then
+                grep -q '^master_link_status:up' <<<"$info" || settled=0
+            fi
+        done
+        [ "$settled" = 1 ] && break
+        sleep 0.2
+    done
+    [ "$settled" = 1 ] || { echo "the Redis Cluster in $dir did not settle in 30 s" >&2; return 1; }
+    export REDIS_CLUSTER_SEEDS
+    REDIS_CLUSTER_SEEDS="[$(printf '"redis://127.0.0.1:%s",' "${ports[@]}")"
+    REDIS_CLUSTER_SEEDS="${REDIS_CLUSTER_SEEDS%,}]"
+}
+
 # A real SMTP server for the mail tests: aiosmtpd from Debian (python3-aiosmtpd), which the tests
 # start themselves, one per test, storing what it receives in a Maildir. Debian's interpreter,
 # not whatever python3 is first on PATH. Exports AIOSMTPD_PYTHON.
