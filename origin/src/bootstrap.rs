@@ -11,6 +11,7 @@ use crate::{
     config::{Config, Storage},
     deny_list::DenyListKeeper,
     edge_push::EdgePush,
+    feed_tail::FeedTail,
     key_encryption::{KeyEncryption, LocalKek, Sealer},
     key_rotation::{KeyContext, SigningKeys},
     mail::Mailer,
@@ -123,6 +124,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     }
     deny_list.spawn_upkeep();
     spawn_deny_list_count(deny_list.clone());
+    let feed_tail = FeedTail::default();
+    feed_tail.spawn_refresh(store.clone());
     // Rate limits are security state every instance must share, like the deny-list: they live
     // in the same Redis, or in-process when the deny-list is.
     let rate_limiter: Arc<dyn RateLimiter> = match &config.redis_denylist {
@@ -163,6 +166,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         rate_limiter,
         edge_push,
         feed: store.clone(),
+        feed_tail,
         deny_list,
         profile_cache,
         verifier,

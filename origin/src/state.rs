@@ -9,6 +9,7 @@ use crate::{
     config::Config,
     deny_list::DenyListKeeper,
     edge_push::EdgePush,
+    feed_tail::FeedTail,
     key_rotation::SigningKeys,
     mail::Mailer,
     password::PasswordHasher,
@@ -35,6 +36,8 @@ pub struct AppState {
     pub deny_list: DenyListKeeper,
     /// The signed revocation feed.
     pub feed: Arc<dyn RevocationFeed>,
+    /// Its live entries, read by `GET /v1/revocations`.
+    pub feed_tail: FeedTail,
     /// Profiles, cache-aside in front of DynamoDB.
     pub profile_cache: Arc<dyn ProfileCache>,
     /// Verifies callers' access tokens with the edges' core.

@@ -1597,6 +1597,68 @@ async fn the_feed_has_no_gaps_under_concurrent_logouts() {
     }
 }
 
+#[tokio::test]
+async fn the_feed_is_served_from_memory_with_an_etag_only_its_head_matches() {
+    let o = origin().await;
+    o.register("tia@example.com", "tia's passphrase").await;
+    let access = o.login("tia@example.com", "tia's passphrase").await.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let poll = |after: u64, tag: Option<&str>| {
+        let mut request = Request::get(format!("/v1/revocations?after={after}"));
+        if let Some(tag) = tag {
+            request = request.header(header::IF_NONE_MATCH, tag);
+        }
+        o.send(request.body(Body::empty()).expect("request"))
+    };
+    // The instance's tail is read at start; until then the store answers, without a tag.
+    let started = std::time::Instant::now();
+    while !poll(0, None).await.headers.contains_key(header::ETAG) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no tail"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let empty = poll(0, None).await;
+    assert_eq!(empty.headers[header::ETAG], "\"0\"");
+    assert_eq!(
+        poll(0, Some("\"0\"")).await.status,
+        StatusCode::NOT_MODIFIED
+    );
+    assert_eq!(
+        o.with_bearer("POST", "/v1/logout", &access, None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    // The instance that appended it serves it at once, under a new tag.
+    let fresh = poll(0, Some("\"0\"")).await;
+    assert_eq!(fresh.status, StatusCode::OK);
+    assert_eq!(fresh.headers[header::ETAG], "\"1\"");
+    assert_eq!(fresh.body["entries"][0]["seq"], 1);
+    assert_eq!(fresh.body["next"], 1);
+    assert_eq!(
+        poll(1, Some("\"1\"")).await.status,
+        StatusCode::NOT_MODIFIED
+    );
+    assert_eq!(
+        poll(1, Some("W/\"1\", \"7\"")).await.status,
+        StatusCode::NOT_MODIFIED
+    );
+    // A tag names the head, not a page: a cursor behind it gets the entries whatever the tag
+    // says, and a tag the origin never gave gets a full answer.
+    let behind = poll(0, Some("\"1\"")).await;
+    assert_eq!(behind.status, StatusCode::OK);
+    assert_eq!(behind.body["entries"][0]["seq"], 1);
+    for forged in ["\"2\"", "\"1", "1"] {
+        let reply = poll(1, Some(forged)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{forged}");
+        assert_eq!(reply.body, json!({"entries": [], "next": 1}));
+    }
+}
+
 /// Instances racing for the feed's next number each get one, or a 503-class error after losing
 /// every attempt: never the same number, never an internal error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

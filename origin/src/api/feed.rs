@@ -1,6 +1,10 @@
 //! The revocation feed: read by the edges, written by every revocation.
 
-use axum::{extract::State, response::Response};
+use axum::{
+    extract::State,
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
 use edgeauth_core::Revocation;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -33,8 +37,13 @@ fn default_feed_limit() -> u32 {
 /// `GET /v1/revocations?after=N&limit=M`: the signed revocation feed from a cursor, in order.
 /// Each entry is a JWS (`typ: edgeauth-revocation+jwt`) signed with a key from the JWKS, so an
 /// edge checks it with the keys it already holds. Expired entries are left out.
+///
+/// Answered from the instance's [`FeedTail`](crate::feed_tail::FeedTail) when it can, with
+/// `ETag: "<head>"` (the last `seq` it holds); a poll sending that tag back with a cursor at the
+/// head gets `304 Not Modified` and no body.
 pub async fn revocations(
     State(state): State<AppState>,
+    headers: HeaderMap,
     query: Result<axum::extract::Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let axum::extract::Query(query) = query.map_err(|e| ApiError::InvalidBody(e.body_text()))?;
@@ -51,15 +60,50 @@ pub async fn revocations(
             message: format!("must be at most {}", i64::MAX),
         });
     }
-    let (entries, next) = state
-        .feed
-        .read_after(query.after, query.limit, now())
-        .await?;
+    let now = now();
+    let (entries, next, head) = match state.feed_tail.page(query.after, query.limit, now) {
+        Some(page) => (page.entries, page.next, Some(page.head)),
+        None => {
+            let (entries, next) = state.feed.read_after(query.after, query.limit, now).await?;
+            (entries, next, None)
+        }
+    };
+    let etag = head.map(|head| format!("\"{head}\""));
+    if let Some(etag) = &etag {
+        let unchanged = headers
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|tag| tag.trim().trim_start_matches("W/") == etag);
+        // Only "nothing after the head" is a version the client already has: a cursor behind it
+        // is owed the entries whatever tag it sends.
+        if unchanged && entries.is_empty() && next == query.after {
+            let mut response = StatusCode::NOT_MODIFIED.into_response();
+            set_etag(&mut response, etag);
+            return Ok(response);
+        }
+    }
     let entries: Vec<_> = entries
         .iter()
         .map(|e| json!({"seq": e.seq, "jws": e.jws, "expires_at": e.expires_at}))
         .collect();
-    Ok(private_json(json!({"entries": entries, "next": next})))
+    let mut response = private_json(json!({"entries": entries, "next": next}));
+    if let Some(etag) = &etag {
+        set_etag(&mut response, etag);
+    }
+    Ok(response)
+}
+
+/// Tags an answer. It stays `no-store`: the edges poll with the tag themselves, and no shared
+/// cache is to keep a page of revocations.
+fn set_etag(response: &mut Response, etag: &str) {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(value) = HeaderValue::from_str(etag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
 }
 
 /// Publishes a revocation in the feed (the durable record, and the edges', pushed to them too),
@@ -108,6 +152,7 @@ async fn publish_revocation(
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     };
     let entry = state.feed.append(&make, expires_at).await?;
+    state.feed_tail.appended(&entry);
     state.edge_push.push(&entry);
     Ok(entry)
 }
