@@ -237,11 +237,10 @@ mod tests {
 
     #[async_trait::async_trait]
     impl RevocationFeed for CountingFeed {
-        async fn append(
+        async fn append_many(
             &self,
-            _make: &crate::store::MakeEntry<'_>,
-            _expires_at: i64,
-        ) -> Result<FeedEntry, StoreError> {
+            _entries: &[(&crate::store::MakeEntry<'_>, i64)],
+        ) -> Result<Vec<FeedEntry>, StoreError> {
             unreachable!("read only")
         }
 

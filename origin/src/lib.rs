@@ -15,6 +15,7 @@ pub mod cors;
 pub mod deny_list;
 pub mod edge_push;
 pub mod error;
+pub mod feed_appender;
 pub mod feed_tail;
 pub mod key_encryption;
 pub mod key_rotation;

@@ -9,6 +9,7 @@ use crate::{
     config::Config,
     deny_list::DenyListKeeper,
     edge_push::EdgePush,
+    feed_appender::FeedAppender,
     feed_tail::FeedTail,
     key_rotation::SigningKeys,
     mail::Mailer,
@@ -38,6 +39,8 @@ pub struct AppState {
     pub feed: Arc<dyn RevocationFeed>,
     /// Its live entries, read by `GET /v1/revocations`.
     pub feed_tail: FeedTail,
+    /// This instance's appends to it, committed together.
+    pub feed_appender: FeedAppender,
     /// Profiles, cache-aside in front of DynamoDB.
     pub profile_cache: Arc<dyn ProfileCache>,
     /// Verifies callers' access tokens with the edges' core.

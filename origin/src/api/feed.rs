@@ -151,7 +151,10 @@ async fn publish_revocation(
             .sign_jws(REVOCATION_TYPE, &entry)
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     };
-    let entry = state.feed.append(&make, expires_at).await?;
+    let entry = state
+        .feed_appender
+        .append(Box::new(make), expires_at)
+        .await?;
     state.feed_tail.appended(&entry);
     state.edge_push.push(&entry);
     Ok(entry)

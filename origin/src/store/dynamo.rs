@@ -45,7 +45,7 @@ use crate::{
 use super::{
     AuditEvent, AuditLog, Exchange, FeedEntry, LinkPurpose, LinkToken, MakeEntry, RefreshRecord,
     RefreshStore, RevocationFeed, SigningKeyStore, StoreError, StoredKey, Totp, User, UserId,
-    UserStore,
+    UserStore, MAX_APPEND,
 };
 
 const EMAIL_INDEX: &str = "email-index";
@@ -534,9 +534,7 @@ impl DynamoStore {
         items.extend(writes);
         for attempt in 0..EXCHANGE_ATTEMPTS {
             if attempt > 0 {
-                // 10, 20, 40 ms and a jitter, so that two racing tabs do not meet again.
-                let jitter = u64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 10);
-                tokio::time::sleep(Duration::from_millis((10 << (attempt - 1)) + jitter)).await;
+                pause_before_retry(attempt).await;
             }
             let result = self
                 .client
@@ -561,16 +559,17 @@ impl DynamoStore {
         )))
     }
 
-    /// Commits `update` and `put` in one transaction. A failed condition or a race with another
-    /// transaction on the same items is `Conflict`; callers decide whether to retry.
-    async fn update_and_put(&self, update: Update, put: Put) -> Result<(), StoreError> {
-        let result = self
+    /// Commits `update` and every one of `puts` in one transaction. A failed condition or a race
+    /// with another transaction on the same items is `Conflict`; callers decide whether to retry.
+    async fn update_and_put_all(&self, update: Update, puts: Vec<Put>) -> Result<(), StoreError> {
+        let mut transaction = self
             .client
             .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(update).build())
-            .transact_items(TransactWriteItem::builder().put(put).build())
-            .send()
-            .await;
+            .transact_items(TransactWriteItem::builder().update(update).build());
+        for put in puts {
+            transaction = transaction.transact_items(TransactWriteItem::builder().put(put).build());
+        }
+        let result = transaction.send().await;
         match result {
             Ok(_) => Ok(()),
             Err(e) => match cancellation_codes(&e) {
@@ -1648,19 +1647,41 @@ impl DynamoStore {
     }
 }
 
+/// The pause before attempt `attempt` (1, 2, …) of a transaction that lost a race: up to 10, 20,
+/// 40 … 160 ms, at least half of it, the rest at random, so that two racers (two tabs, two
+/// instances) that lost together do not meet again.
+async fn pause_before_retry(attempt: u32) {
+    let most = 10u64 << (attempt - 1).min(4);
+    let jitter = u64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng)) % (most / 2 + 1);
+    tokio::time::sleep(Duration::from_millis(most / 2 + jitter)).await;
+}
+
 const FEED_STREAM: &str = "revocations";
 const COUNTER_STREAM: &str = "counter";
-/// Attempts to append when other instances append at the same moment.
-const APPEND_ATTEMPTS: usize = 8;
+/// Attempts to append when other instances append at the same moment: about a second of pauses.
+const APPEND_ATTEMPTS: u32 = 10;
 
 /// The feed: entries under `stream = revocations`, sorted by `seq`; the counter is the item
-/// `stream = counter, seq = 0` with attribute `last`. An entry and the counter bump commit in one
+/// `stream = counter, seq = 0` with attribute `last`. Entries and the counter bump commit in one
 /// transaction conditioned on the counter's previous value, so entries become visible strictly in
 /// `seq` order: a reader at cursor N never misses an entry written later with a smaller number.
 #[async_trait::async_trait]
 impl RevocationFeed for DynamoStore {
-    async fn append(&self, make: &MakeEntry<'_>, expires_at: i64) -> Result<FeedEntry, StoreError> {
-        for _ in 0..APPEND_ATTEMPTS {
+    async fn append_many(
+        &self,
+        entries: &[(&MakeEntry<'_>, i64)],
+    ) -> Result<Vec<FeedEntry>, StoreError> {
+        if entries.is_empty() || entries.len() > MAX_APPEND {
+            return Err(StoreError::Unavailable(format!(
+                "revocation feed: {} entries in one append (1 to {MAX_APPEND})",
+                entries.len()
+            )));
+        }
+        let count = i64::try_from(entries.len()).map_err(|_| corrupt("feed batch"))?;
+        for attempt in 0..APPEND_ATTEMPTS {
+            if attempt > 0 {
+                pause_before_retry(attempt).await;
+            }
             let counter = self
                 .client
                 .get_item()
@@ -1672,15 +1693,14 @@ impl RevocationFeed for DynamoStore {
                 .await
                 .map_err(unavailable)?;
             let last = counter.item().and_then(|i| get_n(i, "last")).unwrap_or(0);
-            let seq = u64::try_from(last + 1).map_err(|_| corrupt("feed counter"))?;
-            let jws = make(seq)?;
+            let first = u64::try_from(last + 1).map_err(|_| corrupt("feed counter"))?;
             let bump = Update::builder()
                 .table_name(&self.tables.feed)
                 .key("stream", s(COUNTER_STREAM))
                 .key("seq", n(0))
                 .update_expression("SET #last = :next")
                 .expression_attribute_names("#last", "last")
-                .expression_attribute_values(":next", n(last + 1));
+                .expression_attribute_values(":next", n(last + count));
             let bump = if last == 0 {
                 bump.condition_expression("attribute_not_exists(#last)")
             } else {
@@ -1689,24 +1709,34 @@ impl RevocationFeed for DynamoStore {
             }
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            let entry = Put::builder()
-                .table_name(&self.tables.feed)
-                .item("stream", s(FEED_STREAM))
-                .item("seq", n(last + 1))
-                .item("jws", s(&jws))
-                .item("expires_at", n(expires_at))
-                .condition_expression("attribute_not_exists(seq)")
-                .build()
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            match self.update_and_put(bump, entry).await {
-                Ok(()) => {
-                    return Ok(FeedEntry {
-                        seq,
-                        jws,
-                        expires_at,
-                    })
-                }
-                // Another instance took this number: read the counter again.
+            let mut made = Vec::with_capacity(entries.len());
+            let mut puts = Vec::with_capacity(entries.len());
+            for (seq, (make, expires_at)) in (first..).zip(entries) {
+                // The number is inside the signed entry: made again on every attempt.
+                let jws = make(seq)?;
+                puts.push(
+                    Put::builder()
+                        .table_name(&self.tables.feed)
+                        .item("stream", s(FEED_STREAM))
+                        .item(
+                            "seq",
+                            n(i64::try_from(seq).map_err(|_| corrupt("feed seq"))?),
+                        )
+                        .item("jws", s(&jws))
+                        .item("expires_at", n(*expires_at))
+                        .condition_expression("attribute_not_exists(seq)")
+                        .build()
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+                );
+                made.push(FeedEntry {
+                    seq,
+                    jws,
+                    expires_at: *expires_at,
+                });
+            }
+            match self.update_and_put_all(bump, puts).await {
+                Ok(()) => return Ok(made),
+                // Another instance took these numbers: read the counter again.
                 Err(StoreError::Conflict) => {}
                 Err(e) => return Err(e),
             }

@@ -269,11 +269,26 @@ pub struct FeedEntry {
 /// Builds the signed entry for a sequence number (the JWS carries its own `seq`).
 pub type MakeEntry<'a> = dyn Fn(u64) -> Result<String, StoreError> + Send + Sync + 'a;
 
+/// The most entries one [`RevocationFeed::append_many`] takes: with the counter, the 100 items
+/// of one DynamoDB transaction.
+pub const MAX_APPEND: usize = 99;
+
 /// The ordered, cursor-readable revocation feed the edges read.
 #[async_trait::async_trait]
 pub trait RevocationFeed: Send + Sync {
     /// Appends an entry at the next sequence number and returns it. Durable when it returns.
-    async fn append(&self, make: &MakeEntry<'_>, expires_at: i64) -> Result<FeedEntry, StoreError>;
+    async fn append(&self, make: &MakeEntry<'_>, expires_at: i64) -> Result<FeedEntry, StoreError> {
+        let mut entries = self.append_many(&[(make, expires_at)]).await?;
+        entries
+            .pop()
+            .ok_or_else(|| StoreError::Unavailable("revocation feed: nothing appended".into()))
+    }
+    /// Appends entries at the next [`MAX_APPEND`] or fewer sequence numbers, in order, all or
+    /// none, and returns them. Durable when it returns.
+    async fn append_many(
+        &self,
+        entries: &[(&MakeEntry<'_>, i64)],
+    ) -> Result<Vec<FeedEntry>, StoreError>;
     /// Up to `limit` entries after `cursor`, in order, leaving out those expired at `now`;
     /// also the cursor to ask with next (the last sequence number read).
     async fn read_after(
