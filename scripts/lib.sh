@@ -57,8 +57,9 @@ wait_for_port() {
 
 # Redis from Debian, for the origin's deny-list in its second test configuration.
 ensure_redis() {
-    command -v redis-server >/dev/null && return 0
-    apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+    # openssl makes the certificates of the origin's rediss:// test (origin/tests/api/redis_tls.rs).
+    command -v redis-server >/dev/null && command -v openssl >/dev/null && return 0
+    apt-get update -qq && apt-get install -y -qq redis-server openssl >/dev/null
 }
 
 # A Redis Cluster of six redis-server processes (three masters, three replicas) keeping its files

@@ -26,6 +26,7 @@ mod browser;
 mod email;
 mod lifecycle;
 mod redis_cluster;
+mod redis_tls;
 
 struct Origin {
     router: Router,
