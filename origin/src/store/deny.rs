@@ -126,7 +126,12 @@ fn bucket_key(bucket: u16, name: &str) -> String {
 /// The key holding `id`. The id comes after the bucket's tag, so whatever it holds (braces
 /// included) it cannot move its key to another slot.
 pub fn key(held: Held, id: &str) -> String {
-    bucket_key(bucket(id), &format!("{}:{id}", held.name()))
+    key_in(bucket(id), held, id)
+}
+
+/// The key holding `id`, whose bucket is known.
+fn key_in(bucket: u16, held: Held, id: &str) -> String {
+    bucket_key(bucket, &format!("{}:{id}", held.name()))
 }
 
 fn rebuilt_key(bucket: u16) -> String {
@@ -250,7 +255,9 @@ impl DenyList for RedisDenyList {
         let asked = [(Held::Token, jti), (Held::Session, sid), (Held::User, sub)];
         for (held, id) in asked {
             if let Some(id) = id {
-                mget.arg(rebuilt_key(bucket(id))).arg(key(held, id));
+                // One hash per id: its bucket names both keys.
+                let bucket = bucket(id);
+                mget.arg(rebuilt_key(bucket)).arg(key_in(bucket, held, id));
             }
         }
         if asked.iter().all(|(_, id)| id.is_none()) {
@@ -360,6 +367,10 @@ impl DenyList for RedisDenyList {
     /// Counted with `SCAN` in pages of 1000 on every master: never a blocking `KEYS`. Redis
     /// expires entries, so every entry found is live.
     async fn live_entries(&self, _now: i64) -> Result<u64, StoreError> {
+        let entries: Vec<String> = [Held::Token, Held::Session, Held::User]
+            .iter()
+            .map(|held| format!("}}:{}:", held.name()))
+            .collect();
         let mut count = 0u64;
         for master in self.redis.masters().await? {
             let mut cursor = 0u64;
@@ -374,11 +385,7 @@ impl DenyList for RedisDenyList {
                     self.redis.run_on_node(&master, &scan).await?;
                 count += keys
                     .iter()
-                    .filter(|k| {
-                        [Held::Token, Held::Session, Held::User]
-                            .iter()
-                            .any(|held| k.contains(&format!("}}:{}:", held.name())))
-                    })
+                    .filter(|k| entries.iter().any(|entry| k.contains(entry.as_str())))
                     .count() as u64;
                 if next == 0 {
                     break;

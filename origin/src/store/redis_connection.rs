@@ -21,6 +21,11 @@ use crate::config::RedisTarget;
 const CLUSTER_RETRIES: u32 = 3;
 const CLUSTER_RETRY_WAIT_MS: (u64, u64) = (10, 100);
 
+/// What any Redis failure is to the callers.
+fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("Redis: {error}"))
+}
+
 #[derive(Clone)]
 enum Connection {
     Server(ConnectionManager),
@@ -82,7 +87,6 @@ impl RedisConnection {
         timeout: Duration,
         role: &'static str,
     ) -> Result<Self, StoreError> {
-        let unavailable = |e: redis::RedisError| StoreError::Unavailable(format!("Redis: {e}"));
         let connection = match target {
             RedisTarget::Server(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
@@ -145,7 +149,7 @@ impl RedisConnection {
                         .into_iter()
                         .map(|(node, reply)| Ok((redis::from_redis_value(node)?, reply)))
                         .collect::<Result<_, redis::ParsingError>>()
-                        .map_err(|e| StoreError::Unavailable(format!("Redis: {e}")))?,
+                        .map_err(unavailable)?,
                     other => {
                         return Err(StoreError::Unavailable(format!(
                             "Redis: a reply per node expected, got {other:?}"
@@ -190,8 +194,7 @@ impl RedisConnection {
                 let routing =
                     RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
                 let reply = self.bounded(c.route_command(cmd.clone(), routing)).await?;
-                redis::from_redis_value(reply)
-                    .map_err(|e| StoreError::Unavailable(format!("Redis: {e}")))
+                redis::from_redis_value(reply).map_err(unavailable)
             }
         }
     }
@@ -229,7 +232,7 @@ impl RedisConnection {
         let call = tracing::Instrument::instrument(call, span);
         let result = match tokio::time::timeout(self.timeout * 2, call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!("Redis: {e}"))),
+            Ok(Err(e)) => Err(unavailable(e)),
             Err(_) => Err(StoreError::Unavailable("Redis: timed out".into())),
         };
         crate::metrics::METRICS.redis(self.role, started.elapsed(), result.is_err());

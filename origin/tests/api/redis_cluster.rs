@@ -167,19 +167,25 @@ async fn origin_on(cluster: &OwnCluster) -> Origin {
     .await
 }
 
-/// Logs in as `email` and logs out: the access token, now revoked, and its session's key in the
-/// deny-list.
-async fn revoked_token(o: &Origin, email: &str) -> (String, String) {
+/// Registers `email` and logs in: the access token, and its session's key in the deny-list.
+async fn signed_in(o: &Origin, email: &str) -> (String, String) {
     o.register(email, "a fine passphrase").await;
     let login = o.login(email, "a fine passphrase").await;
     let access = login.body["access_token"]
         .as_str()
         .expect("token")
         .to_owned();
-    let out = o.with_bearer("POST", "/v1/logout", &access, None).await;
-    assert_eq!(out.status, StatusCode::NO_CONTENT, "{}", out.body);
     let sid = claims_of(&access)["sid"].as_str().expect("sid").to_owned();
     (access, deny_key(Held::Session, &sid))
+}
+
+/// Logs in as `email` and logs out: the access token, now revoked, and its session's key in the
+/// deny-list.
+async fn revoked_token(o: &Origin, email: &str) -> (String, String) {
+    let (access, key) = signed_in(o, email).await;
+    let out = o.with_bearer("POST", "/v1/logout", &access, None).await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT, "{}", out.body);
+    (access, key)
 }
 
 /// Asks `/v1/me` with a revoked token until it is refused as revoked: never a 200 meanwhile,
@@ -262,19 +268,8 @@ async fn a_write_lost_in_a_failover_is_applied_again() {
         return;
     };
     let o = origin_on(&cluster).await;
-    o.register("live@example.com", "a fine passphrase").await;
-    let live_access = o.login("live@example.com", "a fine passphrase").await.body["access_token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
-    o.register("lost@example.com", "a fine passphrase").await;
-    let login = o.login("lost@example.com", "a fine passphrase").await;
-    let access = login.body["access_token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
-    let sid = claims_of(&access)["sid"].as_str().expect("sid").to_owned();
-    let key = deny_key(Held::Session, &sid);
+    let (live_access, _) = signed_in(&o, "live@example.com").await;
+    let (access, key) = signed_in(&o, "lost@example.com").await;
     let (master, replica) = cluster.master_and_replica(&key).await;
     // The replica stops reading, and its link is cut so that nothing the master writes next
     // waits in its socket: the logout's write exists on the master only, as when a master dies
