@@ -80,6 +80,7 @@ pub struct Metrics {
     dynamodb_errors: Family<OperationErrorLabels, Counter>,
     redis_seconds: Family<ConnectionLabels, Histogram>,
     redis_errors: Family<ConnectionLabels, Counter>,
+    redis_reconnects: Family<ConnectionLabels, Counter>,
     deny_list_entries: Gauge,
     signing_key_age: Gauge,
     mail_messages: Family<MailLabels, Counter>,
@@ -158,6 +159,12 @@ impl Metrics {
             "Redis commands that failed (error reply, timeout, connection lost)",
             redis_errors.clone(),
         );
+        let redis_reconnects = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "redis_reconnects",
+            "Redis Cluster connections replaced after answering nothing for four timeouts",
+            redis_reconnects.clone(),
+        );
         let deny_list_entries = Gauge::default();
         registry.register(
             "deny_list_entries",
@@ -197,6 +204,7 @@ impl Metrics {
             dynamodb_errors,
             redis_seconds,
             redis_errors,
+            redis_reconnects,
             deny_list_entries,
             signing_key_age,
             mail_messages,
@@ -255,6 +263,13 @@ impl Metrics {
         if failed {
             self.redis_errors.get_or_create(&labels).inc();
         }
+    }
+
+    /// The `connection` Redis Cluster connection was replaced by a new one.
+    pub fn redis_reconnect(&self, connection: &'static str) {
+        self.redis_reconnects
+            .get_or_create(&ConnectionLabels { connection })
+            .inc();
     }
 
     /// Live revocations, as last counted.

@@ -386,6 +386,11 @@ fn the_contract_is_the_fixed_one() {
             vec!["connection"],
         ),
         (
+            "edgeauth_redis_reconnects_total",
+            Kind::Counter,
+            vec!["connection"],
+        ),
+        (
             "edgeauth_redis_request_duration_seconds",
             Kind::Histogram,
             vec!["connection"],

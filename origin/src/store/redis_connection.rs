@@ -3,11 +3,17 @@
 //! Redis is one server or a Redis Cluster; the callers do not tell them apart, except where a
 //! command must reach every node ([`RedisConnection::on_each_node`]).
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
+    time::{Duration, Instant},
+};
 
 use redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
-    cluster::ClusterConfig,
+    cluster::{ClusterClient, ClusterConfig},
     cluster_async::ClusterConnection,
     cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo},
     RedisFuture, Value,
@@ -21,15 +27,87 @@ use crate::config::RedisTarget;
 const CLUSTER_RETRIES: u32 = 3;
 const CLUSTER_RETRY_WAIT_MS: (u64, u64) = (10, 100);
 
+/// How many of its timeouts a cluster connection may answer nothing before it is replaced by a
+/// new one from the seeds. redis-rs's cluster client can stop answering for good after a master
+/// dies: its recovery (reconnecting to the seed nodes, one of them the dead master) never ends,
+/// and every command waits out its timeout. The fleet test saw two of three origin instances
+/// do so for minutes after one failover, while a third recovered at once.
+const CLUSTER_SILENT_TIMEOUTS: u32 = 4;
+
 /// What any Redis failure is to the callers.
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("Redis: {error}"))
 }
 
+/// A handle on the connection, for one command.
 #[derive(Clone)]
 enum Connection {
     Server(ConnectionManager),
     Cluster(ClusterConnection),
+}
+
+/// Where the handles come from.
+#[derive(Clone)]
+enum Source {
+    Server(ConnectionManager),
+    Cluster(Arc<Cluster>),
+}
+
+/// A cluster connection, replaced by a new one when it has answered nothing for
+/// [`CLUSTER_SILENT_TIMEOUTS`] of its timeouts.
+struct Cluster {
+    client: ClusterClient,
+    config: ClusterConfig,
+    connection: RwLock<ClusterConnection>,
+    /// When the connection last answered (anything, an error too), and when it was last
+    /// replaced: milliseconds since `epoch`.
+    epoch: Instant,
+    answered_ms: AtomicU64,
+    replaced_ms: AtomicU64,
+}
+
+impl Cluster {
+    fn since_epoch(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn connection(&self) -> ClusterConnection {
+        self.connection
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// After a command of this connection timed out: replaces it if neither it nor the one
+    /// before has answered for the silence allowed.
+    fn timed_out(&self, timeout: Duration, role: &'static str) {
+        let silence =
+            u64::try_from((timeout * CLUSTER_SILENT_TIMEOUTS).as_millis()).unwrap_or(u64::MAX);
+        let now = self.since_epoch();
+        let answered = self.answered_ms.load(Ordering::Relaxed);
+        let replaced = self.replaced_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(answered.max(replaced)) < silence
+            || self
+                .replaced_ms
+                .compare_exchange(replaced, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        tracing::warn!(
+            connection = role,
+            silent_ms = now.saturating_sub(answered),
+            "Redis Cluster connection answers nothing; connecting again from the seeds"
+        );
+        crate::metrics::METRICS.redis_reconnect(role);
+        let fresh = self
+            .client
+            .get_pending_async_connection_with_config(self.config.clone());
+        *self
+            .connection
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+    }
 }
 
 impl ConnectionLike for Connection {
@@ -63,7 +141,7 @@ impl ConnectionLike for Connection {
 /// A lazily connecting Redis connection whose commands give up after `timeout`.
 #[derive(Clone)]
 pub struct RedisConnection {
-    connection: Connection,
+    source: Source,
     timeout: Duration,
     /// Its `connection` label in the metrics.
     role: &'static str,
@@ -87,14 +165,14 @@ impl RedisConnection {
         timeout: Duration,
         role: &'static str,
     ) -> Result<Self, StoreError> {
-        let connection = match target {
+        let source = match target {
             RedisTarget::Server(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(timeout))
                     .set_number_of_retries(1);
-                Connection::Server(
+                Source::Server(
                     ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?,
                 )
             }
@@ -110,11 +188,19 @@ impl RedisConnection {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(timeout)
                     .set_response_timeout(timeout);
-                Connection::Cluster(client.get_pending_async_connection_with_config(config))
+                let connection = client.get_pending_async_connection_with_config(config.clone());
+                Source::Cluster(Arc::new(Cluster {
+                    client,
+                    config,
+                    connection: RwLock::new(connection),
+                    epoch: Instant::now(),
+                    answered_ms: AtomicU64::new(0),
+                    replaced_ms: AtomicU64::new(0),
+                }))
             }
         };
         Ok(Self {
-            connection,
+            source,
             timeout,
             role,
         })
@@ -128,7 +214,7 @@ impl RedisConnection {
         cmd: &redis::Cmd,
         masters_only: bool,
     ) -> Result<Vec<(String, T)>, StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         let replies: Vec<(String, Value)> = match &mut connection {
             Connection::Server(c) => {
                 let reply = self.bounded(cmd.query_async::<Value>(c)).await?;
@@ -183,7 +269,7 @@ impl RedisConnection {
         node: &str,
         cmd: &redis::Cmd,
     ) -> Result<T, StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         match &mut connection {
             Connection::Server(c) => self.bounded(cmd.query_async(c)).await,
             Connection::Cluster(c) => {
@@ -204,7 +290,7 @@ impl RedisConnection {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         self.bounded(invocation.invoke_async(&mut connection)).await
     }
 
@@ -213,14 +299,22 @@ impl RedisConnection {
         &self,
         pipeline: &redis::Pipeline,
     ) -> Result<T, StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         self.bounded(pipeline.query_async(&mut connection)).await
     }
 
     /// Runs one command; any failure or a wait past twice the timeout is `Unavailable`.
     pub async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         self.bounded(cmd.query_async(&mut connection)).await
+    }
+
+    /// A handle for one command.
+    fn connection(&self) -> Connection {
+        match &self.source {
+            Source::Server(c) => Connection::Server(c.clone()),
+            Source::Cluster(cluster) => Connection::Cluster(cluster.connection()),
+        }
     }
 
     async fn bounded<T>(
@@ -230,7 +324,16 @@ impl RedisConnection {
         let started = std::time::Instant::now();
         let span = tracing::info_span!("redis", "db.system" = "redis", connection = self.role);
         let call = tracing::Instrument::instrument(call, span);
-        let result = match tokio::time::timeout(self.timeout * 2, call).await {
+        let answer = tokio::time::timeout(self.timeout * 2, call).await;
+        if let Source::Cluster(cluster) = &self.source {
+            match answer {
+                Ok(_) => cluster
+                    .answered_ms
+                    .store(cluster.since_epoch(), Ordering::Relaxed),
+                Err(_) => cluster.timed_out(self.timeout, self.role),
+            }
+        }
+        let result = match answer {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(unavailable(e)),
             Err(_) => Err(StoreError::Unavailable("Redis: timed out".into())),
