@@ -411,9 +411,13 @@ pub struct StackOptions {
     /// Worker only: a second Worker process on the same Workers KV (another isolate), at
     /// [`Stack::second_edge`].
     pub second_worker: bool,
-    /// Worker only: Envoy with the filter beside the Worker, in front of the same upstream and
-    /// origins, at [`Stack::envoy`] (a web page calls the API through both).
-    pub envoy_beside: bool,
+    /// Worker only: Envoys beside the Worker, each with the filter's build named by its
+    /// [`Edge`] (`Envoy` or `EnvoyNative`), in front of the same upstream and origins, at
+    /// [`Stack::envoys`] (a web page calls the API through the Worker and Envoy).
+    pub envoys_beside: Vec<Edge>,
+    /// The origins' deny-list on a Redis Cluster (three masters, three replicas) instead of one
+    /// redis-server.
+    pub redis_cluster: bool,
     /// Web pages (exact origins) that call the stack from a browser: the origins' CORS lists
     /// them (`cors.allowed_origins`), so does the edges' policy (with `cors_preflight_bypass`),
     /// and the sample upstream answers their preflights and requests.
@@ -435,7 +439,8 @@ impl Default for StackOptions {
             access_ttl: 900,
             retire_margin: 120,
             second_worker: false,
-            envoy_beside: false,
+            envoys_beside: Vec::new(),
+            redis_cluster: false,
             page_origins: Vec::new(),
             origin_env: Vec::new(),
         }
@@ -449,10 +454,8 @@ pub struct Stack {
     dir: PathBuf,
     origin_settings: OriginSettings,
     origin_children: Vec<Child>,
-    /// The origins' shared deny-list Redis (a real redis-server).
-    redis_child: Child,
-    /// Its URL, for tests that flush it.
-    pub redis: String,
+    /// The origins' shared deny-list Redis, for tests that flush it or fail it over.
+    pub redis: DenyListRedis,
     /// The second Worker, when asked for ([`StackOptions::second_worker`]).
     second_child: Option<Child>,
     /// Its URL.
@@ -464,12 +467,12 @@ pub struct Stack {
     pub edge_kind: Edge,
     /// The edge's URL (requests to the API go here).
     pub edge: String,
-    /// Envoy beside the Worker ([`StackOptions::envoy_beside`]): its filter's URL.
-    pub envoy: Option<String>,
-    envoy_beside_child: Option<Child>,
+    /// The Envoys beside the Worker ([`StackOptions::envoys_beside`]).
+    pub envoys: Vec<EnvoyBeside>,
+    envoy_beside_children: Vec<Child>,
     /// Envoy only: the listener with Envoy's native `jwt_authn`, configured like the filter.
     pub native: Option<String>,
-    /// Envoy only: its admin interface (`/stats`).
+    /// Envoy's admin interface (`/stats`): the edge's, or the first Envoy's beside the Worker.
     pub admin: Option<String>,
     /// The first origin's URL (log in, log out here).
     pub origin: String,
@@ -518,7 +521,12 @@ impl Stack {
         .await;
 
         let dynamodb = start_dynamodb(&dir).await;
-        let (redis_child, redis) = start_redis(&dir).await;
+        let redis = if options.redis_cluster {
+            DenyListRedis::Cluster(RedisCluster::start(&dir))
+        } else {
+            let (child, url) = start_redis(&dir).await;
+            DenyListRedis::Server { child, url }
+        };
         let ports: Vec<u16> = (0..options.origin_instances.max(1))
             .map(|_| free_port())
             .collect();
@@ -552,7 +560,7 @@ impl Stack {
             dynamodb,
             access_ttl: options.access_ttl,
             retire_margin: options.retire_margin,
-            redis: redis.clone(),
+            redis: redis.origin_setting(),
             extra: origin_extra(&options),
         };
         // The origins import this key file into the empty table: the stack knows their key.
@@ -581,13 +589,21 @@ impl Stack {
         let policy =
             format!(r#"{{"issuers":["{ISSUER}"],"audiences":["{AUDIENCE}"]{policy_extra}}}"#);
         if options.edge.is_envoy() {
-            let envoy = start_envoy(&dir, &policy, upstream, relay_address, &options).await;
+            let envoy = start_envoy(
+                &dir,
+                "envoy",
+                options.edge,
+                &policy,
+                (upstream, relay_address),
+                options.token_caches,
+            )
+            .await;
+            let admin = envoy.admin.clone();
             let stack = Self {
                 _turn: turn,
                 dir,
                 origin_settings,
                 origin_children,
-                redis_child,
                 redis,
                 second_child: None,
                 second_edge: None,
@@ -595,8 +611,8 @@ impl Stack {
                 edge_child: envoy.child,
                 edge_kind: options.edge,
                 edge: envoy.filter,
-                envoy: None,
-                envoy_beside_child: None,
+                envoys: Vec::new(),
+                envoy_beside_children: Vec::new(),
                 native: Some(envoy.native),
                 admin: Some(envoy.admin),
                 origin,
@@ -605,16 +621,24 @@ impl Stack {
                 client,
             };
             if !options.jwks_down_at_start {
-                stack.wait_until_envoy_is_ready().await;
+                stack.wait_until_envoy_is_ready(&admin, options.edge).await;
             }
             return stack;
         }
 
-        let envoy_beside = if options.envoy_beside {
-            Some(start_envoy(&dir, &policy, upstream, relay_address, &options).await)
-        } else {
-            None
-        };
+        let mut envoys_beside = Vec::new();
+        for (i, build) in options.envoys_beside.iter().enumerate() {
+            let envoy = start_envoy(
+                &dir,
+                &format!("envoy-{i}"),
+                *build,
+                &policy,
+                (upstream, relay_address),
+                options.token_caches,
+            )
+            .await;
+            envoys_beside.push((envoy, *build));
+        }
         let mut vars = vec![
             ("POLICY".to_string(), policy),
             (
@@ -646,16 +670,23 @@ impl Stack {
             (None, None)
         };
 
-        let (envoy, envoy_beside_child, admin) = match envoy_beside {
-            Some(envoy) => (Some(envoy.filter), Some(envoy.child), Some(envoy.admin)),
-            None => (None, None, None),
-        };
+        let admin = envoys_beside.first().map(|(envoy, _)| envoy.admin.clone());
+        let (envoys, envoy_beside_children) = envoys_beside
+            .into_iter()
+            .map(|(envoy, build)| {
+                let beside = EnvoyBeside {
+                    build,
+                    url: envoy.filter,
+                    admin: envoy.admin,
+                };
+                (beside, envoy.child)
+            })
+            .unzip();
         let stack = Self {
             _turn: turn,
             dir,
             origin_settings,
             origin_children,
-            redis_child,
             redis,
             second_child,
             second_edge,
@@ -663,8 +694,8 @@ impl Stack {
             edge_child: worker_child,
             edge_kind: Edge::Worker,
             edge: worker,
-            envoy,
-            envoy_beside_child,
+            envoys,
+            envoy_beside_children,
             native: None,
             admin,
             origin,
@@ -672,19 +703,25 @@ impl Stack {
             switches,
             client,
         };
-        if stack.envoy.is_some() {
-            stack.wait_until_envoy_is_ready().await;
+        for envoy in &stack.envoys {
+            stack
+                .wait_until_envoy_is_ready(&envoy.admin, envoy.build)
+                .await;
         }
         stack
     }
 
     /// Waits until the filter has its first keys and has read the feed once: what a readiness
     /// probe would wait for. Before that it answers 503 on purpose.
-    async fn wait_until_envoy_is_ready(&self) {
+    async fn wait_until_envoy_is_ready(&self, admin: &str, build: Edge) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            let keys = self.metric("edgeauth.jwks_fetch.success").await;
-            let feed = self.metric("edgeauth.revocation_feed.success").await;
+            let keys = self
+                .envoy_metric(admin, build, "edgeauth.jwks_fetch.success")
+                .await;
+            let feed = self
+                .envoy_metric(admin, build, "edgeauth.revocation_feed.success")
+                .await;
             if keys.unwrap_or(0) > 0 && feed.unwrap_or(0) > 0 {
                 return;
             }
@@ -696,9 +733,18 @@ impl Stack {
     /// Envoy only: the filter's metric `name` (without Envoy's `wasmcustom.` prefix), if defined.
     pub async fn metric(&self, name: &str) -> Option<u64> {
         let admin = self.admin.as_ref()?;
+        let build = match self.edge_kind {
+            Edge::Worker => self.envoys.first()?.build,
+            envoy => envoy,
+        };
+        self.envoy_metric(admin, build, name).await
+    }
+
+    /// The metric `name` of the Envoy with admin interface `admin`, running the filter's `build`.
+    async fn envoy_metric(&self, admin: &str, build: Edge, name: &str) -> Option<u64> {
         // The Wasm filter's metrics are under Envoy's `wasmcustom.`, the module's under its
         // `metrics_namespace` (Envoy's default).
-        let namespace = match self.edge_kind {
+        let namespace = match build {
             Edge::EnvoyNative => "dynamicmodulescustom",
             Edge::Worker | Edge::Envoy => "wasmcustom",
         };
@@ -715,6 +761,26 @@ impl Stack {
         text.lines()
             .find_map(|line| line.strip_prefix(&wanted))
             .and_then(|value| value.trim().parse().ok())
+    }
+
+    /// Kills origin instance `i` at once (SIGKILL, as a crash or an out-of-memory kill would).
+    pub async fn kill_origin(&mut self, i: usize) {
+        let child = &mut self.origin_children[i];
+        child.start_kill().expect("the origin is killed");
+        let _ = child.wait().await;
+    }
+
+    /// Starts origin instance `i` again after [`Stack::kill_origin`]; returns once it listens.
+    pub async fn restart_origin(&mut self, i: usize) {
+        let port = self.origins[i]
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok());
+        let settings = OriginSettings {
+            port: port.expect("the origin's URL has its port"),
+            ..self.origin_settings.clone()
+        };
+        self.origin_children[i] = start_origin(&self.dir, &settings).await;
     }
 
     /// Rotates the origins' signing key the way an operator does (`origin keys rotate`, while
@@ -950,13 +1016,15 @@ impl Drop for Stack {
         for child in &mut self.origin_children {
             let _ = child.start_kill();
         }
-        let _ = self.redis_child.start_kill();
+        if let DenyListRedis::Server { child, .. } = &mut self.redis {
+            let _ = child.start_kill();
+        }
         // wrangler runs workerd as its child: the process group (led by wrangler) takes both;
         // Envoy leads a group of its own. (Never through the `kill` command: procps reads
         // `kill -TERM -<pgid>` as "every process" on this machine.)
         let children = std::iter::once(&self.edge_child)
             .chain(self.second_child.as_ref())
-            .chain(self.envoy_beside_child.as_ref());
+            .chain(&self.envoy_beside_children);
         for child in children {
             if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
                 if pid > 1 {
@@ -987,7 +1055,8 @@ struct OriginSettings {
     dynamodb: String,
     access_ttl: u32,
     retire_margin: u32,
-    redis: String,
+    /// The deny-list's Redis: the variable that names it and its value.
+    redis: (&'static str, String),
     /// Further `EDGEAUTH_*` variables ([`StackOptions::origin_env`], CORS for the pages).
     extra: Vec<(String, String)>,
 }
@@ -1036,6 +1105,112 @@ pub(crate) async fn start_redis(dir: &Path) -> (Child, String) {
     (child, format!("redis://127.0.0.1:{port}"))
 }
 
+/// The origins' deny-list Redis.
+#[derive(Debug)]
+pub enum DenyListRedis {
+    /// One redis-server.
+    Server {
+        child: Child,
+        /// Its URL.
+        url: String,
+    },
+    /// A Redis Cluster.
+    Cluster(RedisCluster),
+}
+
+impl DenyListRedis {
+    /// The origin's variable that names it, and its value.
+    fn origin_setting(&self) -> (&'static str, String) {
+        match self {
+            Self::Server { url, .. } => ("EDGEAUTH_REDIS_DENYLIST_URL", url.clone()),
+            Self::Cluster(cluster) => ("EDGEAUTH_REDIS_DENYLIST_CLUSTER", cluster.seeds()),
+        }
+    }
+}
+
+/// Three masters and three replicas of Debian's redis-server, started by scripts/lib.sh's
+/// `start_redis_cluster` (the one way the project starts a cluster), stopped when dropped.
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// Each node's port and process id.
+    nodes: Vec<(u16, i32)>,
+}
+
+impl RedisCluster {
+    fn start(dir: &Path) -> Self {
+        let cluster_dir = dir.join("redis-cluster");
+        std::fs::create_dir_all(&cluster_dir).expect("cluster directory");
+        let output = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(r#"set -e; source "$0"; start_redis_cluster "$1"; echo "$REDIS_CLUSTER_SEEDS"; echo "$REDIS_CLUSTER_PIDS""#)
+            .arg(repo_root().join("scripts/lib.sh"))
+            .arg(&cluster_dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("bash runs");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut lines = text.lines();
+        let (Some(seeds), Some(pids), true) = (lines.next(), lines.next(), output.status.success())
+        else {
+            panic!("start_redis_cluster failed: {text}");
+        };
+        let seeds: Vec<String> = serde_json::from_str(seeds).expect("seed URLs");
+        let nodes = seeds
+            .iter()
+            .zip(pids.split_whitespace())
+            .map(|(seed, pid)| {
+                let port = seed.rsplit(':').next().and_then(|p| p.parse().ok());
+                (port.expect("a port"), pid.parse().expect("a pid"))
+            })
+            .collect();
+        Self { nodes }
+    }
+
+    /// The seed URLs, as the origin's `redis_denylist_cluster` takes them.
+    pub fn seeds(&self) -> String {
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(port, _)| format!("redis://127.0.0.1:{port}"))
+            .collect();
+        json!(urls).to_string()
+    }
+
+    /// The ports of the nodes that answer as masters now.
+    pub async fn masters(&self) -> Vec<u16> {
+        let mut masters = Vec::new();
+        for (port, _) in &self.nodes {
+            let role = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "ROLE"])
+                .output()
+                .await
+                .expect("redis-cli runs");
+            if role.status.success() && role.stdout.starts_with(b"master") {
+                masters.push(*port);
+            }
+        }
+        masters
+    }
+
+    /// Kills the node on `port` at once (SIGKILL: no goodbye to the cluster).
+    pub fn kill(&self, port: u16) {
+        let (_, pid) = self
+            .nodes
+            .iter()
+            .find(|(p, _)| *p == port)
+            .expect("a node of this cluster");
+        nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGKILL).expect("the node is killed");
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, pid) in &self.nodes {
+            let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+    }
+}
+
 /// Runs an admin command of the origin with the stack's configuration; returns its stdout.
 async fn run_origin_command(dir: &Path, settings: &OriginSettings, args: &[&str]) -> Vec<u8> {
     let output = Command::new(origin_binary())
@@ -1062,7 +1237,7 @@ fn origin_env(dir: &Path, settings: &OriginSettings) -> Vec<(String, String)> {
         ("EDGEAUTH_STORAGE", "dynamodb".to_string()),
         ("EDGEAUTH_DYNAMODB_ENDPOINT", settings.dynamodb.clone()),
         // Instances on shared storage share one deny-list, as in production.
-        ("EDGEAUTH_REDIS_DENYLIST_URL", settings.redis.clone()),
+        (settings.redis.0, settings.redis.1.clone()),
         ("EDGEAUTH_TABLE_PREFIX", "e2e-".to_string()),
         (
             "EDGEAUTH_ACCESS_TOKEN_TTL_SECONDS",
@@ -1089,8 +1264,13 @@ fn origin_env(dir: &Path, settings: &OriginSettings) -> Vec<(String, String)> {
 }
 
 async fn start_origin(dir: &Path, settings: &OriginSettings) -> Child {
-    let log_path = dir.join("origin.log");
-    let log = std::fs::File::create(&log_path).expect("log file");
+    let log_path = dir.join(format!("origin-{}.log", settings.port));
+    // Appended to: a restarted instance keeps the log of the one before.
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .expect("log file");
     let mut child = Command::new(origin_binary())
         .envs(origin_env(dir, settings))
         .stdout(log.try_clone().expect("log file"))
@@ -1199,6 +1379,17 @@ async fn try_start_worker(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// An Envoy beside the Worker ([`StackOptions::envoys_beside`]).
+#[derive(Debug, Clone)]
+pub struct EnvoyBeside {
+    /// Which build of the filter it loads: [`Edge::Envoy`] or [`Edge::EnvoyNative`].
+    pub build: Edge,
+    /// The listener with the filter.
+    pub url: String,
+    /// Its admin interface (`/stats`).
+    pub admin: String,
 }
 
 /// A running Envoy and its three listeners.
@@ -1406,16 +1597,19 @@ pub fn validate_native_example(envoy: &Path) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// Starts Envoy named `name` (its configuration and log are `<name>.yaml` and `<name>.log`) with
+/// the filter's `build`, in front of `upstream`, reaching the origins through `relay`.
 async fn start_envoy(
     dir: &Path,
+    name: &str,
+    build: Edge,
     policy: &str,
-    upstream: SocketAddr,
-    relay: SocketAddr,
-    options: &StackOptions,
+    (upstream, relay): (SocketAddr, SocketAddr),
+    token_caches: bool,
 ) -> Envoy {
     let envoy = envoy_binary();
     let target = target_dir();
-    let filter = match options.edge {
+    let filter = match build {
         Edge::EnvoyNative => FilterBuild::Module(native_module()),
         Edge::Worker | Edge::Envoy => FilterBuild::Wasm(artefact(
             "EDGEAUTH_E2E_ENVOY_WASM",
@@ -1423,15 +1617,8 @@ async fn start_envoy(
         )),
     };
     let ports = (free_port(), free_port(), free_port());
-    let config = envoy_config(
-        ports,
-        policy,
-        upstream,
-        relay,
-        &filter,
-        options.token_caches,
-    );
-    let config_path = dir.join("envoy.yaml");
+    let config = envoy_config(ports, policy, upstream, relay, &filter, token_caches);
+    let config_path = dir.join(format!("{name}.yaml"));
     std::fs::write(&config_path, config).expect("envoy config");
     let mut command = Command::new(envoy);
     command
@@ -1447,8 +1634,9 @@ async fn start_envoy(
             "warn",
         ])
         .args(["--component-log-level", "wasm:info"]);
-    let mut child = start_listening(command, dir, "envoy", ports.0).await;
-    wait_until_listening(ports.1, &mut child, "envoy", &dir.join("envoy.log")).await;
+    let mut child = start_listening(command, dir, name, ports.0).await;
+    let log = dir.join(format!("{name}.log"));
+    wait_until_listening(ports.1, &mut child, "envoy", &log).await;
     Envoy {
         child,
         filter: format!("http://127.0.0.1:{}", ports.0),

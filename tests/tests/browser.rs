@@ -14,7 +14,7 @@ use edgeauth_e2e::{
     browser::{Browser, Observer, WebPage},
     free_port,
     mail::MailServer,
-    Stack, StackOptions,
+    Edge, Stack, StackOptions,
 };
 use serde_json::json;
 
@@ -33,7 +33,7 @@ async fn the_example_web_client_walks_through_every_flow_in_a_real_browser() {
     let page_origin = format!("http://127.0.0.1:{page_port}");
     let mail = MailServer::start(&dir).await;
     let stack = Stack::start_with(StackOptions {
-        envoy_beside: true,
+        envoys_beside: vec![Edge::Envoy],
         page_origins: vec![page_origin.clone()],
         origin_env: vec![(
             "EDGEAUTH_MAIL".to_string(),
@@ -46,7 +46,7 @@ async fn the_example_web_client_walks_through_every_flow_in_a_real_browser() {
         ..StackOptions::default()
     })
     .await;
-    let envoy = stack.envoy.clone().expect("Envoy beside the Worker");
+    let envoy = stack.envoys[0].url.clone();
     let observer = Observer::start(&stack.origin).await;
     let config = json!({"origin": observer.url, "worker": stack.edge, "envoy": envoy});
     let page = WebPage::serve(&dir, "page", page_port, &config).await;

@@ -27,6 +27,7 @@ macro_rules! on_every_edge {
 mod browser;
 mod edge;
 mod envoy;
+mod fleet;
 mod lambda;
 mod revocation;
 mod telemetry;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use base64ct::{Base64UrlUnpadded, Encoding as _};
-use edgeauth_e2e::{send, Edge, Stack, StackOptions, DENY_CACHE_SECONDS};
+use edgeauth_e2e::{send, DenyListRedis, Edge, Stack, StackOptions, DENY_CACHE_SECONDS};
 use serde_json::{json, Value};
 
 on_every_edge!(
@@ -262,7 +262,10 @@ async fn a_logged_out_token_is_refused_every_second_until_it_expires(edge: Edge)
             at - exp
         );
         if flushed.is_none() && at >= exp - 20 {
-            flush_redis(&stack.redis).await;
+            let DenyListRedis::Server { url, .. } = &stack.redis else {
+                panic!("one redis-server")
+            };
+            flush_redis(url).await;
             flushed = Some(Instant::now());
         }
         probes += 1;
