@@ -2669,7 +2669,7 @@ async fn metrics_count_requests_by_route_template_and_time_the_stores() {
         );
         named += 1;
     }
-    assert_eq!(named, 12, "the contract's table was not read");
+    assert_eq!(named, 13, "the contract's table was not read");
     // No raw path, user or address is ever a label.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         assert!(
