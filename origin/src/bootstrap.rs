@@ -85,7 +85,10 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         None => LocalKek::load_or_create_embedded(&config.data_dir)?,
     };
     // The signing keys and the TOTP secrets are sealed under the one KEK.
-    let store = Arc::new(DynamoStore::new(client, &tables, Sealer::local(&kek)));
+    let store = Arc::new(
+        DynamoStore::new(client, &tables, Sealer::local(&kek))
+            .with_feed_partitions(config.feed_partitions),
+    );
     let verifier = SelfVerifier::new(&config.issuer, &config.audience)?;
     let audit = Audit::new(store.clone());
     let sealer = Sealer::local(&kek);

@@ -110,6 +110,8 @@ struct RawConfig {
     dynamodb_region: String,
     #[serde(default = "default_table_prefix")]
     table_prefix: String,
+    #[serde(default = "default_feed_partitions")]
+    feed_partitions: u8,
     #[serde(default)]
     argon2: Argon2Cost,
     #[serde(default)]
@@ -252,6 +254,11 @@ fn default_region() -> String {
 fn default_table_prefix() -> String {
     "edgeauth-".into()
 }
+fn default_feed_partitions() -> u8 {
+    1
+}
+/// Most partition keys the feed may be spread over: each read queries every one of them.
+const MAX_FEED_PARTITIONS: u8 = 16;
 
 /// A Redis role's target from its `_url` field or its `_cluster` field, never both.
 fn redis_target(
@@ -347,6 +354,10 @@ pub struct Config {
     pub profile_cache_ttl_seconds: u32,
     /// Prefix of every table name.
     pub table_prefix: String,
+    /// Partition keys the revocation feed's entries are spread over (default 1; at most 16):
+    /// DynamoDB takes about 1,000 write units a second per partition, so one key caps appends
+    /// near 500 a second. Only ever raised, once every instance runs a version that reads them.
+    pub feed_partitions: u8,
     /// argon2id cost.
     pub argon2: Argon2Cost,
     /// Hashes running at once; defaults to the number of cores less one (at least one).
@@ -381,7 +392,7 @@ pub struct Config {
 }
 
 /// The fields, for the `EDGEAUTH_<FIELD>` overrides.
-const FIELDS: [&str; 38] = [
+const FIELDS: [&str; 39] = [
     "reauthentication_max_age_seconds",
     "cors",
     "password_reset",
@@ -417,6 +428,7 @@ const FIELDS: [&str; 38] = [
     "dynamodb_endpoint",
     "dynamodb_region",
     "table_prefix",
+    "feed_partitions",
     "argon2",
     "hashing_concurrency",
     "hashing_queue",
@@ -526,6 +538,12 @@ impl Config {
             return Err(invalid(
                 "table_prefix",
                 "must be letters, digits, `-`, `_` or `.`",
+            ));
+        }
+        if !(1..=MAX_FEED_PARTITIONS).contains(&raw.feed_partitions) {
+            return Err(invalid(
+                "feed_partitions",
+                &format!("must be 1 to {MAX_FEED_PARTITIONS}"),
             ));
         }
         let redis_denylist = redis_target(
@@ -666,6 +684,7 @@ impl Config {
             redis_cache,
             profile_cache_ttl_seconds: raw.profile_cache_ttl_seconds,
             table_prefix: raw.table_prefix,
+            feed_partitions: raw.feed_partitions,
             argon2: raw.argon2,
             hashing_concurrency,
             hashing_queue: raw.hashing_queue.unwrap_or(16 * hashing_concurrency).max(1),
@@ -751,6 +770,12 @@ mod tests {
             field(build(None, &[("EDGEAUTH_TABLE_PREFIX", "bad prefix")])),
             "table_prefix"
         );
+        for partitions in ["0", "17"] {
+            assert_eq!(
+                field(build(None, &[("EDGEAUTH_FEED_PARTITIONS", partitions)])),
+                "feed_partitions"
+            );
+        }
         assert_eq!(
             field(build(
                 None,

@@ -1685,6 +1685,83 @@ async fn racing_feed_appends_get_distinct_numbers_or_unavailable() {
     assert!(count > 0);
 }
 
+/// The feed spread over four partition keys, appends racing as from several instances while a
+/// reader follows in small pages: the reader gets every entry once, in order, and the cursor
+/// never passes one that commits later (read over several keys, a page that served past what it
+/// knew of one key would skip that key's next entries for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_feed_over_partitions_is_read_whole_and_in_order_while_appends_race() {
+    let o = origin_with(&[("EDGEAUTH_FEED_PARTITIONS", "4")]).await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (feed, done) = (o.state.feed.clone(), done.clone());
+        tokio::spawn(async move {
+            let (mut cursor, mut seen) = (0, Vec::new());
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let now = edgeauth_origin::clock::now();
+                let (page, next) = feed.read_after(cursor, 7, now).await.expect("read");
+                assert!(
+                    next >= cursor,
+                    "the cursor went back from {cursor} to {next}"
+                );
+                let read = page.len();
+                for entry in page {
+                    assert!(
+                        entry.seq > cursor && entry.seq <= next,
+                        "{} at {cursor}",
+                        entry.seq
+                    );
+                    assert!(seen.last().is_none_or(|&last| entry.seq > last));
+                    seen.push(entry.seq);
+                }
+                cursor = next;
+                if finished && read == 0 {
+                    return seen;
+                }
+            }
+        })
+    };
+    let make = |seq: u64| -> Result<String, StoreError> { Ok(format!("entry-{seq}")) };
+    let appends: Vec<_> = (0..40)
+        .map(|_| {
+            let feed = o.state.feed.clone();
+            tokio::spawn(async move { feed.append(&make, i64::MAX).await })
+        })
+        .collect();
+    let mut appended = Vec::new();
+    for append in appends {
+        match append.await.expect("joined") {
+            Ok(entry) => appended.push(entry.seq),
+            Err(StoreError::Unavailable(_)) => {}
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    appended.sort_unstable();
+    assert!(appended.len() > 10, "{appended:?}");
+    assert_eq!(reader.await.expect("the reader ran"), appended);
+    // Edges read the same through the endpoint, from the instance's tail.
+    let started = std::time::Instant::now();
+    loop {
+        let page = o.get("/v1/revocations?after=0&limit=1000").await;
+        let served: Vec<u64> = page.body["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| e["seq"].as_u64().expect("seq"))
+            .collect();
+        if served == appended {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "served {served:?}, appended {appended:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn imported_bcrypt_accounts_log_in_and_are_upgraded_to_argon2id() {
     let o = origin().await;

@@ -491,6 +491,8 @@ pub struct DynamoStore {
     tables: TableNames,
     /// Seals TOTP secrets (the signing keys' KEK).
     sealer: std::sync::Arc<Sealer>,
+    /// Partition keys the feed's entries are spread over ([`feed_stream`]).
+    feed_partitions: u8,
 }
 
 impl DynamoStore {
@@ -591,7 +593,31 @@ impl DynamoStore {
             client,
             tables: tables.clone(),
             sealer: std::sync::Arc::new(sealer),
+            feed_partitions: 1,
         }
+    }
+
+    /// Spreads the feed's entries over `partitions` partition keys (the configuration's
+    /// `feed_partitions`; 1, the default, is one key, as before there were partitions).
+    #[must_use]
+    pub fn with_feed_partitions(mut self, partitions: u8) -> Self {
+        self.feed_partitions = partitions.max(1);
+        self
+    }
+
+    /// The feed counter's value: every entry up to it has committed.
+    async fn feed_counter(&self) -> Result<i64, StoreError> {
+        let counter = self
+            .client
+            .get_item()
+            .table_name(&self.tables.feed)
+            .key("stream", s(COUNTER_STREAM))
+            .key("seq", n(0))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(counter.item().and_then(|i| get_n(i, "last")).unwrap_or(0))
     }
 
     /// An update of account `id`'s item, for the caller to give its expressions.
@@ -1658,13 +1684,112 @@ async fn pause_before_retry(attempt: u32) {
 
 const FEED_STREAM: &str = "revocations";
 const COUNTER_STREAM: &str = "counter";
+
+/// The partition key of entry `seq` when the feed is spread over `partitions` keys: `revocations`
+/// when `seq % partitions` is 0 (so one partition is the layout from before partitions), else
+/// `revocations#<seq % partitions>`. DynamoDB takes about 1,000 write units a second per
+/// partition and a transactional put costs 2: one key caps appends near 500 a second.
+fn feed_stream(seq: u64, partitions: u8) -> String {
+    match seq % u64::from(partitions.max(1)) {
+        0 => FEED_STREAM.to_string(),
+        rest => format!("{FEED_STREAM}#{rest}"),
+    }
+}
+
+/// One partition's entries after `after` (up to `through`, if given), at most `limit`, with
+/// whether it may hold more.
+async fn read_feed_partition(
+    client: Client,
+    table: String,
+    stream: String,
+    (after, through): (i64, Option<i64>),
+    limit: u32,
+) -> Result<(Vec<FeedEntry>, bool), StoreError> {
+    let query = client
+        .query()
+        .table_name(table)
+        .expression_attribute_names("#stream", "stream")
+        .expression_attribute_names("#seq", "seq")
+        .expression_attribute_values(":stream", s(stream))
+        .consistent_read(true)
+        .limit(i32::try_from(limit).unwrap_or(i32::MAX));
+    let query = match through {
+        None => query
+            .key_condition_expression("#stream = :stream AND #seq > :after")
+            .expression_attribute_values(":after", n(after)),
+        // BETWEEN is inclusive: `after` itself was read before.
+        Some(through) => query
+            .key_condition_expression("#stream = :stream AND #seq BETWEEN :first AND :through")
+            .expression_attribute_values(":first", n(after.saturating_add(1)))
+            .expression_attribute_values(":through", n(through)),
+    };
+    let out = query.send().await.map_err(unavailable)?;
+    let entries = out
+        .items()
+        .iter()
+        .map(|item| {
+            let seq = get_n(item, "seq")
+                .and_then(|v| u64::try_from(v).ok())
+                .ok_or_else(|| corrupt("feed seq"))?;
+            let jws = get_s(item, "jws").ok_or_else(|| corrupt("feed entry"))?;
+            Ok(FeedEntry {
+                seq,
+                jws: jws.to_owned(),
+                expires_at: get_n(item, "expires_at").unwrap_or(0),
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok((entries, out.last_evaluated_key().is_some()))
+}
+
+/// A page of the feed from what each partition gave ([`read_feed_partition`]): the live entries
+/// after `cursor`, in order, at most `limit` examined, and the cursor to resume from.
+///
+/// Every entry up to `committed` has committed. A partition that may hold more bounds what is
+/// known: its next entries may have smaller numbers than another partition's last, so nothing
+/// past its last entry is examined. Expired entries (TTL deletion runs late) move the cursor but
+/// are not served.
+fn merge_feed_partitions(
+    partitions: Vec<(Vec<FeedEntry>, bool)>,
+    cursor: u64,
+    committed: u64,
+    limit: u32,
+    now: i64,
+) -> (Vec<FeedEntry>, u64) {
+    let known = partitions
+        .iter()
+        .filter(|(_, more)| *more)
+        .map(|(entries, _)| entries.last().map_or(cursor, |e| e.seq))
+        .fold(committed, u64::min);
+    let mut examined: Vec<FeedEntry> = partitions
+        .into_iter()
+        .flat_map(|(entries, _)| entries)
+        .filter(|e| e.seq > cursor && e.seq <= known)
+        .collect();
+    examined.sort_unstable_by_key(|e| e.seq);
+    let mut next = known.max(cursor);
+    if let Ok(limit) = usize::try_from(limit) {
+        if examined.len() > limit {
+            examined.truncate(limit);
+            next = examined.last().map_or(cursor, |e| e.seq);
+        }
+    }
+    let live = examined
+        .into_iter()
+        .filter(|e| e.expires_at > now)
+        .collect();
+    (live, next)
+}
+
 /// Attempts to append when other instances append at the same moment: about a second of pauses.
 const APPEND_ATTEMPTS: u32 = 10;
 
-/// The feed: entries under `stream = revocations`, sorted by `seq`; the counter is the item
-/// `stream = counter, seq = 0` with attribute `last`. Entries and the counter bump commit in one
-/// transaction conditioned on the counter's previous value, so entries become visible strictly in
-/// `seq` order: a reader at cursor N never misses an entry written later with a smaller number.
+/// The feed: entries under `stream = revocations` (or spread over `feed_partitions` keys,
+/// [`feed_stream`]), sorted by `seq`; the counter is the item `stream = counter, seq = 0` with
+/// attribute `last`. Entries and the counter bump commit in one transaction conditioned on the
+/// counter's previous value, so entries become visible strictly in `seq` order: a reader at
+/// cursor N never misses an entry written later with a smaller number. Over several keys a
+/// reader reads the counter first and each key up to it ([`merge_feed_partitions`]).
 #[async_trait::async_trait]
 impl RevocationFeed for DynamoStore {
     async fn append_many(
@@ -1682,17 +1807,7 @@ impl RevocationFeed for DynamoStore {
             if attempt > 0 {
                 pause_before_retry(attempt).await;
             }
-            let counter = self
-                .client
-                .get_item()
-                .table_name(&self.tables.feed)
-                .key("stream", s(COUNTER_STREAM))
-                .key("seq", n(0))
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            let last = counter.item().and_then(|i| get_n(i, "last")).unwrap_or(0);
+            let last = self.feed_counter().await?;
             let first = u64::try_from(last + 1).map_err(|_| corrupt("feed counter"))?;
             let bump = Update::builder()
                 .table_name(&self.tables.feed)
@@ -1717,7 +1832,7 @@ impl RevocationFeed for DynamoStore {
                 puts.push(
                     Put::builder()
                         .table_name(&self.tables.feed)
-                        .item("stream", s(FEED_STREAM))
+                        .item("stream", s(feed_stream(seq, self.feed_partitions)))
                         .item(
                             "seq",
                             n(i64::try_from(seq).map_err(|_| corrupt("feed seq"))?),
@@ -1754,41 +1869,51 @@ impl RevocationFeed for DynamoStore {
         now: i64,
     ) -> Result<(Vec<FeedEntry>, u64), StoreError> {
         let after = i64::try_from(cursor).map_err(|_| StoreError::NotFound)?;
-        let out = self
-            .client
-            .query()
-            .table_name(&self.tables.feed)
-            .key_condition_expression("#stream = :stream AND #seq > :after")
-            .expression_attribute_names("#stream", "stream")
-            .expression_attribute_names("#seq", "seq")
-            .expression_attribute_values(":stream", s(FEED_STREAM))
-            .expression_attribute_values(":after", n(after))
-            .consistent_read(true)
-            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
-            .send()
-            .await
-            .map_err(unavailable)?;
-        let mut next = cursor;
-        let mut entries = Vec::new();
-        for item in out.items() {
-            let seq = get_n(item, "seq")
-                .and_then(|v| u64::try_from(v).ok())
-                .ok_or_else(|| corrupt("feed seq"))?;
-            next = next.max(seq);
-            let expires_at = get_n(item, "expires_at").unwrap_or(0);
-            // TTL deletion runs late: an expired entry moves the cursor but is not served.
-            if expires_at > now {
-                let jws = get_s(item, "jws")
-                    .ok_or_else(|| corrupt("feed entry"))?
-                    .to_owned();
-                entries.push(FeedEntry {
-                    seq,
-                    jws,
-                    expires_at,
-                });
-            }
+        let table = self.tables.feed.clone();
+        if self.feed_partitions <= 1 {
+            // One key: entries become visible in `seq` order, so all that was read is complete.
+            let page = read_feed_partition(
+                self.client.clone(),
+                table,
+                FEED_STREAM.to_string(),
+                (after, None),
+                limit,
+            )
+            .await?;
+            let committed = page.0.last().map_or(cursor, |e| e.seq);
+            return Ok(merge_feed_partitions(
+                vec![page],
+                cursor,
+                committed,
+                limit,
+                now,
+            ));
         }
-        Ok((entries, next))
+        // The counter first: an entry commits with its counter bump (one transaction, which a
+        // consistent GetItem is serialised with), so every entry up to this value is visible to
+        // the queries that follow, and an entry committed meanwhile is past it.
+        let committed = self.feed_counter().await?;
+        if committed <= after {
+            return Ok((Vec::new(), cursor));
+        }
+        let mut reads = tokio::task::JoinSet::new();
+        for partition in 0..self.feed_partitions {
+            reads.spawn(read_feed_partition(
+                self.client.clone(),
+                table.clone(),
+                feed_stream(u64::from(partition), self.feed_partitions),
+                (after, Some(committed)),
+                limit,
+            ));
+        }
+        let mut partitions = Vec::with_capacity(usize::from(self.feed_partitions));
+        while let Some(read) = reads.join_next().await {
+            partitions.push(read.map_err(|e| StoreError::Unavailable(e.to_string()))??);
+        }
+        let committed = u64::try_from(committed).map_err(|_| corrupt("feed counter"))?;
+        Ok(merge_feed_partitions(
+            partitions, cursor, committed, limit, now,
+        ))
     }
 }
 
@@ -1891,6 +2016,66 @@ impl SigningKeyStore for DynamoStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entries(seqs: &[u64], expires_at: i64) -> Vec<FeedEntry> {
+        seqs.iter()
+            .map(|&seq| FeedEntry {
+                seq,
+                jws: format!("entry-{seq}"),
+                expires_at,
+            })
+            .collect()
+    }
+
+    fn seqs(page: &[FeedEntry]) -> Vec<u64> {
+        page.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn entries_are_placed_on_one_key_or_spread_by_number() {
+        assert_eq!(feed_stream(7, 1), "revocations");
+        assert_eq!(feed_stream(8, 4), "revocations");
+        assert_eq!(feed_stream(7, 4), "revocations#3");
+        let keys: std::collections::BTreeSet<String> =
+            (1..=40).map(|seq| feed_stream(seq, 4)).collect();
+        assert_eq!(keys.len(), 4);
+    }
+
+    /// A partition whose page was full may hold entries below another partition's last: a page
+    /// that served past its last entry would move the reader's cursor over them for good.
+    #[test]
+    fn a_merged_page_stops_at_the_last_entry_of_a_partition_that_has_more() {
+        let even = (entries(&[2, 4, 6], 100), true);
+        let odd = (entries(&[1, 3, 5, 7, 9, 11], 100), false);
+        let (page, next) = merge_feed_partitions(vec![odd, even], 0, 11, 100, 50);
+        assert_eq!((seqs(&page), next), (vec![1, 2, 3, 4, 5, 6], 6));
+        // Read on from there, the even partition's next page comes with the rest.
+        let even = (entries(&[8, 10], 100), false);
+        let odd = (entries(&[7, 9, 11], 100), false);
+        let (page, next) = merge_feed_partitions(vec![even, odd], 6, 11, 100, 50);
+        assert_eq!((seqs(&page), next), (vec![7, 8, 9, 10, 11], 11));
+    }
+
+    #[test]
+    fn a_merged_page_holds_at_most_the_limit_in_order() {
+        let a = (entries(&[4, 1], 100), false);
+        let b = (entries(&[3, 2, 5], 100), false);
+        let (page, next) = merge_feed_partitions(vec![a, b], 0, 5, 3, 50);
+        assert_eq!((seqs(&page), next), (vec![1, 2, 3], 3));
+    }
+
+    /// TTL deletion runs late and removes entries: numbers with no entry up to the counter, or
+    /// entries expired, are passed over by the cursor but never served.
+    #[test]
+    fn expired_and_deleted_entries_move_the_cursor_and_are_not_served() {
+        let live = (entries(&[6], 100), false);
+        let expired = (entries(&[3, 5], 40), false);
+        let (page, next) = merge_feed_partitions(vec![live, expired], 2, 9, 100, 50);
+        assert_eq!((seqs(&page), next), (vec![6], 9));
+        // Nothing after the cursor: it stays, never moves back.
+        let (page, next) = merge_feed_partitions(vec![(Vec::new(), false)], 12, 12, 100, 50);
+        assert_eq!((page.len(), next), (0, 12));
+    }
 
     fn codes(list: &[&str]) -> Vec<String> {
         list.iter().map(|c| (*c).to_owned()).collect()
