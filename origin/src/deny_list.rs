@@ -106,18 +106,16 @@ impl DenyListKeeper {
         self.inner.list.apply(revocation, leeway, now).await
     }
 
-    /// The answer for a verified token; a list that cannot be read answers `Unavailable`, and
-    /// one found incomplete is rebuilt.
+    /// The answer for a verified token: the shared list's, with what this process holds added.
+    /// A list that cannot be read answers `Unavailable` (so a revocation held here still
+    /// refuses its token, as revoked), and one found incomplete is rebuilt.
     pub async fn answer(&self, check: &RevocationCheck, now: i64) -> RevocationAnswer {
-        match self.inner.list.read(check, now).await {
+        let shared = match self.inner.list.read(check, now).await {
             Ok(read) => {
                 if !read.complete {
                     self.inner.wanted.notify_one();
                 }
-                match self.inner.held_here.lock() {
-                    Ok(here) => listed_in_either(read.answer, here.answer(check, now, true)),
-                    Err(_) => read.answer,
-                }
+                read.answer
             }
             Err(error) => {
                 tracing::warn!(%error, "deny-list unavailable");
@@ -127,6 +125,10 @@ impl DenyListKeeper {
                     user: WatermarkStatus::Unavailable,
                 }
             }
+        };
+        match self.inner.held_here.lock() {
+            Ok(here) => listed_in_either(shared, here.answer(check, now, true)),
+            Err(_) => shared,
         }
     }
 

@@ -1127,8 +1127,20 @@ async fn a_dead_deny_list_fails_closed_and_logout_never_claims_success() {
         StatusCode::SERVICE_UNAVAILABLE,
         "readiness covers the deny-list"
     );
-    // Revocation status unknown: the token is not honoured (the policy fails closed).
+    // The feed recorded the logout before Redis failed, and this instance holds it in process:
+    // the token is refused as revoked.
     let me = o.with_bearer("GET", "/v1/me", &access, None).await;
+    assert_eq!(
+        (me.status, me.body["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("token_revoked"))
+    );
+    // Revocation status unknown: a token nobody revoked is not honoured (the policy fails
+    // closed).
+    let unknown = limiter_up
+        .login("omar@example.com", "omar's passphrase")
+        .await;
+    let unknown = unknown.body["access_token"].as_str().expect("token");
+    let me = o.with_bearer("GET", "/v1/me", unknown, None).await;
     assert_eq!(
         (me.status, me.body["reason"].as_str()),
         (
@@ -2982,6 +2994,44 @@ async fn a_logout_that_failed_part_way_is_retried_and_ends_the_session() {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(o.refresh_with_cookie(&refresh).await.status, StatusCode::OK);
+}
+
+/// Redis stops answering: a token this instance revoked is still refused as revoked (401, what
+/// the instance holds in process is a definite answer), a live one as unverifiable (503).
+#[tokio::test]
+async fn a_token_revoked_here_is_refused_as_revoked_while_redis_does_not_answer() {
+    let Some(redis) = OwnRedis::start().await else {
+        return;
+    };
+    let o = origin_with(&redis.settings()).await;
+    o.register("ed@example.com", "ed's passphrase").await;
+    let token = |login: Reply| {
+        login.body["access_token"]
+            .as_str()
+            .expect("token")
+            .to_string()
+    };
+    let revoked = token(o.login("ed@example.com", "ed's passphrase").await);
+    let live = token(o.login("ed@example.com", "ed's passphrase").await);
+    let out = o.with_bearer("POST", "/v1/logout", &revoked, None).await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    // Every command waits 6 s, past the deny-list's bound of twice its 1 s timeout.
+    redis.command(&["CLIENT", "PAUSE", "6000", "ALL"]).await;
+    let (revoked, live) = tokio::join!(
+        o.with_bearer("GET", "/v1/me", &revoked, None),
+        o.with_bearer("GET", "/v1/me", &live, None)
+    );
+    assert_eq!(
+        (revoked.status, &revoked.body["reason"]),
+        (StatusCode::UNAUTHORIZED, &json!("token_revoked"))
+    );
+    assert_eq!(
+        (live.status, &live.body["reason"]),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!("revocation_unavailable")
+        )
+    );
 }
 
 #[tokio::test]
