@@ -48,6 +48,7 @@ mod native {
         let ok = |body: String| CallAnswer {
             status: Some(200),
             cache_control: Some("max-age=3600".into()),
+            etag: None,
             body: Ok(body.into_bytes()),
         };
         let now = now();

@@ -96,7 +96,8 @@ mod fetcher {
             let route = &vm.settings.revocation_feed;
             let reader = vm.deny_list.reader();
             let path = reader.url(&route.path);
-            if let Some(token) = call_origin(route, &path, vm.settings.fetch_timeout_ms) {
+            let tag = self.feed_tag.for_cursor(reader.cursor());
+            if let Some(token) = call_origin(route, &path, tag, vm.settings.fetch_timeout_ms) {
                 self.calls.insert(
                     token,
                     Call::Feed {
@@ -117,7 +118,7 @@ mod fetcher {
             now: i64,
         ) {
             let taken = answer
-                .body_if_ok(MAX_FEED_BYTES)
+                .feed_page(after, MAX_FEED_BYTES)
                 .map_err(FeedError::NotAPage)
                 .and_then(|body| {
                     let keys = vm.usable_keys(now).ok_or(FeedError::NoKeys)?;
@@ -131,7 +132,7 @@ mod fetcher {
                         &mut vm.deny_list,
                         &Host,
                         &vm.shared,
-                        body,
+                        &body,
                         after,
                         checking,
                         now,
@@ -155,6 +156,8 @@ mod fetcher {
                 }
             };
             bump(vm.metrics.feed_read_success, 1);
+            self.feed_tag
+                .update(answer, read.next, read.reader.cursor());
             for (seq, reason) in &read.rejected {
                 // Not the origin's signature even with fresh keys: skipping it is all an edge
                 // can do, and the operator hears of it.

@@ -102,6 +102,9 @@ pub(crate) struct Root {
     pub(crate) me: u64,
     pub(crate) calls: HashMap<u32, Call>,
     pub(crate) last_feed_call: Option<i64>,
+    /// The feed's validator: this VM's own, as it is the fetcher's transport state (a VM that
+    /// takes the lease over polls once without it).
+    pub(crate) feed_tag: crate::call_answer::FeedTag,
     /// Whether this VM held the lease at its last tick.
     fetching: bool,
 }
@@ -118,6 +121,7 @@ impl Root {
             me: u64::from_le_bytes(bytes),
             calls: HashMap::new(),
             last_feed_call: None,
+            feed_tag: crate::call_answer::FeedTag::default(),
             fetching: false,
         }
     }

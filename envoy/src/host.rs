@@ -68,23 +68,30 @@ impl CallAnswer {
         Self {
             status: header(":status").and_then(|s| s.parse().ok()),
             cache_control: header("cache-control"),
+            etag: header("etag"),
             body,
         }
     }
 }
 
-/// Starts a GET to the origin; `None` if the host refuses (an unknown cluster, say).
-pub(crate) fn call_origin(route: &OriginRoute, path: &str, timeout_ms: u32) -> Option<u32> {
-    let result = abi::http_call(
-        &route.cluster,
-        &[
-            (":method", b"GET"),
-            (":path", path.as_bytes()),
-            (":authority", route.authority.as_bytes()),
-            ("accept", b"application/json"),
-        ],
-        timeout_ms,
-    );
+/// Starts a GET to the origin, conditional on `if_none_match` if given; `None` if the host
+/// refuses (an unknown cluster, say).
+pub(crate) fn call_origin(
+    route: &OriginRoute,
+    path: &str,
+    if_none_match: Option<&str>,
+    timeout_ms: u32,
+) -> Option<u32> {
+    let mut headers: Vec<(&str, &[u8])> = vec![
+        (":method", b"GET"),
+        (":path", path.as_bytes()),
+        (":authority", route.authority.as_bytes()),
+        ("accept", b"application/json"),
+    ];
+    if let Some(tag) = if_none_match {
+        headers.push(("if-none-match", tag.as_bytes()));
+    }
+    let result = abi::http_call(&route.cluster, &headers, timeout_ms);
     match result {
         Ok(token) => Some(token),
         Err(status) => {

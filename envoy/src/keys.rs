@@ -202,6 +202,7 @@ mod vm {
         call_origin(
             &settings.jwks,
             &settings.jwks.path,
+            None,
             settings.fetch_timeout_ms,
         )
     }

@@ -39,6 +39,7 @@ fn ok(body: &[u8]) -> CallAnswer {
     CallAnswer {
         status: Some(200),
         cache_control: None,
+        etag: None,
         body: Ok(body.to_vec()),
     }
 }

@@ -262,7 +262,7 @@ async fn relay(State(state): State<RelayState>, request: Request) -> Response {
         .await
         .unwrap_or_default();
     let mut forwarded = state.client.request(method, target).body(body);
-    for name in ["content-type", "authorization"] {
+    for name in ["content-type", "authorization", "if-none-match"] {
         if let Some(value) = headers.get(name) {
             forwarded = forwarded.header(name, value);
         }
@@ -271,7 +271,7 @@ async fn relay(State(state): State<RelayState>, request: Request) -> Response {
         Ok(answer) => {
             let status = answer.status();
             let mut headers = HeaderMap::new();
-            for name in ["content-type", "cache-control"] {
+            for name in ["content-type", "cache-control", "etag"] {
                 if let Some(value) = answer.headers().get(name) {
                     headers.insert(name, value.clone());
                 }

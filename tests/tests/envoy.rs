@@ -292,6 +292,8 @@ async fn one_fetch_serves_every_worker(edge: Edge) {
         .await
         .expect("feed reads");
     assert!(reads <= 8, "{reads} feed reads in about three seconds");
+    // Caught up, the fetcher sends the page's tag back, and the origin answers 304.
+    let quiet = more_not_modified(&stack, 0).await;
 
     stack.logout(&token).await;
     tokio::time::sleep(edge.revocation_bound()).await;
@@ -299,6 +301,8 @@ async fn one_fetch_serves_every_worker(edge: Edge) {
         let answer = on_a_new_connection(&stack, &token).await;
         assert_eq!(answer.json["reason"], "token_revoked");
     }
+    // The entry came through the tagged polls, and the new head's tag is sent back in turn.
+    more_not_modified(&stack, quiet).await;
     // Request counters reach Envoy's stats on the VMs' next tick.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
@@ -315,6 +319,40 @@ async fn one_fetch_serves_every_worker(edge: Edge) {
             .await,
         Some(1)
     );
+}
+
+/// Waits until the origin has answered more than `seen` feed polls with 304 Not Modified
+/// (`edgeauth_http_requests_total`); returns how many it has.
+async fn more_not_modified(stack: &Stack, seen: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = stack
+            .client
+            .get(format!("{}/metrics", stack.origin))
+            .send()
+            .await
+            .expect("the origin answers")
+            .text()
+            .await
+            .expect("its metrics");
+        let count: u64 = metrics
+            .lines()
+            .filter(|line| {
+                line.starts_with("edgeauth_http_requests_total{")
+                    && line.contains(r#"route="/v1/revocations""#)
+                    && line.contains(r#"status="304""#)
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        if count > seen {
+            return count;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no feed poll answered 304 beyond {seen} in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Header bytes Envoy passes through as they came: binary, repeated, huge. Each is a 4xx from

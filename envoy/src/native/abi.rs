@@ -626,6 +626,7 @@ fn callout_answer(
         match name {
             b":status" => answer.status = text(value).and_then(|s| s.parse().ok()),
             b"cache-control" => answer.cache_control = text(value),
+            b"etag" => answer.etag = text(value),
             _ => {}
         }
     }

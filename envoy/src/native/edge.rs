@@ -22,7 +22,10 @@ use edgeauth_core::{
 };
 
 use crate::{
-    call_answer::CallAnswer, feed::MAX_FEED_BYTES, keys::MAX_JWKS_BYTES, settings::Settings,
+    call_answer::{CallAnswer, FeedTag},
+    feed::MAX_FEED_BYTES,
+    keys::MAX_JWKS_BYTES,
+    settings::Settings,
 };
 
 /// What requests read: replaced whole, never changed in place.
@@ -56,6 +59,8 @@ pub enum Call {
 struct Fetcher {
     view: View,
     reader: FeedReader,
+    /// The feed's validator, sent back while the reader is where it was given.
+    tag: FeedTag,
     /// When the JWKS call in flight started.
     keys_in_flight: Option<i64>,
     /// When the feed call in flight started.
@@ -227,9 +232,9 @@ impl Edge {
     pub fn take_feed(&self, answer: &CallAnswer, after: u64, now: i64) -> Result<FeedNext, String> {
         let mut fetcher = self.fetcher();
         fetcher.feed_in_flight = None;
-        let body = answer.body_if_ok(MAX_FEED_BYTES)?;
+        let body = answer.feed_page(after, MAX_FEED_BYTES)?;
         let page: FeedPage =
-            serde_json::from_slice(body).map_err(|e| format!("not a feed page: {e}"))?;
+            serde_json::from_slice(&body).map_err(|e| format!("not a feed page: {e}"))?;
         if after != fetcher.reader.cursor() {
             // Asked from a cursor that has moved since: read again from the current one.
             fetcher.last_feed_call = None;
@@ -256,6 +261,8 @@ impl Edge {
         }
         deny.sweep(now);
         fetcher.reader = read.reader;
+        let cursor = fetcher.reader.cursor();
+        fetcher.tag.update(answer, read.next, cursor);
         fetcher.view.feed_read_at = now;
         if read.next == FeedNext::ReadMore {
             fetcher.last_feed_call = None;
@@ -267,6 +274,15 @@ impl Edge {
     /// Where the feed reader stands: its cursor, and whether it waits for keys.
     pub fn feed_reader(&self) -> FeedReader {
         self.fetcher().reader
+    }
+
+    /// The next feed poll's `If-None-Match`, if the reader is still where its tag was given.
+    pub fn feed_if_none_match(&self) -> Option<String> {
+        let fetcher = self.fetcher();
+        fetcher
+            .tag
+            .for_cursor(fetcher.reader.cursor())
+            .map(str::to_string)
     }
 
     /// Decides a request from its headers as Envoy hands them over: names and values are bytes
@@ -398,6 +414,7 @@ mod tests {
         CallAnswer {
             status: Some(200),
             cache_control: Some("max-age=300".into()),
+            etag: None,
             body: Ok(body.into_bytes()),
         }
     }
@@ -455,6 +472,41 @@ mod tests {
         for thread in threads {
             assert_eq!(thread.join().expect("no panic"), "token_revoked");
         }
+    }
+
+    /// A caught-up page's tag is sent back from that cursor; the origin's 304 then counts as a
+    /// read (the deny state still vouches on a quiet feed), and the next page with entries is
+    /// taken as ever.
+    #[test]
+    fn a_not_modified_poll_is_a_read_that_changes_nothing() {
+        let edge = edge();
+        fetched(&edge, &[(1, "k1")], NOW);
+        assert_eq!(edge.feed_if_none_match(), None, "no tag before a page");
+        let mut tagged = page(vec![entry(1, "a", 1, "k1")], 1);
+        tagged.etag = Some("\"1\"".into());
+        assert_eq!(edge.take_feed(&tagged, 0, NOW), Ok(FeedNext::CaughtUp));
+        assert_eq!(edge.feed_if_none_match().as_deref(), Some("\"1\""));
+        let not_modified = CallAnswer {
+            status: Some(304),
+            ..CallAnswer::failed()
+        };
+        assert_eq!(
+            edge.take_feed(&not_modified, 1, NOW + 30),
+            Ok(FeedNext::CaughtUp)
+        );
+        assert_eq!(edge.feed_reader().cursor(), 1);
+        assert_eq!(edge.view().feed_read_at, NOW + 30);
+        assert_eq!(edge.feed_if_none_match().as_deref(), Some("\"1\""));
+        let revoked = access_token("a", 1, "k1");
+        assert_eq!(reason(&edge, &revoked, NOW + 30), "token_revoked");
+        edge.take_feed(&page(vec![entry(2, "b", 1, "k1")], 2), 1, NOW + 31)
+            .expect("read");
+        assert_eq!(edge.feed_reader().cursor(), 2);
+        assert_eq!(
+            edge.feed_if_none_match(),
+            None,
+            "an untagged page drops the tag"
+        );
     }
 
     /// A page that fails, or answers a cursor that has moved, stores nothing and moves nothing:

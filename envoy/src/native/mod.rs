@@ -186,14 +186,22 @@ fn config_new(
     }))
 }
 
-/// The headers of a GET to the origin.
-fn origin_get<'a>(route: &'a OriginRoute, path: &'a str) -> [(&'static str, &'a [u8]); 4] {
-    [
-        (":method", b"GET"),
+/// The headers of a GET to the origin, conditional on `if_none_match` if given.
+fn origin_get<'a>(
+    route: &'a OriginRoute,
+    path: &'a str,
+    if_none_match: Option<&'a str>,
+) -> Vec<(&'static str, &'a [u8])> {
+    let mut headers = vec![
+        (":method", b"GET".as_slice()),
         (":path", path.as_bytes()),
         ("host", route.authority.as_bytes()),
-        ("accept", b"application/json"),
-    ]
+        ("accept", b"application/json".as_slice()),
+    ];
+    if let Some(tag) = if_none_match {
+        headers.push(("if-none-match", tag.as_bytes()));
+    }
+    headers
 }
 
 /// A tick on the main thread: starts the calls that are due.
@@ -207,16 +215,17 @@ fn config_tick(config: &FilterConfig) {
                 let route = &settings.jwks;
                 config.envoy.callout(
                     &route.cluster,
-                    &origin_get(route, &route.path),
+                    &origin_get(route, &route.path, None),
                     settings.fetch_timeout_ms,
                 )
             }
             Call::Feed { .. } => {
                 let route = &settings.revocation_feed;
                 let path = edge.feed_reader().url(&route.path);
+                let tag = edge.feed_if_none_match();
                 config.envoy.callout(
                     &route.cluster,
-                    &origin_get(route, &path),
+                    &origin_get(route, &path, tag.as_deref()),
                     settings.fetch_timeout_ms,
                 )
             }
@@ -371,7 +380,7 @@ fn act(stream: &mut Stream, envoy: &mut Filter, outcome: Outcome) -> HeadersStat
             let route = &settings.jwks;
             match envoy.callout(
                 &route.cluster,
-                &origin_get(route, &route.path),
+                &origin_get(route, &route.path, None),
                 settings.fetch_timeout_ms,
             ) {
                 Ok(id) => {
