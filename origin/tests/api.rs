@@ -1565,6 +1565,16 @@ async fn logout_is_published_in_the_signed_revocation_feed() {
     );
 }
 
+/// The `seq` of every entry of a feed page, in the order served.
+fn feed_seqs(page: &Reply) -> Vec<u64> {
+    page.body["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
 #[tokio::test]
 async fn the_feed_has_no_gaps_under_concurrent_logouts() {
     let o = std::sync::Arc::new(origin().await);
@@ -1582,21 +1592,11 @@ async fn the_feed_has_no_gaps_under_concurrent_logouts() {
         assert_eq!(logout.await.expect("task"), StatusCode::NO_CONTENT);
     }
     let all = o.get("/v1/revocations").await;
-    let seqs: Vec<u64> = all.body["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .map(|e| e["seq"].as_u64().expect("seq"))
-        .collect();
+    let seqs: Vec<u64> = feed_seqs(&all);
     assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
     // Reading from a cursor, a page at a time.
     let page = o.get("/v1/revocations?after=2&limit=3").await;
-    let seqs: Vec<u64> = page.body["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .map(|e| e["seq"].as_u64().expect("seq"))
-        .collect();
+    let seqs: Vec<u64> = feed_seqs(&page);
     assert_eq!((seqs, page.body["next"].as_u64()), (vec![3, 4, 5], Some(5)));
     for bad in [
         "/v1/revocations?limit=0",
@@ -1757,12 +1757,7 @@ async fn a_feed_over_partitions_is_read_whole_and_in_order_while_appends_race() 
     let started = std::time::Instant::now();
     loop {
         let page = o.get("/v1/revocations?after=0&limit=1000").await;
-        let served: Vec<u64> = page.body["entries"]
-            .as_array()
-            .expect("entries")
-            .iter()
-            .map(|e| e["seq"].as_u64().expect("seq"))
-            .collect();
+        let served: Vec<u64> = feed_seqs(&page);
         if served == appended {
             break;
         }

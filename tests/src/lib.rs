@@ -1036,6 +1036,29 @@ impl Drop for Stack {
     }
 }
 
+/// The sum of the origin at `origin`'s samples of the counter `name` (as exposed, with
+/// `_total`) whose labels include every one of `labels` (`key="value"`), from its `/metrics`.
+pub async fn origin_counter(
+    client: &reqwest::Client,
+    origin: &str,
+    name: &str,
+    labels: &[&str],
+) -> u64 {
+    let text = client
+        .get(format!("{origin}/metrics"))
+        .send()
+        .await
+        .expect("the origin answers")
+        .text()
+        .await
+        .expect("its metrics");
+    let series = format!("{name}{{");
+    text.lines()
+        .filter(|line| line.starts_with(&series) && labels.iter().all(|l| line.contains(l)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// The origin binary `scripts/test` built (`EDGEAUTH_E2E_ORIGIN_BIN`).
 pub fn origin_binary() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")

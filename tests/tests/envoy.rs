@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use base64ct::{Base64UrlUnpadded, Encoding as _};
 use edgeauth_e2e::{
-    envoy_binary, previous_envoy_binary, send, validate_native_example, Answer, Edge, Stack,
-    AUDIENCE, ISSUER,
+    envoy_binary, origin_counter, previous_envoy_binary, send, validate_native_example, Answer,
+    Edge, Stack, AUDIENCE, ISSUER,
 };
 use edgeauth_origin::keys::{SigningAlgorithm, SigningKey};
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -326,24 +326,13 @@ async fn one_fetch_serves_every_worker(edge: Edge) {
 async fn more_not_modified(stack: &Stack, seen: u64) -> u64 {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = stack
-            .client
-            .get(format!("{}/metrics", stack.origin))
-            .send()
-            .await
-            .expect("the origin answers")
-            .text()
-            .await
-            .expect("its metrics");
-        let count: u64 = metrics
-            .lines()
-            .filter(|line| {
-                line.starts_with("edgeauth_http_requests_total{")
-                    && line.contains(r#"route="/v1/revocations""#)
-                    && line.contains(r#"status="304""#)
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum();
+        let count = origin_counter(
+            &stack.client,
+            &stack.origin,
+            "edgeauth_http_requests_total",
+            &[r#"route="/v1/revocations""#, r#"status="304""#],
+        )
+        .await;
         if count > seen {
             return count;
         }

@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use edgeauth_e2e::{DenyListRedis, Edge, Stack, StackOptions};
+use edgeauth_e2e::{origin_counter, DenyListRedis, Edge, Stack, StackOptions};
 use serde_json::{json, Value};
 
 /// Simulated users, each running one session after another.
@@ -176,44 +176,45 @@ impl Fleet {
         }
     }
 
-    async fn login(&self, email: &str) -> (String, String) {
+    /// Logs in as `email`, recorded as `what`.
+    async fn login_as(&self, what: &'static str, email: &str) -> Answer {
         let credentials =
             json!({"email": email, "password": PASSWORD, "refresh_token_in_body": true});
-        let (answer, _) = self
-            .call(
-                "login",
-                &[200],
-                (reqwest::Method::POST, "/v1/login"),
-                None,
-                Some(&credentials),
-            )
-            .await;
-        tokens_of(&answer)
+        let post = (reqwest::Method::POST, "/v1/login");
+        self.call(what, &[200], post, None, Some(&credentials))
+            .await
+            .0
+    }
+
+    /// Exchanges `refresh_token`, recorded as `what`.
+    async fn refresh_as(&self, what: &'static str, refresh_token: &str) -> Answer {
+        let body = json!({ "refresh_token": refresh_token });
+        let post = (reqwest::Method::POST, "/v1/token/refresh");
+        self.call(what, &[200], post, None, Some(&body)).await.0
+    }
+
+    async fn login(&self, email: &str) -> (String, String) {
+        tokens_of(&self.login_as("login", email).await)
     }
 
     async fn refresh(&self, refresh_token: &str) -> (String, String) {
-        let (answer, _) = self
-            .call(
-                "refresh",
-                &[200],
-                (reqwest::Method::POST, "/v1/token/refresh"),
-                None,
-                Some(&json!({ "refresh_token": refresh_token })),
-            )
-            .await;
-        tokens_of(&answer)
+        tokens_of(&self.refresh_as("refresh", refresh_token).await)
+    }
+
+    /// The status of an API call through the edge at `url` with `token` (0: no answer).
+    async fn through(&self, url: &str, token: &str) -> u16 {
+        self.client
+            .get(format!("{url}/api/orders"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_or(0, |answer| answer.status().as_u16())
     }
 
     /// `GET` through every edge with `token`, recording each status.
     async fn call_every_edge(&self, token: &str) {
         for (edge, url, _) in &self.edges {
-            let status = self
-                .client
-                .get(format!("{url}/api/orders"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .map_or(0, |answer| answer.status().as_u16());
+            let status = self.through(url, token).await;
             *self
                 .edge_calls
                 .lock()
@@ -235,14 +236,7 @@ impl Fleet {
                 if refused[i].is_some() {
                     continue;
                 }
-                let status = self
-                    .client
-                    .get(format!("{url}/api/orders"))
-                    .bearer_auth(token)
-                    .send()
-                    .await
-                    .map_or(0, |answer| answer.status().as_u16());
-                if status == 401 {
+                if self.through(url, token).await == 401 {
                     refused[i] = Some(since.elapsed());
                 }
             }
@@ -425,25 +419,10 @@ async fn a_fleet_keeps_every_revocation_account_and_session_through_an_origin_cr
     let mut origin_refusals: BTreeMap<u16, usize> = BTreeMap::new();
     let (mut accounts_back, mut sessions_back) = (0, 0);
     for record in &records {
-        let credentials = json!({"email": record.email, "password": PASSWORD});
-        let (login, _) = fleet
-            .call(
-                "login afterwards",
-                &[200],
-                (reqwest::Method::POST, "/v1/login"),
-                None,
-                Some(&credentials),
-            )
-            .await;
+        let login = fleet.login_as("login afterwards", &record.email).await;
         accounts_back += usize::from(login.status == 200);
-        let (refresh, _) = fleet
-            .call(
-                "refresh of a kept session afterwards",
-                &[200],
-                (reqwest::Method::POST, "/v1/token/refresh"),
-                None,
-                Some(&json!({ "refresh_token": record.kept_refresh })),
-            )
+        let refresh = fleet
+            .refresh_as("refresh of a kept session afterwards", &record.kept_refresh)
             .await;
         sessions_back += usize::from(refresh.status == 200);
         for logged_out in &record.logged_out {
@@ -464,7 +443,14 @@ async fn a_fleet_keeps_every_revocation_account_and_session_through_an_origin_cr
 
     let mut reconnects = Vec::new();
     for origin in &stack.origins {
-        reconnects.push(redis_reconnects(&stack.client, origin).await);
+        let replaced = origin_counter(
+            &stack.client,
+            origin,
+            "edgeauth_redis_reconnects_total",
+            &[],
+        )
+        .await;
+        reconnects.push(replaced);
     }
 
     let outcomes = fleet.outcomes.lock().expect("not poisoned").clone();
@@ -533,23 +519,6 @@ async fn a_fleet_keeps_every_revocation_account_and_session_through_an_origin_cr
         accepted_by_origin, 0,
         "origins answered a logged-out token otherwise than 401: {origin_refusals:?}"
     );
-}
-
-/// How many times the origin at `origin` replaced a silent Redis Cluster connection
-/// (`edgeauth_redis_reconnects_total`, all connections).
-async fn redis_reconnects(client: &reqwest::Client, origin: &str) -> u64 {
-    let text = client
-        .get(format!("{origin}/metrics"))
-        .send()
-        .await
-        .expect("the origin answers")
-        .text()
-        .await
-        .expect("its metrics");
-    text.lines()
-        .filter(|line| line.starts_with("edgeauth_redis_reconnects_total{"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 /// Waits until the origin at `origin` says it is ready (`/readyz`): what a load balancer's
