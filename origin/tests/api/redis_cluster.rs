@@ -291,14 +291,22 @@ async fn a_write_lost_in_a_failover_is_applied_again() {
     let () = cluster
         .command(replica, &["CLUSTER", "FAILOVER", "TAKEOVER"])
         .await;
-    // The promoted replica serves the slot without the write.
+    // The promoted replica serves the slot without the write. A master that saw the cluster
+    // fail (this one was stopped) answers CLUSTERDOWN for a rejoin delay (up to the node
+    // timeout) after it is promoted: wait for its own view of the cluster to be whole again.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let role: Vec<redis::Value> = cluster.command(replica, &["ROLE"]).await;
-        if matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
+        let info: String = cluster.command(replica, &["CLUSTER", "INFO"]).await;
+        if matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master")
+            && info.lines().any(|l| l.trim_end() == "cluster_state:ok")
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "the replica was not promoted");
+        assert!(
+            Instant::now() < deadline,
+            "the replica was not promoted and serving"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let lost: Option<String> = cluster.command(replica, &["GET", &key]).await;
