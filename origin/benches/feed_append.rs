@@ -4,9 +4,10 @@
 //! For each number of appends in flight (`FEED_APPEND_IN_FLIGHT`, default "1 4 16 64"), closed
 //! loop for `FEED_APPEND_SECONDS`: the store's own `append` (one transaction per append), then
 //! two `FeedAppender`s on the store (two origin instances, each committing what waits together),
-//! the appends split between them: appends per second, p99, and how many gave up (lost the race
-//! for the feed's next number on every attempt, which a request answers 503). Writes a Markdown
-//! table to `FEED_APPEND_OUT`. Without `FEED_APPEND_ENDPOINT` it does nothing, so `cargo bench
+//! the appends split between them; then the same over a feed spread over
+//! [`SPREAD_PARTITIONS`] partition keys (`feed_partitions`), in tables of its own: appends per
+//! second, p99, and how many gave up (lost the race for the feed's next number on every attempt,
+//! which a request answers 503). Writes a Markdown table to `FEED_APPEND_OUT`. Without `FEED_APPEND_ENDPOINT` it does nothing, so `cargo bench
 //! --workspace` stays usable.
 
 use std::{
@@ -28,6 +29,10 @@ use edgeauth_origin::{
 /// A feed entry's size: a compact JWS of a session revocation is about this long.
 const ENTRY_BYTES: usize = 560;
 
+/// The partition keys of the spread feed: room for twice 2,000 appends a second under DynamoDB's
+/// 1,000 write units a second per partition, at 2 units per transactional entry.
+const SPREAD_PARTITIONS: u8 = 8;
+
 #[tokio::main]
 async fn main() {
     let Ok(endpoint) = std::env::var("FEED_APPEND_ENDPOINT") else {
@@ -48,23 +53,40 @@ async fn main() {
     let tables = TableNames::new(&format!("append{}-", std::process::id()));
     create_tables(&client, &tables).await.expect("tables");
     let kek = LocalKek::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").expect("kek");
-    let store = Arc::new(DynamoStore::new(client, &tables, Sealer::local(&kek)));
+    let store = Arc::new(DynamoStore::new(
+        client.clone(),
+        &tables,
+        Sealer::local(&kek),
+    ));
+    // The spread feed in tables of its own: one table's entries are laid out for one count.
+    let spread_tables = TableNames::new(&format!("spread{}-", std::process::id()));
+    create_tables(&client, &spread_tables)
+        .await
+        .expect("tables");
+    let spread_store = Arc::new(
+        DynamoStore::new(client, &spread_tables, Sealer::local(&kek))
+            .with_feed_partitions(SPREAD_PARTITIONS),
+    );
 
     let appenders = [
         FeedAppender::spawn(store.clone()),
         FeedAppender::spawn(store.clone()),
     ];
+    let spread_appenders = [
+        FeedAppender::spawn(spread_store.clone()),
+        FeedAppender::spawn(spread_store),
+    ];
     let mut lines = vec![
         "## Appends".to_owned(),
         String::new(),
         format!(
-            "The feed's `append`, closed loop, {seconds} s per cell, entries of {ENTRY_BYTES} bytes, against the same dynoxide in tables of their own: first the store's own (one transaction per append, as every logout made it before, with the same retry pauses), then through two `FeedAppender`s, as two origin instances each committing what waits together, the appends in flight split between them. \"Gave up\": appends that lost the race for the feed's next number on every attempt (the request answers 503)."
+            "The feed's `append`, closed loop, {seconds} s per cell, entries of {ENTRY_BYTES} bytes, against the same dynoxide in tables of their own: first the store's own (one transaction per append, as every logout made it before, with the same retry pauses), then through two `FeedAppender`s, as two origin instances each committing what waits together, the appends in flight split between them; then the same with the feed spread over {SPREAD_PARTITIONS} partition keys (`feed_partitions: {SPREAD_PARTITIONS}`, in tables of its own). \"Gave up\": appends that lost the race for the feed's next number on every attempt (the request answers 503)."
         ),
         String::new(),
-        "| appends in flight | one per transaction: appends/s | one per transaction: p99 ms | one per transaction: gave up | committed together, two instances: appends/s | committed together: p99 ms | committed together: gave up |".to_owned(),
-        "|---:|---:|---:|---:|---:|---:|---:|".to_owned(),
+        format!("| appends in flight | one per transaction: appends/s | one per transaction: p99 ms | one per transaction: gave up | committed together, two instances: appends/s | committed together: p99 ms | committed together: gave up | over {SPREAD_PARTITIONS} keys, committed together: appends/s | over {SPREAD_PARTITIONS} keys: p99 ms | over {SPREAD_PARTITIONS} keys: gave up |"),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|".to_owned(),
     ];
-    let mut best: Option<(f64, usize)> = None;
+    let (mut best, mut best_spread): (Option<Best>, Option<Best>) = (None, None);
     for n in in_flight {
         let alone_store = store.clone();
         let alone: AppendFn = Arc::new(move |_| {
@@ -84,35 +106,66 @@ async fn main() {
                     .map(drop)
             })
         });
+        let spread_by = spread_appenders.clone();
+        let spread: AppendFn = Arc::new(move |worker| {
+            let appender = spread_by[worker % spread_by.len()].clone();
+            Box::pin(async move {
+                appender
+                    .append(Box::new(entry_maker()), expiry())
+                    .await
+                    .map(drop)
+            })
+        });
         let alone = run(n, seconds, alone).await;
         let together = run(n, seconds, together).await;
+        let spread = run(n, seconds, spread).await;
         eprintln!(
-            "{n} in flight: {:.0}/s alone ({} gave up), {:.0}/s together ({} gave up)",
-            alone.rate, alone.gave_up, together.rate, together.gave_up
+            "{n} in flight: {:.0}/s alone ({} gave up), {:.0}/s together ({} gave up), {:.0}/s spread ({} gave up)",
+            alone.rate, alone.gave_up, together.rate, together.gave_up, spread.rate, spread.gave_up
         );
-        if together.gave_up == 0 && best.is_none_or(|(most, _)| together.rate > most) {
-            best = Some((together.rate, n));
-        }
+        best = most_sustained(best, &together, n);
+        best_spread = most_sustained(best_spread, &spread, n);
         lines.push(format!(
-            "| {n} | {:.0} | {:.2} | {} | {:.0} | {:.2} | {} |",
+            "| {n} | {:.0} | {:.2} | {} | {:.0} | {:.2} | {} | {:.0} | {:.2} | {} |",
             alone.rate,
             alone.p99_ms,
             alone.gave_up,
             together.rate,
             together.p99_ms,
-            together.gave_up
+            together.gave_up,
+            spread.rate,
+            spread.p99_ms,
+            spread.gave_up
         ));
     }
     let (most, at) = best.unwrap_or((0.0, 0));
-    let verdict = if most >= 2000.0 { "meets" } else { "misses" };
+    let (most_spread, at_spread) = best_spread.unwrap_or((0.0, 0));
+    let verdict = if most_spread >= 2000.0 {
+        "meets"
+    } else {
+        "misses"
+    };
     lines.push(String::new());
     lines.push(format!(
-        "- Goal, at least 2,000 appends a second sustained with none given up: **{verdict}** (most: {most:.0}/s, at {at} in flight, committed together)."
+        "- Goal, at least 2,000 appends a second sustained with none given up, in a layout DynamoDB can take that fast: **{verdict}** (most: {most_spread:.0}/s, at {at_spread} in flight, over {SPREAD_PARTITIONS} keys; one key: {most:.0}/s, at {at} in flight)."
     ));
-    lines.push(
-        "- On dynoxide only: it does not model DynamoDB's limit of 1,000 write units a second per partition. Every entry is under one partition key and a transactional write of an item under 1 KB costs 2 units, so on DynamoDB this layout tops out near 500 entries a second, however they are committed; spreading the entries over partition keys is not done yet.".to_owned(),
-    );
+    lines.push(format!(
+        "- dynoxide does not model DynamoDB's limit of 1,000 write units a second per partition, so here one key and {SPREAD_PARTITIONS} keys differ only by what the layout costs. A transactional write of an item under 1 KB costs 2 units: on DynamoDB one key tops out near 500 entries a second however they are committed, and {SPREAD_PARTITIONS} keys near {}. The counter item commits once per group, not per entry.",
+        500 * u32::from(SPREAD_PARTITIONS)
+    ));
     std::fs::write(out, lines.join("\n") + "\n").expect("report");
+}
+
+/// The most appends a second of a cell in which none gave up, and its appends in flight.
+type Best = (f64, usize);
+
+/// The best so far, or this cell if none gave up in it and it did better.
+fn most_sustained(best: Option<Best>, cell: &Measured, n: usize) -> Option<Best> {
+    if cell.gave_up == 0 && best.is_none_or(|(most, _)| cell.rate > most) {
+        Some((cell.rate, n))
+    } else {
+        best
+    }
 }
 
 fn entry_maker() -> impl Fn(u64) -> Result<String, StoreError> + Send + Sync + 'static {
