@@ -320,17 +320,7 @@ impl Edge {
             path,
             headers: headers.as_slice(),
         };
-        match self.decide(view, &request, now, tokens, verify, may_refetch) {
-            Outcome::Allow(mut allowed) => {
-                // Each removal is a call into Envoy, and the policy lists every `-`/`_` spelling
-                // of each identity header: only the names this request carries go.
-                let present =
-                    |name: &String| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
-                allowed.header_changes.remove.retain(present);
-                Outcome::Allow(allowed)
-            }
-            outcome => outcome,
-        }
+        self.decide(view, &request, now, tokens, verify, may_refetch)
     }
 
     fn invalid_request(&self, headers: &[(&str, &[u8])]) -> Outcome {

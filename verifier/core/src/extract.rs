@@ -176,13 +176,16 @@ pub(crate) fn extract_token<H: Headers + ?Sized>(
 /// A CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`. Browsers send
 /// these without credentials, so requiring a token would break every cross-origin call.
 pub(crate) fn is_cors_preflight<H: Headers + ?Sized>(method: &str, headers: &H) -> bool {
+    if method != "OPTIONS" {
+        return false;
+    }
     let mut origin = false;
     let mut request_method = false;
     headers.values("origin", &mut |_| origin = true);
     headers.values("access-control-request-method", &mut |_| {
         request_method = true
     });
-    method == "OPTIONS" && origin && request_method
+    origin && request_method
 }
 
 #[cfg(test)]

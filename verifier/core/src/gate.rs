@@ -5,10 +5,7 @@
 //! call one: it returns [`Step::CheckRevocation`] and the host answers with
 //! [`RevocationCheck::finish`], the way rustls hands its caller what it wants next.
 
-use alloc::{
-    string::{String, ToString},
-    vec::Vec,
-};
+use alloc::{string::String, vec::Vec};
 
 use crate::{
     alg::Algorithm,
@@ -148,11 +145,23 @@ impl RevocationCheck {
 }
 
 /// Headers removed from every forwarded request: client-supplied identity is never trusted.
-fn removals(policy: &Policy) -> HeaderChanges {
-    let mut remove: Vec<String> = policy.strip_headers.clone();
-    if policy.strip_authorization {
-        remove.push("authorization".to_string());
-    }
+/// Only the names `headers` carries are listed: the policy names every `-`/`_` spelling of each
+/// identity header, and each removal is a call into the host (and an allocation here).
+fn removals<H: Headers + ?Sized>(policy: &Policy, headers: &H) -> HeaderChanges {
+    let carried = |name: &str| {
+        let mut found = false;
+        headers.values(name, &mut |_| found = true);
+        found
+    };
+    let authorization = policy.strip_authorization.then_some("authorization");
+    let remove = policy
+        .strip_headers
+        .iter()
+        .map(String::as_str)
+        .chain(authorization)
+        .filter(|name| carried(name))
+        .map(String::from)
+        .collect();
     HeaderChanges {
         remove,
         set: Vec::new(),
@@ -160,10 +169,10 @@ fn removals(policy: &Policy) -> HeaderChanges {
 }
 
 /// Forwarded with no identity: client-supplied identity headers are still removed.
-fn pass_without_token(policy: &Policy) -> Step {
+fn pass_without_token<H: Headers + ?Sized>(policy: &Policy, headers: &H) -> Step {
     Step::Done(Verdict::Allow(Allowed {
         token: None,
-        header_changes: removals(policy),
+        header_changes: removals(policy, headers),
     }))
 }
 
@@ -208,6 +217,8 @@ pub struct SignatureCheck {
     route: Option<usize>,
     /// The token text, when the verification is to be cached.
     cached_as: Option<String>,
+    /// The request's identity headers to remove, once the token is valid.
+    removals: HeaderChanges,
 }
 
 impl SignatureCheck {
@@ -257,7 +268,7 @@ impl SignatureCheck {
             cache.insert(text, token.clone());
         }
         let route = self.route.and_then(|i| policy.routes.get(i));
-        after_verification(token, route, policy)
+        after_verification(token, route, self.removals)
     }
 }
 
@@ -279,7 +290,7 @@ pub fn authorize_deferred<H: Headers + ?Sized>(
         return decided(deny(DenyReason::InvalidRequest));
     };
     if policy.cors_preflight_bypass && is_cors_preflight(request.method, request.headers) {
-        return decided(pass_without_token(policy));
+        return decided(pass_without_token(policy, request.headers));
     }
     let route = if policy.routes.is_empty() {
         None
@@ -287,7 +298,7 @@ pub fn authorize_deferred<H: Headers + ?Sized>(
         match_route(&policy.routes, request.method, &RoutePath::new(&path_only))
     };
     if route.is_some_and(|r| r.public) {
-        return decided(pass_without_token(policy));
+        return decided(pass_without_token(policy, request.headers));
     }
     let token_text = match extract_token(policy, request.path, request.headers) {
         Ok(Some(t)) => t,
@@ -304,7 +315,9 @@ pub fn authorize_deferred<H: Headers + ?Sized>(
             // The hit saves the signature; every policy rule still runs against today's policy.
             if let Some(verdict) = revalidate(&hit, now, keys, policy) {
                 return decided(match verdict {
-                    Ok(token) => after_verification(token, route, policy),
+                    Ok(token) => {
+                        after_verification(token, route, removals(policy, request.headers))
+                    }
                     Err(denial) => Step::Done(Verdict::Deny(denial)),
                 });
             }
@@ -318,11 +331,16 @@ pub fn authorize_deferred<H: Headers + ?Sized>(
         prepared,
         route: route.and_then(|r| policy.routes.iter().position(|x| core::ptr::eq(x, r))),
         cached_as: use_cache.then_some(token_text),
+        removals: removals(policy, request.headers),
     })
 }
 
 /// What follows a valid token: the route's scopes and MFA, then the deny-list question.
-fn after_verification(token: VerifiedToken, route: Option<&RouteRule>, policy: &Policy) -> Step {
+fn after_verification(
+    token: VerifiedToken,
+    route: Option<&RouteRule>,
+    removals: HeaderChanges,
+) -> Step {
     if let Some(route) = route {
         let scopes = &token.claims().scope;
         if !route.scopes.iter().all(|s| scopes.contains(s)) {
@@ -344,6 +362,6 @@ fn after_verification(token: VerifiedToken, route: Option<&RouteRule>, policy: &
     }
     Step::CheckRevocation(RevocationCheck {
         token,
-        header_changes: removals(policy),
+        header_changes: removals,
     })
 }
