@@ -96,26 +96,8 @@ async fn main() {
                 store.append(&make, expiry()).await.map(drop)
             })
         });
-        let together_appenders = appenders.clone();
-        let together: AppendFn = Arc::new(move |worker| {
-            let appender = together_appenders[worker % together_appenders.len()].clone();
-            Box::pin(async move {
-                appender
-                    .append(Box::new(entry_maker()), expiry())
-                    .await
-                    .map(drop)
-            })
-        });
-        let spread_by = spread_appenders.clone();
-        let spread: AppendFn = Arc::new(move |worker| {
-            let appender = spread_by[worker % spread_by.len()].clone();
-            Box::pin(async move {
-                appender
-                    .append(Box::new(entry_maker()), expiry())
-                    .await
-                    .map(drop)
-            })
-        });
+        let together = through(appenders.clone());
+        let spread = through(spread_appenders.clone());
         let alone = run(n, seconds, alone).await;
         let together = run(n, seconds, together).await;
         let spread = run(n, seconds, spread).await;
@@ -154,6 +136,19 @@ async fn main() {
         500 * u32::from(SPREAD_PARTITIONS)
     ));
     std::fs::write(out, lines.join("\n") + "\n").expect("report");
+}
+
+/// Appends through these instances' appenders, each worker always through the same one.
+fn through(appenders: [FeedAppender; 2]) -> AppendFn {
+    Arc::new(move |worker| {
+        let appender = appenders[worker % appenders.len()].clone();
+        Box::pin(async move {
+            appender
+                .append(Box::new(entry_maker()), expiry())
+                .await
+                .map(drop)
+        })
+    })
 }
 
 /// The most appends a second of a cell in which none gave up, and its appends in flight.
