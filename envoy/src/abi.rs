@@ -115,6 +115,13 @@ extern "C" {
         value_size: *mut usize,
     ) -> u32;
     fn proxy_remove_header_map_value(map: u32, name: *const u8, name_size: usize) -> u32;
+    fn proxy_add_header_map_value(
+        map: u32,
+        name: *const u8,
+        name_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_replace_header_map_value(
         map: u32,
         name: *const u8,
@@ -245,6 +252,19 @@ pub(crate) fn header_value(map: MapType, name: &str) -> Result<Option<Vec<u8>>, 
 
 pub(crate) fn remove_header(map: MapType, name: &str) -> Result<(), Status> {
     Status::check(unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) })
+}
+
+/// Adds a header the map does not hold: unlike a replace, Envoy does not search the map first.
+pub(crate) fn add_header(map: MapType, name: &str, value: &str) -> Result<(), Status> {
+    Status::check(unsafe {
+        proxy_add_header_map_value(
+            map as u32,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    })
 }
 
 /// Sets a header, dropping every value it had.

@@ -201,6 +201,7 @@ struct Callbacks {
     get_headers_size: unsafe extern "C" fn(FilterPtr, u32) -> usize,
     get_headers: unsafe extern "C" fn(FilterPtr, u32, *mut EnvoyHeader) -> bool,
     set_header: unsafe extern "C" fn(FilterPtr, u32, ModuleBuffer, ModuleBuffer) -> bool,
+    add_header: unsafe extern "C" fn(FilterPtr, u32, ModuleBuffer, ModuleBuffer) -> bool,
     send_response:
         unsafe extern "C" fn(FilterPtr, u32, *mut ModuleHeader, usize, ModuleBuffer, ModuleBuffer),
     continue_decoding: unsafe extern "C" fn(FilterPtr),
@@ -252,6 +253,10 @@ impl Callbacks {
                 ),
                 lookup(
                     c"envoy_dynamic_module_callback_http_set_header",
+                    &mut missing,
+                ),
+                lookup(
+                    c"envoy_dynamic_module_callback_http_add_header",
                     &mut missing,
                 ),
                 lookup(
@@ -307,6 +312,7 @@ impl Callbacks {
                     Some(get_headers_size),
                     Some(get_headers),
                     Some(set_header),
+                    Some(add_header),
                     Some(send_response),
                     Some(continue_decoding),
                     Some(filter_callout),
@@ -323,6 +329,7 @@ impl Callbacks {
                     get_headers_size,
                     get_headers,
                     set_header,
+                    add_header,
                     send_response,
                     continue_decoding,
                     filter_callout,
@@ -443,6 +450,21 @@ impl Filter {
                 REQUEST_HEADER,
                 ModuleBuffer::of(name.as_bytes()),
                 value,
+            )
+        }
+    }
+
+    /// Adds a request header the request does not carry. Cheaper than a set, which first
+    /// searches the header map for the name (about 0.7 µs a header in `scripts/bench envoy`'s
+    /// Envoy). False if Envoy could not, or `value` is empty.
+    pub fn add_request_header(&mut self, name: &str, value: &[u8]) -> bool {
+        // SAFETY: Envoy copies both buffers during the call.
+        unsafe {
+            (self.callbacks.add_header)(
+                self.ptr,
+                REQUEST_HEADER,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value),
             )
         }
     }

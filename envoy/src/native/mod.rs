@@ -342,17 +342,24 @@ fn act(stream: &mut Stream, envoy: &mut Filter, outcome: Outcome) -> HeadersStat
     match outcome {
         Outcome::Allow(allowed) => {
             let changes = &allowed.header_changes;
-            // Setting a header replaces every value of it, whatever the case, so a name that
-            // is both removed and set is only set.
+            // The core lists for removal each identity header the request carries, and the
+            // headers it sets are identity headers. One the request carries is set, which
+            // replaces every value of it, whatever the case (so it is not removed first); one it
+            // does not carry is added, which spares Envoy a search of the map, or left absent if
+            // its value is empty, as a set would leave it.
+            let carried = |name: &str| changes.remove.iter().any(|r| r == name);
             let removed = changes
                 .remove
                 .iter()
                 .filter(|name| !changes.set.iter().any(|(set, _)| set == *name))
                 .all(|name| envoy.set_request_header(name, b""));
-            let set = changes
-                .set
-                .iter()
-                .all(|(name, value)| envoy.set_request_header(name, value.as_bytes()));
+            let set = changes.set.iter().all(|(name, value)| {
+                if carried(name) {
+                    envoy.set_request_header(name, value.as_bytes())
+                } else {
+                    value.is_empty() || envoy.add_request_header(name, value.as_bytes())
+                }
+            });
             if removed && set {
                 envoy.count(stream.metrics.allowed, 1);
                 HeadersStatus::Continue
