@@ -258,7 +258,7 @@ fn default_feed_partitions() -> u8 {
     1
 }
 /// Most partition keys the feed may be spread over: each read queries every one of them.
-const MAX_FEED_PARTITIONS: u8 = 16;
+pub(crate) const MAX_FEED_PARTITIONS: u8 = 16;
 
 /// A Redis role's target from its `_url` field or its `_cluster` field, never both.
 fn redis_target(
@@ -356,7 +356,9 @@ pub struct Config {
     pub table_prefix: String,
     /// Partition keys the revocation feed's entries are spread over (default 1; at most 16):
     /// DynamoDB takes about 1,000 write units a second per partition, so one key caps appends
-    /// near 500 a second. Only ever raised, once every instance runs a version that reads them.
+    /// near 500 a second. The feed's counter records the most any instance has written with,
+    /// and every instance writes and reads with at least that many: a raise takes effect
+    /// fleet-wide with the first append through an instance configured higher.
     pub feed_partitions: u8,
     /// argon2id cost.
     pub argon2: Argon2Cost,

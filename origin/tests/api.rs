@@ -1697,6 +1697,42 @@ async fn racing_feed_appends_get_distinct_numbers_or_unavailable() {
     assert!(count > 0);
 }
 
+/// A fleet raising `feed_partitions` one instance at a time: an instance still on one key and one
+/// already on four append to the same feed in turn, and each reads every entry, in order. Before
+/// the counter recorded the count, the one-key instance read `revocations` alone, and the edges
+/// polling it moved past every entry the other had written under another key.
+#[tokio::test]
+async fn instances_configured_with_different_feed_partitions_each_read_the_whole_feed() {
+    if std::env::var("EDGEAUTH_TEST_DYNAMODB_ENDPOINT").is_err() {
+        // The spread over partition keys is DynamoDB's layout; the embedded store has one list.
+        return;
+    }
+    let dir = fresh_dir();
+    let one = start(dir.clone(), &[("EDGEAUTH_FEED_PARTITIONS", "1")]).await;
+    let four = start(dir, &[("EDGEAUTH_FEED_PARTITIONS", "4")]).await;
+    let make = |seq: u64| -> Result<String, StoreError> { Ok(format!("entry-{seq}")) };
+    let mut appended = Vec::new();
+    for (by, count) in [(&one, 3), (&four, 10), (&one, 5)] {
+        for _ in 0..count {
+            let entry = by.state.feed.append(&make, i64::MAX).await.expect("append");
+            appended.push(entry.seq);
+        }
+    }
+    for (name, o) in [("one key", &one), ("four keys", &four)] {
+        let (mut cursor, mut seen) = (0, Vec::new());
+        loop {
+            let now = edgeauth_origin::clock::now();
+            let (page, next) = o.state.feed.read_after(cursor, 3, now).await.expect("read");
+            if page.is_empty() && next == cursor {
+                break;
+            }
+            seen.extend(page.iter().map(|e| e.seq));
+            cursor = next;
+        }
+        assert_eq!(seen, appended, "read by the instance on {name}");
+    }
+}
+
 /// The feed spread over four partition keys, appends racing as from several instances while a
 /// reader follows in small pages: the reader gets every entry once, in order, and the cursor
 /// never passes one that commits later (read over several keys, a page that served past what it

@@ -605,8 +605,9 @@ impl DynamoStore {
         self
     }
 
-    /// The feed counter's value: every entry up to it has committed.
-    async fn feed_counter(&self) -> Result<i64, StoreError> {
+    /// The feed counter: every entry up to its `last` has committed, each under a key of a
+    /// layout of at most its `partitions` keys.
+    async fn feed_counter(&self) -> Result<FeedCounter, StoreError> {
         let counter = self
             .client
             .get_item()
@@ -617,7 +618,19 @@ impl DynamoStore {
             .send()
             .await
             .map_err(unavailable)?;
-        Ok(counter.item().and_then(|i| get_n(i, "last")).unwrap_or(0))
+        let item = counter.item();
+        let partitions = match item.and_then(|i| get_n(i, "partitions")) {
+            // Written before the count was recorded: one key.
+            None => 1,
+            Some(n) => u8::try_from(n)
+                .ok()
+                .filter(|k| (1..=crate::config::MAX_FEED_PARTITIONS).contains(k))
+                .ok_or_else(|| corrupt("feed partitions"))?,
+        };
+        Ok(FeedCounter {
+            last: item.and_then(|i| get_n(i, "last")).unwrap_or(0),
+            partitions: partitions.max(self.feed_partitions),
+        })
     }
 
     /// An update of account `id`'s item, for the caller to give its expressions.
@@ -1685,6 +1698,17 @@ async fn pause_before_retry(attempt: u32) {
 const FEED_STREAM: &str = "revocations";
 const COUNTER_STREAM: &str = "counter";
 
+/// What the feed's counter item says, with this instance's `feed_partitions`.
+struct FeedCounter {
+    /// The last number taken: every entry up to it has committed.
+    last: i64,
+    /// The keys to write and read under: the most any instance has written with (recorded in the
+    /// counter with each commit, so it never falls), or this instance's own count if higher. An
+    /// instance still configured with fewer keys while the fleet is raised to more, or lowered
+    /// again, writes and reads every key the feed may hold an entry under.
+    partitions: u8,
+}
+
 /// The partition key of entry `seq` when the feed is spread over `partitions` keys: `revocations`
 /// when `seq % partitions` is 0 (so one partition is the layout from before partitions), else
 /// `revocations#<seq % partitions>`. DynamoDB takes about 1,000 write units a second per
@@ -1788,8 +1812,10 @@ const APPEND_ATTEMPTS: u32 = 10;
 /// [`feed_stream`]), sorted by `seq`; the counter is the item `stream = counter, seq = 0` with
 /// attribute `last`. Entries and the counter bump commit in one transaction conditioned on the
 /// counter's previous value, so entries become visible strictly in `seq` order: a reader at
-/// cursor N never misses an entry written later with a smaller number. Over several keys a
-/// reader reads the counter first and each key up to it ([`merge_feed_partitions`]).
+/// cursor N never misses an entry written later with a smaller number. A reader reads the
+/// counter first and each key up to it ([`merge_feed_partitions`]); the counter records how
+/// many keys the entries may be under ([`FeedCounter`]), so instances configured with different
+/// counts during a rollout all read every entry.
 #[async_trait::async_trait]
 impl RevocationFeed for DynamoStore {
     async fn append_many(
@@ -1807,15 +1833,17 @@ impl RevocationFeed for DynamoStore {
             if attempt > 0 {
                 pause_before_retry(attempt).await;
             }
-            let last = self.feed_counter().await?;
+            let FeedCounter { last, partitions } = self.feed_counter().await?;
             let first = u64::try_from(last + 1).map_err(|_| corrupt("feed counter"))?;
             let bump = Update::builder()
                 .table_name(&self.tables.feed)
                 .key("stream", s(COUNTER_STREAM))
                 .key("seq", n(0))
-                .update_expression("SET #last = :next")
+                .update_expression("SET #last = :next, #partitions = :partitions")
                 .expression_attribute_names("#last", "last")
-                .expression_attribute_values(":next", n(last + count));
+                .expression_attribute_names("#partitions", "partitions")
+                .expression_attribute_values(":next", n(last + count))
+                .expression_attribute_values(":partitions", n(i64::from(partitions)));
             let bump = if last == 0 {
                 bump.condition_expression("attribute_not_exists(#last)")
             } else {
@@ -1832,7 +1860,7 @@ impl RevocationFeed for DynamoStore {
                 puts.push(
                     Put::builder()
                         .table_name(&self.tables.feed)
-                        .item("stream", s(feed_stream(seq, self.feed_partitions)))
+                        .item("stream", s(feed_stream(seq, partitions)))
                         .item(
                             "seq",
                             n(i64::try_from(seq).map_err(|_| corrupt("feed seq"))?),
@@ -1870,50 +1898,33 @@ impl RevocationFeed for DynamoStore {
     ) -> Result<(Vec<FeedEntry>, u64), StoreError> {
         let after = i64::try_from(cursor).map_err(|_| StoreError::NotFound)?;
         let table = self.tables.feed.clone();
-        if self.feed_partitions <= 1 {
-            // One key: entries become visible in `seq` order, so all that was read is complete.
-            let page = read_feed_partition(
-                self.client.clone(),
-                table,
-                FEED_STREAM.to_string(),
-                (after, None),
-                limit,
-            )
-            .await?;
-            let committed = page.0.last().map_or(cursor, |e| e.seq);
-            return Ok(merge_feed_partitions(
-                vec![page],
-                cursor,
-                committed,
-                limit,
-                now,
-            ));
-        }
         // The counter first: an entry commits with its counter bump (one transaction, which a
         // consistent GetItem is serialised with), so every entry up to this value is visible to
-        // the queries that follow, and an entry committed meanwhile is past it.
-        let committed = self.feed_counter().await?;
+        // the queries that follow, and an entry committed meanwhile is past it. It also says
+        // which keys the entries up to it may be under.
+        let FeedCounter {
+            last: committed,
+            partitions,
+        } = self.feed_counter().await?;
         if committed <= after {
             return Ok((Vec::new(), cursor));
         }
         let mut reads = tokio::task::JoinSet::new();
-        for partition in 0..self.feed_partitions {
+        for partition in 0..partitions {
             reads.spawn(read_feed_partition(
                 self.client.clone(),
                 table.clone(),
-                feed_stream(u64::from(partition), self.feed_partitions),
+                feed_stream(u64::from(partition), partitions),
                 (after, Some(committed)),
                 limit,
             ));
         }
-        let mut partitions = Vec::with_capacity(usize::from(self.feed_partitions));
-        while let Some(read) = reads.join_next().await {
-            partitions.push(read.map_err(|e| StoreError::Unavailable(e.to_string()))??);
+        let mut read = Vec::with_capacity(usize::from(partitions));
+        while let Some(partition) = reads.join_next().await {
+            read.push(partition.map_err(|e| StoreError::Unavailable(e.to_string()))??);
         }
         let committed = u64::try_from(committed).map_err(|_| corrupt("feed counter"))?;
-        Ok(merge_feed_partitions(
-            partitions, cursor, committed, limit, now,
-        ))
+        Ok(merge_feed_partitions(read, cursor, committed, limit, now))
     }
 }
 
