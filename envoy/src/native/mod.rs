@@ -31,7 +31,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use edgeauth_core::{DenyReason, TokenCache};
+use edgeauth_core::{DenyReason, HeaderEdit, TokenCache};
 use serde_json::json;
 
 use self::{
@@ -341,26 +341,17 @@ fn decide(stream: &Stream, envoy: &Filter, may_refetch: bool) -> Outcome {
 fn act(stream: &mut Stream, envoy: &mut Filter, outcome: Outcome) -> HeadersStatus {
     match outcome {
         Outcome::Allow(allowed) => {
-            let changes = &allowed.header_changes;
-            // The core lists for removal each identity header the request carries, and the
-            // headers it sets are identity headers. One the request carries is set, which
-            // replaces every value of it, whatever the case (so it is not removed first); one it
-            // does not carry is added, which spares Envoy a search of the map, or left absent if
-            // its value is empty, as a set would leave it.
-            let carried = |name: &str| changes.remove.iter().any(|r| r == name);
-            let removed = changes
-                .remove
-                .iter()
-                .filter(|name| !changes.set.iter().any(|(set, _)| set == *name))
-                .all(|name| envoy.set_request_header(name, b""));
-            let set = changes.set.iter().all(|(name, value)| {
-                if carried(name) {
+            let applied = allowed.header_changes.edits().all(|edit| match edit {
+                HeaderEdit::Remove(name) => envoy.set_request_header(name, b""),
+                HeaderEdit::Replace(name, value) => {
                     envoy.set_request_header(name, value.as_bytes())
-                } else {
+                }
+                // The ABI's add refuses an empty value; a set of one leaves the header absent.
+                HeaderEdit::Add(name, value) => {
                     value.is_empty() || envoy.add_request_header(name, value.as_bytes())
                 }
             });
-            if removed && set {
+            if applied {
                 envoy.count(stream.metrics.allowed, 1);
                 HeadersStatus::Continue
             } else {

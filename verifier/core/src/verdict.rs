@@ -288,10 +288,47 @@ impl Denial {
 /// Edits the host applies to the request before forwarding it upstream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderChanges {
-    /// Lowercase names to remove (all values). Applied before `set`.
+    /// Lowercase names to remove (all values), each an identity header the request carries.
+    /// Applied before `set`.
     pub remove: Vec<String>,
-    /// Headers to set, replacing any value.
+    /// Identity headers to set, replacing any value.
     pub set: Vec<(String, String)>,
+}
+
+/// One edit of the forwarded request's headers ([`HeaderChanges::edits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderEdit<'a> {
+    /// Remove every value of a header the request carries.
+    Remove(&'a str),
+    /// Replace every value of a header the request carries, whatever the case of each, with
+    /// this one.
+    Replace(&'a str, &'a str),
+    /// Add a header the request does not carry.
+    Add(&'a str, &'a str),
+}
+
+impl HeaderChanges {
+    /// The edits that make these changes, in order. `remove` lists every identity header the
+    /// request carries, and only identity headers are set, so a name set and not removed is one
+    /// the request lacks: it is added, which a host (Envoy) does without first searching the
+    /// request's headers for it. A name both removed and set is only replaced.
+    pub fn edits(&self) -> impl Iterator<Item = HeaderEdit<'_>> {
+        let is_set = |name: &str| self.set.iter().any(|(set, _)| set == name);
+        let carried = |name: &str| self.remove.iter().any(|removed| removed == name);
+        let removals = self
+            .remove
+            .iter()
+            .filter(move |name| !is_set(name))
+            .map(|name| HeaderEdit::Remove(name));
+        let sets = self.set.iter().map(move |(name, value)| {
+            if carried(name) {
+                HeaderEdit::Replace(name, value)
+            } else {
+                HeaderEdit::Add(name, value)
+            }
+        });
+        removals.chain(sets)
+    }
 }
 
 /// A request the policy lets through.

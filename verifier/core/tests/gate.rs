@@ -2,8 +2,8 @@
 
 use edgeauth_core::{
     authorize, authorize_deferred, Algorithm, Deferred, DenyListStatus, DenyReason, DenyState,
-    KeyRing, Policy, PublicKey, Request, Revocation, RevocationAnswer, SignatureCheck, Step,
-    TokenCache, Verdict, WatermarkStatus,
+    HeaderEdit, KeyRing, Policy, PublicKey, Request, Revocation, RevocationAnswer, SignatureCheck,
+    Step, TokenCache, Verdict, WatermarkStatus,
 };
 use serde_json::json;
 
@@ -119,6 +119,33 @@ fn valid_token_sets_identity_and_strips_spoofed_headers() {
         ]
     );
     assert!(allowed.token.is_some());
+}
+
+#[test]
+fn identity_headers_the_request_carries_are_replaced_and_the_others_added() {
+    let mut edge = Edge::new("");
+    let auth = bearer(&good_token(&Signer::ed25519(1), "current"));
+    let v = edge.get(
+        "/orders",
+        &[
+            ("authorization", &auth),
+            ("X-User-Id", "admin"),
+            ("x_user_id", "admin"),
+        ],
+    );
+    let Verdict::Allow(allowed) = v else {
+        panic!("expected allow: {v:?}")
+    };
+    // The spoofed x-user-id is replaced (every value, whatever its case), not removed and then
+    // added; x-user-scope, which the request lacks, is added without a search for it.
+    assert_eq!(
+        allowed.header_changes.edits().collect::<Vec<_>>(),
+        [
+            HeaderEdit::Remove("x_user_id"),
+            HeaderEdit::Replace("x-user-id", "3f1c2a9e-7b4d-4c1a-9e2f-0a1b2c3d4e5f"),
+            HeaderEdit::Add("x-user-scope", "profile orders:read"),
+        ]
+    );
 }
 
 #[test]
