@@ -1,9 +1,9 @@
 //! Request-level behaviour: sources, routes, identity headers, the deny-list step, the cache.
 
 use edgeauth_core::{
-    authorize, authorize_deferred, Algorithm, Deferred, DenyListStatus, DenyReason, DenyState,
-    HeaderEdit, KeyRing, Policy, PublicKey, Request, Revocation, RevocationAnswer, SignatureCheck,
-    Step, TokenCache, Verdict, WatermarkStatus,
+    authorize, authorize_deferred, Algorithm, Allowed, Deferred, DenyListStatus, DenyReason,
+    DenyState, HeaderEdit, KeyRing, Policy, PublicKey, Request, Revocation, RevocationAnswer,
+    SignatureCheck, Step, TokenCache, Verdict, WatermarkStatus,
 };
 use serde_json::json;
 
@@ -78,21 +78,21 @@ fn denied(v: &Verdict) -> DenyReason {
         .reason
 }
 
-#[test]
-fn valid_token_sets_identity_and_strips_spoofed_headers() {
+/// What the default policy allows for a valid token on `/orders`, sent with `spoofed` headers.
+fn allowed_with(spoofed: &[(&str, &str)]) -> Allowed {
     let mut edge = Edge::new("");
     let auth = bearer(&good_token(&Signer::ed25519(1), "current"));
-    let v = edge.get(
-        "/orders",
-        &[
-            ("authorization", &auth),
-            ("X-User-Id", "admin"),
-            ("x-user-scope", "admin"),
-        ],
-    );
-    let Verdict::Allow(allowed) = v else {
-        panic!("expected allow: {v:?}")
-    };
+    let mut headers = vec![("authorization", auth.as_str())];
+    headers.extend_from_slice(spoofed);
+    match edge.get("/orders", &headers) {
+        Verdict::Allow(allowed) => allowed,
+        v => panic!("expected allow: {v:?}"),
+    }
+}
+
+#[test]
+fn valid_token_sets_identity_and_strips_spoofed_headers() {
+    let allowed = allowed_with(&[("X-User-Id", "admin"), ("x-user-scope", "admin")]);
     assert!(allowed
         .header_changes
         .remove
@@ -123,19 +123,7 @@ fn valid_token_sets_identity_and_strips_spoofed_headers() {
 
 #[test]
 fn identity_headers_the_request_carries_are_replaced_and_the_others_added() {
-    let mut edge = Edge::new("");
-    let auth = bearer(&good_token(&Signer::ed25519(1), "current"));
-    let v = edge.get(
-        "/orders",
-        &[
-            ("authorization", &auth),
-            ("X-User-Id", "admin"),
-            ("x_user_id", "admin"),
-        ],
-    );
-    let Verdict::Allow(allowed) = v else {
-        panic!("expected allow: {v:?}")
-    };
+    let allowed = allowed_with(&[("X-User-Id", "admin"), ("x_user_id", "admin")]);
     // The spoofed x-user-id is replaced (every value, whatever its case), not removed and then
     // added; x-user-scope, which the request lacks, is added without a search for it.
     assert_eq!(
