@@ -172,6 +172,16 @@ struct Reply {
     text: String,
 }
 
+impl Reply {
+    /// The access token of a login or refresh answer.
+    fn access_token(&self) -> String {
+        self.body["access_token"]
+            .as_str()
+            .expect("an access token")
+            .to_owned()
+    }
+}
+
 impl Origin {
     async fn send(&self, request: Request<Body>) -> Reply {
         let response = self
@@ -3036,14 +3046,14 @@ async fn a_token_revoked_here_is_refused_as_revoked_while_redis_does_not_answer(
     };
     let o = origin_with(&redis.settings()).await;
     o.register("ed@example.com", "ed's passphrase").await;
-    let token = |login: Reply| {
-        login.body["access_token"]
-            .as_str()
-            .expect("token")
-            .to_string()
-    };
-    let revoked = token(o.login("ed@example.com", "ed's passphrase").await);
-    let live = token(o.login("ed@example.com", "ed's passphrase").await);
+    let revoked = o
+        .login("ed@example.com", "ed's passphrase")
+        .await
+        .access_token();
+    let live = o
+        .login("ed@example.com", "ed's passphrase")
+        .await
+        .access_token();
     let out = o.with_bearer("POST", "/v1/logout", &revoked, None).await;
     assert_eq!(out.status, StatusCode::NO_CONTENT);
     // Every command waits 6 s, past the deny-list's bound of twice its 1 s timeout.
@@ -3072,10 +3082,10 @@ async fn a_flushed_deny_list_is_rebuilt_from_the_feed_and_never_lets_a_revoked_t
     };
     let o = origin_with(&redis.settings()).await;
     o.register("di@example.com", "di's passphrase").await;
-    let access = o.login("di@example.com", "di's passphrase").await.body["access_token"]
-        .as_str()
-        .expect("token")
-        .to_string();
+    let access = o
+        .login("di@example.com", "di's passphrase")
+        .await
+        .access_token();
     assert_eq!(
         o.with_bearer("POST", "/v1/logout", &access, None)
             .await
