@@ -10,6 +10,13 @@ use crate::{config::Policy, verdict::DenyReason};
 pub trait Headers {
     /// Calls `each` once per value of header `name`.
     fn values(&self, name: &str, each: &mut dyn FnMut(&[u8]));
+
+    /// Whether the request carries header `name`, with any value.
+    fn carries(&self, name: &str) -> bool {
+        let mut found = false;
+        self.values(name, &mut |_| found = true);
+        found
+    }
 }
 
 impl<K: AsRef<str>, V: AsRef<[u8]>> Headers for [(K, V)] {
@@ -179,13 +186,7 @@ pub(crate) fn is_cors_preflight<H: Headers + ?Sized>(method: &str, headers: &H) 
     if method != "OPTIONS" {
         return false;
     }
-    let mut origin = false;
-    let mut request_method = false;
-    headers.values("origin", &mut |_| origin = true);
-    headers.values("access-control-request-method", &mut |_| {
-        request_method = true
-    });
-    origin && request_method
+    headers.carries("origin") && headers.carries("access-control-request-method")
 }
 
 #[cfg(test)]
