@@ -221,18 +221,11 @@ pub(crate) fn buffer(kind: BufferType, start: usize, max_size: usize) -> Result<
     }
 }
 
-/// Why a header map could not be read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MapReadError {
-    Host(Status),
-    Wire(wire::MapError),
-}
-
-pub(crate) fn header_pairs(map: MapType) -> Result<Vec<(String, Vec<u8>)>, MapReadError> {
+/// A header map in the ABI's serialised form, for [`wire::decode_pairs`].
+pub(crate) fn header_map(map: MapType) -> Result<Vec<u8>, Status> {
     let (mut data, mut size) = (null_mut(), 0usize);
-    Status::check(unsafe { proxy_get_header_map_pairs(map as u32, &mut data, &mut size) })
-        .map_err(MapReadError::Host)?;
-    wire::decode_pairs(&host_buffer(data, size)).map_err(MapReadError::Wire)
+    Status::check(unsafe { proxy_get_header_map_pairs(map as u32, &mut data, &mut size) })?;
+    Ok(host_buffer(data, size))
 }
 
 /// One header's value, `None` if the map does not have it.

@@ -289,18 +289,23 @@ impl Exchange {
         let Some(now) = now() else {
             return Outcome::Internal("no clock");
         };
-        let headers = match abi::header_pairs(MapType::HttpRequestHeaders) {
+        let Ok(map) = abi::header_map(MapType::HttpRequestHeaders) else {
+            return Outcome::Internal("request headers unreadable");
+        };
+        let headers = match wire::decode_pairs(&map) {
             Ok(headers) => headers,
-            Err(abi::MapReadError::Wire(wire::MapError::NameNotText)) => {
+            Err(wire::MapError::NameNotText) => {
                 // Headers that cannot be read name no origin: a refusal without CORS.
                 return self.refuse(DenyReason::InvalidRequest.into(), &[]);
             }
-            Err(_) => return Outcome::Internal("request headers unreadable"),
+            Err(wire::MapError::Malformed) => {
+                return Outcome::Internal("request headers unreadable")
+            }
         };
         let pseudo = |name: &str| {
             headers
                 .iter()
-                .find(|(k, _)| k == name)
+                .find(|(k, _)| *k == name)
                 .map(|(_, v)| std::str::from_utf8(v))
         };
         let (Some(Ok(method)), Some(Ok(path))) = (pseudo(":method"), pseudo(":path")) else {
@@ -367,7 +372,7 @@ impl Exchange {
     }
 
     /// A refusal of a request with these headers, before the VM is borrowed.
-    fn refuse(&self, denial: Denial, headers: &[(String, Vec<u8>)]) -> Outcome {
+    fn refuse(&self, denial: Denial, headers: &[(&str, &[u8])]) -> Outcome {
         refuse(&self.vm.borrow(), denial, headers)
     }
 
@@ -409,7 +414,7 @@ impl Exchange {
 
 /// A refusal of a request with `headers`: the core's reply headers, CORS for a page on the
 /// policy's `cors` origins included.
-fn refuse(vm: &Vm, denial: Denial, headers: &[(String, Vec<u8>)]) -> Outcome {
+fn refuse(vm: &Vm, denial: Denial, headers: &[(&str, &[u8])]) -> Outcome {
     Outcome::Deny(
         denial.response_headers(&vm.settings.policy, headers),
         denial,
