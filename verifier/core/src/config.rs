@@ -8,6 +8,7 @@ use alloc::{
     borrow::ToOwned,
     format,
     string::{String, ToString},
+    sync::Arc,
     vec,
     vec::Vec,
 };
@@ -319,12 +320,12 @@ pub struct Policy {
     pub(crate) cors_preflight_bypass: bool,
     /// Exact origins whose pages may read refusals; empty: refusals carry no CORS header.
     pub(crate) cors_allowed_origins: Vec<String>,
-    pub(crate) user_id_header: String,
-    pub(crate) scope_header: String,
+    // Shared, not owned: a forwarded request names these without copying them.
+    pub(crate) user_id_header: Arc<str>,
+    pub(crate) scope_header: Arc<str>,
     /// Lowercase names removed from every request: identity headers first, then the rest, then
-    /// every `-`/`_` alias of each.
-    pub(crate) strip_headers: Vec<String>,
-    pub(crate) strip_authorization: bool,
+    /// every `-`/`_` alias of each, then `authorization` if `headers.strip_authorization`.
+    pub(crate) strip_headers: Vec<Arc<str>>,
     pub(crate) on_revocation_unavailable: OnUnavailable,
     pub(crate) cache_entries: usize,
     pub(crate) cache_bytes: usize,
@@ -587,7 +588,10 @@ impl TryFrom<RawPolicy> for Policy {
                 strip_headers.push(name);
             }
         }
-        let strip_headers = with_separator_aliases(strip_headers)?;
+        let mut strip_headers = with_separator_aliases(strip_headers)?;
+        if raw.headers.strip_authorization {
+            strip_headers.push("authorization".into());
+        }
 
         if let Some(realm) = &raw.realm {
             if realm
@@ -634,10 +638,9 @@ impl TryFrom<RawPolicy> for Policy {
             routes: raw.routes,
             cors_preflight_bypass: raw.cors_preflight_bypass,
             cors_allowed_origins,
-            user_id_header,
-            scope_header,
-            strip_headers,
-            strip_authorization: raw.headers.strip_authorization,
+            user_id_header: user_id_header.into(),
+            scope_header: scope_header.into(),
+            strip_headers: strip_headers.into_iter().map(Arc::from).collect(),
             on_revocation_unavailable: raw.revocation.on_unavailable,
             cache_entries: raw.cache.max_entries,
             cache_bytes: raw.cache.max_bytes,
@@ -679,8 +682,9 @@ mod tests {
         assert_eq!(p.query_parameter, None);
         assert!(!p.cors_preflight_bypass);
         assert!(p.cors_allowed_origins.is_empty());
+        // Authorization is forwarded unless `headers.strip_authorization` says otherwise.
         assert_eq!(
-            p.strip_headers,
+            p.strip_headers.iter().map(|n| &**n).collect::<Vec<_>>(),
             vec![
                 "x-user-id",
                 "x-user-scope",
@@ -692,7 +696,6 @@ mod tests {
                 "x_user_scope"
             ]
         );
-        assert!(!p.strip_authorization);
         assert_eq!(p.on_revocation_unavailable, OnUnavailable::Deny);
         assert_eq!(p.cache_entries, 10_000);
         assert_eq!(p.cache_bytes, 16 * 1024 * 1024);
@@ -795,7 +798,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(
-            p.strip_headers,
+            p.strip_headers.iter().map(|n| &**n).collect::<Vec<_>>(),
             vec![
                 "x-sub",
                 "x-user-scope",

@@ -148,14 +148,11 @@ impl RevocationCheck {
 /// Only the names `headers` carries are listed: the policy names every `-`/`_` spelling of each
 /// identity header, and each removal is a call into the host (and an allocation here).
 fn removals<H: Headers + ?Sized>(policy: &Policy, headers: &H) -> HeaderChanges {
-    let authorization = policy.strip_authorization.then_some("authorization");
     let remove = policy
         .strip_headers
         .iter()
-        .map(String::as_str)
-        .chain(authorization)
         .filter(|name| headers.carries(name))
-        .map(String::from)
+        .cloned()
         .collect();
     HeaderChanges {
         remove,

@@ -8,7 +8,7 @@
 //! public rule, which waives the token, matches only the normal path as written, case and
 //! parameters included, so `/Health` or `/health;x` is not waved through by a `/health` rule.
 
-use alloc::{string::String, vec::Vec};
+use alloc::{borrow::Cow, string::String, vec::Vec};
 
 use serde::Deserialize;
 
@@ -167,7 +167,30 @@ fn hex(b: u8) -> Option<u8> {
 /// percent-encoded unreserved characters are decoded (RFC 3986 §6.2.2.2) and repeated slashes
 /// merged before matching; dot segments, encoded `/` or `\`, raw `\`, malformed escapes and
 /// bytes outside visible ASCII are refused, because no single reading of them is safe.
-pub(crate) fn normalise_path(path: &str) -> Option<String> {
+pub(crate) fn normalise_path(path: &str) -> Option<Cow<'_, str>> {
+    let normal = if path.contains('%') || path.contains("//") {
+        Cow::Owned(decode_and_merge(path)?)
+    } else if path.bytes().all(is_plain_path_byte) {
+        // Nothing to decode or merge: the path is its own normal form, and is not copied.
+        Cow::Borrowed(path)
+    } else {
+        return None;
+    };
+    // `..;x` is `..` to an upstream that drops path parameters (the Tomcat `/public/..;/admin`).
+    let is_dot_segment = |seg: &str| matches!(seg.split(';').next(), Some(".") | Some(".."));
+    if !normal.starts_with('/') || normal.split('/').any(is_dot_segment) {
+        return None;
+    }
+    Some(normal)
+}
+
+/// Visible ASCII other than `\`.
+fn is_plain_path_byte(b: u8) -> bool {
+    (0x21..0x7f).contains(&b) && b != b'\\'
+}
+
+/// Unreserved escapes decoded, other escapes upper-cased, repeated slashes merged.
+fn decode_and_merge(path: &str) -> Option<String> {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(bytes.len());
     let mut i = 0;
@@ -191,7 +214,7 @@ pub(crate) fn normalise_path(path: &str) -> Option<String> {
             }
         } else {
             i += 1;
-            if !(0x21..0x7f).contains(&b) || b == b'\\' {
+            if !is_plain_path_byte(b) {
                 return None;
             }
             b as char
@@ -200,11 +223,6 @@ pub(crate) fn normalise_path(path: &str) -> Option<String> {
             continue;
         }
         out.push(c);
-    }
-    // `..;x` is `..` to an upstream that drops path parameters (the Tomcat `/public/..;/admin`).
-    let is_dot_segment = |seg: &str| matches!(seg.split(';').next(), Some(".") | Some(".."));
-    if !out.starts_with('/') || out.split('/').any(is_dot_segment) {
-        return None;
     }
     Some(out)
 }

@@ -5,6 +5,7 @@
 use alloc::{
     format,
     string::{String, ToString},
+    sync::Arc,
     vec::Vec,
 };
 
@@ -289,10 +290,10 @@ impl Denial {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderChanges {
     /// Lowercase names to remove (all values), each an identity header the request carries.
-    /// Applied before `set`.
-    pub remove: Vec<String>,
+    /// Applied before `set`. The names are the policy's, shared rather than copied per request.
+    pub remove: Vec<Arc<str>>,
     /// Identity headers to set, replacing any value.
-    pub set: Vec<(String, String)>,
+    pub set: Vec<(Arc<str>, String)>,
 }
 
 /// One edit of the forwarded request's headers ([`HeaderChanges::edits`]).
@@ -313,8 +314,8 @@ impl HeaderChanges {
     /// the request lacks: it is added, which a host (Envoy) does without first searching the
     /// request's headers for it. A name both removed and set is only replaced.
     pub fn edits(&self) -> impl Iterator<Item = HeaderEdit<'_>> {
-        let is_set = |name: &str| self.set.iter().any(|(set, _)| set == name);
-        let carried = |name: &str| self.remove.iter().any(|removed| removed == name);
+        let is_set = |name: &str| self.set.iter().any(|(set, _)| **set == *name);
+        let carried = |name: &str| self.remove.iter().any(|removed| **removed == *name);
         let removals = self
             .remove
             .iter()

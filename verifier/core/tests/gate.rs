@@ -90,32 +90,28 @@ fn allowed_with(spoofed: &[(&str, &str)]) -> Allowed {
     }
 }
 
+/// The names an allowed request loses.
+fn removed(allowed: &Allowed) -> Vec<&str> {
+    allowed.header_changes.remove.iter().map(|n| &**n).collect()
+}
+
 #[test]
 fn valid_token_sets_identity_and_strips_spoofed_headers() {
     let allowed = allowed_with(&[("X-User-Id", "admin"), ("x-user-scope", "admin")]);
-    assert!(allowed
+    assert!(removed(&allowed).contains(&"x-user-id"));
+    assert!(removed(&allowed).contains(&"x-user-scope"));
+    assert!(!removed(&allowed).contains(&"authorization"));
+    let set: Vec<(&str, &str)> = allowed
         .header_changes
-        .remove
-        .contains(&"x-user-id".to_string()));
-    assert!(allowed
-        .header_changes
-        .remove
-        .contains(&"x-user-scope".to_string()));
-    assert!(!allowed
-        .header_changes
-        .remove
-        .contains(&"authorization".to_string()));
+        .set
+        .iter()
+        .map(|(name, value)| (&**name, value.as_str()))
+        .collect();
     assert_eq!(
-        allowed.header_changes.set,
-        vec![
-            (
-                "x-user-id".to_string(),
-                "3f1c2a9e-7b4d-4c1a-9e2f-0a1b2c3d4e5f".to_string()
-            ),
-            (
-                "x-user-scope".to_string(),
-                "profile orders:read".to_string()
-            ),
+        set,
+        [
+            ("x-user-id", "3f1c2a9e-7b4d-4c1a-9e2f-0a1b2c3d4e5f"),
+            ("x-user-scope", "profile orders:read"),
         ]
     );
     assert!(allowed.token.is_some());
@@ -152,13 +148,13 @@ fn authorization_can_be_stripped_and_extra_headers_removed() {
     };
     // Only what the request carries is listed: each removal is a call into the host.
     assert_eq!(
-        allowed.header_changes.remove,
+        removed(&allowed),
         ["x-user-id", "x-user-email", "authorization"]
     );
     let Verdict::Allow(plain) = edge.get("/", &[("authorization", &auth)]) else {
         panic!("allow")
     };
-    assert_eq!(plain.header_changes.remove, ["authorization"]);
+    assert_eq!(removed(&plain), ["authorization"]);
 }
 
 #[test]
@@ -334,10 +330,7 @@ fn public_routes_pass_without_token_but_lose_identity_headers() {
         panic!("allow")
     };
     assert!(allowed.token.is_none());
-    assert!(allowed
-        .header_changes
-        .remove
-        .contains(&"x-user-id".to_string()));
+    assert!(removed(&allowed).contains(&"x-user-id"));
     assert!(allowed.header_changes.set.is_empty());
 }
 

@@ -44,7 +44,7 @@ pub fn forward(
     for name in HOP_BY_HOP
         .iter()
         .copied()
-        .chain(changes.remove.iter().map(String::as_str))
+        .chain(changes.remove.iter().map(|name| &**name))
     {
         headers.delete(intern(name))?;
     }
