@@ -76,7 +76,8 @@ const jwtAuthn = (cache) => `
                 requires: { provider_name: origin }`;
 // The same configuration for the Wasm filter and the native module.
 const filterConfiguration = (cache) => {
-  const policy = { issuers: [ISSUER], audiences: [AUDIENCE] };
+  // Authorization is removed before forwarding, as jwt_authn does with `forward: false`.
+  const policy = { issuers: [ISSUER], audiences: [AUDIENCE], headers: { strip_authorization: true } };
   if (!cache) policy.cache = { max_entries: 0 };
   return {
     policy,
