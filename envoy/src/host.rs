@@ -82,15 +82,7 @@ pub(crate) fn call_origin(
     if_none_match: Option<&str>,
     timeout_ms: u32,
 ) -> Option<u32> {
-    let mut headers: Vec<(&str, &[u8])> = vec![
-        (":method", b"GET"),
-        (":path", path.as_bytes()),
-        (":authority", route.authority.as_bytes()),
-        ("accept", b"application/json"),
-    ];
-    if let Some(tag) = if_none_match {
-        headers.push(("if-none-match", tag.as_bytes()));
-    }
+    let headers = route.get_headers(path, if_none_match);
     let result = abi::http_call(&route.cluster, &headers, timeout_ms);
     match result {
         Ok(token) => Some(token),

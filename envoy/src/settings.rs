@@ -65,6 +65,28 @@ pub struct OriginRoute {
     pub path: String,
 }
 
+impl OriginRoute {
+    /// The headers of a GET of `path` from the origin, conditional on `if_none_match` if given.
+    /// Both builds send `:authority`: Envoy keeps it and HTTP/1's `host` in one header, which
+    /// its Wasm `http_call` and its dynamic modules' callouts each require.
+    pub fn get_headers<'a>(
+        &'a self,
+        path: &'a str,
+        if_none_match: Option<&'a str>,
+    ) -> Vec<(&'static str, &'a [u8])> {
+        let mut headers = vec![
+            (":method", b"GET".as_slice()),
+            (":path", path.as_bytes()),
+            (":authority", self.authority.as_bytes()),
+            ("accept", b"application/json".as_slice()),
+        ];
+        if let Some(tag) = if_none_match {
+            headers.push(("if-none-match", tag.as_bytes()));
+        }
+        headers
+    }
+}
+
 /// Every setting, validated. Durations are seconds unless named otherwise.
 #[derive(Debug)]
 pub struct Settings {

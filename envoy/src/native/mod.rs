@@ -38,10 +38,7 @@ use self::{
     abi::{ConfigHandle, Filter, HeadersStatus, LogLevel, Scheduler},
     edge::{Call, Edge, Outcome},
 };
-use crate::{
-    call_answer::CallAnswer,
-    settings::{OriginRoute, Settings},
-};
+use crate::{call_answer::CallAnswer, settings::Settings};
 
 /// How often the configuration looks for due fetches, as the Wasm build's tick.
 const TICK: Duration = Duration::from_millis(500);
@@ -186,24 +183,6 @@ fn config_new(
     }))
 }
 
-/// The headers of a GET to the origin, conditional on `if_none_match` if given.
-fn origin_get<'a>(
-    route: &'a OriginRoute,
-    path: &'a str,
-    if_none_match: Option<&'a str>,
-) -> Vec<(&'static str, &'a [u8])> {
-    let mut headers = vec![
-        (":method", b"GET".as_slice()),
-        (":path", path.as_bytes()),
-        ("host", route.authority.as_bytes()),
-        ("accept", b"application/json".as_slice()),
-    ];
-    if let Some(tag) = if_none_match {
-        headers.push(("if-none-match", tag.as_bytes()));
-    }
-    headers
-}
-
 /// A tick on the main thread: starts the calls that are due.
 fn config_tick(config: &FilterConfig) {
     let edge = &config.edge;
@@ -215,7 +194,7 @@ fn config_tick(config: &FilterConfig) {
                 let route = &settings.jwks;
                 config.envoy.callout(
                     &route.cluster,
-                    &origin_get(route, &route.path, None),
+                    &route.get_headers(&route.path, None),
                     settings.fetch_timeout_ms,
                 )
             }
@@ -225,7 +204,7 @@ fn config_tick(config: &FilterConfig) {
                 let tag = edge.feed_if_none_match();
                 config.envoy.callout(
                     &route.cluster,
-                    &origin_get(route, &path, tag.as_deref()),
+                    &route.get_headers(&path, tag.as_deref()),
                     settings.fetch_timeout_ms,
                 )
             }
@@ -378,7 +357,7 @@ fn act(stream: &mut Stream, envoy: &mut Filter, outcome: Outcome) -> HeadersStat
             let route = &settings.jwks;
             match envoy.callout(
                 &route.cluster,
-                &origin_get(route, &route.path, None),
+                &route.get_headers(&route.path, None),
                 settings.fetch_timeout_ms,
             ) {
                 Ok(id) => {
