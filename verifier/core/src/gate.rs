@@ -146,7 +146,7 @@ impl RevocationCheck {
 
 /// Headers removed from every forwarded request: client-supplied identity is never trusted.
 /// Only the names `headers` carries are listed: the policy names every `-`/`_` spelling of each
-/// identity header, and each removal is a call into the host (and an allocation here).
+/// identity header, and each removal is a call into the host.
 fn removals<H: Headers + ?Sized>(policy: &Policy, headers: &H) -> HeaderChanges {
     let remove = policy
         .strip_headers
