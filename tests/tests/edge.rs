@@ -53,6 +53,29 @@ async fn a_valid_token_reaches_the_upstream_with_verified_identity_only(edge: Ed
         );
     }
 
+    // The same behind forty other headers: the native module reads a long header list into
+    // another buffer than a short one, and the spoofed names come last.
+    let mut padded = stack
+        .client
+        .get(format!("{}/orders", stack.edge))
+        .bearer_auth(&token);
+    for i in 0..40 {
+        padded = padded.header(format!("x-padding-{i}"), "-");
+    }
+    let answer = send(
+        padded
+            .header("X-User-Id", "root")
+            .header("x_user_id", "admin"),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    assert_eq!(answer.json["headers"]["x-user-id"], sub.as_str());
+    assert_eq!(answer.json["headers"]["x-padding-39"], "-");
+    assert!(!answer.json["headers"]
+        .as_object()
+        .expect("headers")
+        .contains_key("x_user_id"));
+
     // Bodies stream through unchanged, whatever their bytes.
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let answer = send(

@@ -76,6 +76,19 @@ pub struct EnvoyHeader {
     value_length: usize,
 }
 
+impl EnvoyHeader {
+    const EMPTY: Self = Self {
+        key_ptr: std::ptr::null(),
+        key_length: 0,
+        value_ptr: std::ptr::null(),
+        value_length: 0,
+    };
+}
+
+/// Requests with up to this many headers have them read into a buffer on the stack, not the
+/// heap; more are read into a heap buffer.
+const STACK_HEADERS: usize = 32;
+
 /// A header this library owns (`..._module_http_header`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -426,12 +439,19 @@ impl Filter {
             if count == 0 {
                 return Vec::new();
             }
-            let mut headers = Vec::<EnvoyHeader>::with_capacity(count);
-            if !(self.callbacks.get_headers)(self.ptr, REQUEST_HEADER, headers.as_mut_ptr()) {
+            let mut on_stack = [EnvoyHeader::EMPTY; STACK_HEADERS];
+            let mut on_heap = Vec::new();
+            let buffer = match on_stack.get_mut(..count) {
+                Some(buffer) => buffer,
+                None => {
+                    on_heap.resize(count, EnvoyHeader::EMPTY);
+                    &mut on_heap[..]
+                }
+            };
+            if !(self.callbacks.get_headers)(self.ptr, REQUEST_HEADER, buffer.as_mut_ptr()) {
                 return Vec::new();
             }
-            headers.set_len(count);
-            envoy_headers(headers.as_ptr(), count)
+            envoy_headers(buffer.as_ptr(), count)
         }
     }
 

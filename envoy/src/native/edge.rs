@@ -297,18 +297,17 @@ impl Edge {
         verify: impl FnOnce(&SignatureCheck, &KeyRing) -> bool,
         may_refetch: bool,
     ) -> Outcome {
-        let mut headers = Vec::with_capacity(raw.len());
-        for (name, value) in raw {
-            match std::str::from_utf8(name) {
-                Ok(name) => headers.push((name, *value)),
-                // A header that cannot be read names no origin: a refusal without CORS.
-                Err(_) => return self.invalid_request(&[]),
-            }
+        if raw
+            .iter()
+            .any(|(name, _)| std::str::from_utf8(name).is_err())
+        {
+            // A header that cannot be read names no origin: a refusal without CORS.
+            return self.invalid_request(&EnvoyHeaders(&[]));
         }
+        let headers = EnvoyHeaders(raw);
         let pseudo = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| *k == name)
+            raw.iter()
+                .find(|(k, _)| *k == name.as_bytes())
                 .map(|(_, v)| std::str::from_utf8(v))
         };
         let (Some(Ok(method)), Some(Ok(path))) = (pseudo(":method"), pseudo(":path")) else {
@@ -318,12 +317,12 @@ impl Edge {
         let request = Request {
             method,
             path,
-            headers: headers.as_slice(),
+            headers: &headers,
         };
         self.decide(view, &request, now, tokens, verify, may_refetch)
     }
 
-    fn invalid_request(&self, headers: &[(&str, &[u8])]) -> Outcome {
+    fn invalid_request<H: edgeauth_core::Headers + ?Sized>(&self, headers: &H) -> Outcome {
         let denial: Denial = DenyReason::InvalidRequest.into();
         let headers = denial.response_headers(&self.settings.policy, headers);
         Outcome::Deny(denial, headers)
@@ -375,6 +374,21 @@ impl Edge {
             Verdict::Deny(denial) => {
                 let headers = denial.response_headers(&settings.policy, request.headers);
                 Outcome::Deny(denial, headers)
+            }
+        }
+    }
+}
+
+/// Envoy's headers where they lie, for the core: names are compared as bytes, so nothing is
+/// copied per request. Built only once every name has been checked to be UTF-8, as the Wasm
+/// build requires of its own.
+struct EnvoyHeaders<'a>(&'a [(&'a [u8], &'a [u8])]);
+
+impl edgeauth_core::Headers for EnvoyHeaders<'_> {
+    fn values(&self, name: &str, each: &mut dyn FnMut(&[u8])) {
+        for (key, value) in self.0 {
+            if key.eq_ignore_ascii_case(name.as_bytes()) {
+                each(value);
             }
         }
     }
