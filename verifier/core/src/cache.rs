@@ -56,7 +56,10 @@ fn entry_bytes(text: &str, token: &VerifiedToken) -> usize {
         .map(|s| block(s.len()))
         .sum::<usize>();
     let lists = (claims.aud.len() + claims.scope.len() + claims.amr.len()) * 24;
-    ENTRY_OVERHEAD_BYTES + block(text.len()) + strings + lists
+    // The forwarded `sub` and joined scopes, each an `Arc<str>`: two counts before the text.
+    let forwarded = claims.sub.as_ref().map_or(0, |sub| block(16 + sub.len()))
+        + block(16 + claims.scope.iter().map(|s| s.len() + 1).sum::<usize>());
+    ENTRY_OVERHEAD_BYTES + block(text.len()) + strings + lists + forwarded
 }
 
 /// A map of verified tokens, bounded in entries and in (estimated) heap bytes. Eviction is

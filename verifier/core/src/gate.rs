@@ -129,14 +129,15 @@ impl RevocationCheck {
             return Verdict::Deny(DenyReason::RevocationUnavailable.into());
         }
         let mut header_changes = self.header_changes;
-        if let Some(sub) = &claims.sub {
+        let forwarded = &self.token.checked.forwarded;
+        if let Some(user_id) = &forwarded.user_id {
             header_changes
                 .set
-                .push((policy.user_id_header.clone(), sub.clone()));
+                .push((policy.user_id_header.clone(), user_id.clone()));
         }
         header_changes
             .set
-            .push((policy.scope_header.clone(), claims.scope.join(" ")));
+            .push((policy.scope_header.clone(), forwarded.scope.clone()));
         Verdict::Allow(Allowed {
             token: Some(self.token),
             header_changes,

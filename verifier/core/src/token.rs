@@ -222,6 +222,25 @@ pub struct SignatureChecked {
     pub claims: Claims,
     /// Thumbprint of the key that verified it.
     pub key_thumbprint: Thumbprint,
+    /// What an allowed request forwards from the claims (`sub`, and the scopes joined by
+    /// spaces), made once here so that a cache hit shares them instead of copying them.
+    pub(crate) forwarded: ForwardedIdentity,
+}
+
+/// The identity header values an allowed request carries upstream.
+#[derive(Debug, Clone)]
+pub(crate) struct ForwardedIdentity {
+    pub(crate) user_id: Option<Arc<str>>,
+    pub(crate) scope: Arc<str>,
+}
+
+impl ForwardedIdentity {
+    pub(crate) fn of(claims: &Claims) -> Self {
+        Self {
+            user_id: claims.sub.as_deref().map(Arc::from),
+            scope: claims.scope.join(" ").into(),
+        }
+    }
 }
 
 /// A token that passed signature and claim checks at some `now`. Built only in `verifier.rs`.

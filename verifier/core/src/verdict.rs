@@ -292,8 +292,9 @@ pub struct HeaderChanges {
     /// Lowercase names to remove (all values), each an identity header the request carries.
     /// Applied before `set`. The names are the policy's, shared rather than copied per request.
     pub remove: Vec<Arc<str>>,
-    /// Identity headers to set, replacing any value.
-    pub set: Vec<(Arc<str>, String)>,
+    /// Identity headers to set, replacing any value. Names and values are shared with the
+    /// policy and the verified token.
+    pub set: Vec<(Arc<str>, Arc<str>)>,
 }
 
 /// One edit of the forwarded request's headers ([`HeaderChanges::edits`]).

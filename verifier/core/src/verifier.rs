@@ -14,8 +14,8 @@ use crate::{
     config::{normalise_media_type, Policy, RequiredClaim},
     key_ring::{KeyMaterial, KeyRing, SelectError},
     token::{
-        check_compact_form, Claims, RawClaims, SignatureChecked, TokenHeader, UntrustedHeader,
-        VerifiedToken,
+        check_compact_form, Claims, ForwardedIdentity, RawClaims, SignatureChecked, TokenHeader,
+        UntrustedHeader, VerifiedToken,
     },
     verdict::{Denial, DenyReason},
 };
@@ -273,6 +273,7 @@ impl Prepared {
         );
         Ok(SignatureChecked {
             header: self.header,
+            forwarded: ForwardedIdentity::of(&claims),
             claims,
             key_thumbprint: self.key_thumbprint,
         })

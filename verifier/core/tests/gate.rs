@@ -105,7 +105,7 @@ fn valid_token_sets_identity_and_strips_spoofed_headers() {
         .header_changes
         .set
         .iter()
-        .map(|(name, value)| (&**name, value.as_str()))
+        .map(|(name, value)| (&**name, &**value))
         .collect();
     assert_eq!(
         set,
