@@ -57,8 +57,12 @@ fn entry_bytes(text: &str, token: &VerifiedToken) -> usize {
         .sum::<usize>();
     let lists = (claims.aud.len() + claims.scope.len() + claims.amr.len()) * 24;
     // The forwarded `sub` and joined scopes, each an `Arc<str>`: two counts before the text.
-    let forwarded = claims.sub.as_ref().map_or(0, |sub| block(16 + sub.len()))
-        + block(16 + claims.scope.iter().map(|s| s.len() + 1).sum::<usize>());
+    let forwarded = &token.checked.forwarded;
+    let forwarded = forwarded
+        .user_id
+        .as_ref()
+        .map_or(0, |user_id| block(16 + user_id.len()))
+        + block(16 + forwarded.scope.len());
     ENTRY_OVERHEAD_BYTES + block(text.len()) + strings + lists + forwarded
 }
 
