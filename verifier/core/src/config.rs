@@ -386,11 +386,23 @@ impl Policy {
 /// and `application/` may be omitted.
 pub(crate) fn normalise_media_type(value: &str) -> String {
     let lower = value.to_ascii_lowercase();
-    match lower.strip_prefix("application/") {
+    match lower.strip_prefix(APPLICATION) {
         Some(rest) => rest.to_owned(),
         None => lower,
     }
 }
+
+/// Whether `typ` names the media type `normalised` (as [`normalise_media_type`] gives it),
+/// compared the same way without making a string: it runs on every request, cache hits too.
+pub(crate) fn media_type_is(typ: &str, normalised: &str) -> bool {
+    let essence = match typ.get(..APPLICATION.len()) {
+        Some(prefix) if prefix.eq_ignore_ascii_case(APPLICATION) => &typ[APPLICATION.len()..],
+        _ => typ,
+    };
+    essence.eq_ignore_ascii_case(normalised)
+}
+
+const APPLICATION: &str = "application/";
 
 /// Header names travel in lowercase in both hosts (Envoy lowercases them; HTTP/2 requires it).
 fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
@@ -857,5 +869,31 @@ mod tests {
     fn typ_values_are_normalised_media_types() {
         assert_eq!(normalise_media_type("application/AT+JWT"), "at+jwt");
         assert_eq!(normalise_media_type("JWT"), "jwt");
+    }
+
+    #[test]
+    fn a_typ_matches_a_normalised_media_type_as_normalising_it_would() {
+        for typ in [
+            "at+jwt",
+            "AT+JWT",
+            "application/at+jwt",
+            "Application/At+Jwt",
+            "application/",
+            "applicationat+jwt",
+            "application/application/at+jwt",
+            "jwt",
+            "at+jw",
+            "at+jwt ",
+            "applicatioñ/at+jwt",
+            "",
+        ] {
+            for normalised in ["at+jwt", "jwt", "application/at+jwt", "applicationat+jwt"] {
+                assert_eq!(
+                    media_type_is(typ, normalised),
+                    normalise_media_type(typ) == normalised,
+                    "{typ} against {normalised}"
+                );
+            }
+        }
     }
 }

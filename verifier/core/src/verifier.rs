@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::{
     alg::{Algorithm, StrictEd25519},
-    config::{normalise_media_type, Policy, RequiredClaim},
+    config::{media_type_is, Policy, RequiredClaim},
     key_ring::{KeyMaterial, KeyRing, SelectError},
     token::{
         check_compact_form, Claims, ForwardedIdentity, RawClaims, SignatureChecked, TokenHeader,
@@ -89,10 +89,10 @@ fn check_header_policy(
     let allowed = match (typ, expected) {
         (None, Expected::AccessToken) => policy.allow_missing_type,
         (Some(typ), Expected::AccessToken) => {
-            policy.token_types.contains(&normalise_media_type(typ))
+            policy.token_types.iter().any(|t| media_type_is(typ, t))
         }
         (None, Expected::Type(_)) => false,
-        (Some(typ), Expected::Type(wanted)) => normalise_media_type(typ) == wanted,
+        (Some(typ), Expected::Type(wanted)) => media_type_is(typ, wanted),
     };
     if allowed {
         Ok(())
@@ -281,7 +281,8 @@ impl Prepared {
 }
 
 /// Re-checks a token verified earlier against the policy and ring in force now: the header
-/// policy, then every claim rule; only the signature is not recomputed. `None` when the token's
+/// policy, then every claim rule that the policy or the clock decides; the signature and what the
+/// token's text alone decides are not recomputed. `None` when the token's
 /// `kid` no longer selects the very key that verified it (a retired key, a re-pointed `kid`, a
 /// narrowed JWK `alg`): the caller must verify afresh, so a cache never changes an answer.
 pub(crate) fn revalidate(
@@ -304,7 +305,7 @@ pub(crate) fn revalidate(
             policy,
             Expected::AccessToken,
         )
-        .and_then(|()| validate_shared(Arc::clone(checked), now, policy)),
+        .and_then(|()| revalidate_claims(checked, now, policy)),
     )
 }
 
@@ -368,6 +369,35 @@ fn validate_shared(
     policy: &Policy,
 ) -> Result<VerifiedToken, Denial> {
     let claims = &checked.claims;
+    check_required(claims, policy)?;
+    check_identifiers(claims)?;
+    check_time_and_audience(claims, now, policy)?;
+    Ok(VerifiedToken {
+        checked,
+        _proof: ClaimsValid(()),
+    })
+}
+
+/// [`validate_shared`] for a token verified earlier, cached under its exact text: the checks of
+/// the text alone ([`check_identifiers`]) passed then and cannot change, so only the policy's and
+/// the clock's run again. The order of the rest is the full check's, so a hit refuses for the
+/// same reason as a miss.
+fn revalidate_claims(
+    checked: &Arc<SignatureChecked>,
+    now: i64,
+    policy: &Policy,
+) -> Result<VerifiedToken, Denial> {
+    let claims = &checked.claims;
+    check_required(claims, policy)?;
+    check_time_and_audience(claims, now, policy)?;
+    Ok(VerifiedToken {
+        checked: Arc::clone(checked),
+        _proof: ClaimsValid(()),
+    })
+}
+
+/// The claims the policy requires.
+fn check_required(claims: &Claims, policy: &Policy) -> Result<(), Denial> {
     for required in &policy.required_claims {
         let present = match required {
             RequiredClaim::Sub => claims.sub.is_some(),
@@ -382,6 +412,12 @@ fn validate_shared(
             return Err(Denial::claim(DenyReason::MissingClaim, required.name()));
         }
     }
+    Ok(())
+}
+
+/// What the token's text alone decides, whatever the policy and the time: identifiers safe to
+/// forward and to key the deny-list, scopes that are scope tokens.
+fn check_identifiers(claims: &Claims) -> Result<(), Denial> {
     if let Some(sub) = &claims.sub {
         if !is_header_safe(sub) {
             return Err(Denial::claim(DenyReason::InvalidClaim, "sub"));
@@ -400,6 +436,11 @@ fn validate_shared(
     if !claims.scope.iter().all(|s| is_scope_token(s)) {
         return Err(Denial::claim(DenyReason::InvalidClaim, "scope"));
     }
+    Ok(())
+}
+
+/// The clock, the issuer and the audience.
+fn check_time_and_audience(claims: &Claims, now: i64, policy: &Policy) -> Result<(), Denial> {
     check_time(claims, now, policy)?;
     // RFC 7519 §4.1.1 / RFC 8725 §3.8: exact issuer match.
     match &claims.iss {
@@ -414,10 +455,7 @@ fn validate_shared(
     if !claims.aud.iter().any(|a| policy.audiences.contains(a)) {
         return Err(DenyReason::AudienceNotAllowed.into());
     }
-    Ok(VerifiedToken {
-        checked,
-        _proof: ClaimsValid(()),
-    })
+    Ok(())
 }
 
 /// Signature and claims in one call.

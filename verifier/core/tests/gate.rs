@@ -665,11 +665,19 @@ fn same_verdict_with_and_without_cache() {
     let mut uncached = Edge::new(r#","cache":{"max_entries":0}"#);
     let mut c = good_claims();
     c["exp"] = json!(NOW + 10);
+    // A hit does not re-read what the token's text alone decides (a `sub` safe to forward, scope
+    // tokens): tokens that fail it must never have been cached.
+    let mut unsafe_sub = good_claims();
+    unsafe_sub["sub"] = json!("user-1\r\nx-user-scope: admin");
+    let mut bad_scope = good_claims();
+    bad_scope["scope"] = json!("read \"admin");
     let tokens = [
         good_token(&Signer::ed25519(1), "current"),
         token(&Signer::ed25519(1), "current", &c),
         good_token(&Signer::ed25519(3), "current"),
         "garbage".to_string(),
+        token(&Signer::ed25519(1), "current", &unsafe_sub),
+        token(&Signer::ed25519(1), "current", &bad_scope),
     ];
     for now in [NOW, NOW + 20, NOW + 45] {
         for t in &tokens {
@@ -683,8 +691,15 @@ fn same_verdict_with_and_without_cache() {
                 "now={now}"
             );
         }
+        for t in &tokens[4..] {
+            let auth = bearer(t);
+            let h = [("authorization", auth.as_str())];
+            let verdict = cached.run("GET", "/", &h, now, RevocationAnswer::CLEAR);
+            assert_eq!(denied(&verdict), DenyReason::InvalidClaim, "now={now}");
+        }
     }
     assert!(cached.cache.stats().hits > 0);
+    assert!(cached.cache.len() <= 2, "only the tokens that passed were cached");
 }
 
 #[test]
