@@ -27,40 +27,57 @@ impl<K: AsRef<str>, V: AsRef<[u8]>> Headers for [(K, V)] {
             }
         }
     }
+
+    // Asked once per identity header on every request: a plain search, not a callback per value.
+    fn carries(&self, name: &str) -> bool {
+        self.iter()
+            .any(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
+    }
 }
 
 impl<K: AsRef<str>, V: AsRef<[u8]>> Headers for alloc::vec::Vec<(K, V)> {
     fn values(&self, name: &str, each: &mut dyn FnMut(&[u8])) {
         self.as_slice().values(name, each);
     }
+
+    fn carries(&self, name: &str) -> bool {
+        self.as_slice().carries(name)
+    }
 }
 
-/// The one value of a header, or `Ok(None)`. Two values, or bytes that are not visible ASCII,
-/// make the request ambiguous or hostile: refused rather than guessed at.
-fn single_text_value<H: Headers + ?Sized>(
+/// What `read` makes of the one value of header `name`, or `Ok(None)` without one. Two values
+/// make the request ambiguous: refused rather than guessed at. `read` sees the value where the
+/// host holds it, so only what it keeps is copied.
+fn read_single<H: Headers + ?Sized, T>(
     headers: &H,
     name: &str,
-) -> Result<Option<String>, DenyReason> {
-    let mut found: Option<Result<String, DenyReason>> = None;
+    read: impl Fn(&[u8]) -> Result<Option<T>, DenyReason>,
+) -> Result<Option<T>, DenyReason> {
+    let mut found = None;
     let mut count = 0usize;
     headers.values(name, &mut |v| {
         count += 1;
-        if found.is_none() {
-            found = Some(text(v));
+        if count == 1 {
+            found = Some(read(v));
         }
     });
     if count > 1 {
         return Err(DenyReason::InvalidRequest);
     }
-    found.transpose()
+    found.transpose().map(Option::flatten)
+}
+
+/// Whether a credential header's value is visible ASCII and tabs only; anything else is hostile.
+fn is_text(value: &[u8]) -> bool {
+    // Folded without an early exit so that the compiler checks many bytes at a time: a token
+    // is hundreds of them, and a refusal need not be fast.
+    value.iter().fold(true, |ok, &b| {
+        ok & ((0x20..0x7f).contains(&b) | (b == b'\t'))
+    })
 }
 
 fn text(value: &[u8]) -> Result<String, DenyReason> {
-    // Folded without an early exit so that the compiler checks many bytes at a time: a token
-    // is hundreds of them, and a refusal need not be fast.
-    if value.iter().fold(true, |ok, &b| {
-        ok & ((0x20..0x7f).contains(&b) | (b == b'\t'))
-    }) {
+    if is_text(value) {
         // Checked ASCII above, so this conversion cannot fail.
         core::str::from_utf8(value)
             .map(ToString::to_string)
@@ -73,38 +90,42 @@ fn text(value: &[u8]) -> Result<String, DenyReason> {
 /// Reads `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235 §2.1).
 /// Another scheme (Basic, say) is not a bearer token: the next source is tried.
 fn from_authorization<H: Headers + ?Sized>(headers: &H) -> Result<Option<String>, DenyReason> {
-    let Some(mut value) = single_text_value(headers, "authorization")? else {
-        return Ok(None);
-    };
-    // Scanned as bytes: `text` let through only visible ASCII and tabs, and a token is hundreds
-    // of them, on every request.
+    read_single(headers, "authorization", bearer_token)
+}
+
+/// The token of one `Authorization` value, copied out of it; `None` for another scheme.
+fn bearer_token(value: &[u8]) -> Result<Option<String>, DenyReason> {
+    if !is_text(value) {
+        return Err(DenyReason::InvalidRequest);
+    }
+    // Scanned as bytes: a token is hundreds of them, on every request.
     let blank = |b: &u8| *b == b' ' || *b == b'\t';
-    let bytes = value.as_bytes();
-    let start = bytes.iter().position(|b| !blank(b)).unwrap_or(bytes.len());
-    let end = bytes
+    let start = value.iter().position(|b| !blank(b)).unwrap_or(value.len());
+    let end = value
         .iter()
         .rposition(|b| !blank(b))
         .map_or(start, |i| i + 1);
-    let scheme_end = bytes[start..end]
+    let scheme_end = value[start..end]
         .iter()
         .position(blank)
         .map_or(end, |i| start + i);
-    if !value[start..scheme_end].eq_ignore_ascii_case("bearer") {
+    if !value[start..scheme_end].eq_ignore_ascii_case(b"bearer") {
         return Ok(None);
     }
-    let token_start = bytes[scheme_end..end]
+    let token_start = value[scheme_end..end]
         .iter()
         .position(|b| !blank(b))
         .map_or(end, |i| scheme_end + i);
-    let token = &bytes[token_start..end];
-    // `contains` on bytes is a word-at-a-time `memchr`; a fold over the bytes was not vectorised.
-    if token.is_empty() || token.contains(&b' ') || token.contains(&b'\t') {
+    let token = &value[token_start..end];
+    // `is_text` left only visible ASCII, spaces and tabs, so a blank is any byte up to a space:
+    // one comparison per byte, folded as there so that it is checked many bytes at a time.
+    if token.is_empty() || !token.iter().fold(true, |ok, &b| ok & (b > b' ')) {
         return Err(DenyReason::InvalidRequest);
     }
-    // The value's own buffer becomes the token: no second copy.
-    value.truncate(end);
-    value.drain(..token_start);
-    Ok(Some(value))
+    // Visible ASCII (checked above), so this conversion cannot fail.
+    core::str::from_utf8(token)
+        .map(|token| Some(token.to_string()))
+        .map_err(|_| DenyReason::InvalidRequest)
 }
 
 /// The named cookie, from every `Cookie` value. Pairs are split at `;` and also at `,`: a
