@@ -278,7 +278,11 @@ pub fn authorize_deferred<H: Headers + ?Sized>(
     if !is_rule_method(request.method) {
         return decided(deny(DenyReason::InvalidRequest));
     }
-    let raw_path = request.path.split('?').next().unwrap_or_default();
+    // A byte search: `str::split` sets up a general pattern searcher on every request.
+    let raw_path = match request.path.bytes().position(|b| b == b'?') {
+        Some(query) => &request.path[..query],
+        None => request.path,
+    };
     let Some(path_only) = normalise_path(raw_path) else {
         return decided(deny(DenyReason::InvalidRequest));
     };
