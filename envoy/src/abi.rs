@@ -312,7 +312,7 @@ pub(crate) fn http_call(
     timeout_ms: u32,
 ) -> Result<u32, Status> {
     let headers = wire::encode_pairs(headers);
-    let trailers = wire::encode_pairs(&[]);
+    let trailers = wire::encode_pairs::<&str>(&[]);
     let mut token = 0u32;
     Status::check(unsafe {
         proxy_http_call(

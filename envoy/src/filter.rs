@@ -16,7 +16,7 @@ use crate::{
     metrics::Metrics,
     settings::Settings,
     shared::{self, Lease, SharedData, LEASE_SECONDS},
-    wire,
+    wire::{self, RequestHeaders},
 };
 use edgeauth_core::{
     authorize_deferred, Algorithm, Allowed, Deferred, Denial, DenyReason, HeaderEdit, KeyCache,
@@ -292,24 +292,15 @@ impl Exchange {
         let Ok(map) = abi::header_map(MapType::HttpRequestHeaders) else {
             return Outcome::Internal("request headers unreadable");
         };
-        let headers = match wire::decode_pairs(&map) {
-            Ok(headers) => headers,
-            Err(wire::MapError::NameNotText) => {
-                // Headers that cannot be read name no origin: a refusal without CORS.
-                return self.refuse(DenyReason::InvalidRequest.into(), &[]);
-            }
-            Err(wire::MapError::Malformed) => {
-                return Outcome::Internal("request headers unreadable")
-            }
+        let Ok(pairs) = wire::decode_pairs(&map) else {
+            return Outcome::Internal("request headers unreadable");
         };
-        let pseudo = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| std::str::from_utf8(v))
-        };
-        let (Some(Ok(method)), Some(Ok(path))) = (pseudo(":method"), pseudo(":path")) else {
-            // A path that is not text cannot be matched against the route rules.
+        let headers = RequestHeaders(&pairs);
+        if !headers.names_are_text() {
+            // Headers that cannot be read name no origin: a refusal without CORS.
+            return self.refuse(DenyReason::InvalidRequest.into(), &RequestHeaders(&[]));
+        }
+        let Some((method, path)) = headers.method_and_path() else {
             return self.refuse(DenyReason::InvalidRequest.into(), &headers);
         };
         let request = Request {
@@ -372,7 +363,7 @@ impl Exchange {
     }
 
     /// A refusal of a request with these headers, before the VM is borrowed.
-    fn refuse(&self, denial: Denial, headers: &[(&str, &[u8])]) -> Outcome {
+    fn refuse(&self, denial: Denial, headers: &RequestHeaders) -> Outcome {
         refuse(&self.vm.borrow(), denial, headers)
     }
 
@@ -414,7 +405,7 @@ impl Exchange {
 
 /// A refusal of a request with `headers`: the core's reply headers, CORS for a page on the
 /// policy's `cors` origins included.
-fn refuse(vm: &Vm, denial: Denial, headers: &[(&str, &[u8])]) -> Outcome {
+fn refuse(vm: &Vm, denial: Denial, headers: &RequestHeaders) -> Outcome {
     Outcome::Deny(
         denial.response_headers(&vm.settings.policy, headers),
         denial,

@@ -9,22 +9,18 @@
 
 use thiserror::Error;
 
-/// A header map Envoy handed over that cannot be read.
+/// A header map Envoy handed over that cannot be read: a length points past the end of the
+/// buffer, or a NUL terminator is missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum MapError {
-    /// A length points past the end of the buffer, or a NUL terminator is missing.
-    #[error("the serialised header map is malformed")]
-    Malformed,
-    /// A header name is not UTF-8. Envoy's codecs refuse such names, so this is the host's
-    /// doing or a codec this filter does not know; the request is refused, not guessed at.
-    #[error("a header name is not UTF-8")]
-    NameNotText,
-}
+#[error("the serialised header map is malformed")]
+pub struct Malformed;
+
+/// One header as Envoy hands it over: name and value, bytes nobody has checked.
+pub type Pair<'a> = (&'a [u8], &'a [u8]);
 
 /// Decodes a serialised header map into pairs that borrow from it: one allocation per request,
-/// not two per header. Values stay bytes: HTTP allows obs-text in values, and the core decides
-/// what a non-text value means for the header that carries it.
-pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<(&str, &[u8])>, MapError> {
+/// not two per header. Names and values stay bytes ([`RequestHeaders`] reads them).
+pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<Pair<'_>>, Malformed> {
     if bytes.is_empty() {
         // Envoy sends nothing at all for an empty map.
         return Ok(Vec::new());
@@ -34,7 +30,7 @@ pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<(&str, &[u8])>, MapError> {
     // Each pair takes at least 8 length bytes and 2 NULs: a count that cannot fit is refused
     // before anything is allocated for it.
     if count > bytes.len() / 10 {
-        return Err(MapError::Malformed);
+        return Err(Malformed);
     }
     let mut data = Reader {
         bytes,
@@ -46,7 +42,6 @@ pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<(&str, &[u8])>, MapError> {
         let value_len = lengths.u32()?;
         let name = data.terminated(name_len)?;
         let value = data.terminated(value_len)?;
-        let name = std::str::from_utf8(name).map_err(|_| MapError::NameNotText)?;
         pairs.push((name, value));
     }
     Ok(pairs)
@@ -54,25 +49,70 @@ pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<(&str, &[u8])>, MapError> {
 
 /// Encodes pairs for the host. Lengths above `u32::MAX` cannot occur: every caller's headers
 /// are a few hundred bytes.
-pub fn encode_pairs(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+pub fn encode_pairs<N: AsRef<[u8]>>(pairs: &[(N, &[u8])]) -> Vec<u8> {
     let size = 4 + pairs
         .iter()
-        .map(|(name, value)| 10 + name.len() + value.len())
+        .map(|(name, value)| 10 + name.as_ref().len() + value.len())
         .sum::<usize>();
     let mut out = Vec::with_capacity(size);
     let length = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
     out.extend_from_slice(&length(pairs.len()));
     for (name, value) in pairs {
-        out.extend_from_slice(&length(name.len()));
+        out.extend_from_slice(&length(name.as_ref().len()));
         out.extend_from_slice(&length(value.len()));
     }
     for (name, value) in pairs {
-        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(name.as_ref());
         out.push(0);
         out.extend_from_slice(value);
         out.push(0);
     }
     out
+}
+
+/// A request's headers where Envoy left them, in either build (the Wasm filter's decoded map,
+/// the native module's array). The core reads them through [`edgeauth_core::Headers`], comparing
+/// names as bytes, so nothing is copied per request. Values stay bytes: HTTP allows obs-text in
+/// values, and the core decides what a non-text value means for the header that carries it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHeaders<'a>(pub &'a [Pair<'a>]);
+
+impl<'a> RequestHeaders<'a> {
+    /// Whether every name is UTF-8. Envoy's codecs refuse other names, so one is the host's
+    /// doing or a codec this filter does not know: the request is refused, not guessed at.
+    pub fn names_are_text(&self) -> bool {
+        // Names are ASCII in practice; the check that makes no `str` is the cheaper one.
+        self.0
+            .iter()
+            .all(|(name, _)| name.is_ascii() || std::str::from_utf8(name).is_ok())
+    }
+
+    /// The request's `:method` and `:path`, or `None` if either is missing or not text: a path
+    /// that is not text cannot be matched against the route rules.
+    pub fn method_and_path(&self) -> Option<(&'a str, &'a str)> {
+        let text = |name: &[u8]| {
+            let (_, value) = self.0.iter().find(|(k, _)| *k == name)?;
+            std::str::from_utf8(value).ok()
+        };
+        Some((text(b":method")?, text(b":path")?))
+    }
+}
+
+impl edgeauth_core::Headers for RequestHeaders<'_> {
+    fn values(&self, name: &str, each: &mut dyn FnMut(&[u8])) {
+        for (key, value) in self.0 {
+            if key.eq_ignore_ascii_case(name.as_bytes()) {
+                each(value);
+            }
+        }
+    }
+
+    // Asked once per identity header on every request: a plain search, not a callback per value.
+    fn carries(&self, name: &str) -> bool {
+        self.0
+            .iter()
+            .any(|(key, _)| key.eq_ignore_ascii_case(name.as_bytes()))
+    }
 }
 
 struct Reader<'a> {
@@ -81,21 +121,21 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn u32(&mut self) -> Result<usize, MapError> {
-        let end = self.at.checked_add(4).ok_or(MapError::Malformed)?;
-        let field = self.bytes.get(self.at..end).ok_or(MapError::Malformed)?;
+    fn u32(&mut self) -> Result<usize, Malformed> {
+        let end = self.at.checked_add(4).ok_or(Malformed)?;
+        let field = self.bytes.get(self.at..end).ok_or(Malformed)?;
         self.at = end;
         let mut le = [0u8; 4];
         le.copy_from_slice(field);
-        usize::try_from(u32::from_le_bytes(le)).map_err(|_| MapError::Malformed)
+        usize::try_from(u32::from_le_bytes(le)).map_err(|_| Malformed)
     }
 
     /// `len` bytes and the NUL after them.
-    fn terminated(&mut self, len: usize) -> Result<&'a [u8], MapError> {
-        let end = self.at.checked_add(len).ok_or(MapError::Malformed)?;
-        let field = self.bytes.get(self.at..end).ok_or(MapError::Malformed)?;
+    fn terminated(&mut self, len: usize) -> Result<&'a [u8], Malformed> {
+        let end = self.at.checked_add(len).ok_or(Malformed)?;
+        let field = self.bytes.get(self.at..end).ok_or(Malformed)?;
         if self.bytes.get(end) != Some(&0) {
-            return Err(MapError::Malformed);
+            return Err(Malformed);
         }
         self.at = end + 1;
         Ok(field)
@@ -122,14 +162,14 @@ mod tests {
         assert_eq!(
             pairs,
             vec![
-                (":method", &b"GET"[..]),
-                (":path", b"/orders"),
-                ("x-obs", &[0x80, 0xff]),
-                ("empty", b""),
+                (&b":method"[..], &b"GET"[..]),
+                (b":path", b"/orders"),
+                (b"x-obs", &[0x80, 0xff]),
+                (b"empty", b""),
             ]
         );
         assert_eq!(decode_pairs(&[]), Ok(Vec::new()));
-        assert_eq!(decode_pairs(&encode_pairs(&[])), Ok(Vec::new()));
+        assert_eq!(decode_pairs(&encode_pairs::<&str>(&[])), Ok(Vec::new()));
     }
 
     #[test]
@@ -137,7 +177,7 @@ mod tests {
         // The SDK's decoder slices these unchecked: each one would trap the VM.
         let map = sample();
         for len in 1..map.len() {
-            assert_eq!(decode_pairs(&map[..len]), Err(MapError::Malformed), "{len}");
+            assert_eq!(decode_pairs(&map[..len]), Err(Malformed), "{len}");
         }
     }
 
@@ -145,24 +185,66 @@ mod tests {
     fn lengths_that_point_past_the_buffer_are_refused() {
         let mut huge_count = sample();
         huge_count[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(decode_pairs(&huge_count), Err(MapError::Malformed));
+        assert_eq!(decode_pairs(&huge_count), Err(Malformed));
 
         let mut huge_name = sample();
         huge_name[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(decode_pairs(&huge_name), Err(MapError::Malformed));
+        assert_eq!(decode_pairs(&huge_name), Err(Malformed));
 
         // A length one short leaves a name without its NUL where the terminator should be.
         let mut short = sample();
         short[4..8].copy_from_slice(&6u32.to_le_bytes());
-        assert_eq!(decode_pairs(&short), Err(MapError::Malformed));
+        assert_eq!(decode_pairs(&short), Err(Malformed));
     }
 
     #[test]
-    fn a_name_that_is_not_text_is_its_own_error() {
-        let map = encode_pairs(&[("x", b"1")]);
-        let mut bytes = map.clone();
-        let name_at = 4 + 8;
-        bytes[name_at] = 0xff;
-        assert_eq!(decode_pairs(&bytes), Err(MapError::NameNotText));
+    fn a_name_that_is_not_text_is_told_apart() {
+        let mut map = encode_pairs(&[(":method", b"GET"), (":path", b"/"), ("x", b"1")]);
+        let pairs = decode_pairs(&map).expect("decodes");
+        assert!(RequestHeaders(&pairs).names_are_text());
+        let last_name_at = map.len() - 4;
+        assert_eq!(map[last_name_at], b'x');
+        map[last_name_at] = 0xff;
+        let pairs = decode_pairs(&map).expect("still a well-formed map");
+        assert!(!RequestHeaders(&pairs).names_are_text());
+        // Text beyond ASCII is text.
+        let accented = encode_pairs(&[("caf\u{e9}", b"1")]);
+        assert!(RequestHeaders(&decode_pairs(&accented).expect("decodes")).names_are_text());
+    }
+
+    #[test]
+    fn method_and_path_are_read_as_text_or_not_at_all() {
+        let read = |pairs: &[(&str, &[u8])]| {
+            let map = encode_pairs(pairs);
+            let pairs = decode_pairs(&map).expect("decodes");
+            RequestHeaders(&pairs)
+                .method_and_path()
+                .map(|(m, p)| (m.to_string(), p.to_string()))
+        };
+        assert_eq!(
+            read(&[(":path", b"/a?b=1"), (":method", b"GET")]),
+            Some(("GET".into(), "/a?b=1".into()))
+        );
+        assert_eq!(read(&[(":method", b"GET")]), None);
+        assert_eq!(read(&[(":path", b"/")]), None);
+        assert_eq!(read(&[(":method", b"GET"), (":path", &[b'/', 0xff])]), None);
+        // A name is matched exactly: pseudo-headers are lowercase on every codec.
+        assert_eq!(read(&[(":METHOD", b"GET"), (":path", b"/")]), None);
+    }
+
+    #[test]
+    fn the_core_reads_names_without_regard_to_case() {
+        use edgeauth_core::Headers as _;
+        let map = encode_pairs(&[
+            ("Authorization", b"a"),
+            ("x", b"b"),
+            ("authorization", b"c"),
+        ]);
+        let pairs = decode_pairs(&map).expect("decodes");
+        let mut seen = Vec::new();
+        RequestHeaders(&pairs).values("authorization", &mut |v| seen.push(v.to_vec()));
+        assert_eq!(seen, vec![b"a".to_vec(), b"c".to_vec()]);
+        assert!(RequestHeaders(&pairs).carries("AUTHORIZATION"));
+        assert!(!RequestHeaders(&pairs).carries("authorizatio"));
     }
 }

@@ -17,7 +17,7 @@ use edgeauth_envoy::{
     host_crypto::{ecdsa_signature_der, verify_result},
     settings::Settings,
     shared::{decode_version, KeysRecord, Lease},
-    wire::{decode_pairs, encode_pairs},
+    wire::{decode_pairs, encode_pairs, RequestHeaders},
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -40,6 +40,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(Segment::decode(&segment.encode()), Some(segment));
     }
     if let Ok(pairs) = decode_pairs(data) {
+        let headers = RequestHeaders(&pairs);
+        let _ = (headers.names_are_text(), headers.method_and_path());
         assert_eq!(decode_pairs(&encode_pairs(&pairs)), Ok(pairs));
     }
     match ecdsa_signature_der(data) {

@@ -26,6 +26,7 @@ use crate::{
     feed::MAX_FEED_BYTES,
     keys::MAX_JWKS_BYTES,
     settings::Settings,
+    wire::{Pair, RequestHeaders},
 };
 
 /// What requests read: replaced whole, never changed in place.
@@ -291,27 +292,18 @@ impl Edge {
     pub fn decide_headers(
         &self,
         view: &View,
-        raw: &[(&[u8], &[u8])],
+        raw: &[Pair],
         now: i64,
         tokens: &mut TokenCache,
         verify: impl FnOnce(&SignatureCheck, &KeyRing) -> bool,
         may_refetch: bool,
     ) -> Outcome {
-        if raw
-            .iter()
-            .any(|(name, _)| std::str::from_utf8(name).is_err())
-        {
+        let headers = RequestHeaders(raw);
+        if !headers.names_are_text() {
             // A header that cannot be read names no origin: a refusal without CORS.
-            return self.invalid_request(&EnvoyHeaders(&[]));
+            return self.invalid_request(&RequestHeaders(&[]));
         }
-        let headers = EnvoyHeaders(raw);
-        let pseudo = |name: &str| {
-            raw.iter()
-                .find(|(k, _)| *k == name.as_bytes())
-                .map(|(_, v)| std::str::from_utf8(v))
-        };
-        let (Some(Ok(method)), Some(Ok(path))) = (pseudo(":method"), pseudo(":path")) else {
-            // A path that is not text cannot be matched against the route rules.
+        let Some((method, path)) = headers.method_and_path() else {
             return self.invalid_request(&headers);
         };
         let request = Request {
@@ -374,21 +366,6 @@ impl Edge {
             Verdict::Deny(denial) => {
                 let headers = denial.response_headers(&settings.policy, request.headers);
                 Outcome::Deny(denial, headers)
-            }
-        }
-    }
-}
-
-/// Envoy's headers where they lie, for the core: names are compared as bytes, so nothing is
-/// copied per request. Built only once every name has been checked to be UTF-8, as the Wasm
-/// build requires of its own.
-struct EnvoyHeaders<'a>(&'a [(&'a [u8], &'a [u8])]);
-
-impl edgeauth_core::Headers for EnvoyHeaders<'_> {
-    fn values(&self, name: &str, each: &mut dyn FnMut(&[u8])) {
-        for (key, value) in self.0 {
-            if key.eq_ignore_ascii_case(name.as_bytes()) {
-                each(value);
             }
         }
     }
