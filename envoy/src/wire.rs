@@ -113,6 +113,13 @@ impl edgeauth_core::Headers for RequestHeaders<'_> {
             .iter()
             .any(|(key, _)| key.eq_ignore_ascii_case(name.as_bytes()))
     }
+
+    fn each_name(&self, each: &mut dyn FnMut(&[u8])) -> bool {
+        for (key, _) in self.0 {
+            each(key);
+        }
+        true
+    }
 }
 
 struct Reader<'a> {
@@ -246,5 +253,8 @@ mod tests {
         assert_eq!(seen, vec![b"a".to_vec(), b"c".to_vec()]);
         assert!(RequestHeaders(&pairs).carries("AUTHORIZATION"));
         assert!(!RequestHeaders(&pairs).carries("authorizatio"));
+        let mut names = Vec::new();
+        assert!(RequestHeaders(&pairs).each_name(&mut |n| names.push(n.to_vec())));
+        assert_eq!(names, [&b"Authorization"[..], b"x", b"authorization"]);
     }
 }

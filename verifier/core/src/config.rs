@@ -326,6 +326,9 @@ pub struct Policy {
     /// Lowercase names removed from every request: identity headers first, then the rest, then
     /// every `-`/`_` alias of each, then `authorization` if `headers.strip_authorization`.
     pub(crate) strip_headers: Vec<Arc<str>>,
+    /// The lengths of `strip_headers`, a bit each ([`length_bit`]): most of a request's header
+    /// names are told apart from all of them by their length alone.
+    pub(crate) strip_lengths: u64,
     pub(crate) on_revocation_unavailable: OnUnavailable,
     pub(crate) cache_entries: usize,
     pub(crate) cache_bytes: usize,
@@ -390,6 +393,11 @@ pub(crate) fn normalise_media_type(value: &str) -> String {
         Some(rest) => rest.to_owned(),
         None => lower,
     }
+}
+
+/// A header name's length as one bit of a `u64`; every length from 63 on shares the last.
+pub(crate) fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// Whether `typ` names the media type `normalised` (as [`normalise_media_type`] gives it),
@@ -652,6 +660,9 @@ impl TryFrom<RawPolicy> for Policy {
             cors_allowed_origins,
             user_id_header: user_id_header.into(),
             scope_header: scope_header.into(),
+            strip_lengths: strip_headers
+                .iter()
+                .fold(0, |lengths, name| lengths | length_bit(name.len())),
             strip_headers: strip_headers.into_iter().map(Arc::from).collect(),
             on_revocation_unavailable: raw.revocation.on_unavailable,
             cache_entries: raw.cache.max_entries,

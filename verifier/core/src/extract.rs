@@ -17,6 +17,15 @@ pub trait Headers {
         self.values(name, &mut |_| found = true);
         found
     }
+
+    /// Calls `each` with the name of every header line the request carries and returns true,
+    /// where the host holds them all at hand; returns false without calling it where it does not
+    /// (the default: the Worker's runtime is asked one name at a time, so there the identity
+    /// headers are looked up with [`Headers::carries`]).
+    fn each_name(&self, each: &mut dyn FnMut(&[u8])) -> bool {
+        let _ = each;
+        false
+    }
 }
 
 impl<K: AsRef<str>, V: AsRef<[u8]>> Headers for [(K, V)] {
@@ -33,6 +42,13 @@ impl<K: AsRef<str>, V: AsRef<[u8]>> Headers for [(K, V)] {
         self.iter()
             .any(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
     }
+
+    fn each_name(&self, each: &mut dyn FnMut(&[u8])) -> bool {
+        for (k, _) in self {
+            each(k.as_ref().as_bytes());
+        }
+        true
+    }
 }
 
 impl<K: AsRef<str>, V: AsRef<[u8]>> Headers for alloc::vec::Vec<(K, V)> {
@@ -42,6 +58,10 @@ impl<K: AsRef<str>, V: AsRef<[u8]>> Headers for alloc::vec::Vec<(K, V)> {
 
     fn carries(&self, name: &str) -> bool {
         self.as_slice().carries(name)
+    }
+
+    fn each_name(&self, each: &mut dyn FnMut(&[u8])) -> bool {
+        self.as_slice().each_name(each)
     }
 }
 

@@ -10,7 +10,7 @@ use alloc::{string::String, vec::Vec};
 use crate::{
     alg::Algorithm,
     cache::TokenCache,
-    config::{OnUnavailable, Policy},
+    config::{length_bit, OnUnavailable, Policy},
     extract::{extract_token, is_cors_preflight, Headers},
     key_ring::{KeyRing, PublicKey, Thumbprint},
     rules::{is_rule_method, match_route, normalise_path, RoutePath, RouteRule, MFA_AMR_VALUES},
@@ -146,15 +146,38 @@ impl RevocationCheck {
 }
 
 /// Headers removed from every forwarded request: client-supplied identity is never trusted.
-/// Only the names `headers` carries are listed: the policy names every `-`/`_` spelling of each
-/// identity header, and each removal is a call into the host.
+/// Only the names `headers` carries are listed, in the policy's order: the policy names every
+/// `-`/`_` spelling of each identity header, and each removal is a call into the host.
 fn removals<H: Headers + ?Sized>(policy: &Policy, headers: &H) -> HeaderChanges {
-    let remove = policy
-        .strip_headers
-        .iter()
-        .filter(|name| headers.carries(name))
-        .cloned()
-        .collect();
+    let names = &policy.strip_headers;
+    // One pass over the request's names where the host can list them, most skipped on their
+    // length; else (or beyond 64 spellings, one bit each) one lookup per spelling.
+    let mut carried = 0u64;
+    let listed = names.len() <= 64
+        && headers.each_name(&mut |name| {
+            if policy.strip_lengths & length_bit(name.len()) == 0 {
+                return;
+            }
+            for (i, strip) in names.iter().enumerate() {
+                if strip.as_bytes().eq_ignore_ascii_case(name) {
+                    carried |= 1 << i;
+                }
+            }
+        });
+    let remove = if listed {
+        names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| carried & (1 << i) != 0)
+            .map(|(_, name)| name.clone())
+            .collect()
+    } else {
+        names
+            .iter()
+            .filter(|name| headers.carries(name))
+            .cloned()
+            .collect()
+    };
     HeaderChanges {
         remove,
         set: Vec::new(),

@@ -190,6 +190,94 @@ fn underscore_spellings_of_identity_headers_are_removed_too() {
     }
 }
 
+/// Headers a host cannot list (as the Worker's runtime): the core asks for each name instead.
+struct Unlisted<'a>(&'a [(&'a str, &'a str)]);
+
+impl edgeauth_core::Headers for Unlisted<'_> {
+    fn values(&self, name: &str, each: &mut dyn FnMut(&[u8])) {
+        self.0.values(name, each);
+    }
+}
+
+#[test]
+fn identity_headers_are_found_alike_whether_or_not_the_host_lists_its_headers() {
+    let long = format!("x-{}", "a".repeat(70));
+    let spelled_out =
+        format!(r#","headers":{{"strip":["x-user-email","{long}"],"strip_authorization":true}}"#);
+    // Two names with five separators each: 64 spellings more, past what one pass tracks.
+    let many = r#","headers":{"strip":["a-b-c-d-e-f","g-h-i-j-k-l"]}"#;
+    let auth = bearer(&good_token(&Signer::ed25519(1), "current"));
+    let long_upper = long.to_uppercase();
+    let requests: [Vec<(&str, &str)>; 3] = [
+        vec![("authorization", &auth)],
+        vec![
+            ("X_USER-ID", "admin"),
+            ("authorization", &auth),
+            ("x-request-id", "1"),
+            ("x-user-scope", "admin"),
+            ("x-user-scope", "admin"),
+            (&long_upper, "admin"),
+            (":path", "/"),
+        ],
+        vec![
+            ("A_b-C_d-E_f", "admin"),
+            ("x_user_scope", "admin"),
+            ("g-h-i-j-k-l", "admin"),
+            ("authorization", &auth),
+            ("a-b-c-d-e-g", "not an identity header"),
+        ],
+    ];
+    for extra in ["", spelled_out.as_str(), many] {
+        let policy = policy(extra);
+        let ring = standard_ring(&policy);
+        for headers in &requests {
+            let removed_by = |listed: bool| {
+                let mut cache = TokenCache::for_policy(&policy);
+                let unlisted = Unlisted(headers);
+                let step = if listed {
+                    let request = Request {
+                        method: "GET",
+                        path: "/",
+                        headers: &headers[..],
+                    };
+                    authorize(&request, NOW, Some(&ring), &policy, &mut cache)
+                } else {
+                    let request = Request {
+                        method: "GET",
+                        path: "/",
+                        headers: &unlisted,
+                    };
+                    authorize(&request, NOW, Some(&ring), &policy, &mut cache)
+                };
+                let Step::CheckRevocation(check) = step else {
+                    panic!("{extra}: a valid token reaches the deny-list: {step:?}")
+                };
+                let Verdict::Allow(allowed) = check.finish(RevocationAnswer::CLEAR, &policy) else {
+                    panic!("allow")
+                };
+                allowed.header_changes.remove
+            };
+            let (listed, asked) = (removed_by(true), removed_by(false));
+            assert_eq!(listed, asked, "{extra} {headers:?}");
+            for (name, _) in headers {
+                // Every `-`/`_` spelling of a configured name, in any case.
+                let spelling = name.to_ascii_lowercase().replace('_', "-");
+                let identity = ["x-user-id", "x-user-scope"].contains(&spelling.as_str())
+                    || (extra == spelled_out
+                        && ["x-user-email", "authorization", long.as_str()]
+                            .contains(&spelling.as_str()))
+                    || (extra == many
+                        && ["a-b-c-d-e-f", "g-h-i-j-k-l"].contains(&spelling.as_str()));
+                assert_eq!(
+                    listed.iter().any(|r| r.eq_ignore_ascii_case(name)),
+                    identity,
+                    "{extra}: {name} in {listed:?}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn lower_case_methods_cannot_slip_past_method_rules() {
     let mut edge = Edge::new(ROUTES);
@@ -699,7 +787,10 @@ fn same_verdict_with_and_without_cache() {
         }
     }
     assert!(cached.cache.stats().hits > 0);
-    assert!(cached.cache.len() <= 2, "only the tokens that passed were cached");
+    assert!(
+        cached.cache.len() <= 2,
+        "only the tokens that passed were cached"
+    );
 }
 
 #[test]
