@@ -7,12 +7,16 @@
 //! The key is the whole token, compared byte for byte on a hit, so no two tokens can ever share
 //! an entry (one riding on the other's verification). It used to be a SHA-256 digest of the
 //! token: the same guarantee, but hashing a token in Wasm cost 2.5 to 4 µs, more than the rest of
-//! a cache hit in Envoy (`bench-results/envoy.md`). The lookup hash is hashbrown's default; only
-//! verified tokens are ever inserted, so an attacker cannot fill a bucket with chosen keys.
+//! a cache hit in Envoy (`bench-results/envoy.md`). The lookup hashes only the token's last
+//! [`HASHED_TAIL`] bytes, which are its signature's, with hashbrown's randomly seeded default
+//! hasher: a token is hundreds of bytes, and in Wasm each 16 of them cost a 128-bit multiply
+//! made of 64-bit ones. Only verified tokens are ever inserted, and nobody can choose the
+//! signature of one, so an attacker cannot fill a bucket with chosen keys.
 
 use alloc::{collections::VecDeque, string::String, sync::Arc};
+use core::hash::{Hash, Hasher};
 
-use hashbrown::HashMap;
+use hashbrown::{Equivalent, HashMap};
 
 use crate::{key_ring::KeyRing, token::VerifiedToken};
 
@@ -66,6 +70,57 @@ fn entry_bytes(text: &str, token: &VerifiedToken) -> usize {
     ENTRY_OVERHEAD_BYTES + block(text.len()) + strings + lists + forwarded
 }
 
+/// How many of a token's last bytes the lookup hashes: all of them are the signature's (86
+/// characters for EdDSA and ES256, 342 for RS256), whatever the claims.
+const HASHED_TAIL: usize = 32;
+
+/// A cached token's text: the map's key.
+#[derive(Debug, Clone)]
+struct TokenText(Arc<str>);
+
+/// A token's text to look up, without making a key of it.
+struct Lookup<'a>(&'a str);
+
+fn hash_tail<H: Hasher>(text: &str, state: &mut H) {
+    let bytes = text.as_bytes();
+    state.write(&bytes[bytes.len().saturating_sub(HASHED_TAIL)..]);
+}
+
+/// Whether two texts are the same token. Every byte is compared, without an early exit, so that
+/// the compiler compares many at a time: Wasm's `memcmp` goes one byte at a time.
+fn same_text(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(true, |same, (x, y)| same & (x == y))
+}
+
+impl Hash for TokenText {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_tail(&self.0, state);
+    }
+}
+
+impl PartialEq for TokenText {
+    fn eq(&self, other: &Self) -> bool {
+        same_text(&self.0, &other.0)
+    }
+}
+
+impl Eq for TokenText {}
+
+impl Hash for Lookup<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_tail(self.0, state);
+    }
+}
+
+impl Equivalent<TokenText> for Lookup<'_> {
+    fn equivalent(&self, key: &TokenText) -> bool {
+        same_text(self.0, &key.0)
+    }
+}
+
 /// A map of verified tokens, bounded in entries and in (estimated) heap bytes. Eviction is
 /// first-in first-out: tokens live minutes, so age is a good proxy for usefulness and costs no
 /// bookkeeping on a hit. Each entry holds its token text once (shared by the map and the
@@ -79,8 +134,8 @@ pub struct TokenCache {
     max_entries: usize,
     max_bytes: usize,
     bytes: usize,
-    entries: HashMap<Arc<str>, (VerifiedToken, usize)>,
-    order: VecDeque<Arc<str>>,
+    entries: HashMap<TokenText, (VerifiedToken, usize)>,
+    order: VecDeque<TokenText>,
     stats: CacheStats,
 }
 
@@ -139,7 +194,7 @@ impl TokenCache {
         if self.max_entries == 0 {
             return None;
         }
-        let Some((verified, _)) = self.entries.get(token) else {
+        let Some((verified, _)) = self.entries.get(&Lookup(token)) else {
             self.stats.misses += 1;
             return None;
         };
@@ -148,7 +203,7 @@ impl TokenCache {
             .exp
             .is_none_or(|exp| now >= exp.saturating_add(leeway));
         if expired || !keys.contains(verified.key_thumbprint()) {
-            if let Some((_, cost)) = self.entries.remove(token) {
+            if let Some((_, cost)) = self.entries.remove(&Lookup(token)) {
                 self.bytes -= cost;
             }
             self.stats.misses += 1;
@@ -165,7 +220,7 @@ impl TokenCache {
         if self.max_entries == 0 || cost > self.max_bytes {
             return;
         }
-        if let Some(held) = self.entries.get_mut(text) {
+        if let Some(held) = self.entries.get_mut(&Lookup(text)) {
             // The same text is the same token: the same cost, and already in the order.
             held.0 = token;
             return;
@@ -179,7 +234,7 @@ impl TokenCache {
                 self.stats.evictions += 1;
             }
         }
-        let text: Arc<str> = Arc::from(text);
+        let text = TokenText(Arc::from(text));
         self.bytes += cost;
         self.entries.insert(text.clone(), (token, cost));
         self.order.push_back(text);

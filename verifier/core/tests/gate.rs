@@ -794,6 +794,43 @@ fn same_verdict_with_and_without_cache() {
 }
 
 #[test]
+fn a_token_that_shares_a_cached_token_s_signature_is_checked_afresh() {
+    let mut edge = Edge::new("");
+    let good = good_token(&Signer::ed25519(1), "current");
+    let auth = bearer(&good);
+    assert!(matches!(
+        edge.get("/", &[("authorization", &auth)]),
+        Verdict::Allow(_)
+    ));
+    // The cache hashes a token's last bytes, its signature's: these land in the cached token's
+    // bucket, and only the comparison of every byte keeps them from riding on its verification.
+    let (signed, signature) = good.rsplit_once('.').expect("three parts");
+    let (header, _) = signed.split_once('.').expect("three parts");
+    let mut admin = good_claims();
+    admin["sub"] = json!("admin");
+    admin["scope"] = json!("admin");
+    let other_payload = format!("{header}.{}.{signature}", b64(admin.to_string().as_bytes()));
+    let mut one_byte_off = good.clone().into_bytes();
+    one_byte_off[header.len() + 5] ^= 0x01;
+    let one_byte_off = String::from_utf8(one_byte_off).expect("still text");
+    for forged in [other_payload, one_byte_off] {
+        assert_ne!(forged, good);
+        let verdict = edge.get("/", &[("authorization", &bearer(&forged))]);
+        assert!(verdict.denial().is_some(), "{forged}: {verdict:?}");
+    }
+    let hits = edge.cache.stats().hits;
+    assert!(matches!(
+        edge.get("/", &[("authorization", &auth)]),
+        Verdict::Allow(_)
+    ));
+    assert_eq!(
+        edge.cache.stats().hits,
+        hits + 1,
+        "the real token still hits"
+    );
+}
+
+#[test]
 fn cache_hit_applies_the_policy_in_force_now() {
     let mut edge = Edge::new("");
     let auth = bearer(&good_token(&Signer::ed25519(1), "current"));
