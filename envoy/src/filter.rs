@@ -16,7 +16,7 @@ use crate::{
     metrics::Metrics,
     settings::Settings,
     shared::{self, Lease, SharedData, LEASE_SECONDS},
-    wire::{self, RequestHeaders},
+    wire::{self, Pair},
 };
 use edgeauth_core::{
     authorize_deferred, Algorithm, Allowed, Deferred, Denial, DenyReason, HeaderEdit, KeyCache,
@@ -295,18 +295,18 @@ impl Exchange {
         let Ok(pairs) = wire::decode_pairs(&map) else {
             return Outcome::Internal("request headers unreadable");
         };
-        let headers = RequestHeaders(&pairs);
-        if !headers.names_are_text() {
+        if !wire::names_are_text(&pairs) {
             // Headers that cannot be read name no origin: a refusal without CORS.
-            return self.refuse(DenyReason::InvalidRequest.into(), &RequestHeaders(&[]));
+            return self.refuse(DenyReason::InvalidRequest.into(), &[]);
         }
-        let Some((method, path)) = headers.method_and_path() else {
-            return self.refuse(DenyReason::InvalidRequest.into(), &headers);
+        let headers = pairs.as_slice();
+        let Some((method, path)) = wire::method_and_path(headers) else {
+            return self.refuse(DenyReason::InvalidRequest.into(), headers);
         };
         let request = Request {
             method,
             path,
-            headers: &headers,
+            headers,
         };
         let mut vm = self.vm.borrow_mut();
         let vm = &mut *vm;
@@ -355,15 +355,15 @@ impl Exchange {
             {
                 match call_jwks(&vm.settings) {
                     Some(token) => Outcome::WaitForKeys(token, now),
-                    None => refuse(vm, denial, &headers),
+                    None => refuse(vm, denial, headers),
                 }
             }
-            Verdict::Deny(denial) => refuse(vm, denial, &headers),
+            Verdict::Deny(denial) => refuse(vm, denial, headers),
         }
     }
 
     /// A refusal of a request with these headers, before the VM is borrowed.
-    fn refuse(&self, denial: Denial, headers: &RequestHeaders) -> Outcome {
+    fn refuse(&self, denial: Denial, headers: &[Pair]) -> Outcome {
         refuse(&self.vm.borrow(), denial, headers)
     }
 
@@ -405,7 +405,7 @@ impl Exchange {
 
 /// A refusal of a request with `headers`: the core's reply headers, CORS for a page on the
 /// policy's `cors` origins included.
-fn refuse(vm: &Vm, denial: Denial, headers: &RequestHeaders) -> Outcome {
+fn refuse(vm: &Vm, denial: Denial, headers: &[Pair]) -> Outcome {
     Outcome::Deny(
         denial.response_headers(&vm.settings.policy, headers),
         denial,

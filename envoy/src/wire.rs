@@ -19,7 +19,7 @@ pub struct Malformed;
 pub type Pair<'a> = (&'a [u8], &'a [u8]);
 
 /// Decodes a serialised header map into pairs that borrow from it: one allocation per request,
-/// not two per header. Names and values stay bytes ([`RequestHeaders`] reads them).
+/// not two per header. Names and values stay bytes ([`names_are_text`], [`method_and_path`]).
 pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<Pair<'_>>, Malformed> {
     if bytes.is_empty() {
         // Envoy sends nothing at all for an empty map.
@@ -70,56 +70,26 @@ pub fn encode_pairs<N: AsRef<[u8]>>(pairs: &[(N, &[u8])]) -> Vec<u8> {
     out
 }
 
-/// A request's headers where Envoy left them, in either build (the Wasm filter's decoded map,
-/// the native module's array). The core reads them through [`edgeauth_core::Headers`], comparing
-/// names as bytes, so nothing is copied per request. Values stay bytes: HTTP allows obs-text in
-/// values, and the core decides what a non-text value means for the header that carries it.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestHeaders<'a>(pub &'a [Pair<'a>]);
-
-impl<'a> RequestHeaders<'a> {
-    /// Whether every name is UTF-8. Envoy's codecs refuse other names, so one is the host's
-    /// doing or a codec this filter does not know: the request is refused, not guessed at.
-    pub fn names_are_text(&self) -> bool {
-        // Names are ASCII in practice; the check that makes no `str` is the cheaper one.
-        self.0
-            .iter()
-            .all(|(name, _)| name.is_ascii() || std::str::from_utf8(name).is_ok())
-    }
-
-    /// The request's `:method` and `:path`, or `None` if either is missing or not text: a path
-    /// that is not text cannot be matched against the route rules.
-    pub fn method_and_path(&self) -> Option<(&'a str, &'a str)> {
-        let text = |name: &[u8]| {
-            let (_, value) = self.0.iter().find(|(k, _)| *k == name)?;
-            std::str::from_utf8(value).ok()
-        };
-        Some((text(b":method")?, text(b":path")?))
-    }
+/// Whether every name among a request's pairs is UTF-8. Envoy's codecs refuse other names, so
+/// one is the host's doing or a codec this filter does not know: the request is refused, not
+/// guessed at. Both builds ask this before handing the pairs to the core, which reads them as
+/// they lie (names compared as bytes, values left bytes: HTTP allows obs-text in values, and the
+/// core decides what a non-text value means for the header that carries it).
+pub fn names_are_text(pairs: &[Pair]) -> bool {
+    // Names are ASCII in practice; the check that makes no `str` is the cheaper one.
+    pairs
+        .iter()
+        .all(|(name, _)| name.is_ascii() || std::str::from_utf8(name).is_ok())
 }
 
-impl edgeauth_core::Headers for RequestHeaders<'_> {
-    fn values(&self, name: &str, each: &mut dyn FnMut(&[u8])) {
-        for (key, value) in self.0 {
-            if key.eq_ignore_ascii_case(name.as_bytes()) {
-                each(value);
-            }
-        }
-    }
-
-    // Asked once per identity header on every request: a plain search, not a callback per value.
-    fn carries(&self, name: &str) -> bool {
-        self.0
-            .iter()
-            .any(|(key, _)| key.eq_ignore_ascii_case(name.as_bytes()))
-    }
-
-    fn each_name(&self, each: &mut dyn FnMut(&[u8])) -> bool {
-        for (key, _) in self.0 {
-            each(key);
-        }
-        true
-    }
+/// The request's `:method` and `:path`, or `None` if either is missing or not text: a path that
+/// is not text cannot be matched against the route rules.
+pub fn method_and_path<'a>(pairs: &[Pair<'a>]) -> Option<(&'a str, &'a str)> {
+    let text = |name: &[u8]| {
+        let (_, value) = pairs.iter().find(|(k, _)| *k == name)?;
+        std::str::from_utf8(value).ok()
+    };
+    Some((text(b":method")?, text(b":path")?))
 }
 
 struct Reader<'a> {
@@ -208,15 +178,15 @@ mod tests {
     fn a_name_that_is_not_text_is_told_apart() {
         let mut map = encode_pairs(&[(":method", b"GET"), (":path", b"/"), ("x", b"1")]);
         let pairs = decode_pairs(&map).expect("decodes");
-        assert!(RequestHeaders(&pairs).names_are_text());
+        assert!(names_are_text(&pairs));
         let last_name_at = map.len() - 4;
         assert_eq!(map[last_name_at], b'x');
         map[last_name_at] = 0xff;
         let pairs = decode_pairs(&map).expect("still a well-formed map");
-        assert!(!RequestHeaders(&pairs).names_are_text());
+        assert!(!names_are_text(&pairs));
         // Text beyond ASCII is text.
         let accented = encode_pairs(&[("caf\u{e9}", b"1")]);
-        assert!(RequestHeaders(&decode_pairs(&accented).expect("decodes")).names_are_text());
+        assert!(names_are_text(&decode_pairs(&accented).expect("decodes")));
     }
 
     #[test]
@@ -224,9 +194,7 @@ mod tests {
         let read = |pairs: &[(&str, &[u8])]| {
             let map = encode_pairs(pairs);
             let pairs = decode_pairs(&map).expect("decodes");
-            RequestHeaders(&pairs)
-                .method_and_path()
-                .map(|(m, p)| (m.to_string(), p.to_string()))
+            method_and_path(&pairs).map(|(m, p)| (m.to_string(), p.to_string()))
         };
         assert_eq!(
             read(&[(":path", b"/a?b=1"), (":method", b"GET")]),
@@ -240,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn the_core_reads_names_without_regard_to_case() {
+    fn the_core_reads_decoded_pairs_without_regard_to_case() {
         use edgeauth_core::Headers as _;
         let map = encode_pairs(&[
             ("Authorization", b"a"),
@@ -249,12 +217,12 @@ mod tests {
         ]);
         let pairs = decode_pairs(&map).expect("decodes");
         let mut seen = Vec::new();
-        RequestHeaders(&pairs).values("authorization", &mut |v| seen.push(v.to_vec()));
+        pairs.values("authorization", &mut |v| seen.push(v.to_vec()));
         assert_eq!(seen, vec![b"a".to_vec(), b"c".to_vec()]);
-        assert!(RequestHeaders(&pairs).carries("AUTHORIZATION"));
-        assert!(!RequestHeaders(&pairs).carries("authorizatio"));
+        assert!(pairs.carries("AUTHORIZATION"));
+        assert!(!pairs.carries("authorizatio"));
         let mut names = Vec::new();
-        assert!(RequestHeaders(&pairs).each_name(&mut |n| names.push(n.to_vec())));
+        assert!(pairs.each_name(&mut |n| names.push(n.to_vec())));
         assert_eq!(names, [&b"Authorization"[..], b"x", b"authorization"]);
     }
 }

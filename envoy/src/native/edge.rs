@@ -26,7 +26,7 @@ use crate::{
     feed::MAX_FEED_BYTES,
     keys::MAX_JWKS_BYTES,
     settings::Settings,
-    wire::{Pair, RequestHeaders},
+    wire::{self, Pair},
 };
 
 /// What requests read: replaced whole, never changed in place.
@@ -298,18 +298,17 @@ impl Edge {
         verify: impl FnOnce(&SignatureCheck, &KeyRing) -> bool,
         may_refetch: bool,
     ) -> Outcome {
-        let headers = RequestHeaders(raw);
-        if !headers.names_are_text() {
+        if !wire::names_are_text(raw) {
             // A header that cannot be read names no origin: a refusal without CORS.
-            return self.invalid_request(&RequestHeaders(&[]));
+            return self.invalid_request::<[Pair]>(&[]);
         }
-        let Some((method, path)) = headers.method_and_path() else {
-            return self.invalid_request(&headers);
+        let Some((method, path)) = wire::method_and_path(raw) else {
+            return self.invalid_request(raw);
         };
         let request = Request {
             method,
             path,
-            headers: &headers,
+            headers: raw,
         };
         self.decide(view, &request, now, tokens, verify, may_refetch)
     }

@@ -28,10 +28,11 @@ pub trait Headers {
     }
 }
 
-impl<K: AsRef<str>, V: AsRef<[u8]>> Headers for [(K, V)] {
+// Names as text or as bytes: the Envoy builds hand the core the pairs where Envoy left them.
+impl<K: AsRef<[u8]>, V: AsRef<[u8]>> Headers for [(K, V)] {
     fn values(&self, name: &str, each: &mut dyn FnMut(&[u8])) {
         for (k, v) in self {
-            if k.as_ref().eq_ignore_ascii_case(name) {
+            if k.as_ref().eq_ignore_ascii_case(name.as_bytes()) {
                 each(v.as_ref());
             }
         }
@@ -40,18 +41,18 @@ impl<K: AsRef<str>, V: AsRef<[u8]>> Headers for [(K, V)] {
     // Asked once per identity header on every request: a plain search, not a callback per value.
     fn carries(&self, name: &str) -> bool {
         self.iter()
-            .any(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
+            .any(|(k, _)| k.as_ref().eq_ignore_ascii_case(name.as_bytes()))
     }
 
     fn each_name(&self, each: &mut dyn FnMut(&[u8])) -> bool {
         for (k, _) in self {
-            each(k.as_ref().as_bytes());
+            each(k.as_ref());
         }
         true
     }
 }
 
-impl<K: AsRef<str>, V: AsRef<[u8]>> Headers for alloc::vec::Vec<(K, V)> {
+impl<K: AsRef<[u8]>, V: AsRef<[u8]>> Headers for alloc::vec::Vec<(K, V)> {
     fn values(&self, name: &str, each: &mut dyn FnMut(&[u8])) {
         self.as_slice().values(name, each);
     }
