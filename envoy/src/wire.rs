@@ -6,6 +6,9 @@
 //! The map comes from outside this module's code, so decoding checks every length against the
 //! buffer and answers an error, never a panic: a panic traps the VM and takes every request of
 //! its worker thread with it. The SDK's own decoder slices unchecked and unwraps UTF-8.
+//!
+//! A request's pairs, decoded here or read from the native module's header array, are judged the
+//! same way in both builds ([`names_are_text`], [`method_and_path`]) before the core reads them.
 
 use thiserror::Error;
 
