@@ -164,20 +164,18 @@ fn removals<H: Headers + ?Sized>(policy: &Policy, headers: &H) -> HeaderChanges 
                 }
             }
         });
-    let remove = if listed {
-        names
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| carried & (1 << i) != 0)
-            .map(|(_, name)| name.clone())
-            .collect()
-    } else {
-        names
-            .iter()
-            .filter(|name| headers.carries(name))
-            .cloned()
-            .collect()
-    };
+    let remove = names
+        .iter()
+        .enumerate()
+        .filter(|(i, name)| {
+            if listed {
+                carried & (1 << i) != 0
+            } else {
+                headers.carries(name)
+            }
+        })
+        .map(|(_, name)| name.clone())
+        .collect();
     HeaderChanges {
         remove,
         set: Vec::new(),
