@@ -331,7 +331,7 @@ pub fn authorize_deferred<H: Headers + ?Sized>(
     if use_cache {
         if let Some(hit) = cache.get(&token_text, keys, now, policy.leeway) {
             // The hit saves the signature; every policy rule still runs against today's policy.
-            if let Some(verdict) = revalidate(&hit, now, keys, policy) {
+            if let Some(verdict) = revalidate(hit, now, keys, policy) {
                 return decided(match verdict {
                     Ok(token) => {
                         after_verification(token, route, removals(policy, request.headers))

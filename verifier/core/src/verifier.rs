@@ -286,12 +286,12 @@ impl Prepared {
 /// `kid` no longer selects the very key that verified it (a retired key, a re-pointed `kid`, a
 /// narrowed JWK `alg`): the caller must verify afresh, so a cache never changes an answer.
 pub(crate) fn revalidate(
-    cached: &VerifiedToken,
+    cached: VerifiedToken,
     now: i64,
     keys: &KeyRing,
     policy: &Policy,
 ) -> Option<Result<VerifiedToken, Denial>> {
-    let checked = &cached.checked;
+    let checked = cached.checked;
     let same_key = keys
         .select(checked.header.kid.as_deref(), checked.header.alg)
         .is_ok_and(|key| key.thumbprint() == &checked.key_thumbprint);
@@ -383,7 +383,7 @@ fn validate_shared(
 /// the clock's run again. The order of the rest is the full check's, so a hit refuses for the
 /// same reason as a miss.
 fn revalidate_claims(
-    checked: &Arc<SignatureChecked>,
+    checked: Arc<SignatureChecked>,
     now: i64,
     policy: &Policy,
 ) -> Result<VerifiedToken, Denial> {
@@ -391,7 +391,7 @@ fn revalidate_claims(
     check_required(claims, policy)?;
     check_time_and_audience(claims, now, policy)?;
     Ok(VerifiedToken {
-        checked: Arc::clone(checked),
+        checked,
         _proof: ClaimsValid(()),
     })
 }
