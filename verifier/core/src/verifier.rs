@@ -305,7 +305,13 @@ pub(crate) fn revalidate(
             policy,
             Expected::AccessToken,
         )
-        .and_then(|()| revalidate_claims(checked, now, policy)),
+        .and_then(|()| {
+            // The checks of the text alone (`check_identifiers`) passed when the token was
+            // cached under its exact text and cannot change; the rest run in the full check's
+            // order, so a hit refuses for the same reason as a miss.
+            check_required(&checked.claims, policy)?;
+            valid_at(checked, now, policy)
+        }),
     )
 }
 
@@ -368,28 +374,19 @@ fn validate_shared(
     now: i64,
     policy: &Policy,
 ) -> Result<VerifiedToken, Denial> {
-    let claims = &checked.claims;
-    check_required(claims, policy)?;
-    check_identifiers(claims)?;
-    check_time_and_audience(claims, now, policy)?;
-    Ok(VerifiedToken {
-        checked,
-        _proof: ClaimsValid(()),
-    })
+    check_required(&checked.claims, policy)?;
+    check_identifiers(&checked.claims)?;
+    valid_at(checked, now, policy)
 }
 
-/// [`validate_shared`] for a token verified earlier, cached under its exact text: the checks of
-/// the text alone ([`check_identifiers`]) passed then and cannot change, so only the policy's and
-/// the clock's run again. The order of the rest is the full check's, so a hit refuses for the
-/// same reason as a miss.
-fn revalidate_claims(
+/// The last checks of a full validation and of a cache hit's: the clock's, the issuer's and the
+/// audience's; the verified token if they pass.
+fn valid_at(
     checked: Arc<SignatureChecked>,
     now: i64,
     policy: &Policy,
 ) -> Result<VerifiedToken, Denial> {
-    let claims = &checked.claims;
-    check_required(claims, policy)?;
-    check_time_and_audience(claims, now, policy)?;
+    check_time_and_audience(&checked.claims, now, policy)?;
     Ok(VerifiedToken {
         checked,
         _proof: ClaimsValid(()),
