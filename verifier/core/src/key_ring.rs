@@ -17,7 +17,7 @@ use jwt_compact::{
 use serde::{de::IgnoredAny, Deserialize};
 use sha2::Sha256;
 
-use crate::{alg::Algorithm, alg::StrictEd25519, config::Policy};
+use crate::{alg::Algorithm, alg::StrictEd25519, config::Policy, ed25519::Ed25519Key};
 
 /// A JWKS document larger than this is refused unread.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
@@ -105,7 +105,7 @@ pub struct SkippedKey {
 }
 
 pub(crate) enum KeyMaterial {
-    Ed25519(<StrictEd25519 as JwtAlgorithm>::VerifyingKey),
+    Ed25519(Ed25519Key),
     P256(<Es256 as JwtAlgorithm>::VerifyingKey),
     Rsa(RsaPublicKey),
     Hmac(Hs256Key),
@@ -183,7 +183,7 @@ impl RingKey {
     /// The public material, or `None` for an HMAC secret, which never leaves the core.
     pub fn public_key(&self) -> Option<PublicKey> {
         let jwk = match &self.material {
-            KeyMaterial::Ed25519(k) => JsonWebKey::from(k),
+            KeyMaterial::Ed25519(k) => JsonWebKey::from(k.verifying_key()),
             KeyMaterial::P256(k) => JsonWebKey::from(k),
             KeyMaterial::Rsa(k) => JsonWebKey::from(k),
             KeyMaterial::Hmac(_) => return None,
@@ -348,9 +348,7 @@ fn parse_key(value: &serde_json::Value, policy: &Policy) -> Result<RingKey, Skip
             let key = jwk(value)?;
             let key = <StrictEd25519 as JwtAlgorithm>::VerifyingKey::try_from(&key)
                 .map_err(|e| SkipReason::Invalid(e.to_string()))?;
-            if key.is_weak() {
-                return Err(SkipReason::WeakKey);
-            }
+            let key = Ed25519Key::new(key).ok_or(SkipReason::WeakKey)?;
             (KeyMaterial::Ed25519(key), &[Algorithm::EdDsa])
         }
         "EC" if curve == "P-256" => {

@@ -15,7 +15,8 @@
 //! - **Key injection.** `jku`, `x5u`, `jwk` and `x5c` are never read: keys come only from the
 //!   host's ring, selected by `kid`. Without a `kid` the ring must hold exactly one fitting key.
 //! - **Weak keys.** RSA under 2048 bits, small-order Ed25519 points, short HMAC secrets and
-//!   published private keys are skipped when the JWKS is loaded. EdDSA uses `verify_strict`.
+//!   published private keys are skipped when the JWKS is loaded. EdDSA refuses what
+//!   ed25519-dalek's `verify_strict` refuses (small-order `R`, non-canonical `R` and `s`).
 //! - **Parser differentials.** Non-canonical base64url, duplicate header members, `crit` and
 //!   `b64: false` are refused, so the bytes this core verifies are the bytes every other
 //!   component sees.
@@ -45,6 +46,7 @@ mod cache;
 mod config;
 mod cors;
 mod deny_state;
+mod ed25519;
 mod extract;
 mod feed_reader;
 mod gate;

@@ -10,7 +10,7 @@ use jwt_compact::{
 use serde_json::Value;
 
 use crate::{
-    alg::{Algorithm, StrictEd25519},
+    alg::Algorithm,
     config::{media_type_is, Policy, RequiredClaim},
     key_ring::{KeyMaterial, KeyRing, SelectError},
     token::{
@@ -234,9 +234,7 @@ impl Prepared {
         let signature = &self.signature;
         let input = self.signing_input();
         match (&key.material, self.alg) {
-            (KeyMaterial::Ed25519(k), Algorithm::EdDsa) => {
-                signature_verifies(&StrictEd25519, k, signature, input)
-            }
+            (KeyMaterial::Ed25519(k), Algorithm::EdDsa) => k.verifies(input, signature),
             (KeyMaterial::P256(k), Algorithm::Es256) => {
                 signature_verifies(&Es256, k, signature, input)
             }

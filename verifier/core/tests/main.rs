@@ -2,6 +2,7 @@
 
 mod shared;
 
+mod ed25519;
 mod gate;
 mod properties;
 mod revocation;
