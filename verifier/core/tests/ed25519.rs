@@ -109,6 +109,19 @@ fn core_verdict(ring: &KeyRing, policy: &Policy, input: &str, signature: &[u8]) 
     }
 }
 
+/// `verify_strict` refuses the signature, and the core refuses the token.
+fn assert_refused(key: &Key, input: &str, signature: &[u8; 64]) {
+    assert!(
+        !key.strict_verdict(input.as_bytes(), signature),
+        "verify_strict takes {input}"
+    );
+    let policy = policy("");
+    assert!(
+        !core_verdict(&key.ring(&policy), &policy, input, signature),
+        "the core takes {input}"
+    );
+}
+
 #[test]
 fn an_honest_signature_verifies_and_one_changed_bit_does_not() {
     let policy = policy("");
@@ -133,7 +146,6 @@ fn an_honest_signature_verifies_and_one_changed_bit_does_not() {
 #[test]
 fn s_plus_the_group_order_is_refused() {
     // (R, s + ℓ) satisfies the same equation as (R, s): a second encoding of one signature.
-    let policy = policy("");
     let key = Key::new(12, &EdwardsPoint::default());
     let input = signing_input("malleable");
     let nonce = Scalar::from(5u64);
@@ -146,20 +158,13 @@ fn s_plus_the_group_order_is_refused() {
         carry = sum >> 8;
     }
     assert_eq!(carry, 0, "s + ℓ fits in 32 bytes");
-    assert!(!key.strict_verdict(input.as_bytes(), &signature));
-    assert!(!core_verdict(
-        &key.ring(&policy),
-        &policy,
-        &input,
-        &signature
-    ));
+    assert_refused(&key, &input, &signature);
 }
 
 #[test]
 fn a_small_order_r_that_satisfies_the_equation_is_refused() {
     // R = identity and s = k·a: [s]B − [k]A = identity = R, so a cofactorless check alone
     // (the plain `verify`) accepts it without any nonce; `verify_strict` refuses small-order R.
-    let policy = policy("");
     let key = Key::new(13, &EdwardsPoint::default());
     let input = signing_input("small-order-r");
     let identity = EdwardsPoint::default().compress().to_bytes();
@@ -168,13 +173,7 @@ fn a_small_order_r_that_satisfies_the_equation_is_refused() {
         key.plain_verdict(input.as_bytes(), &signature),
         "the forgery is real"
     );
-    assert!(!key.strict_verdict(input.as_bytes(), &signature));
-    assert!(!core_verdict(
-        &key.ring(&policy),
-        &policy,
-        &input,
-        &signature
-    ));
+    assert_refused(&key, &input, &signature);
 }
 
 #[test]
@@ -182,10 +181,8 @@ fn a_small_order_r_under_a_key_with_a_torsion_part_is_refused() {
     // A = aB + T, T of order 4 (not a small-order key, so the ring takes it). With s = k·a,
     // [s]B − [k]A = −[k]T: whenever that is R itself, the cofactorless equation holds for a
     // small-order R other than the identity.
-    let policy = policy("");
     let torsion = order_four();
     let key = Key::new(14, &torsion);
-    let ring = key.ring(&policy);
     let candidates: Vec<_> = (0..4u64)
         .map(|m| (Scalar::from(m) * torsion).compress().to_bytes())
         .collect();
@@ -196,8 +193,7 @@ fn a_small_order_r_under_a_key_with_a_torsion_part_is_refused() {
             let signature = key.sign_with(*r, Scalar::ZERO, input.as_bytes());
             if key.plain_verdict(input.as_bytes(), &signature) {
                 forged += 1;
-                assert!(!key.strict_verdict(input.as_bytes(), &signature));
-                assert!(!core_verdict(&ring, &policy, &input, &signature), "{input}");
+                assert_refused(&key, &input, &signature);
             }
         }
     }
@@ -211,7 +207,6 @@ fn a_small_order_r_under_a_key_with_a_torsion_part_is_refused() {
 fn a_torsion_component_in_r_is_refused() {
     // R = rB + T with s = r + k·a: a cofactored check ([8]·(…) = identity) accepts it;
     // RFC 8032's cofactorless check, which `verify_strict` and the core make, does not.
-    let policy = policy("");
     let key = Key::new(15, &EdwardsPoint::default());
     let input = signing_input("torsion-in-r");
     let nonce = Scalar::from(424_242u64);
@@ -228,19 +223,12 @@ fn a_torsion_component_in_r_is_refused() {
         (s * ED25519_BASEPOINT_POINT - k * a - r).is_small_order()
     };
     assert!(cofactored, "the forgery passes a cofactored check");
-    assert!(!key.strict_verdict(input.as_bytes(), &signature));
-    assert!(!core_verdict(
-        &key.ring(&policy),
-        &policy,
-        &input,
-        &signature
-    ));
+    assert_refused(&key, &input, &signature);
 }
 
 #[test]
 fn a_non_canonical_encoding_of_r_is_refused() {
     // y = 1 written as 1 + p (p = 2^255 − 19): the identity, encoded a second way.
-    let policy = policy("");
     let key = Key::new(16, &EdwardsPoint::default());
     let input = signing_input("non-canonical-r");
     let mut r = [0xff; 32];
@@ -248,13 +236,7 @@ fn a_non_canonical_encoding_of_r_is_refused() {
     r[31] = 0x7f;
     assert!(CompressedEdwardsY(r).decompress().is_some(), "it decodes");
     let signature = key.sign_with(r, Scalar::ZERO, input.as_bytes());
-    assert!(!key.strict_verdict(input.as_bytes(), &signature));
-    assert!(!core_verdict(
-        &key.ring(&policy),
-        &policy,
-        &input,
-        &signature
-    ));
+    assert_refused(&key, &input, &signature);
 }
 
 /// What to do to an honest signature before it is checked.
