@@ -1,8 +1,4 @@
-//! The signature algorithms the core knows, and the strict Ed25519 used for `EdDSA`.
-
-use alloc::borrow::Cow;
-
-use jwt_compact::{alg::Ed25519, Algorithm as JwtAlgorithm};
+//! The signature algorithms the core knows.
 
 /// A JWS `alg` value the core can verify. Parsing is exact and case-sensitive (RFC 7515 §4.1.1),
 /// so `none`, `None` or `eddsa` are simply unknown names.
@@ -47,34 +43,5 @@ impl Algorithm {
     /// Whether the algorithm uses a shared secret.
     pub fn is_symmetric(self) -> bool {
         matches!(self, Self::Hs256)
-    }
-}
-
-/// `EdDSA` verified with `verify_strict`: it also refuses small-order public keys and
-/// non-canonical `R`, so one message cannot carry two valid signatures under a weak key
-/// (the plain `verify` jwt-compact's `Ed25519` uses accepts those).
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct StrictEd25519;
-
-impl JwtAlgorithm for StrictEd25519 {
-    type SigningKey = <Ed25519 as JwtAlgorithm>::SigningKey;
-    type VerifyingKey = <Ed25519 as JwtAlgorithm>::VerifyingKey;
-    type Signature = <Ed25519 as JwtAlgorithm>::Signature;
-
-    fn name(&self) -> Cow<'static, str> {
-        Cow::Borrowed("EdDSA")
-    }
-
-    fn sign(&self, signing_key: &Self::SigningKey, message: &[u8]) -> Self::Signature {
-        Ed25519.sign(signing_key, message)
-    }
-
-    fn verify_signature(
-        &self,
-        signature: &Self::Signature,
-        verifying_key: &Self::VerifyingKey,
-        message: &[u8],
-    ) -> bool {
-        verifying_key.verify_strict(message, signature).is_ok()
     }
 }

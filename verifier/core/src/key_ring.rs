@@ -17,7 +17,7 @@ use jwt_compact::{
 use serde::{de::IgnoredAny, Deserialize};
 use sha2::Sha256;
 
-use crate::{alg::Algorithm, alg::StrictEd25519, config::Policy, ed25519::Ed25519Key};
+use crate::{alg::Algorithm, config::Policy, ed25519::Ed25519Key};
 
 /// A JWKS document larger than this is refused unread.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
@@ -346,7 +346,7 @@ fn parse_key(value: &serde_json::Value, policy: &Policy) -> Result<RingKey, Skip
         "OKP" | "EC" | "RSA" if meta.d.is_some() => return Err(SkipReason::PrivateKeyPublished),
         "OKP" if curve == "Ed25519" => {
             let key = jwk(value)?;
-            let key = <StrictEd25519 as JwtAlgorithm>::VerifyingKey::try_from(&key)
+            let key = ed25519_dalek::VerifyingKey::try_from(&key)
                 .map_err(|e| SkipReason::Invalid(e.to_string()))?;
             let key = Ed25519Key::new(key).ok_or(SkipReason::WeakKey)?;
             (KeyMaterial::Ed25519(key), &[Algorithm::EdDsa])
