@@ -20,7 +20,7 @@ use crate::{
 };
 use edgeauth_core::{
     authorize_deferred, Algorithm, Allowed, Deferred, Denial, DenyReason, HeaderEdit, KeyCache,
-    KeyRing, Request, SignatureCheck, Step, Thumbprint, TokenCache, Verdict,
+    KeyRing, Policy, Request, SignatureCheck, Step, Thumbprint, TokenCache, Verdict,
 };
 
 /// How often every VM wakes: to sync keys and revocations from shared data, and (the fetcher)
@@ -370,13 +370,17 @@ impl Exchange {
     /// Carries out an outcome; the action for the request-headers callback.
     fn act(&mut self, outcome: Outcome) -> Action {
         match outcome {
-            Outcome::Allow(allowed) => match apply(&allowed) {
-                Ok(()) => {
-                    self.vm.borrow_mut().metrics.pending.allowed += 1;
-                    Action::Continue
+            Outcome::Allow(allowed) => {
+                // Borrowed for the edits alone: the count below borrows the VM mutably.
+                let applied = apply(&allowed, &self.vm.borrow().settings.policy);
+                match applied {
+                    Ok(()) => {
+                        self.vm.borrow_mut().metrics.pending.allowed += 1;
+                        Action::Continue
+                    }
+                    Err(()) => fail("request headers could not be changed"),
                 }
-                Err(()) => fail("request headers could not be changed"),
-            },
+            }
             Outcome::Deny(headers, denial) => {
                 *self
                     .vm
@@ -442,9 +446,9 @@ fn answer(status: u32, headers: &[(&str, &[u8])], body: &[u8]) -> Action {
 /// Envoy's replace (`setCopy`) drops every existing value of the name, whatever its case, before
 /// adding the new one (the end-to-end suite sends spoofed duplicates); each host call costs about
 /// 0.4 µs.
-fn apply(allowed: &Allowed) -> Result<(), ()> {
+fn apply(allowed: &Allowed, policy: &Policy) -> Result<(), ()> {
     let map = MapType::HttpRequestHeaders;
-    for edit in allowed.header_changes.edits() {
+    for edit in allowed.edits(policy) {
         match edit {
             HeaderEdit::Remove(name) => abi::remove_header(map, name),
             HeaderEdit::Replace(name, value) => abi::replace_header(map, name, value),

@@ -11,8 +11,8 @@
 #![no_main]
 
 use edgeauth_core::{
-    authorize, DenyListStatus, KeyRing, Policy, Request, RevocationAnswer, Step, TokenCache,
-    Verdict, WatermarkStatus,
+    authorize, DenyListStatus, HeaderEdit, KeyRing, Policy, Request, RevocationAnswer, Step,
+    TokenCache, Verdict, WatermarkStatus,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -45,12 +45,16 @@ fn header_value_ok(value: &str) -> bool {
 fn check_verdict(verdict: &Verdict, policy: &Policy, request_headers: &[(&str, &str)]) {
     match verdict {
         Verdict::Allow(allowed) => {
-            for name in &allowed.header_changes.remove {
-                assert!(header_name_ok(name), "header to remove {name:?}");
-            }
-            for (name, value) in &allowed.header_changes.set {
-                assert!(header_name_ok(name), "header to set {name:?}");
-                assert!(header_value_ok(value), "{name}: {value:?}");
+            for edit in allowed.edits(policy) {
+                match edit {
+                    HeaderEdit::Remove(name) => {
+                        assert!(header_name_ok(name), "header to remove {name:?}")
+                    }
+                    HeaderEdit::Replace(name, value) | HeaderEdit::Add(name, value) => {
+                        assert!(header_name_ok(name), "header to set {name:?}");
+                        assert!(header_value_ok(value), "{name}: {value:?}");
+                    }
+                }
             }
         }
         Verdict::Deny(denial) => {

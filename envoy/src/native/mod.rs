@@ -320,16 +320,18 @@ fn decide(stream: &Stream, envoy: &Filter, may_refetch: bool) -> Outcome {
 fn act(stream: &mut Stream, envoy: &mut Filter, outcome: Outcome) -> HeadersStatus {
     match outcome {
         Outcome::Allow(allowed) => {
-            let applied = allowed.header_changes.edits().all(|edit| match edit {
-                HeaderEdit::Remove(name) => envoy.set_request_header(name, b""),
-                HeaderEdit::Replace(name, value) => {
-                    envoy.set_request_header(name, value.as_bytes())
-                }
-                // The ABI's add refuses an empty value; a set of one leaves the header absent.
-                HeaderEdit::Add(name, value) => {
-                    value.is_empty() || envoy.add_request_header(name, value.as_bytes())
-                }
-            });
+            let applied = allowed
+                .edits(&stream.edge.settings.policy)
+                .all(|edit| match edit {
+                    HeaderEdit::Remove(name) => envoy.set_request_header(name, b""),
+                    HeaderEdit::Replace(name, value) => {
+                        envoy.set_request_header(name, value.as_bytes())
+                    }
+                    // The ABI's add refuses an empty value; a set of one leaves the header absent.
+                    HeaderEdit::Add(name, value) => {
+                        value.is_empty() || envoy.add_request_header(name, value.as_bytes())
+                    }
+                });
             if applied {
                 envoy.count(stream.metrics.allowed, 1);
                 HeadersStatus::Continue

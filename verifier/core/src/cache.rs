@@ -60,13 +60,13 @@ fn entry_bytes(text: &str, token: &VerifiedToken) -> usize {
         .map(|s| block(s.len()))
         .sum::<usize>();
     let lists = (claims.aud.len() + claims.scope.len() + claims.amr.len()) * 24;
-    // The forwarded `sub` and joined scopes, each an `Arc<str>`: two counts before the text.
+    // The forwarded `sub` and joined scopes.
     let forwarded = &token.checked.forwarded;
     let forwarded = forwarded
         .user_id
         .as_ref()
-        .map_or(0, |user_id| block(16 + user_id.len()))
-        + block(16 + forwarded.scope.len());
+        .map_or(0, |user_id| block(user_id.len()))
+        + block(forwarded.scope.len());
     ENTRY_OVERHEAD_BYTES + block(text.len()) + strings + lists + forwarded
 }
 

@@ -320,9 +320,8 @@ pub struct Policy {
     pub(crate) cors_preflight_bypass: bool,
     /// Exact origins whose pages may read refusals; empty: refusals carry no CORS header.
     pub(crate) cors_allowed_origins: Vec<String>,
-    // Shared, not owned: a forwarded request names these without copying them.
-    pub(crate) user_id_header: Arc<str>,
-    pub(crate) scope_header: Arc<str>,
+    pub(crate) user_id_header: String,
+    pub(crate) scope_header: String,
     /// Lowercase names removed from every request: identity headers first, then the rest, then
     /// every `-`/`_` alias of each, then `authorization` if `headers.strip_authorization`.
     pub(crate) strip_headers: Vec<Arc<str>>,
@@ -658,8 +657,8 @@ impl TryFrom<RawPolicy> for Policy {
             routes: raw.routes,
             cors_preflight_bypass: raw.cors_preflight_bypass,
             cors_allowed_origins,
-            user_id_header: user_id_header.into(),
-            scope_header: scope_header.into(),
+            user_id_header,
+            scope_header,
             strip_lengths: strip_headers
                 .iter()
                 .fold(0, |lengths, name| lengths | length_bit(name.len())),

@@ -5,7 +5,7 @@
 //! call one: it returns [`Step::CheckRevocation`] and the host answers with
 //! [`RevocationCheck::finish`], the way rustls hands its caller what it wants next.
 
-use alloc::{string::String, vec::Vec};
+use alloc::string::String;
 
 use crate::{
     alg::Algorithm,
@@ -128,19 +128,9 @@ impl RevocationCheck {
         if unavailable && policy.on_revocation_unavailable == OnUnavailable::Deny {
             return Verdict::Deny(DenyReason::RevocationUnavailable.into());
         }
-        let mut header_changes = self.header_changes;
-        let forwarded = &self.token.checked.forwarded;
-        if let Some(user_id) = &forwarded.user_id {
-            header_changes
-                .set
-                .push((policy.user_id_header.clone(), user_id.clone()));
-        }
-        header_changes
-            .set
-            .push((policy.scope_header.clone(), forwarded.scope.clone()));
         Verdict::Allow(Allowed {
             token: Some(self.token),
-            header_changes,
+            header_changes: self.header_changes,
         })
     }
 }
@@ -176,10 +166,7 @@ fn removals<H: Headers + ?Sized>(policy: &Policy, headers: &H) -> HeaderChanges 
         })
         .map(|(_, name)| name.clone())
         .collect();
-    HeaderChanges {
-        remove,
-        set: Vec::new(),
-    }
+    HeaderChanges { remove }
 }
 
 /// Forwarded with no identity: client-supplied identity headers are still removed.

@@ -4,7 +4,7 @@
 //! to pick a key. [`VerifiedToken`] can only be built by `verifier.rs`, which requires a proof
 //! that the signature verified; [`crate::verdict::Allowed`] holds one.
 
-use alloc::{string::String, sync::Arc, vec::Vec};
+use alloc::{boxed::Box, string::String, sync::Arc, vec::Vec};
 
 use serde::{de::IgnoredAny, Deserialize, Serialize};
 
@@ -227,17 +227,18 @@ pub struct SignatureChecked {
     pub(crate) forwarded: ForwardedIdentity,
 }
 
-/// The identity header values an allowed request carries upstream.
+/// The identity header values an allowed request carries upstream: made once per verified
+/// token, then borrowed by every request it allows ([`crate::Allowed::edits`]).
 #[derive(Debug, Clone)]
 pub(crate) struct ForwardedIdentity {
-    pub(crate) user_id: Option<Arc<str>>,
-    pub(crate) scope: Arc<str>,
+    pub(crate) user_id: Option<Box<str>>,
+    pub(crate) scope: Box<str>,
 }
 
 impl ForwardedIdentity {
     pub(crate) fn of(claims: &Claims) -> Self {
         Self {
-            user_id: claims.sub.as_deref().map(Arc::from),
+            user_id: claims.sub.as_deref().map(Box::from),
             scope: claims.scope.join(" ").into(),
         }
     }

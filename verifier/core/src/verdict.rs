@@ -286,18 +286,15 @@ impl Denial {
     }
 }
 
-/// Edits the host applies to the request before forwarding it upstream.
+/// The identity headers a request carries, removed before it is forwarded upstream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderChanges {
     /// Lowercase names to remove (all values), each an identity header the request carries.
-    /// Applied before `set`. The names are the policy's, shared rather than copied per request.
+    /// The names are the policy's, shared rather than copied per request.
     pub remove: Vec<Arc<str>>,
-    /// Identity headers to set, replacing any value. Names and values are shared with the
-    /// policy and the verified token.
-    pub set: Vec<(Arc<str>, Arc<str>)>,
 }
 
-/// One edit of the forwarded request's headers ([`HeaderChanges::edits`]).
+/// One edit of the forwarded request's headers ([`Allowed::edits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderEdit<'a> {
     /// Remove every value of a header the request carries.
@@ -309,20 +306,39 @@ pub enum HeaderEdit<'a> {
     Add(&'a str, &'a str),
 }
 
-impl HeaderChanges {
-    /// The edits that make these changes, in order. `remove` lists every identity header the
-    /// request carries, and only identity headers are set, so a name set and not removed is one
-    /// the request lacks: it is added, which a host (Envoy) does without first searching the
-    /// request's headers for it. A name both removed and set is only replaced.
-    pub fn edits(&self) -> impl Iterator<Item = HeaderEdit<'_>> {
-        let is_set = |name: &str| self.set.iter().any(|(set, _)| **set == *name);
-        let carried = |name: &str| self.remove.iter().any(|removed| **removed == *name);
-        let removals = self
-            .remove
+/// A request the policy lets through.
+#[derive(Debug, Clone)]
+pub struct Allowed {
+    /// The verified token, absent on public routes and CORS preflight.
+    pub token: Option<VerifiedToken>,
+    /// The identity headers to remove. Removed even on public routes.
+    pub header_changes: HeaderChanges,
+}
+
+impl Allowed {
+    /// The edits that make the forwarded request, in order, under `policy` (the one that decided
+    /// it): the client's identity headers go, then the token's user id and scopes are set. The
+    /// values are borrowed from the token, not built per request.
+    ///
+    /// `remove` lists every identity header the request carries, and only identity headers are
+    /// set, so a name set and not removed is one the request lacks: it is added, which a host
+    /// (Envoy) does without first searching the request's headers for it. A name both removed
+    /// and set is only replaced.
+    pub fn edits<'a>(&'a self, policy: &'a Policy) -> impl Iterator<Item = HeaderEdit<'a>> {
+        let forwarded = self.token.as_ref().map(|token| &token.checked.forwarded);
+        let user_id = forwarded
+            .and_then(|f| f.user_id.as_deref())
+            .map(|value| (&*policy.user_id_header, value));
+        let scope = forwarded.map(|f| (&*policy.scope_header, &*f.scope));
+        let set = move || user_id.into_iter().chain(scope);
+        let removed = &self.header_changes.remove;
+        let is_set = move |name: &str| set().any(|(set, _)| set == name);
+        let carried = |name: &str| removed.iter().any(|r| **r == *name);
+        let removals = removed
             .iter()
             .filter(move |name| !is_set(name))
             .map(|name| HeaderEdit::Remove(name));
-        let sets = self.set.iter().map(move |(name, value)| {
+        let sets = set().map(move |(name, value)| {
             if carried(name) {
                 HeaderEdit::Replace(name, value)
             } else {
@@ -331,15 +347,6 @@ impl HeaderChanges {
         });
         removals.chain(sets)
     }
-}
-
-/// A request the policy lets through.
-#[derive(Debug, Clone)]
-pub struct Allowed {
-    /// The verified token, absent on public routes and CORS preflight.
-    pub token: Option<VerifiedToken>,
-    /// What to change before forwarding. Identity headers are removed even on public routes.
-    pub header_changes: HeaderChanges,
 }
 
 /// The core's answer for one request.

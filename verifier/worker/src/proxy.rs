@@ -1,7 +1,7 @@
 //! Forwarding an allowed request to the upstream: client-supplied identity removed, verified
 //! identity set, the body streamed through untouched, the upstream's answer returned as it is.
 
-use edgeauth_core::Allowed;
+use edgeauth_core::{Allowed, HeaderEdit};
 use serde_json::json;
 use worker::{
     console_error, js_sys,
@@ -37,19 +37,20 @@ pub fn forward(
     settings: &Settings,
     path: &str,
 ) -> worker::Result<Answer> {
-    let changes = &allowed.header_changes;
     // A copy made by the runtime in one call; only the few changes cross from Wasm, their names
     // interned (sent once, then reused).
     let headers = web_sys::Headers::new_with_headers(&request.headers())?;
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(changes.remove.iter().map(|name| &**name))
-    {
+    for name in HOP_BY_HOP {
         headers.delete(intern(name))?;
     }
-    for (name, value) in &changes.set {
-        headers.set(intern(name), value)?;
+    // The runtime's set replaces every value of the name, whatever its case.
+    for edit in allowed.edits(&settings.policy) {
+        match edit {
+            HeaderEdit::Remove(name) => headers.delete(intern(name))?,
+            HeaderEdit::Replace(name, value) | HeaderEdit::Add(name, value) => {
+                headers.set(intern(name), value)?
+            }
+        }
     }
     let init = web_sys::RequestInit::new();
     init.set_method(intern(method));
