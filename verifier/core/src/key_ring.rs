@@ -348,14 +348,16 @@ fn parse_key(value: &serde_json::Value, policy: &Policy) -> Result<RingKey, Skip
             let key = jwk(value)?;
             let key = ed25519_dalek::VerifyingKey::try_from(&key)
                 .map_err(|e| SkipReason::Invalid(e.to_string()))?;
-            let key = Ed25519Key::new(key).ok_or(SkipReason::WeakKey)?;
-            (KeyMaterial::Ed25519(key), &[Algorithm::EdDsa])
+            if key.is_weak() {
+                return Err(SkipReason::WeakKey);
+            }
+            (Read::Ed25519(key), &[Algorithm::EdDsa])
         }
         "EC" if curve == "P-256" => {
             let key = jwk(value)?;
             let key = <Es256 as JwtAlgorithm>::VerifyingKey::try_from(&key)
                 .map_err(|e| SkipReason::Invalid(e.to_string()))?;
-            (KeyMaterial::P256(key), &[Algorithm::Es256])
+            (Read::Ready(KeyMaterial::P256(key)), &[Algorithm::Es256])
         }
         "OKP" | "EC" => return Err(SkipReason::UnsupportedCurve(curve.to_owned())),
         "RSA" => {
@@ -368,7 +370,10 @@ fn parse_key(value: &serde_json::Value, policy: &Policy) -> Result<RingKey, Skip
             }
             let key =
                 RsaPublicKey::try_from(&key).map_err(|e| SkipReason::Invalid(e.to_string()))?;
-            (KeyMaterial::Rsa(key), &[Algorithm::Rs256, Algorithm::Ps256])
+            (
+                Read::Ready(KeyMaterial::Rsa(key)),
+                &[Algorithm::Rs256, Algorithm::Ps256],
+            )
         }
         "oct" => {
             let key = jwk(value)?;
@@ -378,7 +383,7 @@ fn parse_key(value: &serde_json::Value, policy: &Policy) -> Result<RingKey, Skip
                 }
             }
             let key = Hs256Key::try_from(&key).map_err(|e| SkipReason::Invalid(e.to_string()))?;
-            (KeyMaterial::Hmac(key), &[Algorithm::Hs256])
+            (Read::Ready(KeyMaterial::Hmac(key)), &[Algorithm::Hs256])
         }
         other => return Err(SkipReason::UnsupportedKeyType(other.to_owned())),
     };
@@ -397,12 +402,26 @@ fn parse_key(value: &serde_json::Value, policy: &Policy) -> Result<RingKey, Skip
         return Err(SkipReason::AlgorithmNotAllowed);
     }
     let thumbprint = thumbprint_of(value)?;
+    let material = match material {
+        Read::Ready(material) => material,
+        // Last, for a key the ring keeps: with `eddsa-tables` this builds the key's 30 KB table.
+        Read::Ed25519(key) => {
+            KeyMaterial::Ed25519(Ed25519Key::new(key).ok_or(SkipReason::WeakKey)?)
+        }
+    };
     Ok(RingKey {
         kid: meta.kid,
         jwk_alg,
         material,
         thumbprint,
     })
+}
+
+/// A key's material as its JWK gave it. An Ed25519 key is checked at once but made ready to
+/// verify only once the policy's checks keep it (see [`Ed25519Key`]).
+enum Read {
+    Ready(KeyMaterial),
+    Ed25519(ed25519_dalek::VerifyingKey),
 }
 
 fn jwk(value: &serde_json::Value) -> Result<JsonWebKey<'static>, SkipReason> {
