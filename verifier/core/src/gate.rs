@@ -5,7 +5,7 @@
 //! call one: it returns [`Step::CheckRevocation`] and the host answers with
 //! [`RevocationCheck::finish`], the way rustls hands its caller what it wants next.
 
-use alloc::string::String;
+use alloc::{string::String, sync::Arc, vec::Vec};
 
 use crate::{
     alg::Algorithm,
@@ -15,7 +15,7 @@ use crate::{
     key_ring::{KeyRing, PublicKey, Thumbprint},
     rules::{is_rule_method, match_route, normalise_path, RoutePath, RouteRule, MFA_AMR_VALUES},
     token::VerifiedToken,
-    verdict::{Allowed, Denial, DenyReason, HeaderChanges, Verdict},
+    verdict::{Allowed, Denial, DenyReason, Verdict},
     verifier::{prepare_signature, revalidate, validate_claims, Expected, Prepared},
 };
 
@@ -85,7 +85,7 @@ impl RevocationAnswer {
 #[derive(Debug)]
 pub struct RevocationCheck {
     token: VerifiedToken,
-    header_changes: HeaderChanges,
+    remove_headers: Vec<Arc<str>>,
 }
 
 impl RevocationCheck {
@@ -130,7 +130,7 @@ impl RevocationCheck {
         }
         Verdict::Allow(Allowed {
             token: Some(self.token),
-            header_changes: self.header_changes,
+            remove_headers: self.remove_headers,
         })
     }
 }
@@ -138,7 +138,7 @@ impl RevocationCheck {
 /// Headers removed from every forwarded request: client-supplied identity is never trusted.
 /// Only the names `headers` carries are listed, in the policy's order: the policy names every
 /// `-`/`_` spelling of each identity header, and each removal is a call into the host.
-fn removals<H: Headers + ?Sized>(policy: &Policy, headers: &H) -> HeaderChanges {
+fn removals<H: Headers + ?Sized>(policy: &Policy, headers: &H) -> Vec<Arc<str>> {
     let names = &policy.strip_headers;
     // One pass over the request's names where the host can list them, most skipped on their
     // length; else (or beyond 64 spellings, one bit each) one lookup per spelling.
@@ -154,7 +154,7 @@ fn removals<H: Headers + ?Sized>(policy: &Policy, headers: &H) -> HeaderChanges 
                 }
             }
         });
-    let remove = names
+    names
         .iter()
         .enumerate()
         .filter(|(i, name)| {
@@ -165,15 +165,14 @@ fn removals<H: Headers + ?Sized>(policy: &Policy, headers: &H) -> HeaderChanges 
             }
         })
         .map(|(_, name)| name.clone())
-        .collect();
-    HeaderChanges { remove }
+        .collect()
 }
 
 /// Forwarded with no identity: client-supplied identity headers are still removed.
 fn pass_without_token<H: Headers + ?Sized>(policy: &Policy, headers: &H) -> Step {
     Step::Done(Verdict::Allow(Allowed {
         token: None,
-        header_changes: removals(policy, headers),
+        remove_headers: removals(policy, headers),
     }))
 }
 
@@ -219,7 +218,7 @@ pub struct SignatureCheck {
     /// The token text, when the verification is to be cached.
     cached_as: Option<String>,
     /// The request's identity headers to remove, once the token is valid.
-    removals: HeaderChanges,
+    removals: Vec<Arc<str>>,
 }
 
 impl SignatureCheck {
@@ -344,7 +343,7 @@ pub fn authorize_deferred<H: Headers + ?Sized>(
 fn after_verification(
     token: VerifiedToken,
     route: Option<&RouteRule>,
-    removals: HeaderChanges,
+    removals: Vec<Arc<str>>,
 ) -> Step {
     if let Some(route) = route {
         let scopes = &token.claims().scope;
@@ -367,6 +366,6 @@ fn after_verification(
     }
     Step::CheckRevocation(RevocationCheck {
         token,
-        header_changes: removals,
+        remove_headers: removals,
     })
 }

@@ -78,5 +78,5 @@ pub use revocation::{
 };
 pub use rules::RouteRule;
 pub use token::{Claims, SignatureChecked, TokenHeader, VerifiedToken};
-pub use verdict::{Allowed, Denial, DenyReason, HeaderChanges, HeaderEdit, Verdict};
+pub use verdict::{Allowed, Denial, DenyReason, HeaderEdit, Verdict};
 pub use verifier::{check_signature, validate_claims, verify_token};

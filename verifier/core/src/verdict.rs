@@ -286,14 +286,6 @@ impl Denial {
     }
 }
 
-/// The identity headers a request carries, removed before it is forwarded upstream.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HeaderChanges {
-    /// Lowercase names to remove (all values), each an identity header the request carries.
-    /// The names are the policy's, shared rather than copied per request.
-    pub remove: Vec<Arc<str>>,
-}
-
 /// One edit of the forwarded request's headers ([`Allowed::edits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderEdit<'a> {
@@ -311,8 +303,10 @@ pub enum HeaderEdit<'a> {
 pub struct Allowed {
     /// The verified token, absent on public routes and CORS preflight.
     pub token: Option<VerifiedToken>,
-    /// The identity headers to remove. Removed even on public routes.
-    pub header_changes: HeaderChanges,
+    /// Lowercase names to remove (all values), each an identity header the request carries;
+    /// removed even on public routes. The names are the policy's, shared rather than copied per
+    /// request.
+    pub remove_headers: Vec<Arc<str>>,
 }
 
 impl Allowed {
@@ -320,7 +314,7 @@ impl Allowed {
     /// it): the client's identity headers go, then the token's user id and scopes are set. The
     /// values are borrowed from the token, not built per request.
     ///
-    /// `remove` lists every identity header the request carries, and only identity headers are
+    /// `remove_headers` lists every identity header the request carries, and only identity headers are
     /// set, so a name set and not removed is one the request lacks: it is added, which a host
     /// (Envoy) does without first searching the request's headers for it. A name both removed
     /// and set is only replaced.
@@ -331,7 +325,7 @@ impl Allowed {
             .map(|value| (&*policy.user_id_header, value));
         let scope = forwarded.map(|f| (&*policy.scope_header, &*f.scope));
         let set = move || user_id.into_iter().chain(scope);
-        let removed = &self.header_changes.remove;
+        let removed = &self.remove_headers;
         let is_set = move |name: &str| set().any(|(set, _)| set == name);
         let carried = |name: &str| removed.iter().any(|r| **r == *name);
         let removals = removed

@@ -92,7 +92,7 @@ fn allowed_with(spoofed: &[(&str, &str)]) -> Allowed {
 
 /// The names an allowed request loses.
 fn removed(allowed: &Allowed) -> Vec<&str> {
-    allowed.header_changes.remove.iter().map(|n| &**n).collect()
+    allowed.remove_headers.iter().map(|n| &**n).collect()
 }
 
 /// The headers an allowed request is forwarded with, set (replaced or added) under `policy`.
@@ -185,7 +185,7 @@ fn underscore_spellings_of_identity_headers_are_removed_too() {
         let Verdict::Allow(allowed) = verdict else {
             panic!("allow")
         };
-        let remove = &allowed.header_changes.remove;
+        let remove = &allowed.remove_headers;
         for (alias, _) in spoofed {
             assert!(
                 remove.iter().any(|r| r.eq_ignore_ascii_case(alias)),
@@ -260,7 +260,7 @@ fn identity_headers_are_found_alike_whether_or_not_the_host_lists_its_headers() 
                 let Verdict::Allow(allowed) = check.finish(RevocationAnswer::CLEAR, &policy) else {
                     panic!("allow")
                 };
-                allowed.header_changes.remove
+                allowed.remove_headers
             };
             let (listed, asked) = (removed_by(true), removed_by(false));
             assert_eq!(listed, asked, "{extra} {headers:?}");
