@@ -82,7 +82,7 @@ impl Vm {
     }
 
     pub(crate) fn usable_keys(&self, now: i64) -> Option<Arc<KeyRing>> {
-        self.keys.usable(now, self.settings.keys_max_stale)
+        self.keys.usable(now, self.settings.keys_max_stale).cloned()
     }
 }
 

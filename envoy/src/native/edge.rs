@@ -14,7 +14,7 @@ use std::sync::{
     Arc, Mutex, MutexGuard,
 };
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 use edgeauth_core::{
     authorize_deferred, forced_fetch_claimable, freshness_seconds, Allowed, Deferred, Denial,
     DenyReason, DenyState, FeedNext, FeedPage, FeedReader, KeyCache, KeyRing, Request,
@@ -112,9 +112,10 @@ impl Edge {
         }
     }
 
-    /// What requests read now.
-    pub fn view(&self) -> Arc<View> {
-        self.view.load_full()
+    /// What requests read now. A guard rather than a clone: arc-swap keeps its bookkeeping in
+    /// per-thread slots, so a request writes no counter that the other worker threads write.
+    pub fn view(&self) -> Guard<Arc<View>> {
+        self.view.load()
     }
 
     fn fetcher(&self) -> MutexGuard<'_, Fetcher> {
@@ -250,7 +251,7 @@ impl Edge {
         let read = fetcher.reader.read(
             &page,
             now,
-            &keys,
+            keys,
             fetcher.view.keys.fetched_at(),
             policy,
             usize::MAX,
@@ -331,11 +332,13 @@ impl Edge {
         may_refetch: bool,
     ) -> Outcome {
         let settings = &self.settings;
-        let keys = view.keys.usable(now, settings.keys_max_stale);
-        let step = match authorize_deferred(request, now, keys.as_deref(), &settings.policy, tokens)
-        {
+        let keys = view
+            .keys
+            .usable(now, settings.keys_max_stale)
+            .map(|ring| &**ring);
+        let step = match authorize_deferred(request, now, keys, &settings.policy, tokens) {
             Deferred::Decided(step) => step,
-            Deferred::VerifySignature(check) => match keys.as_deref() {
+            Deferred::VerifySignature(check) => match keys {
                 Some(ring) => {
                     let valid = verify(&check, ring);
                     check.finish(valid, now, &settings.policy, tokens)

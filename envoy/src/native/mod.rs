@@ -35,7 +35,7 @@ use edgeauth_core::{DenyReason, HeaderEdit, TokenCache};
 use serde_json::json;
 
 use self::{
-    abi::{ConfigHandle, Filter, HeadersStatus, LogLevel, Scheduler},
+    abi::{ConfigHandle, ConfigRef, Filter, HeadersStatus, LogLevel, Scheduler},
     edge::{Call, Edge, Outcome},
 };
 use crate::{call_answer::CallAnswer, settings::Settings};
@@ -109,7 +109,7 @@ impl Metrics {
 #[derive(Debug)]
 pub struct FilterConfig {
     edge: Arc<Edge>,
-    metrics: Arc<Metrics>,
+    metrics: Metrics,
     envoy: ConfigHandle,
     /// Callouts in flight, by id (main thread only; the lock is never contended).
     calls: Mutex<HashMap<u64, Call>>,
@@ -138,8 +138,7 @@ impl Drop for FilterConfig {
 /// One request.
 #[derive(Debug)]
 pub struct Stream {
-    edge: Arc<Edge>,
-    metrics: Arc<Metrics>,
+    config: ConfigRef,
     /// The JWKS refetch this request waits for, and when it started.
     keys_call: Option<(u64, i64)>,
 }
@@ -175,7 +174,7 @@ fn config_new(
         .ok()?;
     Some(Box::new(FilterConfig {
         edge: Arc::new(Edge::new(settings)),
-        metrics: Arc::new(metrics),
+        metrics,
         envoy,
         calls: Mutex::new(HashMap::new()),
         ticker: Some(Ticker { stop, thread }),
@@ -266,10 +265,9 @@ fn config_answered(config: &FilterConfig, id: u64, answer: &CallAnswer) {
     config_tick(config);
 }
 
-fn stream_new(config: &FilterConfig) -> Stream {
+fn stream_new(config: ConfigRef) -> Stream {
     Stream {
-        edge: config.edge.clone(),
-        metrics: config.metrics.clone(),
+        config,
         keys_call: None,
     }
 }
@@ -309,7 +307,7 @@ fn request_headers(stream: &mut Stream, envoy: &mut Filter) -> HeadersStatus {
 }
 
 fn decide(stream: &Stream, envoy: &Filter, may_refetch: bool) -> Outcome {
-    let edge = &stream.edge;
+    let edge = &stream.config.edge;
     let headers = envoy.request_headers();
     let view = edge.view();
     with_tokens(edge, |tokens| {
@@ -320,20 +318,21 @@ fn decide(stream: &Stream, envoy: &Filter, may_refetch: bool) -> Outcome {
 fn act(stream: &mut Stream, envoy: &mut Filter, outcome: Outcome) -> HeadersStatus {
     match outcome {
         Outcome::Allow(allowed) => {
-            let applied = allowed
-                .edits(&stream.edge.settings.policy)
-                .all(|edit| match edit {
-                    HeaderEdit::Remove(name) => envoy.set_request_header(name, b""),
-                    HeaderEdit::Replace(name, value) => {
-                        envoy.set_request_header(name, value.as_bytes())
-                    }
-                    // The ABI's add refuses an empty value; a set of one leaves the header absent.
-                    HeaderEdit::Add(name, value) => {
-                        value.is_empty() || envoy.add_request_header(name, value.as_bytes())
-                    }
-                });
+            let applied =
+                allowed
+                    .edits(&stream.config.edge.settings.policy)
+                    .all(|edit| match edit {
+                        HeaderEdit::Remove(name) => envoy.set_request_header(name, b""),
+                        HeaderEdit::Replace(name, value) => {
+                            envoy.set_request_header(name, value.as_bytes())
+                        }
+                        // The ABI's add refuses an empty value; a set of one leaves the header absent.
+                        HeaderEdit::Add(name, value) => {
+                            value.is_empty() || envoy.add_request_header(name, value.as_bytes())
+                        }
+                    });
             if applied {
-                envoy.count(stream.metrics.allowed, 1);
+                envoy.count(stream.config.metrics.allowed, 1);
                 HeadersStatus::Continue
             } else {
                 // Forwarding with a spoofed identity header left in place would be worse.
@@ -342,8 +341,8 @@ fn act(stream: &mut Stream, envoy: &mut Filter, outcome: Outcome) -> HeadersStat
             }
         }
         Outcome::Deny(denial, headers) => {
-            envoy.count(stream.metrics.denied, 1);
-            envoy.count(stream.metrics.denied_by(denial.reason), 1);
+            envoy.count(stream.config.metrics.denied, 1);
+            envoy.count(stream.config.metrics.denied_by(denial.reason), 1);
             let headers: Vec<(&str, &[u8])> =
                 headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
             envoy.send_response(
@@ -355,7 +354,7 @@ fn act(stream: &mut Stream, envoy: &mut Filter, outcome: Outcome) -> HeadersStat
             HeadersStatus::Stop
         }
         Outcome::FetchKeys => {
-            let settings = &stream.edge.settings;
+            let settings = &stream.config.edge.settings;
             let route = &settings.jwks;
             match envoy.callout(
                 &route.cluster,
@@ -383,8 +382,11 @@ fn keys_answered(stream: &mut Stream, envoy: &mut Filter, id: u64, answer: &Call
         return;
     };
     stream.keys_call = None;
-    let taken = stream.edge.take_keys(answer, started_at, now(), false);
-    envoy.count(stream.metrics.keys_fetched(&taken), 1);
+    let taken = stream
+        .config
+        .edge
+        .take_keys(answer, started_at, now(), false);
+    envoy.count(stream.config.metrics.keys_fetched(&taken), 1);
     if let Err(error) = taken {
         log(
             LogLevel::Warn,

@@ -38,11 +38,12 @@ pub fn forced_fetch_claimable(last_claim: Option<i64>, now: i64, interval: u32) 
 
 impl KeyCache {
     /// The keys to verify with at `now`: fresh ones, or the last good ones within `max_stale`.
-    pub fn usable(&self, now: i64, max_stale: u32) -> Option<Arc<KeyRing>> {
+    /// Borrowed: a host whose key set is shared between threads would otherwise write its
+    /// reference count on every request.
+    pub fn usable(&self, now: i64, max_stale: u32) -> Option<&Arc<KeyRing>> {
         self.ring
             .as_ref()
             .filter(|_| now < self.fresh_until.saturating_add(i64::from(max_stale)))
-            .cloned()
     }
 
     /// Whether a refetch for an unknown `kid` may start now.

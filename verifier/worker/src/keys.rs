@@ -38,7 +38,9 @@ pub async fn keys_for_request(
     now: i64,
     ctx: &Context,
 ) -> Option<Arc<KeyRing>> {
-    let usable = with_isolate(env, |i| i.keys.usable(now, settings.keys_max_stale));
+    let usable = with_isolate(env, |i| {
+        i.keys.usable(now, settings.keys_max_stale).cloned()
+    });
     if usable.is_none() {
         return current_keys(env, settings, now, false).await;
     }
@@ -188,7 +190,9 @@ fn store(env: &Env, settings: &Settings, fetched: Result<Fetched, String>) {
 }
 
 fn usable(env: &Env, settings: &Settings, now: i64) -> Option<Arc<KeyRing>> {
-    with_isolate(env, |i| i.keys.usable(now, settings.keys_max_stale))
+    with_isolate(env, |i| {
+        i.keys.usable(now, settings.keys_max_stale).cloned()
+    })
 }
 
 /// The Cache API copy another isolate stored, if it is still fresh at `now`.
