@@ -316,23 +316,23 @@ fn decide(stream: &Stream, envoy: &Filter, may_refetch: bool) -> Outcome {
 }
 
 fn act(stream: &mut Stream, envoy: &mut Filter, outcome: Outcome) -> HeadersStatus {
+    let config = stream.config;
     match outcome {
         Outcome::Allow(allowed) => {
-            let applied =
-                allowed
-                    .edits(&stream.config.edge.settings.policy)
-                    .all(|edit| match edit {
-                        HeaderEdit::Remove(name) => envoy.set_request_header(name, b""),
-                        HeaderEdit::Replace(name, value) => {
-                            envoy.set_request_header(name, value.as_bytes())
-                        }
-                        // The ABI's add refuses an empty value; a set of one leaves the header absent.
-                        HeaderEdit::Add(name, value) => {
-                            value.is_empty() || envoy.add_request_header(name, value.as_bytes())
-                        }
-                    });
+            let applied = allowed
+                .edits(&config.edge.settings.policy)
+                .all(|edit| match edit {
+                    HeaderEdit::Remove(name) => envoy.set_request_header(name, b""),
+                    HeaderEdit::Replace(name, value) => {
+                        envoy.set_request_header(name, value.as_bytes())
+                    }
+                    // The ABI's add refuses an empty value; a set of one leaves the header absent.
+                    HeaderEdit::Add(name, value) => {
+                        value.is_empty() || envoy.add_request_header(name, value.as_bytes())
+                    }
+                });
             if applied {
-                envoy.count(stream.config.metrics.allowed, 1);
+                envoy.count(config.metrics.allowed, 1);
                 HeadersStatus::Continue
             } else {
                 // Forwarding with a spoofed identity header left in place would be worse.
@@ -341,8 +341,8 @@ fn act(stream: &mut Stream, envoy: &mut Filter, outcome: Outcome) -> HeadersStat
             }
         }
         Outcome::Deny(denial, headers) => {
-            envoy.count(stream.config.metrics.denied, 1);
-            envoy.count(stream.config.metrics.denied_by(denial.reason), 1);
+            envoy.count(config.metrics.denied, 1);
+            envoy.count(config.metrics.denied_by(denial.reason), 1);
             let headers: Vec<(&str, &[u8])> =
                 headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
             envoy.send_response(
@@ -354,7 +354,7 @@ fn act(stream: &mut Stream, envoy: &mut Filter, outcome: Outcome) -> HeadersStat
             HeadersStatus::Stop
         }
         Outcome::FetchKeys => {
-            let settings = &stream.config.edge.settings;
+            let settings = &config.edge.settings;
             let route = &settings.jwks;
             match envoy.callout(
                 &route.cluster,
@@ -382,11 +382,9 @@ fn keys_answered(stream: &mut Stream, envoy: &mut Filter, id: u64, answer: &Call
         return;
     };
     stream.keys_call = None;
-    let taken = stream
-        .config
-        .edge
-        .take_keys(answer, started_at, now(), false);
-    envoy.count(stream.config.metrics.keys_fetched(&taken), 1);
+    let config = stream.config;
+    let taken = config.edge.take_keys(answer, started_at, now(), false);
+    envoy.count(config.metrics.keys_fetched(&taken), 1);
     if let Err(error) = taken {
         log(
             LogLevel::Warn,
