@@ -390,8 +390,9 @@ pub(crate) fn record_metric(id: u32, value: u64) -> Result<(), Status> {
 // The entry points. Envoy looks each up by name and skips the ones a module does not export
 // (request bodies, responses, logs), so only the ones the filter needs are here. `proxy_on_done`
 // is not: the filter has nothing to finish, and Envoy takes a missing one as `true`, which saves
-// a call into the VM on every request (0.1-0.2 us in `scripts/bench envoy`). Cleaning up is
-// `proxy_on_delete`'s, which Envoy also calls when it removes a plugin's root context.
+// a call into the VM on every request (0.1-0.2 us, paired rounds in `scripts/bench envoy`'s
+// setup). Cleaning up is `proxy_on_delete`'s, which Envoy also calls when it removes a plugin's
+// root context.
 
 extern "C" {
     // wasi-libc's constructors: a reactor module must run them before anything else.
