@@ -217,8 +217,8 @@ pub struct SignatureCheck {
     route: Option<usize>,
     /// The token text, when the verification is to be cached.
     cached_as: Option<String>,
-    /// The request's identity headers to remove, once the token is valid.
-    removals: Vec<Arc<str>>,
+    /// The headers to remove from the request, once the token is valid ([`removals`]).
+    remove_headers: Vec<Arc<str>>,
 }
 
 impl SignatureCheck {
@@ -268,7 +268,7 @@ impl SignatureCheck {
             cache.insert(text, token.clone());
         }
         let route = self.route.and_then(|i| policy.routes.get(i));
-        after_verification(token, route, self.removals)
+        after_verification(token, route, self.remove_headers)
     }
 }
 
@@ -335,7 +335,7 @@ pub fn authorize_deferred<H: Headers + ?Sized>(
         prepared,
         route: route.and_then(|r| policy.routes.iter().position(|x| core::ptr::eq(x, r))),
         cached_as: use_cache.then_some(token_text),
-        removals: removals(policy, request.headers),
+        remove_headers: removals(policy, request.headers),
     })
 }
 
@@ -343,7 +343,7 @@ pub fn authorize_deferred<H: Headers + ?Sized>(
 fn after_verification(
     token: VerifiedToken,
     route: Option<&RouteRule>,
-    removals: Vec<Arc<str>>,
+    remove_headers: Vec<Arc<str>>,
 ) -> Step {
     if let Some(route) = route {
         let scopes = &token.claims().scope;
@@ -366,6 +366,6 @@ fn after_verification(
     }
     Step::CheckRevocation(RevocationCheck {
         token,
-        remove_headers: removals,
+        remove_headers,
     })
 }

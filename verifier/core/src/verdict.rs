@@ -303,9 +303,10 @@ pub enum HeaderEdit<'a> {
 pub struct Allowed {
     /// The verified token, absent on public routes and CORS preflight.
     pub token: Option<VerifiedToken>,
-    /// Lowercase names to remove (all values), each an identity header the request carries;
-    /// removed even on public routes. The names are the policy's, shared rather than copied per
-    /// request.
+    /// Lowercase names to remove (all values): each header the policy strips that the request
+    /// carries (the identity headers in every `-`/`_` spelling, the others the policy names,
+    /// `authorization` if it says so), even on public routes. The names are the policy's, shared
+    /// rather than copied per request.
     pub remove_headers: Vec<Arc<str>>,
 }
 
@@ -314,10 +315,10 @@ impl Allowed {
     /// it): the client's identity headers go, then the token's user id and scopes are set. The
     /// values are borrowed from the token, not built per request.
     ///
-    /// `remove_headers` lists every identity header the request carries, and only identity headers are
-    /// set, so a name set and not removed is one the request lacks: it is added, which a host
-    /// (Envoy) does without first searching the request's headers for it. A name both removed
-    /// and set is only replaced.
+    /// `remove_headers` lists every identity header the request carries, and only identity
+    /// headers are set, so a name set and not removed is one the request lacks: it is added,
+    /// which a host (Envoy) does without first searching the request's headers for it. A name
+    /// both removed and set is only replaced.
     pub fn edits<'a>(&'a self, policy: &'a Policy) -> impl Iterator<Item = HeaderEdit<'a>> {
         let forwarded = self.token.as_ref().map(|token| &token.checked.forwarded);
         let user_id = forwarded
