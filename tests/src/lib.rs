@@ -200,8 +200,13 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
 pub struct Switches {
     /// The origin's JWKS answers 503.
     pub jwks_down: AtomicBool,
-    /// The origin's JWKS answers nothing for a minute (a hung origin).
+    /// The origin's JWKS answers nothing for a minute (a hung origin), or until
+    /// [`Switches::jwks_release`] is notified.
     pub jwks_hangs: AtomicBool,
+    /// Ends every JWKS hang under way (`notify_waiters`).
+    pub jwks_release: tokio::sync::Notify,
+    /// JWKS requests that have hung so far.
+    pub jwks_held: AtomicUsize,
     /// Pushes from the origin to the Worker are dropped (answered 200, never delivered).
     pub drop_pushes: AtomicBool,
     /// Pushes go to the second Worker (another isolate on the same KV) instead of the first.
@@ -246,7 +251,15 @@ async fn relay(State(state): State<RelayState>, request: Request) -> Response {
         if path.starts_with("/.well-known/jwks.json")
             && state.switches.jwks_hangs.load(Ordering::SeqCst)
         {
-            tokio::time::sleep(Duration::from_secs(60)).await;
+            let released = state.switches.jwks_release.notified();
+            tokio::pin!(released);
+            // Registered before it is counted: a release that follows the count ends this hang.
+            released.as_mut().enable();
+            state.switches.jwks_held.fetch_add(1, Ordering::SeqCst);
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(60)) => {}
+                () = released => {}
+            }
         }
         if path.starts_with("/.well-known/jwks.json")
             && state.switches.jwks_down.load(Ordering::SeqCst)
@@ -424,6 +437,10 @@ pub struct StackOptions {
     pub page_origins: Vec<String>,
     /// Further origin configuration (`EDGEAUTH_*` variables), e.g. `EDGEAUTH_MAIL`.
     pub origin_env: Vec<(String, String)>,
+    /// Envoy only: the filter's listener comes from a file Envoy watches (LDS), not from its
+    /// bootstrap, so that [`Stack::replace_filter_configuration`] can replace it while Envoy
+    /// serves. A replaced listener drains for [`LDS_DRAIN`].
+    pub lds: bool,
 }
 
 impl Default for StackOptions {
@@ -443,6 +460,7 @@ impl Default for StackOptions {
             redis_cluster: false,
             page_origins: Vec::new(),
             origin_env: Vec::new(),
+            lds: false,
         }
     }
 }
@@ -472,6 +490,8 @@ pub struct Stack {
     envoy_beside_children: Vec<Child>,
     /// Envoy only: the listener with Envoy's native `jwt_authn`, configured like the filter.
     pub native: Option<String>,
+    /// Envoy with [`StackOptions::lds`] only: the filter's listener, as last written.
+    filter_listener: Option<FilterListener>,
     /// Envoy's admin interface (`/stats`): the edge's, or the first Envoy's beside the Worker.
     pub admin: Option<String>,
     /// The first origin's URL (log in, log out here).
@@ -596,6 +616,7 @@ impl Stack {
                 &policy,
                 (upstream, relay_address),
                 options.token_caches,
+                options.lds,
             )
             .await;
             let admin = envoy.admin.clone();
@@ -614,6 +635,7 @@ impl Stack {
                 envoys: Vec::new(),
                 envoy_beside_children: Vec::new(),
                 native: Some(envoy.native),
+                filter_listener: envoy.filter_listener,
                 admin: Some(envoy.admin),
                 origin,
                 origins,
@@ -635,6 +657,7 @@ impl Stack {
                 &policy,
                 (upstream, relay_address),
                 options.token_caches,
+                false,
             )
             .await;
             envoys_beside.push((envoy, *build));
@@ -697,6 +720,7 @@ impl Stack {
             envoys,
             envoy_beside_children,
             native: None,
+            filter_listener: None,
             admin,
             origin,
             origins,
@@ -748,19 +772,74 @@ impl Stack {
             Edge::EnvoyNative => "dynamicmodulescustom",
             Edge::Worker | Edge::Envoy => "wasmcustom",
         };
+        self.admin_stat(admin, &format!("{namespace}.{name}")).await
+    }
+
+    /// Envoy's own statistic `name` (a counter or gauge) at the admin interface `admin`.
+    async fn admin_stat(&self, admin: &str, name: &str) -> Option<u64> {
         let text = self
             .client
-            .get(format!("{admin}/stats?filter=^{namespace}\\.edgeauth"))
+            .get(format!(
+                "{admin}/stats?filter=^{}$",
+                name.replace('.', "\\.")
+            ))
             .send()
             .await
             .ok()?
             .text()
             .await
             .ok()?;
-        let wanted = format!("{namespace}.{name}: ");
+        let wanted = format!("{name}: ");
         text.lines()
             .find_map(|line| line.strip_prefix(&wanted))
             .and_then(|value| value.trim().parse().ok())
+    }
+
+    /// Envoy with [`StackOptions::lds`]: replaces the filter's configuration as an operator does,
+    /// by a new listener through LDS, `change`d from the last one. Returns once Envoy serves the
+    /// new listener; the old one drains for [`LDS_DRAIN`], with the requests still on it.
+    pub async fn replace_filter_configuration(&mut self, change: impl FnOnce(&mut Value)) {
+        let modified = self.envoy_stat("listener_manager.listener_modified").await;
+        let listener = self
+            .filter_listener
+            .as_mut()
+            .expect("a stack started with `lds`");
+        change(&mut listener.configuration);
+        listener.write();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.envoy_stat("listener_manager.listener_modified").await == modified
+            || self
+                .envoy_stat("listener_manager.total_listeners_warming")
+                .await
+                > 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "Envoy never took the new listener:\n{}",
+                self.edge_log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The edge process's threads named `name` (from `/proc`): the native module runs one
+    /// `edgeauth-tick` per live filter configuration.
+    pub fn edge_threads_named(&self, name: &str) -> usize {
+        let pid = self.edge_child.id().expect("the edge runs");
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("the edge's threads")
+            .filter_map(Result::ok)
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim_end() == name)
+            })
+            .count()
+    }
+
+    /// Envoy's statistic `name` at the stack's admin interface (0 if it has none yet).
+    pub async fn envoy_stat(&self, name: &str) -> u64 {
+        let admin = self.admin.as_ref().expect("an Envoy stack");
+        self.admin_stat(admin, name).await.unwrap_or(0)
     }
 
     /// Kills origin instance `i` at once (SIGKILL, as a crash or an out-of-memory kill would).
@@ -1423,9 +1502,12 @@ struct Envoy {
     /// The listener with Envoy's native `jwt_authn`.
     native: String,
     admin: String,
+    /// Where the filter's listener comes from, when from a file ([`StackOptions::lds`]).
+    filter_listener: Option<FilterListener>,
 }
 
 /// Which build of the filter Envoy loads.
+#[derive(Debug)]
 enum FilterBuild {
     /// The `.wasm`, in Envoy's V8 runtime.
     Wasm(PathBuf),
@@ -1433,37 +1515,61 @@ enum FilterBuild {
     Module(PathBuf),
 }
 
-/// The Envoy configuration of a stack: one listener with the edgeauth filter, one with
-/// `jwt_authn` configured like it (issuer, audience, leeway, required `exp`, lifetime cap, the
-/// same JWKS through the same relay), both routing to the sample upstream.
-fn envoy_config(
-    ports: (u16, u16, u16),
-    policy: &str,
-    upstream: SocketAddr,
-    relay: SocketAddr,
-    filter: &FilterBuild,
-    token_caches: bool,
-) -> String {
-    let (filter_port, native_port, admin_port) = ports;
-    let filter_configuration = json!({
+/// How long Envoy drains a listener that LDS replaced ([`StackOptions::lds`]): requests still
+/// on it past this are cut off with their connections.
+pub const LDS_DRAIN: Duration = Duration::from_secs(5);
+
+/// The filter's listener in an Envoy that reads it from a file ([`StackOptions::lds`]).
+#[derive(Debug)]
+struct FilterListener {
+    /// The LDS file. Envoy watches its directory for a file moved into place, as an operator
+    /// (or a config agent) replaces it.
+    path: PathBuf,
+    port: u16,
+    build: FilterBuild,
+    /// The filter's plugin configuration, as last written.
+    configuration: Value,
+}
+
+impl FilterListener {
+    fn write(&self) {
+        let listener = listener(
+            "edgeauth",
+            self.port,
+            &edgeauth_filter(&self.build, &self.configuration),
+        );
+        // A `DiscoveryResponse`: the same listener, typed.
+        let resources = listener.replacen(
+            "\n  - name: ",
+            "\n  - \"@type\": type.googleapis.com/envoy.config.listener.v3.Listener\n    name: ",
+            1,
+        );
+        let staged = self.path.with_extension("staged");
+        std::fs::write(&staged, format!("resources:{resources}\n")).expect("the listener file");
+        std::fs::rename(&staged, &self.path).expect("the listener file moved into place");
+    }
+}
+
+/// The filter's plugin configuration in a stack: the policy, the origin through the relay.
+fn filter_configuration(policy: &str, relay: SocketAddr, token_caches: bool) -> Value {
+    let mut configuration = json!({
         "policy": serde_json::from_str::<Value>(policy).expect("the policy is JSON"),
         "jwks": {"cluster": "origin", "authority": relay.to_string(), "path": "/.well-known/jwks.json"},
         "revocation_feed": {"cluster": "origin", "authority": relay.to_string(), "path": "/v1/revocations"},
         "keys_refetch_interval_seconds": 1,
         "feed_poll_seconds": FEED_POLL_SECONDS,
     });
-    let mut filter_configuration = filter_configuration;
     if !token_caches {
-        filter_configuration["policy"]["cache"] = json!({"max_entries": 0});
+        configuration["policy"]["cache"] = json!({"max_entries": 0});
     }
-    let jwt_cache = if token_caches {
-        "jwt_cache_config: { jwt_cache_size: 10000 }"
-    } else {
-        ""
-    };
-    let listener = |name: &str, port: u16, filter: String| {
-        format!(
-            r#"
+    configuration
+}
+
+/// A listener named `name` on `port`: `filter`, then the router to the sample upstream. An item
+/// of `static_resources.listeners`.
+fn listener(name: &str, port: u16, filter: &str) -> String {
+    format!(
+        r#"
   - name: {name}
     address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
     filter_chains:
@@ -1485,10 +1591,13 @@ fn envoy_config(
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#
-        )
-    };
-    let configuration = serde_json::to_string(&filter_configuration.to_string()).expect("a string");
-    let edgeauth_filter = match filter {
+    )
+}
+
+/// The edgeauth filter's entry in `http_filters`: `build` with `configuration`.
+fn edgeauth_filter(build: &FilterBuild, configuration: &Value) -> String {
+    let configuration = serde_json::to_string(&configuration.to_string()).expect("a string");
+    match build {
         FilterBuild::Wasm(wasm) => format!(
             r#"          - name: envoy.filters.http.wasm
             typed_config:
@@ -1519,6 +1628,25 @@ fn envoy_config(
                 value: {configuration}"#,
             module = serde_json::to_string(&module.display().to_string()).expect("a string"),
         ),
+    }
+}
+
+/// The Envoy configuration of a stack: one listener with the edgeauth filter, one with
+/// `jwt_authn` configured like it (issuer, audience, leeway, required `exp`, lifetime cap, the
+/// same JWKS through the same relay), both routing to the sample upstream. With
+/// `filter_listener`, the filter's listener is read from its file (LDS) instead.
+fn envoy_config(
+    ports: (u16, u16, u16),
+    (upstream, relay): (SocketAddr, SocketAddr),
+    filter: &FilterListener,
+    token_caches: bool,
+    lds: bool,
+) -> String {
+    let (_, native_port, admin_port) = ports;
+    let jwt_cache = if token_caches {
+        "jwt_cache_config: { jwt_cache_size: 10000 }"
+    } else {
+        ""
     };
     let native_filter = format!(
         r#"          - name: envoy.filters.http.jwt_authn
@@ -1556,13 +1684,38 @@ fn envoy_config(
             port = address.port()
         )
     };
+    let (filter_listener, dynamic_resources) = if lds {
+        let path = |path: &Path| serde_json::to_string(&path.display().to_string()).expect("text");
+        let watched = filter.path.parent().expect("the file is in a directory");
+        (
+            String::new(),
+            format!(
+                // A file subscription still wants the node named.
+                "node: {{ id: edgeauth-e2e, cluster: edgeauth-e2e }}\n\
+                 dynamic_resources:\n  lds_config:\n    resource_api_version: V3\n    \
+                 path_config_source: {{ path: {}, watched_directory: {{ path: {} }} }}\n",
+                path(&filter.path),
+                path(watched)
+            ),
+        )
+    } else {
+        (
+            listener(
+                "edgeauth",
+                filter.port,
+                &edgeauth_filter(&filter.build, &filter.configuration),
+            ),
+            String::new(),
+        )
+    };
     format!(
         "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}\n\
-         static_resources:\n  listeners:{}{}\n  clusters:{}{}\n",
-        listener("edgeauth", filter_port, edgeauth_filter),
-        listener("jwt_authn", native_port, native_filter),
+         static_resources:\n  listeners:{}{}\n  clusters:{}{}\n{}",
+        filter_listener,
+        listener("jwt_authn", native_port, &native_filter),
         cluster("upstream", upstream),
         cluster("origin", relay),
+        dynamic_resources,
     )
 }
 
@@ -1621,7 +1774,8 @@ pub fn validate_native_example(envoy: &Path) -> (bool, String) {
 }
 
 /// Starts Envoy named `name` (its configuration and log are `<name>.yaml` and `<name>.log`) with
-/// the filter's `build`, in front of `upstream`, reaching the origins through `relay`.
+/// the filter's `build`, in front of `upstream`, reaching the origins through `relay`; with
+/// `lds`, the filter's listener is read from a file ([`StackOptions::lds`]).
 async fn start_envoy(
     dir: &Path,
     name: &str,
@@ -1629,10 +1783,11 @@ async fn start_envoy(
     policy: &str,
     (upstream, relay): (SocketAddr, SocketAddr),
     token_caches: bool,
+    lds: bool,
 ) -> Envoy {
     let envoy = envoy_binary();
     let target = target_dir();
-    let filter = match build {
+    let filter_build = match build {
         Edge::EnvoyNative => FilterBuild::Module(native_module()),
         Edge::Worker | Edge::Envoy => FilterBuild::Wasm(artefact(
             "EDGEAUTH_E2E_ENVOY_WASM",
@@ -1640,7 +1795,18 @@ async fn start_envoy(
         )),
     };
     let ports = (free_port(), free_port(), free_port());
-    let config = envoy_config(ports, policy, upstream, relay, &filter, token_caches);
+    let listeners = dir.join(format!("{name}-listeners"));
+    let filter = FilterListener {
+        path: listeners.join("listeners.yaml"),
+        port: ports.0,
+        build: filter_build,
+        configuration: filter_configuration(policy, relay, token_caches),
+    };
+    if lds {
+        std::fs::create_dir_all(&listeners).expect("the listeners' directory");
+        filter.write();
+    }
+    let config = envoy_config(ports, (upstream, relay), &filter, token_caches, lds);
     let config_path = dir.join(format!("{name}.yaml"));
     std::fs::write(&config_path, config).expect("envoy config");
     let mut command = Command::new(envoy);
@@ -1657,6 +1823,11 @@ async fn start_envoy(
             "warn",
         ])
         .args(["--component-log-level", "wasm:info"]);
+    if lds {
+        command
+            .args(["--drain-time-s", &LDS_DRAIN.as_secs().to_string()])
+            .args(["--drain-strategy", "immediate"]);
+    }
     let mut child = start_listening(command, dir, name, ports.0).await;
     let log = dir.join(format!("{name}.log"));
     wait_until_listening(ports.1, &mut child, "envoy", &log).await;
@@ -1665,6 +1836,7 @@ async fn start_envoy(
         filter: format!("http://127.0.0.1:{}", ports.0),
         native: format!("http://127.0.0.1:{}", ports.1),
         admin: format!("http://127.0.0.1:{}", ports.2),
+        filter_listener: lds.then_some(filter),
     }
 }
 
@@ -1685,7 +1857,8 @@ pub struct Answer {
 }
 
 impl Answer {
-    async fn from(response: reqwest::Response) -> Self {
+    /// Reads `response` whole.
+    pub async fn from(response: reqwest::Response) -> Self {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response.bytes().await.unwrap_or_default();

@@ -2,12 +2,16 @@
 //! native `jwt_authn` beside the filter for a differential test. The scenarios every edge shares
 //! are in `edge.rs`.
 
-use std::time::Duration;
+use std::{
+    future::Future,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
 
 use base64ct::{Base64UrlUnpadded, Encoding as _};
 use edgeauth_e2e::{
     envoy_binary, origin_counter, previous_envoy_binary, send, validate_native_example, Answer,
-    Edge, Stack, AUDIENCE, ISSUER,
+    Edge, Stack, StackOptions, AUDIENCE, ISSUER, LDS_DRAIN,
 };
 use edgeauth_origin::keys::{SigningAlgorithm, SigningKey};
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -422,4 +426,166 @@ fn the_native_module_refuses_to_load_in_an_envoy_of_another_abi() {
             && output.contains("Failed to initialize dynamic module"),
         "{output}"
     );
+}
+
+/// An operator replaces the filter's configuration (a new listener through LDS) while requests
+/// on the old one wait for a JWKS refetch. A request whose keys come within Envoy's drain is
+/// answered by the old configuration; one still waiting when the drain ends goes with its
+/// connection. New requests get the new configuration, Envoy serves on, and an old
+/// configuration is gone once drained.
+#[tokio::test]
+async fn a_configuration_replaced_under_waiting_requests_drains_cleanly() {
+    configuration_replaced_under_waiting_requests(Edge::Envoy).await;
+}
+
+/// The same for the native module, whose requests borrow their configuration from Envoy
+/// (`native::abi::ConfigRef`) and whose configuration runs a tick thread.
+#[tokio::test]
+async fn the_native_modules_configuration_replaced_under_waiting_requests_drains_cleanly() {
+    configuration_replaced_under_waiting_requests(Edge::EnvoyNative).await;
+}
+
+async fn configuration_replaced_under_waiting_requests(edge: Edge) {
+    let mut stack = Stack::start_with(StackOptions {
+        edge,
+        lds: true,
+        ..StackOptions::default()
+    })
+    .await;
+    let token = stack.login().await;
+    assert_eq!(guarded(&stack, &token).await.status, 200);
+
+    // A `kid` the edge does not know: the request claims a refetch and waits for it, and the
+    // origin's JWKS hangs until the test lets it answer.
+    stack.switches.jwks_hangs.store(true, Ordering::SeqCst);
+    let first = tokio::spawn(unknown_kid_request(&stack, "unknown-1"));
+    held(&stack, 1).await;
+    stack
+        .replace_filter_configuration(|configuration| {
+            configuration["policy"]["routes"]
+                .as_array_mut()
+                .expect("the stack's routes")
+                .push(json!({"prefix": "/guarded/", "scopes": ["nobody"]}));
+            // Past the drain: a refetch under this configuration outlives its listener.
+            configuration["fetch_timeout_ms"] = json!(30_000);
+        })
+        .await;
+    // The new configuration fetches keys of its own, and hangs as well.
+    held(&stack, 2).await;
+    stack.switches.jwks_release.notify_waiters();
+    let answer = first
+        .await
+        .expect("the request ran")
+        .expect("it was answered");
+    assert_eq!(
+        (answer.status, answer.json["reason"].as_str()),
+        (401, Some("unknown_key")),
+        "the old configuration decided once its refetch came back: {}",
+        stack.edge_log()
+    );
+    until(&stack, "the new configuration's route", || async {
+        let answer = guarded(&stack, &token).await;
+        (answer.status, answer.json["reason"].clone()) == (403, json!("insufficient_scope"))
+    })
+    .await;
+
+    // Under the new configuration, a request that waits longer than its listener lasts.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let waiting = stack.switches.jwks_held.load(Ordering::SeqCst);
+    let cut = tokio::spawn(unknown_kid_request(&stack, "unknown-2"));
+    held(&stack, waiting + 1).await;
+    let replaced = Instant::now();
+    stack
+        .replace_filter_configuration(|configuration| {
+            configuration["policy"]["routes"]
+                .as_array_mut()
+                .expect("the stack's routes")
+                .pop();
+            // Not the first configuration again, which Envoy's Wasm host would share with it.
+            configuration["fetch_timeout_ms"] = json!(2_000);
+        })
+        .await;
+    let outcome = tokio::time::timeout(LDS_DRAIN + Duration::from_secs(15), cut)
+        .await
+        .expect("the drain ended the request")
+        .expect("the request ran");
+    assert!(
+        outcome.is_err(),
+        "a request past the drain goes with its connection, not answered: {outcome:?}"
+    );
+    assert!(replaced.elapsed() >= LDS_DRAIN - Duration::from_millis(500));
+    until(&stack, "no listener draining", || async {
+        stack
+            .envoy_stat("listener_manager.total_listeners_draining")
+            .await
+            == 0
+    })
+    .await;
+    stack.switches.jwks_release.notify_waiters();
+    until(&stack, "the third configuration serving", || async {
+        guarded(&stack, &token).await.status == 200
+    })
+    .await;
+    assert_eq!(on_a_new_connection(&stack, &token).await.status, 200);
+    if edge == Edge::EnvoyNative {
+        until(
+            &stack,
+            "one tick thread, the live configuration's",
+            || async { stack.edge_threads_named("edgeauth-tick") == 1 },
+        )
+        .await;
+    }
+}
+
+/// `GET /guarded/orders`: a path a route of the test's second configuration guards.
+async fn guarded(stack: &Stack, token: &str) -> Answer {
+    stack.get("/guarded/orders", Some(token)).await
+}
+
+/// `GET /orders` with a token under `kid`, which the edge has never seen, on a connection of
+/// its own; the client's error if Envoy closes it unanswered.
+fn unknown_kid_request(
+    stack: &Stack,
+    kid: &str,
+) -> impl Future<Output = Result<Answer, reqwest::Error>> + 'static {
+    let header = Base64UrlUnpadded::encode_string(
+        json!({"alg": "EdDSA", "kid": kid, "typ": "at+jwt"})
+            .to_string()
+            .as_bytes(),
+    );
+    let token = format!(
+        "{header}.{}.{}",
+        Base64UrlUnpadded::encode_string(b"{}"),
+        Base64UrlUnpadded::encode_string(&[0; 64])
+    );
+    let request = reqwest::Client::new()
+        .get(format!("{}/orders", stack.edge))
+        .bearer_auth(token);
+    async move {
+        match request.send().await {
+            Ok(response) => Ok(Answer::from(response).await),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// Waits until the origin's JWKS has hung `count` requests in all.
+async fn held(stack: &Stack, count: usize) {
+    until(stack, "a JWKS request hung", || async {
+        stack.switches.jwks_held.load(Ordering::SeqCst) >= count
+    })
+    .await;
+}
+
+/// Waits up to 20 s for `done`.
+async fn until<F: Future<Output = bool>>(stack: &Stack, what: &str, done: impl Fn() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done().await {
+        assert!(
+            Instant::now() < deadline,
+            "never: {what}\n{}",
+            stack.edge_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
