@@ -33,7 +33,10 @@ impl OwnCluster {
         std::env::var_os("EDGEAUTH_TEST_REDIS_CLUSTER")?;
         let dir = std::env::temp_dir().join(format!("edgeauth-cluster-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("cluster dir");
-        let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lib.sh");
+        // Read when the test runs, not built in: a target directory shared between checkouts
+        // (a CI cache) keeps a binary whose build-time path may be gone.
+        let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test");
+        let lib = std::path::Path::new(&manifest).join("../scripts/lib.sh");
         // The project's one way to start a cluster: the one scripts/test uses.
         let out = std::process::Command::new("bash")
             .arg("-c")
