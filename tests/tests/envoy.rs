@@ -521,6 +521,8 @@ async fn configuration_replaced_under_waiting_requests(edge: Edge) {
             == 0
     })
     .await;
+    // The origin answers again, the third configuration's fetch under way included.
+    stack.switches.jwks_hangs.store(false, Ordering::SeqCst);
     stack.switches.jwks_release.notify_waiters();
     until(&stack, "the third configuration serving", || async {
         guarded(&stack, &token).await.status == 200
@@ -537,9 +539,15 @@ async fn configuration_replaced_under_waiting_requests(edge: Edge) {
     }
 }
 
-/// `GET /guarded/orders`: a path a route of the test's second configuration guards.
+/// `GET /guarded/orders`, a path a route of the test's second configuration guards, on a
+/// connection of its own: a pooled one may be on a listener that Envoy is closing.
 async fn guarded(stack: &Stack, token: &str) -> Answer {
-    stack.get("/guarded/orders", Some(token)).await
+    send(
+        reqwest::Client::new()
+            .get(format!("{}/guarded/orders", stack.edge))
+            .bearer_auth(token),
+    )
+    .await
 }
 
 /// `GET /orders` with a token under `kid`, which the edge has never seen, on a connection of
