@@ -1633,8 +1633,8 @@ fn edgeauth_filter(build: &FilterBuild, configuration: &Value) -> String {
 
 /// The Envoy configuration of a stack: one listener with the edgeauth filter, one with
 /// `jwt_authn` configured like it (issuer, audience, leeway, required `exp`, lifetime cap, the
-/// same JWKS through the same relay), both routing to the sample upstream. With
-/// `filter_listener`, the filter's listener is read from its file (LDS) instead.
+/// same JWKS through the same relay), both routing to the sample upstream. With `lds`, Envoy
+/// reads the filter's listener from `filter`'s file instead of from the bootstrap.
 fn envoy_config(
     ports: (u16, u16, u16),
     (upstream, relay): (SocketAddr, SocketAddr),
