@@ -577,8 +577,15 @@ pub(crate) mod contexts {
     }
 
     pub(crate) fn delete(id: u32) {
-        with(|c| {
-            if c.exchanges.remove(&id).is_none() {
+        with(|c| match c.exchanges.remove(&id) {
+            // A request that goes while it waits (its client left, or Envoy drained its
+            // listener) waits no more: its refetch's answer finds no one.
+            Some(exchange) => {
+                if let Some((token, _)) = exchange.keys_call {
+                    c.waiting.remove(&token);
+                }
+            }
+            None => {
                 c.roots.remove(&id);
             }
         });
