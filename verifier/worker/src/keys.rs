@@ -38,10 +38,8 @@ pub async fn keys_for_request(
     now: i64,
     ctx: &Context,
 ) -> Option<Arc<KeyRing>> {
-    let usable = with_isolate(env, |i| {
-        i.keys.usable(now, settings.keys_max_stale).cloned()
-    });
-    if usable.is_none() {
+    let keys = usable(env, settings, now);
+    if keys.is_none() {
         return current_keys(env, settings, now, false).await;
     }
     if with_isolate(env, |i| {
@@ -52,7 +50,7 @@ pub async fn keys_for_request(
             current_keys(&env, &settings, now, false).await;
         });
     }
-    usable
+    keys
 }
 
 /// Whether this isolate may force a refetch now (an unknown `kid`).
