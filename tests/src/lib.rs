@@ -1636,13 +1636,12 @@ fn edgeauth_filter(build: &FilterBuild, configuration: &Value) -> String {
 /// same JWKS through the same relay), both routing to the sample upstream. With `lds`, Envoy
 /// reads the filter's listener from `filter`'s file instead of from the bootstrap.
 fn envoy_config(
-    ports: (u16, u16, u16),
+    (native_port, admin_port): (u16, u16),
     (upstream, relay): (SocketAddr, SocketAddr),
     filter: &FilterListener,
     token_caches: bool,
     lds: bool,
 ) -> String {
-    let (_, native_port, admin_port) = ports;
     let jwt_cache = if token_caches {
         "jwt_cache_config: { jwt_cache_size: 10000 }"
     } else {
@@ -1806,7 +1805,13 @@ async fn start_envoy(
         std::fs::create_dir_all(&listeners).expect("the listeners' directory");
         filter.write();
     }
-    let config = envoy_config(ports, (upstream, relay), &filter, token_caches, lds);
+    let config = envoy_config(
+        (ports.1, ports.2),
+        (upstream, relay),
+        &filter,
+        token_caches,
+        lds,
+    );
     let config_path = dir.join(format!("{name}.yaml"));
     std::fs::write(&config_path, config).expect("envoy config");
     let mut command = Command::new(envoy);
